@@ -1,0 +1,220 @@
+"""Artifacts: round trips of every schema, validation errors, skip/resume, killed writes, docs freshness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from thinkrl import artifacts as A
+from thinkrl.errors import ThinkrlError
+
+REPO = Path(__file__).resolve().parents[1]
+
+SAMPLE_VALUES = {
+    pl.String(): "x", pl.Int32(): 3, pl.Int64(): 7, pl.Float32(): 0.5, pl.Float64(): 1.25, pl.Boolean(): True,
+    pl.List(pl.Int32()): [1, 2, 3], pl.List(pl.Float32()): [-0.5, 0.25],
+}
+
+
+def make_rows(schema: A.Schema, n: int = 3) -> list[dict]:
+    rows = []
+    for i in range(n):
+        r = {c.name: SAMPLE_VALUES[c.dtype] for c in schema.columns}
+        for k in schema.key:  # unique keys
+            r[k] = f"id-{i}" if schema.column(k).dtype == pl.String() else i
+        rows.append(r)
+    return rows
+
+
+@pytest.mark.parametrize("name", list(A.SCHEMAS))
+def test_round_trip_every_schema(tmp_path, name):
+    schema = A.SCHEMAS[name]
+    rows = make_rows(schema)
+    m = A.write_artifact(tmp_path / "a", "test", {"x": 1}, {name: rows}, metrics={"m": 1.5})
+    df = A.read_table(tmp_path / "a", name)
+    assert df.to_dicts() == pl.DataFrame(rows, schema_overrides=schema.polars_schema).select(
+        [c.name for c in schema.columns]).to_dicts()
+    assert dict(df.schema) == schema.polars_schema
+    out = m["outputs"][name]
+    assert out["rows"] == 3 and out["schema_version"] == schema.version
+    assert out["sha256"] == A.sha256_file(tmp_path / "a" / f"{name}.parquet")
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    for k in ("stage", "created", "thinkrl_version", "git_commit", "config", "inputs", "outputs", "metrics"):
+        assert k in manifest
+    assert manifest["metrics"] == {"m": 1.5}
+
+
+def test_same_rows_give_byte_identical_parquet(tmp_path):
+    rows = make_rows(A.ROLLOUTS, 5)
+    A.write_artifact(tmp_path / "a", "t", {}, {"rollouts": rows})
+    A.write_artifact(tmp_path / "b", "t", {}, {"rollouts": rows})
+    assert (tmp_path / "a/rollouts.parquet").read_bytes() == (tmp_path / "b/rollouts.parquet").read_bytes()
+
+
+def test_inputs_are_fingerprinted(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"a": 1}\n')
+    m = A.write_artifact(tmp_path / "a", "t", {}, {"problems": make_rows(A.PROBLEMS)}, inputs={"src": src})
+    assert m["inputs"]["src"]["sha256"] == A.sha256_file(src)
+    m2 = A.write_artifact(tmp_path / "b", "t", {}, {"problems": make_rows(A.PROBLEMS)}, inputs={"up": tmp_path / "a"})
+    assert m2["inputs"]["up"]["sha256"] == A.sha256_file(tmp_path / "a/manifest.json")
+
+
+def test_duplicate_keys_rejected(tmp_path):
+    rows = make_rows(A.PROBLEMS, 2)
+    rows[1]["problem_id"] = rows[0]["problem_id"]
+    with pytest.raises(ValueError, match="share a key"):
+        A.write_artifact(tmp_path / "a", "t", {}, {"problems": rows})
+    assert not (tmp_path / "a/manifest.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ read errors
+def _good(tmp_path) -> Path:
+    A.write_artifact(tmp_path / "a", "t", {}, {"problems": make_rows(A.PROBLEMS)})
+    return tmp_path / "a"
+
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_missing_artifact(tmp_path):
+    with pytest.raises(ThinkrlError) as e:
+        A.read_table(tmp_path / "nope", "problems")
+    assert "no such artifact" in _one_line(e)
+
+
+def test_no_manifest(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ThinkrlError) as e:
+        A.read_table(tmp_path / "d", "problems")
+    assert "manifest.json" in _one_line(e)
+
+
+def test_wrong_schema_version(tmp_path):
+    p = _good(tmp_path)
+    m = json.loads((p / "manifest.json").read_text())
+    m["outputs"]["problems"]["schema_version"] = 99
+    (p / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ThinkrlError) as e:
+        A.read_table(p, "problems")
+    msg = _one_line(e)
+    assert "problems.parquet" in msg and "99" in msg and "v1" in msg
+
+
+def test_missing_column(tmp_path):
+    p = _good(tmp_path)
+    pl.read_parquet(p / "problems.parquet").drop("answer").write_parquet(p / "problems.parquet")
+    with pytest.raises(ThinkrlError) as e:
+        A.read_table(p, "problems")
+    msg = _one_line(e)
+    assert "problems.parquet" in msg and "'answer'" in msg and "String" in msg
+
+
+def test_wrong_column_type(tmp_path):
+    p = _good(tmp_path)
+    df = pl.read_parquet(p / "problems.parquet").with_columns(pl.lit(1).alias("answer"))
+    df.write_parquet(p / "problems.parquet")
+    with pytest.raises(ThinkrlError) as e:
+        A.read_table(p, "problems")
+    assert "'answer'" in _one_line(e) and "expected String" in _one_line(e)
+
+
+def test_empty_table(tmp_path):
+    w = A.ArtifactWriter(tmp_path / "a", "t", {})
+    w.set_table("problems", [])
+    w.finish(allow_empty=True)
+    with pytest.raises(ThinkrlError) as e:
+        A.read_table(tmp_path / "a", "problems")
+    assert "no rows" in _one_line(e)
+    assert A.read_table(tmp_path / "a", "problems", allow_empty=True).height == 0
+
+
+def test_corrupt_parquet(tmp_path):
+    p = _good(tmp_path)
+    (p / "problems.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(ThinkrlError) as e:
+        A.read_table(p, "problems")
+    assert "not a readable Parquet file" in _one_line(e)
+
+
+def test_corrupt_manifest(tmp_path):
+    p = _good(tmp_path)
+    (p / "manifest.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(ThinkrlError) as e:
+        A.read_table(p, "problems")
+    assert "manifest.json" in _one_line(e)
+
+
+def test_missing_table(tmp_path):
+    p = _good(tmp_path)
+    with pytest.raises(ThinkrlError) as e:
+        A.read_table(p, "rollouts")
+    assert "no 'rollouts' table" in _one_line(e)
+
+
+# ------------------------------------------------------------------------------------------ skip / resume
+def test_up_to_date_and_config_change(tmp_path):
+    src = tmp_path / "src.txt"
+    src.write_text("a")
+    w = A.ArtifactWriter(tmp_path / "a", "t", {"n": 1}, {"src": src})
+    assert not w.up_to_date()
+    w.set_table("problems", make_rows(A.PROBLEMS))
+    w.finish()
+    assert A.ArtifactWriter(tmp_path / "a", "t", {"n": 1}, {"src": src}).up_to_date()
+    assert not A.ArtifactWriter(tmp_path / "a", "t", {"n": 2}, {"src": src}).up_to_date()
+    src.write_text("b")
+    assert not A.ArtifactWriter(tmp_path / "a", "t", {"n": 1}, {"src": src}).up_to_date()
+
+
+def _write_in_parts(out: Path, rows: list[dict], fail_after: int | None, config=None) -> None:
+    w = A.ArtifactWriter(out, "t", config or {"n": 1})
+    for i in range(0, len(rows), 2):
+        part = f"{i // 2:05d}"
+        if w.part_done("problems", part):
+            continue
+        if fail_after is not None and i // 2 == fail_after:
+            raise RuntimeError("killed")
+        w.write_part("problems", part, rows[i:i + 2])
+    w.finish()
+
+
+def test_killed_write_leaves_no_manifest_and_rerun_completes(tmp_path):
+    rows = make_rows(A.PROBLEMS, 7)
+    with pytest.raises(RuntimeError):
+        _write_in_parts(tmp_path / "a", rows, fail_after=2)
+    assert not (tmp_path / "a/manifest.json").exists()
+    assert len(list((tmp_path / "a" / A.PARTS / "problems").glob("*.parquet"))) == 2
+    _write_in_parts(tmp_path / "a", rows, fail_after=None)
+    _write_in_parts(tmp_path / "b", rows, fail_after=None)
+    assert A.read_table(tmp_path / "a", "problems").to_dicts() == A.read_table(tmp_path / "b", "problems").to_dicts()
+    assert (tmp_path / "a/problems.parquet").read_bytes() == (tmp_path / "b/problems.parquet").read_bytes()
+    assert not (tmp_path / "a" / A.PARTS).exists()
+
+
+def test_parts_of_another_config_are_discarded(tmp_path):
+    rows = make_rows(A.PROBLEMS, 6)
+    with pytest.raises(RuntimeError):
+        _write_in_parts(tmp_path / "a", [dict(r, question="old") for r in rows], fail_after=2)
+    _write_in_parts(tmp_path / "a", rows, fail_after=None, config={"n": 2})
+    assert set(A.read_table(tmp_path / "a", "problems")["question"]) == {"x"}
+
+
+def test_failed_rewrite_keeps_old_artifact(tmp_path):
+    p = _good(tmp_path)
+    before = {f.name: f.read_bytes() for f in p.iterdir() if f.is_file()}
+    bad = make_rows(A.PROBLEMS, 2)
+    bad[0]["question"] = None  # non-nullable
+    with pytest.raises(ThinkrlError):
+        A.write_artifact(p, "t", {"other": True}, {"problems": bad})
+    assert {f.name: f.read_bytes() for f in p.iterdir() if f.is_file()} == before
+
+
+def test_artifacts_doc_is_fresh():
+    doc = (REPO / "docs" / "ARTIFACTS.md").read_text(encoding="utf-8")
+    assert doc == A.docs_markdown(), "docs/ARTIFACTS.md is stale: run `just docs`"

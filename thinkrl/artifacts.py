@@ -1,0 +1,457 @@
+"""Artifacts: every table thinkrl writes, defined once, and the rules for writing and reading them.
+
+An artifact is a directory holding one Parquet file per table (`<table>.parquet`) and `manifest.json`.
+The manifest is written last, so an artifact exists exactly when its manifest exists. It records the
+stage, thinkrl version, git commit, the resolved config, inputs with sha256, outputs with sha256 and
+row counts, and summary metrics.
+
+Writing (`ArtifactWriter`):
+    w = ArtifactWriter(out_dir, stage="sample", config=cfg, inputs={"problems": path})
+    if w.up_to_date(): ...                      # same config + inputs as the existing manifest: skip
+    for part in parts:
+        if not w.part_done("rollouts", part):   # a killed run resumes from its finished parts
+            w.write_part("rollouts", part, rows)
+    w.finish(metrics={...})                     # parts -> rollouts.parquet, then manifest.json
+
+Reading (`read_table`) checks the manifest, the schema name and version, every column and its type,
+and fails with one line naming the file, the column and what was expected (`ThinkrlError`).
+
+`python -m thinkrl.artifacts` prints docs/ARTIFACTS.md (a test fails when the file is stale).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from thinkrl import __version__
+from thinkrl.errors import ThinkrlError
+
+MANIFEST = "manifest.json"
+PARTS = "_parts"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: pl.DataType
+    doc: str
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    version: int
+    doc: str
+    key: tuple[str, ...]  # unique row id; rows join on these, never on row order
+    columns: tuple[Column, ...]
+
+    @property
+    def polars_schema(self) -> dict[str, pl.DataType]:
+        return {c.name: c.dtype for c in self.columns}
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+S, I32, I64, F32, F64, B = pl.String(), pl.Int32(), pl.Int64(), pl.Float32(), pl.Float64(), pl.Boolean()
+LI32, LF32 = pl.List(pl.Int32()), pl.List(pl.Float32())
+
+PROBLEMS = Schema(
+    "problems", 1, "Problems to sample from or evaluate on, normalised from any source.", ("problem_id",),
+    (
+        Column("problem_id", S, "unique id, stable across runs (e.g. `math500-0042`, `arith-s0-000017`)"),
+        Column("source", S, "benchmark or task name (math500, aime24, gsm8k, arith, file name...)"),
+        Column("question", S, "problem text shown to the policy"),
+        Column("answer", S, "gold final answer as a string (AIME `025`, AMC `27.0`, LaTeX)"),
+        Column("meta", S, "JSON object with source-specific fields (level, subject, url...)"),
+    ),
+)
+
+ROLLOUTS = Schema(
+    "rollouts", 1, "Sampled completions, graded.", ("rollout_id",),
+    (
+        Column("rollout_id", S, "`{problem_id}/r{round}/s{sample_idx}`"),
+        Column("problem_id", S, "joins problems.problem_id"),
+        Column("sample_idx", I32, "index within the group of G samples of this problem"),
+        Column("round", I32, "training round the behaviour policy belongs to (0 for plain sampling)"),
+        Column("policy", S, "policy directory or name that sampled it"),
+        Column("template", S, "name of the prompt template"),
+        Column("prompt", S, "prompt text after the template"),
+        Column("completion", S, "generated text (decoded completion_ids, stop string excluded)"),
+        Column("prompt_ids", LI32, "token ids of the prompt"),
+        Column("completion_ids", LI32, "token ids of the completion"),
+        Column("logprobs", LF32, "sampler's log-probs of completion_ids (behaviour log-probs)"),
+        Column("finish_reason", S, "`stop` (EOS or stop string) or `length` (hit max tokens)"),
+        Column("answer", S, "gold answer (copied from problems)"),
+        Column("pred_answer", S, "extracted final answer, null if none", nullable=True),
+        Column("correct", B, "pred_answer equals the gold answer (math-verify)"),
+        Column("seed", I64, "sampling seed derived from (round, problem, sample)"),
+    ),
+)
+
+JUDGMENTS = Schema(
+    "judgments", 1, "One row per reasoning step of each judged rollout, with the judge's label.",
+    ("rollout_id", "step_idx"),
+    (
+        Column("rollout_id", S, "joins rollouts.rollout_id"),
+        Column("step_idx", I32, "0-based step index within the rollout"),
+        Column("char_start", I32, "completion[char_start:char_end] == text"),
+        Column("char_end", I32, "exclusive end character offset"),
+        Column("token_start", I32, "first completion token overlapping the step"),
+        Column("token_end", I32, "exclusive end token index"),
+        Column("text", S, "the step text"),
+        Column("label", S, "correct | incorrect | matched | unmatched | unknown"),
+        Column("judge", S, "judge backend and model, e.g. `rule`, `hf:/models/q`"),
+        Column("rationale", S, "judge's reason or the parse failure reason"),
+    ),
+)
+
+THOUGHTS = Schema(
+    "thoughts", 1, "Thoughts: maximal runs of same-label steps, with their advantage.",
+    ("rollout_id", "thought_idx"),
+    (
+        Column("rollout_id", S, "joins rollouts.rollout_id"),
+        Column("thought_idx", I32, "0-based thought index within the rollout"),
+        Column("token_start", I32, "first completion token of the thought"),
+        Column("token_end", I32, "exclusive end token"),
+        Column("label", S, "label shared by the thought's steps"),
+        Column("reward", F32, "advantage given to every token of the thought"),
+    ),
+)
+
+ADVANTAGES = Schema(
+    "advantages", 1, "Per-rollout training rows: token ids, per-token advantages, behaviour log-probs.",
+    ("rollout_id",),
+    (
+        Column("rollout_id", S, "joins rollouts.rollout_id"),
+        Column("problem_id", S, "group id"),
+        Column("prompt_ids", LI32, "prompt token ids"),
+        Column("completion_ids", LI32, "completion token ids"),
+        Column("advantages", LF32, "per-token advantage, aligned with completion_ids"),
+        Column("behaviour_logprobs", LF32, "log pi_old of completion_ids, recomputed by the trainer's model"),
+        Column("outcome_advantage", F32, "standardised outcome r_hat"),
+        Column("correct", B, "outcome r == 1"),
+    ),
+)
+
+TRAIN_METRICS = Schema(
+    "train_metrics", 1, "One row per optimizer step.", ("step",),
+    (
+        Column("step", I64, "global optimizer step (1-based)"),
+        Column("loss", F64, "total loss"),
+        Column("kl", F64, "mean k3 KL to the reference (0 when beta = 0)"),
+        Column("clip_frac", F64, "share of tokens whose ratio was clipped"),
+        Column("grad_norm", F64, "gradient norm before clipping"),
+        Column("lr", F64, "learning rate used"),
+        Column("tokens", I64, "completion tokens in the step"),
+        Column("dropped_rollouts", I64, "rollouts dropped for all-zero advantages"),
+        Column("skipped", B, "step skipped for a non-finite loss or gradient"),
+        Column("seconds", F64, "wall seconds of the step (timing column)"),
+        Column("mfu", F64, "model FLOPs utilisation against the machine's matmul peak"),
+    ),
+)
+
+EVAL_SAMPLES = Schema(
+    "eval_samples", 1, "Every evaluation sample.", ("benchmark", "problem_id", "sample_idx"),
+    (
+        Column("benchmark", S, "benchmark name"),
+        Column("problem_id", S, "joins problems.problem_id"),
+        Column("sample_idx", I32, "0..k-1"),
+        Column("completion", S, "generated text"),
+        Column("pred_answer", S, "extracted answer, null if none", nullable=True),
+        Column("correct", B, "graded against the gold answer"),
+        Column("tokens", I32, "completion tokens"),
+        Column("finish_reason", S, "`stop` or `length`"),
+    ),
+)
+
+EVAL_SUMMARY = Schema(
+    "eval_summary", 1, "Per-benchmark scores.", ("benchmark",),
+    (
+        Column("benchmark", S, "benchmark name"),
+        Column("problems", I64, "problems evaluated"),
+        Column("k", I64, "samples per problem"),
+        Column("avg_at_k", F64, "mean pass@1 over the k samples"),
+        Column("pass_at_k", F64, "unbiased pass@k estimator"),
+        Column("maj_at_k", F64, "majority-vote accuracy over k"),
+        Column("mean_tokens", F64, "mean completion tokens"),
+        Column("truncation_rate", F64, "share of samples that hit the token limit"),
+    ),
+)
+
+SCHEMAS: dict[str, Schema] = {
+    s.name: s
+    for s in (PROBLEMS, ROLLOUTS, JUDGMENTS, THOUGHTS, ADVANTAGES, TRAIN_METRICS, EVAL_SAMPLES, EVAL_SUMMARY)
+}
+
+
+# --------------------------------------------------------------------------------------------- hashing
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(path: str | Path) -> str:
+    """sha256 identifying an input: an artifact by its manifest (which holds its outputs' hashes), a file
+    by its bytes, any other directory (a model) by the sorted relative paths and hashes of its files."""
+    p = Path(path)
+    if (p / MANIFEST).is_file():
+        return sha256_file(p / MANIFEST)
+    if p.is_file():
+        return sha256_file(p)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and PARTS not in f.parts)
+        return sha256_json([[str(f.relative_to(p)), sha256_file(f)] for f in files])
+    raise ThinkrlError(f"{p}: no such file or directory")
+
+
+def git_commit() -> str | None:
+    """Commit of the thinkrl source tree, with `-dirty` when it has uncommitted changes; None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, timeout=5)  # noqa: E731
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------- reading
+def read_manifest(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise ThinkrlError(f"{p}: no such artifact (expected a directory holding {MANIFEST})")
+    if not p.is_dir():
+        raise ThinkrlError(f"{p}: is a file; an artifact is a directory holding {MANIFEST} and Parquet files")
+    m = p / MANIFEST
+    if not m.is_file():
+        raise ThinkrlError(f"{p}: no {MANIFEST}; the stage that writes it never finished (rerun it)")
+    try:
+        manifest = json.loads(m.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ThinkrlError(f"{m}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), dict):
+        raise ThinkrlError(f"{m}: expected a JSON object with an 'outputs' mapping")
+    return manifest
+
+
+def tables_of(path: str | Path) -> list[str]:
+    return list(read_manifest(path)["outputs"])
+
+
+def validate_frame(df: pl.DataFrame, schema: Schema, where: str, allow_empty: bool = False) -> pl.DataFrame:
+    """Check columns and types against `schema`; return the frame with columns in schema order."""
+    for col in schema.columns:
+        if col.name not in df.columns:
+            raise ThinkrlError(f"{where}: missing column '{col.name}' ({schema.name} v{schema.version} expects {col.dtype})")
+        got = df.schema[col.name]
+        if got != col.dtype and got != pl.Null:
+            raise ThinkrlError(f"{where}: column '{col.name}' is {got}, expected {col.dtype} ({schema.name} v{schema.version})")
+        if not col.nullable and df[col.name].null_count():
+            raise ThinkrlError(f"{where}: column '{col.name}' has {df[col.name].null_count()} null values, expected none")
+    if df.height == 0 and not allow_empty:
+        raise ThinkrlError(f"{where}: table '{schema.name}' has no rows")
+    extra = [c for c in df.columns if c not in schema.polars_schema]
+    return df.select([c.name for c in schema.columns] + extra)
+
+
+def read_table(path: str | Path, table: str, allow_empty: bool = False) -> pl.DataFrame:
+    """Read table `table` of the artifact at `path`, validated against its schema."""
+    schema = SCHEMAS[table]
+    manifest = read_manifest(path)
+    out = manifest["outputs"].get(table)
+    if out is None:
+        have = ", ".join(manifest["outputs"]) or "none"
+        raise ThinkrlError(f"{path}: artifact of stage '{manifest.get('stage')}' has no '{table}' table (has: {have})")
+    f = Path(path) / out.get("file", f"{table}.parquet")
+    if out.get("schema_version") != schema.version:
+        raise ThinkrlError(f"{f}: schema version {out.get('schema_version')}, expected {table} v{schema.version}")
+    if not f.is_file():
+        raise ThinkrlError(f"{f}: missing; the manifest lists it (artifact damaged, rerun the stage)")
+    try:
+        df = pl.read_parquet(f)
+    except Exception as e:  # polars raises several error types for damaged files
+        raise ThinkrlError(f"{f}: not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    return validate_frame(df, schema, str(f), allow_empty=allow_empty)
+
+
+# --------------------------------------------------------------------------------------------- writing
+def to_frame(rows: pl.DataFrame | Sequence[Mapping[str, Any]], schema: Schema) -> pl.DataFrame:
+    """Rows (dicts or a frame) cast to the schema's types; unknown extra columns are kept as they are."""
+    if isinstance(rows, pl.DataFrame):
+        df = rows
+    else:
+        df = pl.DataFrame(list(rows), schema_overrides=schema.polars_schema, infer_schema_length=None)
+        if df.width == 0:
+            df = pl.DataFrame(schema=schema.polars_schema)
+    casts = [pl.col(c.name).cast(c.dtype) for c in schema.columns if c.name in df.columns]
+    return df.with_columns(casts)
+
+
+def _write_parquet_atomic(df: pl.DataFrame, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    df.write_parquet(tmp, compression="zstd", statistics=True)
+    os.replace(tmp, dest)
+
+
+def _write_text_atomic(text: str, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, dest)
+
+
+class ArtifactWriter:
+    """Writes one artifact directory: parts while working, tables and manifest at `finish`.
+
+    The config is hashed with the input fingerprints; a rerun with the same hash resumes from the
+    finished part files, a rerun with another hash discards stale parts. An existing good artifact is
+    replaced only by `finish`: its manifest is removed just before the new tables are moved in.
+    """
+
+    def __init__(self, out_dir: str | Path, stage: str, config: Mapping[str, Any],
+                 inputs: Mapping[str, str | Path] | None = None):
+        self.out = Path(out_dir)
+        self.stage = stage
+        self.config = json.loads(json.dumps(dict(config), default=str))  # resolved, JSON-safe
+        self.inputs = {k: {"path": str(v), "sha256": fingerprint(v)} for k, v in (inputs or {}).items()}
+        self.key = sha256_json({"stage": stage, "config": self.config,
+                                "inputs": {k: v["sha256"] for k, v in self.inputs.items()}})
+        self._tables: dict[str, pl.DataFrame] = {}
+        self._parts_checked = False
+
+    # -- skip / resume
+    def up_to_date(self) -> bool:
+        """True when a finished artifact with the same stage, config and inputs is already there."""
+        try:
+            m = read_manifest(self.out)
+        except ThinkrlError:
+            return False
+        if m.get("key") != self.key:
+            return False
+        return all((self.out / o["file"]).is_file() and (self.out / o["file"]).stat().st_size == o.get("bytes")
+                   for o in m["outputs"].values())
+
+    def _parts_dir(self, table: str) -> Path:
+        if not self._parts_checked:
+            root = self.out / PARTS
+            state = root / "key"
+            if root.exists() and (not state.is_file() or state.read_text().strip() != self.key):
+                shutil.rmtree(root)  # parts of another config or inputs: stale
+            root.mkdir(parents=True, exist_ok=True)
+            if not state.is_file():
+                _write_text_atomic(self.key + "\n", state)
+            self._parts_checked = True
+        d = self.out / PARTS / table
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def part_done(self, table: str, part: str) -> bool:
+        return (self._parts_dir(table) / f"{part}.parquet").is_file()
+
+    def write_part(self, table: str, part: str, rows: pl.DataFrame | Sequence[Mapping[str, Any]]) -> None:
+        """Write one part of a table (tmp + rename). Parts are concatenated in name order by `finish`."""
+        df = validate_frame(to_frame(rows, SCHEMAS[table]), SCHEMAS[table], f"{self.out}:{table}/{part}", allow_empty=True)
+        _write_parquet_atomic(df, self._parts_dir(table) / f"{part}.parquet")
+
+    def read_parts(self, table: str) -> pl.DataFrame:
+        files = sorted(self._parts_dir(table).glob("*.parquet"))
+        if not files:
+            return pl.DataFrame(schema=SCHEMAS[table].polars_schema)
+        return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+
+    def set_table(self, table: str, rows: pl.DataFrame | Sequence[Mapping[str, Any]]) -> None:
+        """Give a whole table at once (instead of parts)."""
+        self._tables[table] = to_frame(rows, SCHEMAS[table])
+
+    # -- finish
+    def finish(self, metrics: Mapping[str, Any] | None = None, tables: Sequence[str] | None = None,
+               allow_empty: bool = False) -> dict:
+        """Assemble tables (from `set_table` or parts), write them, then the manifest. Returns the manifest."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        names = list(tables) if tables is not None else []
+        names += [t for t in self._tables if t not in names]
+        parts_root = self.out / PARTS
+        if parts_root.is_dir():
+            names += [d.name for d in sorted(parts_root.iterdir()) if d.is_dir() and d.name not in names]
+        if not names:
+            raise ValueError("finish() called with no tables")
+        staged: dict[str, tuple[Path, pl.DataFrame]] = {}
+        for name in names:
+            schema = SCHEMAS[name]
+            df = self._tables[name] if name in self._tables else self.read_parts(name)
+            df = validate_frame(to_frame(df, schema), schema, f"{self.out}:{name}", allow_empty=allow_empty)
+            dup = df.select(schema.key).is_duplicated()
+            if dup.any():
+                raise ValueError(f"{name}: {int(dup.sum())} rows share a key {schema.key}")
+            tmp = self.out / f".{name}.parquet.new"
+            df.write_parquet(tmp, compression="zstd", statistics=True)
+            staged[name] = (tmp, df)
+        outputs = {}
+        for name, (tmp, df) in staged.items():
+            outputs[name] = {"file": f"{name}.parquet", "schema": name, "schema_version": SCHEMAS[name].version,
+                             "rows": df.height, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
+        manifest = {
+            "stage": self.stage, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "thinkrl_version": __version__, "git_commit": git_commit(), "key": self.key,
+            "config": self.config, "inputs": self.inputs, "outputs": outputs,
+            "metrics": json.loads(json.dumps(dict(metrics or {}), default=float)),
+        }
+        (self.out / MANIFEST).unlink(missing_ok=True)  # from here until the new manifest, no artifact
+        for name, (tmp, _) in staged.items():
+            os.replace(tmp, self.out / f"{name}.parquet")
+        _write_text_atomic(json.dumps(manifest, indent=2, sort_keys=False) + "\n", self.out / MANIFEST)
+        shutil.rmtree(parts_root, ignore_errors=True)
+        return manifest
+
+
+def write_artifact(out_dir: str | Path, stage: str, config: Mapping[str, Any], tables: Mapping[str, Any],
+                   inputs: Mapping[str, str | Path] | None = None, metrics: Mapping[str, Any] | None = None) -> dict:
+    """One-shot write of whole tables; returns the manifest."""
+    w = ArtifactWriter(out_dir, stage, config, inputs)
+    for name, rows in tables.items():
+        w.set_table(name, rows)
+    return w.finish(metrics)
+
+
+# --------------------------------------------------------------------------------------------- docs
+def docs_markdown() -> str:
+    lines = ["# Artifacts", "",
+             "Generated from `thinkrl/artifacts.py` by `python -m thinkrl.artifacts > docs/ARTIFACTS.md`; "
+             "a test fails when this file is stale.", "",
+             "An artifact is a directory with one `<table>.parquet` per table and `manifest.json`, written last "
+             "(stage, created, thinkrl_version, git_commit, key, config, inputs with sha256, outputs with "
+             "file/schema/schema_version/rows/bytes/sha256, metrics).", ""]
+    for s in SCHEMAS.values():
+        lines += [f"## `{s.name}` (schema version {s.version})", "", s.doc, "",
+                  f"Key: {', '.join(f'`{k}`' for k in s.key)}", "",
+                  "| column | type | nullable | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{c.name}` | {c.dtype} | {'yes' if c.nullable else 'no'} | {c.doc.replace('|', '/')} |"
+                  for c in s.columns]
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(docs_markdown(), end="")
