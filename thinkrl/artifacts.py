@@ -84,6 +84,7 @@ ROLLOUTS = Schema(
     (
         Column("rollout_id", S, "`{problem_id}/r{round}/s{sample_idx}`"),
         Column("problem_id", S, "joins problems.problem_id"),
+        Column("question", S, "problem text (copied from problems, for judges and people)"),
         Column("sample_idx", I32, "index within the group of G samples of this problem"),
         Column("round", I32, "training round the behaviour policy belongs to (0 for plain sampling)"),
         Column("policy", S, "policy directory or name that sampled it"),
@@ -254,6 +255,9 @@ def read_manifest(path: str | Path) -> dict:
         raise ThinkrlError(f"{m}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), dict):
         raise ThinkrlError(f"{m}: expected a JSON object with an 'outputs' mapping")
+    for name, o in manifest["outputs"].items():
+        if not isinstance(o, dict) or not isinstance(o.get("file"), str) or "/" in o["file"]:
+            raise ThinkrlError(f"{m}: outputs.{name} must be an object with a 'file' name in the artifact directory")
     return manifest
 
 
@@ -351,7 +355,7 @@ class ArtifactWriter:
         if m.get("key") != self.key:
             return False
         return all((self.out / o["file"]).is_file() and (self.out / o["file"]).stat().st_size == o.get("bytes")
-                   for o in m["outputs"].values())
+                   and sha256_file(self.out / o["file"]) == o.get("sha256") for o in m["outputs"].values())
 
     def _parts_dir(self, table: str) -> Path:
         if not self._parts_checked:
@@ -405,7 +409,7 @@ class ArtifactWriter:
             dup = df.select(schema.key).is_duplicated()
             if dup.any():
                 raise ValueError(f"{name}: {int(dup.sum())} rows share a key {schema.key}")
-            tmp = self.out / f".{name}.parquet.new"
+            tmp = self.out / f".{name}.parquet.new-{os.getpid()}"
             df.write_parquet(tmp, compression="zstd", statistics=True)
             staged[name] = (tmp, df)
         outputs = {}
