@@ -1,0 +1,278 @@
+"""Tests for thinkrl.engine: the HF engine against references (full forward, model.generate), determinism,
+batch independence, prefix sharing, stops, top-p; the registry. Tiny random Llama models built here."""
+
+from __future__ import annotations
+
+import math
+import string
+import sys
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from thinkrl.engine import ENGINES, HFEngine, SamplingParams, load_engine
+from thinkrl.engine.base import completion_text
+from thinkrl.engine.hf import plan_batches, sample_tokens
+from thinkrl.errors import ThinkrlError
+
+PAD, BOS, EOS = 0, 1, 2
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character; ids 0-3 are <pad> <s> </s> <unk>."""
+    chars = string.ascii_letters + string.digits + " \n.,?!+-*/=()\\{}:"
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *chars])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+def tiny_llama(vocab: int, seed: int = 0, eos_boost: float = 0.0, hidden=32, layers=2) -> LlamaForCausalLM:
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, initializer_range=0.3,
+                      bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    if eos_boost:
+        with torch.no_grad():  # make EOS likely enough that sequences end at varied lengths
+            model.lm_head.weight[EOS] = model.lm_head.weight[EOS] + eos_boost * model.model.norm.weight.sign()
+    return model
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def engine(tok):
+    return HFEngine(tiny_llama(len(tok)), tok)
+
+
+@pytest.fixture(scope="module")
+def eos_engine(tok):
+    """A model that often ends with EOS: rows finish at different steps and leave the batch."""
+    return HFEngine(tiny_llama(len(tok), seed=1, eos_boost=0.25), tok)
+
+
+def enc(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+PROMPTS = ["Start at 17. Add 28.", "Hi", "What is 3+4?\n", "x"]
+
+
+def seeds_for(n_prompts, n, base=0):
+    return [[1000 * base + 10 * i + j for j in range(n)] for i in range(n_prompts)]
+
+
+def reference_logprobs(model, prompt, completion, temperature):
+    """log_softmax(logits / T) per completion token from one full forward pass over prompt + completion."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
+    t = temperature if temperature > 0 else 1.0
+    return torch.log_softmax(logits / t, -1).gather(1, torch.tensor(completion)[:, None])[:, 0].tolist()
+
+
+def test_same_seeds_identical_and_different_seeds_differ(engine, tok):
+    prompts = [enc(tok, p) for p in PROMPTS]
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=24)
+    a = engine.generate(prompts, params, seeds_for(4, 3))
+    b = engine.generate(prompts, params, seeds_for(4, 3))
+    assert [[(c.token_ids, c.logprobs, c.text, c.finish_reason) for c in row] for row in a] == \
+           [[(c.token_ids, c.logprobs, c.text, c.finish_reason) for c in row] for row in b]
+    c = engine.generate(prompts, params, seeds_for(4, 3, base=7))
+    assert [[x.token_ids for x in row] for row in a] != [[x.token_ids for x in row] for row in c]
+    # the n samples of one prompt differ from each other (own seed each)
+    assert len({tuple(x.token_ids) for x in a[0]}) == 3
+    assert all(len(x.token_ids) == len(x.logprobs) for row in a for x in row)
+
+
+def test_batch_composition_does_not_change_results(eos_engine, tok):
+    prompts = [enc(tok, p) for p in PROMPTS]
+    seeds = seeds_for(4, 2)
+    params = SamplingParams(n=2, temperature=0.9, top_p=0.95, max_tokens=20)
+    together = eos_engine.generate(prompts, params, seeds)
+    small = HFEngine(eos_engine.model, tok, batch_tokens=1)  # one prompt per batch
+    apart = small.generate(prompts, params, seeds)
+    for i in range(len(prompts)):
+        alone = eos_engine.generate([prompts[i]], params, [seeds[i]])[0]
+        for x, y, z in zip(together[i], apart[i], alone, strict=True):
+            assert x.token_ids == y.token_ids == z.token_ids
+            assert x.finish_reason == z.finish_reason and x.text == z.text
+            assert max(abs(p - q) for p, q in zip(x.logprobs, z.logprobs, strict=True)) < 1e-5
+            assert max(abs(p - q) for p, q in zip(y.logprobs, z.logprobs, strict=True)) < 1e-5
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_match_full_forward_reference(eos_engine, tok, temperature):
+    # different prompt lengths (left padding), n=3 (prefix expansion), rows finishing early (row removal)
+    prompts = [enc(tok, p) for p in PROMPTS]
+    out = eos_engine.generate(prompts, SamplingParams(n=3, temperature=temperature, max_tokens=16),
+                              seeds_for(4, 3))
+    reasons = {c.finish_reason for row in out for c in row}
+    assert reasons == {"stop", "length"}  # both kinds present: rows did leave the batch early
+    for prompt, row in zip(prompts, out, strict=True):
+        for c in row:
+            ref = reference_logprobs(eos_engine.model, prompt, c.token_ids, temperature)
+            assert max(abs(a - b) for a, b in zip(c.logprobs, ref, strict=True)) < 1e-4
+
+
+def test_greedy_equals_model_generate(engine, tok):
+    prompts = [enc(tok, p) for p in PROMPTS[:3]]
+    out = engine.generate(prompts, SamplingParams(n=2, temperature=0.0, max_tokens=20), seeds_for(3, 2))
+    for prompt, row in zip(prompts, out, strict=True):
+        with torch.no_grad():
+            ids = torch.tensor([prompt])
+            ref = engine.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                        max_new_tokens=20, eos_token_id=EOS, pad_token_id=PAD)
+        expected = ref[0, len(prompt):].tolist()
+        assert row[0].token_ids == row[1].token_ids == expected
+        reference = reference_logprobs(engine.model, prompt, expected, 0.0)  # T=0 reports T=1 log-probs
+        assert row[0].logprobs == pytest.approx(reference, abs=1e-4)
+
+
+def test_tiny_top_p_is_greedy(engine, tok):
+    prompts = [enc(tok, p) for p in PROMPTS]
+    greedy = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_tokens=12), seeds_for(4, 1))
+    nucleus = engine.generate(prompts, SamplingParams(n=2, temperature=1.0, top_p=1e-6, max_tokens=12),
+                              seeds_for(4, 2, base=3))
+    for g, row in zip(greedy, nucleus, strict=True):
+        for c in row:
+            assert c.token_ids == g[0].token_ids
+            assert c.logprobs == pytest.approx(g[0].logprobs, abs=1e-6)  # T=1: same log_softmax(logits)
+
+
+def test_sample_tokens_top_p_keeps_smallest_set():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+
+    def pick(u, top_p):
+        return sample_tokens(logits, torch.tensor([u], dtype=torch.float64), 1.0, top_p)[0].item()
+
+    assert {pick(u / 100, 0.45) for u in range(100)} == {0}  # 0.5 >= 0.45: one token suffices
+    assert {pick(u / 100, 0.6) for u in range(100)} == {0, 1}  # 0.5 < 0.6: two tokens, renormalised
+    assert pick(0.62, 0.6) == 0 and pick(0.63, 0.6) == 1  # inverse CDF over 0.5 / 0.8
+    assert {pick(u / 100, 1.0) for u in range(100)} == {0, 1, 2}
+    assert pick(0.9999999999, 1.0) == 2
+    tokens, lp = sample_tokens(logits, torch.tensor([0.7], dtype=torch.float64), 1.0, 0.6)
+    assert lp.item() == pytest.approx(math.log(0.3), abs=1e-6)  # log-prob before the top-p cut
+
+
+def test_eos_stops_and_is_kept_in_ids_not_text(eos_engine, tok):
+    out = eos_engine.generate([enc(tok, "Hi")], SamplingParams(n=8, max_tokens=30), [list(range(8))])[0]
+    stopped = [c for c in out if c.finish_reason == "stop"]
+    assert stopped and len(stopped) < 8
+    for c in stopped:
+        assert c.token_ids[-1] == EOS and EOS not in c.token_ids[:-1]
+        assert c.text == tok.decode(c.token_ids[:-1], skip_special_tokens=True)
+        assert "</s>" not in c.text
+    for c in out:
+        if c.finish_reason == "length":
+            assert len(c.token_ids) == 30 and EOS not in c.token_ids
+
+
+def test_max_tokens_gives_length(engine, tok):
+    out = engine.generate([enc(tok, "Hi")], SamplingParams(n=2, max_tokens=5), [[1, 2]])[0]
+    assert all(c.finish_reason == "length" and len(c.token_ids) == 5 for c in out)
+    assert all(c.text == tok.decode(c.token_ids, skip_special_tokens=True) for c in out)
+
+
+def test_stop_string_cuts_text(engine, tok):
+    prompt, params = enc(tok, "Start at 17."), SamplingParams(n=1, max_tokens=30)
+    full = engine.generate([prompt], params, [[5]])[0][0]
+    stop = full.text[6:8]  # a two-character string the unconstrained sample produces
+    cut = engine.generate([prompt], SamplingParams(n=1, max_tokens=30, stop=(stop, "@@")), [[5]])[0][0]
+    first = full.text.find(stop)
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[:first]
+    assert cut.token_ids == full.token_ids[:len(cut.token_ids)]  # same seed: same tokens until the stop
+    decoded = tok.decode(cut.token_ids, skip_special_tokens=True)
+    assert decoded.startswith(cut.text) and stop in decoded and stop not in tok.decode(cut.token_ids[:-1])
+
+
+def test_prompt_is_prefilled_once_per_prompt(engine, tok):
+    calls = []
+
+    def hook(module, args, kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+
+    handle = engine.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        prompts = [enc(tok, p) for p in PROMPTS]
+        engine.generate(prompts, SamplingParams(n=5, max_tokens=6), seeds_for(4, 5))
+    finally:
+        handle.remove()
+    longest = max(len(p) for p in prompts)
+    assert calls[0] == (4, longest)  # one prefill, one row per prompt, not per sample
+    assert all(shape == (20, 1) for shape in calls[1:])  # then one token per sample row per step
+    assert len(calls) == 1 + 5  # the last step needs no forward pass
+
+
+def test_progress_reports_tokens_and_finished(eos_engine, tok):
+    seen = []
+    out = eos_engine.generate([enc(tok, p) for p in PROMPTS], SamplingParams(n=2, max_tokens=15),
+                              seeds_for(4, 2), progress=lambda t, f: seen.append((t, f)))
+    assert sum(t for t, _ in seen) == sum(len(c.token_ids) for row in out for c in row)
+    assert sum(f for _, f in seen) == 8
+
+
+def test_plan_batches_respects_budget():
+    lengths = [5, 50, 10, 7, 30]
+    batches = plan_batches(lengths, n=2, max_tokens=10, batch_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(5))
+    for b in batches:
+        assert len(b) == 1 or len(b) * 2 * (max(lengths[i] for i in b) + 10) <= 100
+    assert [lengths[b[0]] for b in batches] == sorted(lengths[b[0]] for b in batches)
+
+
+def test_bad_requests_are_clear(engine, tok):
+    with pytest.raises(ThinkrlError, match="seeds"):
+        engine.generate([enc(tok, "Hi")], SamplingParams(n=2), [[1]])
+    with pytest.raises(ThinkrlError, match="empty"):
+        engine.generate([[]], SamplingParams(n=1), [[1]])
+    with pytest.raises(ThinkrlError, match="top_p"):
+        SamplingParams(top_p=0.0)
+    with pytest.raises(ThinkrlError, match="temperature"):
+        SamplingParams(temperature=-1)
+
+
+def test_completion_text_invariant(tok):
+    ids = enc(tok, "abc = 12\n\nok") + [EOS]
+    text = completion_text(tok, ids, frozenset({EOS}), ("\n\n",))
+    assert text == "abc = 12" and tok.decode(ids, skip_special_tokens=True).startswith(text)
+
+
+def test_from_pretrained_and_registry(tmp_path, tok):
+    tiny_llama(len(tok)).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    eng = load_engine("hf", tmp_path)
+    assert eng.name == "hf" and eng.model.dtype == torch.float32 and not eng.model.training
+    bf = load_engine("hf", tmp_path, dtype="bfloat16")
+    out = bf.generate([enc(tok, "Hi")], SamplingParams(n=2, max_tokens=4), [[1, 2]])
+    assert bf.model.dtype == torch.bfloat16 and len(out[0][0].token_ids) == 4
+    assert set(ENGINES) == {"hf", "vllm"}
+    with pytest.raises(ThinkrlError, match="hf, vllm"):
+        load_engine("nope", tmp_path)
+    with pytest.raises(ThinkrlError, match="cannot load"):
+        load_engine("hf", tmp_path / "missing")
+
+
+def test_vllm_is_lazy():
+    import thinkrl.engine  # noqa: F401
+
+    if "vllm" in sys.modules:
+        pytest.skip("vllm imported by something else in this process")
+    import thinkrl.engine.vllm  # noqa: F401  (the module itself imports vllm only in the constructor)
+
+    assert "vllm" not in sys.modules
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(ThinkrlError, match="not installed"):
+            ENGINES["vllm"]("some/model")
