@@ -8,12 +8,18 @@ Run `thinkrl STAGE --help` for a stage's options. Stages that are not built yet 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
 from stages import data as data_stage
+from stages import eval as eval_stage
 from stages import inspect as inspect_stage
+from stages import judge as judge_stage
+from stages import judge_eval as judge_eval_stage
+from stages import sample as sample_stage
+from stages import segment as segment_stage
 from stages.common import guard
 from thinkrl.errors import ThinkrlError
 
@@ -31,12 +37,7 @@ class NotBuilt(ThinkrlError):
 
 
 NOT_BUILT = {
-    "sample": "sample G completions per problem with a policy and grade them (rollouts artifact)",
-    "judge": "label each step of each rollout with a judge (judgments artifact)",
-    "judge-eval": "measure a judge against the ArithChain oracle and on ProcessBench",
-    "segment": "merge steps into thoughts and compute per-token advantages (thoughts artifact)",
     "train": "clipped policy-gradient updates on a thoughts artifact (checkpoint + train metrics)",
-    "eval": "evaluate a policy on benchmarks: avg@k, pass@k, maj@k",
     "run": "rounds of sample -> judge -> segment -> train with periodic eval, from a TOML file",
     "demo": "the embedded default: warm-start the tiny policy, train GRPO vs TP-GRPO, write a report",
     "report": "tables and plots for runs, from manifests and metrics artifacts",
@@ -53,6 +54,11 @@ def _not_built(name: str, what: str):
 
 
 def register(app: typer.Typer) -> None:
+    app.command("sample")(guard(sample_stage.sample))
+    app.command("judge")(guard(judge_stage.judge))
+    app.command("judge-eval")(guard(judge_eval_stage.judge_eval))
+    app.command("segment")(guard(segment_stage.segment))
+    app.command("eval")(guard(eval_stage.eval_cmd))
     app.command("inspect")(guard(inspect_stage.inspect))
     app.add_typer(data_stage.app, name="data", help="List and prepare benchmark and task problem sets.")
     for name, what in NOT_BUILT.items():
@@ -63,6 +69,9 @@ register(app)
 
 
 def main() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars only
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app()
     except ThinkrlError as e:  # raised outside a guarded command (e.g. while registering)

@@ -51,3 +51,38 @@ def skipped(out_dir: Path) -> None:
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+class TokenProgress:
+    """A rich progress bar over sequences with live tokens/s; `update(new_tokens, finished_sequences)`
+    matches the engine's progress callback."""
+
+    def __init__(self, total: int, description: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.total, self.tokens = total, 0
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, transient=False,
+            disable=not console.is_terminal and env_flag("THINKRL_NO_PROGRESS"),
+        )
+        self._task = self._progress.add_task(description, total=total, rate="")
+        self._t0 = None
+
+    def __enter__(self) -> TokenProgress:
+        import time
+
+        self._time = time.perf_counter
+        self._t0 = self._time()
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)
+
+    def update(self, new_tokens: int, finished: int) -> None:
+        self.tokens += new_tokens
+        elapsed = max(self._time() - self._t0, 1e-9)
+        done = self._progress.tasks[0].completed + finished
+        rate = f"{done / elapsed:.1f} seq/s  {self.tokens / elapsed:.0f} tok/s"
+        self._progress.update(self._task, advance=finished, rate=rate)

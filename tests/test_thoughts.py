@@ -15,7 +15,7 @@ from thinkrl.thoughts import (
     outcome_advantages,
 )
 
-C, I, M, U, K = "correct", "incorrect", "matched", "unmatched", "unknown"
+C, INC, M, U, K = "correct", "incorrect", "matched", "unmatched", "unknown"
 
 
 def ro(rid, correct, labels, tokens_per_step=3, answer_tokens=2):
@@ -34,7 +34,7 @@ def test_outcome_advantage_population_std():
 
 
 def test_worked_case_g8_six_correct_alpha1():
-    group = [ro("c0", True, [C, I, I, C])] + [ro(f"c{i}", True, [C, C]) for i in range(1, 6)] + [
+    group = [ro("c0", True, [C, INC, INC, C])] + [ro(f"c{i}", True, [C, C]) for i in range(1, 6)] + [
         ro("w0", False, [U, M, M]), ro("w1", False, [M])]
     adv = {a.rollout_id: a for a in group_advantages(group, "thought", alpha=1.0)}
     a = adv["c0"].advantages
@@ -46,12 +46,12 @@ def test_worked_case_g8_six_correct_alpha1():
     assert w[0:3] == pytest.approx([0.0] * 3)                        # unmatched: not punished
     assert w[3:9] == pytest.approx([-1.732] * 6, abs=1e-3)           # matched
     assert w[9:] == pytest.approx([-1.732] * 2, abs=1e-3)
-    assert [t.label for t in adv["c0"].thoughts] == [C, I, C]        # merged runs
+    assert [t.label for t in adv["c0"].thoughts] == [C, INC, C]        # merged runs
     assert [t.reward for t in adv["c0"].thoughts] == pytest.approx([0.577, -0.173, 0.577], abs=1e-3)
 
 
 def test_all_correct_group_error_thoughts_get_minus_alpha():
-    group = [ro("a", True, [C, I, C]), ro("b", True, [C]), ro("c", True, [C, C])]
+    group = [ro("a", True, [C, INC, C]), ro("b", True, [C]), ro("c", True, [C, C])]
     adv = {a.rollout_id: a for a in group_advantages(group, "thought", alpha=0.5)}
     assert np.all(adv["b"].advantages == 0) and np.all(adv["c"].advantages == 0)
     assert adv["a"].advantages[3:6] == pytest.approx([-0.5] * 3)     # r_hat 0, acc 1 -> -alpha
@@ -74,7 +74,7 @@ def test_failed_judgment_falls_back_to_outcome():
 
 
 def test_unknown_thought_gets_outcome_advantage():
-    group = [ro("a", True, [K, I]), ro("b", False, [K, U])]
+    group = [ro("a", True, [K, INC]), ro("b", False, [K, U])]
     adv = {a.rollout_id: a for a in group_advantages(group, "thought")}
     rh = 0.5 / (0.5 + 1e-4)
     assert adv["a"].advantages[:3] == pytest.approx([rh] * 3)
@@ -84,7 +84,7 @@ def test_unknown_thought_gets_outcome_advantage():
 
 
 def test_thought_static_uses_alpha_not_alpha_acc():
-    group = [ro("a", True, [C, I]), ro("b", False, [M]), ro("c", False, [M]), ro("d", False, [M])]
+    group = [ro("a", True, [C, INC]), ro("b", False, [M]), ro("c", False, [M]), ro("d", False, [M])]
     rh = outcome_advantages([1, 0, 0, 0])[0]
     a_dyn = group_advantages(group, "thought", alpha=1.0)[0].advantages
     a_sta = group_advantages(group, "thought-static", alpha=1.0)[0].advantages
@@ -93,16 +93,16 @@ def test_thought_static_uses_alpha_not_alpha_acc():
 
 
 def test_outcome_scheme_ignores_labels():
-    group = [ro("a", True, [C, I]), ro("b", False, [U, M])]
+    group = [ro("a", True, [C, INC]), ro("b", False, [U, M])]
     adv = group_advantages(group, "outcome")
     assert np.all(adv[0].advantages == pytest.approx(0.5 / (0.5 + 1e-4)))
     assert np.all(adv[1].advantages == pytest.approx(-0.5 / (0.5 + 1e-4)))
 
 
 def test_step_scheme_return_to_go_by_hand():
-    # one correct rollout [C, I] and one wrong [M]; alpha 1, acc 0.5
-    group = [ro("a", True, [C, I], tokens_per_step=2, answer_tokens=1), ro("b", False, [M], 2, 1)]
-    raw = np.array([1.0, 0.5, 1.0, 0.0, 0.0])  # a: C, I, answer(1); b: M, answer(0)
+    # one correct rollout [C, INC] and one wrong [M]; alpha 1, acc 0.5
+    group = [ro("a", True, [C, INC], tokens_per_step=2, answer_tokens=1), ro("b", False, [M], 2, 1)]
+    raw = np.array([1.0, 0.5, 1.0, 0.0, 0.0])  # a: C, INC, answer(1); b: M, answer(0)
     z = (raw - raw.mean()) / (raw.std() + 1e-4)
     adv = group_advantages(group, "step", alpha=1.0)
     a = adv[0].advantages  # 5 tokens: step0 [0,2), step1 [2,4), answer [4,5)
@@ -121,7 +121,7 @@ def test_step_scheme_unmatched_normalises_to_zero_reward():
 
 
 def test_merge_thoughts_separators_go_to_previous_thought():
-    steps = [StepLabel(0, 3, C), StepLabel(4, 6, C), StepLabel(7, 9, I), StepLabel(10, 12, C)]
+    steps = [StepLabel(0, 3, C), StepLabel(4, 6, C), StepLabel(7, 9, INC), StepLabel(10, 12, C)]
     runs = merge_thoughts(steps, answer_token_start=13)
-    assert [(a, b, lab) for a, b, lab, _ in runs] == [(0, 7, C), (7, 10, I), (10, 13, C)]
+    assert [(a, b, lab) for a, b, lab, _ in runs] == [(0, 7, C), (7, 10, INC), (10, 13, C)]
     assert [idx for *_, idx in runs] == [[0, 1], [2], [3]]

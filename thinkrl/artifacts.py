@@ -192,9 +192,27 @@ EVAL_SUMMARY = Schema(
     ),
 )
 
+JUDGE_EVAL = Schema(
+    "judge_eval", 1, "A judge measured against the ArithChain oracle or ProcessBench's first-error labels.",
+    ("suite", "subset"),
+    (
+        Column("suite", S, "`oracle` (ArithChain rollouts vs exact step truth) or `processbench`"),
+        Column("subset", S, "benchmark subset (gsm8k, math, ...) or the rollouts artifact"),
+        Column("items", I64, "rollouts or ProcessBench cases judged"),
+        Column("precision", F64, "oracle: precision of error labels (incorrect/matched) per step", nullable=True),
+        Column("recall", F64, "oracle: recall of error labels per step", nullable=True),
+        Column("exact_interval_rate", F64, "oracle: share of rollouts whose error steps match exactly", nullable=True),
+        Column("acc_erroneous", F64, "processbench: first error found exactly, on cases with an error", nullable=True),
+        Column("acc_correct", F64, "processbench: no error predicted, on cases without one", nullable=True),
+        Column("f1", F64, "processbench: harmonic mean of the two accuracies", nullable=True),
+        Column("unknown_rate", F64, "share of steps labelled unknown"),
+    ),
+)
+
 SCHEMAS: dict[str, Schema] = {
     s.name: s
-    for s in (PROBLEMS, ROLLOUTS, JUDGMENTS, THOUGHTS, ADVANTAGES, TRAIN_METRICS, EVAL_SAMPLES, EVAL_SUMMARY)
+    for s in (PROBLEMS, ROLLOUTS, JUDGMENTS, THOUGHTS, ADVANTAGES, TRAIN_METRICS, EVAL_SAMPLES, EVAL_SUMMARY,
+              JUDGE_EVAL)
 }
 
 

@@ -17,7 +17,8 @@ from rich.table import Table
 from thinkrl.artifacts import SCHEMAS, read_manifest, read_table
 from thinkrl.errors import ThinkrlError
 
-_CELL = 80  # characters of a cell shown in the terminal
+_CELL = 160  # characters of a cell shown in the terminal
+_WIDE = 7    # tables with more columns are shown one record at a time
 
 
 def _cell(v: Any) -> Any:
@@ -62,12 +63,22 @@ def render_summary(s: dict, console: Console) -> None:
     for t in s["tables"]:
         console.print(f"\n[bold]{t['table']}[/bold] v{t['schema_version']}: {t['rows']} rows, "
                       f"{len(t['columns'])} columns")
-        grid = Table(show_lines=False, header_style="bold magenta")
-        for c, dtype in t["columns"].items():
-            grid.add_column(f"{c}\n[dim]{dtype}[/dim]", overflow="fold", max_width=40)
-        for r in t["head"]:
-            grid.add_row(*[_short(r[c]) for c in t["columns"]])
-        console.print(grid)
+        if len(t["columns"]) <= _WIDE:
+            grid = Table(show_lines=False, header_style="bold magenta")
+            for c, dtype in t["columns"].items():
+                grid.add_column(f"{c}\n[dim]{dtype}[/dim]", overflow="fold", max_width=40)
+            for r in t["head"]:
+                grid.add_row(*[_short(r[c]) for c in t["columns"]])
+            console.print(grid)
+            continue
+        for i, r in enumerate(t["head"]):  # many columns: one record per table, column: value
+            grid = Table(title=f"row {i}", show_header=False, title_justify="left", title_style="bold")
+            grid.add_column("column", style="magenta", no_wrap=True)
+            grid.add_column("type", style="dim", no_wrap=True)
+            grid.add_column("value", overflow="fold")
+            for c, dtype in t["columns"].items():
+                grid.add_row(c, dtype, _short(r[c]))
+            console.print(grid)
 
 
 def _fmt(v: Any) -> str:

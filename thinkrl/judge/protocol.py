@@ -53,5 +53,5 @@ class Judge(Protocol):
 
     def judge_many(self, requests: list[JudgeRequest], progress=None) -> list[Verdict]:
         """One verdict per request, in order. Never raises for a bad reply: it becomes `unknown`.
-        progress(done_rollouts) is called as work finishes."""
+        progress(k) is called as work finishes: k more rollouts done since the last call."""
         ...

@@ -1,0 +1,78 @@
+"""`thinkrl judge`: label every step of every rollout with a judge (judgments artifact).
+
+    thinkrl judge --rollouts runs/r --judge rule --out runs/j
+    thinkrl judge --rollouts runs/r --judge hf:runs/judge-model --out runs/j
+    thinkrl judge --rollouts runs/r --judge openai:http://127.0.0.1:8000 --judge-model Qwen3-32B --out runs/j
+
+One judge call per rollout. The API key of an `openai:` judge is read from $OPENAI_API_KEY (or the
+variable named by --api-key-env) and never written anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from stages.common import Force, console, skipped
+from thinkrl.artifacts import ArtifactWriter, read_table
+from thinkrl.errors import ThinkrlError
+from thinkrl.judge import make_judge
+from thinkrl.judge.judging import judge_rollouts
+from thinkrl.judge.prompts import TEMPLATES
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ThinkrlError(f"{path}: cannot load the policy tokenizer for token spans "
+                           f"({str(e).splitlines()[0][:120]}); pass --tokenizer DIR") from None
+
+
+def judge(
+    rollouts: Annotated[Path, typer.Option(help="rollouts artifact (thinkrl sample)")],
+    out: Annotated[Path, typer.Option(help="output artifact directory")],
+    judge_spec: Annotated[str, typer.Option("--judge", help="rule | oracle | hf:DIR | openai:URL")] = "rule",
+    splitter: Annotated[str, typer.Option(help="step splitter: blank (blank lines) or line")] = "blank",
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="policy tokenizer for token spans (default: the rollouts' policy directory)")] = None,
+    judge_model: Annotated[str | None, typer.Option(help="openai: the model name the server serves")] = None,
+    prompt: Annotated[str, typer.Option(help=f"generative judge prompt template: {', '.join(TEMPLATES)}")] = "intrinsic-v1",
+    max_tokens: Annotated[int, typer.Option(help="generative judges: maximum reply tokens")] = 1024,
+    concurrency: Annotated[int, typer.Option(help="openai: requests in flight at once")] = 8,
+    timeout: Annotated[float, typer.Option(help="openai: per-request timeout in seconds")] = 120.0,
+    retries: Annotated[int, typer.Option(help="openai: retries on timeouts, 429 and 5xx")] = 4,
+    api_key_env: Annotated[str, typer.Option(help="openai: environment variable holding the API key")] = "OPENAI_API_KEY",
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="openai: reply cache directory (default: OUT/_cache); a rerun never asks twice")] = None,
+    part_size: Annotated[int, typer.Option(help="rollouts per part file (resume granularity)")] = 64,
+    force: Force = False,
+) -> None:
+    """Label each step of each rollout with a judge (judgments artifact)."""
+    df = read_table(rollouts, "rollouts")
+    tok_path = tokenizer or Path(df["policy"][0])
+    config = {"judge": judge_spec, "splitter": splitter, "judge_model": judge_model, "prompt": prompt,
+              "prompt_version": TEMPLATES[prompt].version if prompt in TEMPLATES else None,
+              "max_tokens": max_tokens, "tokenizer": str(tok_path)}
+    writer = ArtifactWriter(out, "judge", config, inputs={"rollouts": rollouts})
+    if writer.up_to_date() and not force:
+        return skipped(out)
+    if prompt not in TEMPLATES:
+        raise ThinkrlError(f"unknown judge prompt '{prompt}' (known: {', '.join(TEMPLATES)})")
+    j = make_judge(judge_spec, model=judge_model, max_tokens=max_tokens, template=prompt,
+                   cache_dir=str(cache_dir or out / "_cache"), concurrency=concurrency, timeout_s=timeout,
+                   retries=retries, api_key_env=api_key_env)
+    tok = load_tokenizer(tok_path)
+    with Progress(TextColumn("[bold]judge"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("judge", total=df.height)
+        metrics = judge_rollouts(df, j, tok, writer, splitter=splitter, part_size=part_size,
+                                 progress=lambda k: bar.advance(task, k))
+    mix = ", ".join(f"{k[6:]} {v:.2f}" for k, v in metrics.items() if k.startswith("label_"))
+    console.print(f"{out}: {metrics['steps']} steps of {metrics['rollouts']} rollouts ({mix}); "
+                  f"unknown {metrics['unknown_rate']:.3f}; {metrics['seconds']:.1f} s")

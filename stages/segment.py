@@ -1,0 +1,56 @@
+"""`thinkrl segment`: merge judged steps into thoughts and write per-token advantages (thoughts artifact).
+
+    thinkrl segment --rollouts runs/r --judgments runs/j --scheme thought --alpha 1.0 --out runs/t
+    thinkrl segment --rollouts runs/r --scheme outcome --out runs/t          # plain GRPO, no judge
+
+Behaviour log-probs are recomputed once with the policy that sampled the round (default: the rollouts'
+`policy` column; `--policy` overrides, `--no-recompute` keeps the sampler's own log-probs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stages.common import Force, console, skipped
+from thinkrl.artifacts import ArtifactWriter, read_table
+from thinkrl.segment import segment as run_segment
+from thinkrl.thoughts import SCHEMES
+
+
+def segment(
+    rollouts: Annotated[Path, typer.Option(help="rollouts artifact (thinkrl sample)")],
+    out: Annotated[Path, typer.Option(help="output artifact directory")],
+    judgments: Annotated[Path | None, typer.Option(help="judgments artifact (thinkrl judge); not needed for outcome")] = None,
+    scheme: Annotated[str, typer.Option(help=f"reward scheme: {', '.join(SCHEMES)}")] = "thought",
+    alpha: Annotated[float, typer.Option(help="α: penalty scale of incorrect thoughts (α·acc, or α for thought-static)")] = 1.0,
+    policy: Annotated[Path | None, typer.Option(help="policy that sampled the round (default: from the rollouts)")] = None,
+    recompute: Annotated[bool, typer.Option(help="recompute behaviour log-probs with the policy (else the sampler's)")] = True,
+    batch_tokens: Annotated[int, typer.Option(help="tokens per forward batch when recomputing log-probs")] = 16384,
+    force: Force = False,
+) -> None:
+    """Merge steps into thoughts and compute per-token advantages (thoughts artifact)."""
+    ro = read_table(rollouts, "rollouts")
+    pol = policy or Path(ro["policy"][0])
+    inputs = {"rollouts": rollouts, **({"judgments": judgments} if judgments else {}),
+              **({"policy": pol} if recompute else {})}
+    config = {"scheme": scheme, "alpha": alpha, "recompute": recompute, "policy": str(pol) if recompute else None}
+    writer = ArtifactWriter(out, "segment", config, inputs=inputs)
+    if writer.up_to_date() and not force:
+        return skipped(out)
+    jd = read_table(judgments, "judgments", allow_empty=True) if judgments else None
+    logprob_fn = None
+    if recompute:
+        from thinkrl.models import load_policy
+        from thinkrl.trainer import token_logprobs
+
+        model, _ = load_policy(pol)
+        logprob_fn = lambda p, c: token_logprobs(model, p, c, batch_tokens=batch_tokens)  # noqa: E731
+    with console.status("segment: advantages and behaviour log-probs"):
+        m = run_segment(ro, jd, scheme, alpha, writer, logprob_fn)
+    console.print(f"{out}: {m['kept_rollouts']}/{m['rollouts']} rollouts kept ({m['dropped_rollouts']} all-zero dropped), "
+                  f"{m['error_thoughts']} error thoughts ({m['flipped_error_thoughts']} flipped), "
+                  f"incorrect-thought tokens {m['incorrect_thought_token_share']:.3f}, "
+                  f"unknown fallbacks {m['unknown_fallbacks']}")

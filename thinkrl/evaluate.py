@@ -1,0 +1,110 @@
+"""Evaluation: k samples per problem on named benchmarks; avg@k, pass@k, maj@k, mean tokens.
+
+    summary = evaluate(benchmarks={"math500": df, ...}, engine=engine, cfg=EvalConfig(k=16), writer=w, ...)
+
+Samples go through the same code as the sample stage (`sampling.sample_part`), in resumable parts.
+Scores (the paper's protocol: avg@16 pass@1 at temperature 0.6, top-p 0.95):
+- avg@k: mean over problems of the share of correct samples (the mean pass@1);
+- pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k) of Chen et al. 2021 with n samples, c correct;
+- maj@k: the most frequent extracted answer (whitespace-insensitive string match; ties go to the answer
+  seen first) is correct. Samples with no answer do not vote.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from thinkrl.artifacts import ArtifactWriter
+from thinkrl.engine.base import Engine
+from thinkrl.sampling import SampleConfig, sample_part
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    k: int = field(default=16, metadata={"help": "samples per problem"})
+    temperature: float = field(default=0.6, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
+    max_tokens: int = field(default=1024, metadata={"help": "maximum completion tokens"})
+    seed: int = field(default=0, metadata={"help": "base seed"})
+    part_size: int = field(default=16, metadata={"help": "problems per part file"})
+
+    def sample_config(self) -> SampleConfig:
+        return SampleConfig(n=self.k, temperature=self.temperature, top_p=self.top_p,
+                            max_tokens=self.max_tokens, seed=self.seed, round=-1, part_size=self.part_size)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (needs k <= n)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_correct(preds: list[str | None], correct: list[bool]) -> bool:
+    votes = Counter()
+    first: dict[str, int] = {}
+    verdict: dict[str, bool] = {}
+    for i, (p, c) in enumerate(zip(preds, correct, strict=True)):
+        if p is None:
+            continue
+        key = "".join(p.split())
+        votes[key] += 1
+        first.setdefault(key, i)
+        verdict.setdefault(key, c)
+    if not votes:
+        return False
+    best = max(votes, key=lambda a: (votes[a], -first[a]))
+    return verdict[best]
+
+
+def summarise(samples: pl.DataFrame, k: int) -> pl.DataFrame:
+    """eval_samples rows -> one eval_summary row per benchmark."""
+    rows = []
+    for (bench,), df in samples.group_by(["benchmark"], maintain_order=True):
+        per_problem = df.group_by("problem_id", maintain_order=True).agg(
+            pl.col("correct").sum().alias("c"), pl.len().alias("n"),
+            pl.col("pred_answer"), pl.col("correct").alias("flags"))
+        rows.append({
+            "benchmark": bench, "problems": per_problem.height, "k": k,
+            "avg_at_k": float((per_problem["c"] / per_problem["n"]).mean()),
+            "pass_at_k": float(sum(pass_at_k(n, c, min(k, n)) for n, c in zip(per_problem["n"], per_problem["c"], strict=True))
+                               / per_problem.height),
+            "maj_at_k": float(sum(majority_correct(p, f) for p, f in zip(per_problem["pred_answer"],
+                                                                          per_problem["flags"], strict=True)) / per_problem.height),
+            "mean_tokens": float(df["tokens"].mean()),
+            "truncation_rate": float((df["finish_reason"] == "length").mean()),
+        })
+    return pl.DataFrame(rows)
+
+
+def evaluate(benchmarks: Mapping[str, pl.DataFrame], engine: Engine, cfg: EvalConfig, writer: ArtifactWriter,
+             policy: str, template: str, progress: Callable[[int, int], None] | None = None) -> pl.DataFrame:
+    """Sample cfg.k completions per problem of every benchmark (parts resume), write samples + summary."""
+    scfg = cfg.sample_config()
+    for bench, problems in benchmarks.items():
+        for start in range(0, problems.height, cfg.part_size):
+            part = f"{bench}-{start // cfg.part_size:06d}"
+            if writer.part_done("eval_samples", part):
+                if progress:
+                    progress(0, min(cfg.part_size, problems.height - start) * cfg.k)
+                continue
+            chunk = problems.slice(start, cfg.part_size)
+            rows = sample_part(chunk, engine, scfg, template, policy, progress)
+            writer.write_part("eval_samples", part, [
+                {"benchmark": bench, "problem_id": r["problem_id"], "sample_idx": r["sample_idx"],
+                 "completion": r["completion"], "pred_answer": r["pred_answer"], "correct": r["correct"],
+                 "tokens": len(r["completion_ids"]), "finish_reason": r["finish_reason"]} for r in rows])
+    samples = writer.read_parts("eval_samples")
+    summary = summarise(samples, cfg.k)
+    writer.set_table("eval_summary", summary)
+    metrics = {f"{r['benchmark']}/{m}": r[m] for r in summary.to_dicts()
+               for m in ("avg_at_k", "pass_at_k", "maj_at_k", "mean_tokens")}
+    writer.finish(metrics, tables=["eval_samples", "eval_summary"])
+    return summary

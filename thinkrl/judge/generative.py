@@ -1,0 +1,83 @@
+"""Generative judges: a language model reads each rollout once and labels its steps (DESIGN §2, §6).
+
+Two backends share the prompt (`thinkrl.judge.prompts`) and the parser; they differ only in how a
+conversation becomes a reply:
+- `hf:DIR`     a local Hugging Face causal LM on the sample stage's engine (greedy, chat template);
+- `openai:URL` any OpenAI-compatible /v1/chat/completions server, through `thinkrl.judge.chat.ChatClient`
+               (bounded concurrency, timeouts, retries with backoff, on-disk reply cache).
+A failed call gives a failed Verdict (every step `unknown`, with the reason); an unreadable reply gives
+`unknown` labels with the parse problem as rationale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from thinkrl.engine.base import SamplingParams
+from thinkrl.judge.chat import ChatResult
+from thinkrl.judge.prompts import TEMPLATES, parse_reply
+from thinkrl.judge.protocol import UNKNOWN, JudgeRequest, Verdict
+
+
+class HFChat:
+    """Conversations -> replies with a local model: chat template, greedy decoding, one batched call."""
+
+    def __init__(self, path: str | Path, max_tokens: int = 1024, dtype: str = "auto", engine: str = "hf"):
+        from thinkrl.engine import load_engine
+
+        self.engine = load_engine(engine, path, dtype=dtype)
+        self.max_tokens = max_tokens
+
+    def complete_many(self, conversations: list[list[dict]], progress: Callable[[int], None] | None = None
+                      ) -> list[ChatResult]:
+        tok = self.engine.tokenizer
+        prompts = [list(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False))
+                   for c in conversations]
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=self.max_tokens)
+        done = [0]
+
+        def report(_new_tokens: int, finished: int) -> None:  # engine: deltas; backends report totals
+            done[0] += finished
+            if progress and finished:
+                progress(done[0])
+
+        outs = self.engine.generate(prompts, params, [[0]] * len(prompts), progress=report)
+        return [ChatResult(o[0].text, None, len(p), len(o[0].token_ids), 1, False, o[0].finish_reason)
+                for p, o in zip(prompts, outs, strict=True)]
+
+
+class GenerativeJudge:
+    def __init__(self, backend, name: str, template: str = "intrinsic-v1"):
+        self.backend, self.name, self.template = backend, name, TEMPLATES[template]
+
+    def judge_many(self, requests: list[JudgeRequest], progress=None) -> list[Verdict]:
+        """progress(k): k more rollouts finished (the backends report running totals)."""
+        todo = [r for r in requests if r.steps]
+        last = [0]
+
+        def report(total: int) -> None:
+            if progress:
+                progress(total - last[0])
+            last[0] = total
+
+        results = self.backend.complete_many([self.template.messages(r) for r in todo], progress=report)
+        if progress and len(requests) > len(todo):
+            progress(len(requests) - len(todo))
+        by_id = dict(zip((r.rollout_id for r in todo), results, strict=True))
+        out = []
+        for req in requests:
+            if not req.steps:
+                out.append(Verdict(req.rollout_id, (), ()))
+                continue
+            res = by_id[req.rollout_id]
+            tokens = res.prompt_tokens + res.completion_tokens
+            if res.text is None:
+                out.append(Verdict.failed(req, res.error or "no reply", tokens))
+                continue
+            labels, reasons, problem = parse_reply(res.text, req)
+            if res.finish_reason == "length":
+                problem = ", ".join(p for p in (problem, "reply cut at max tokens") if p)
+            ok = any(lab != UNKNOWN for lab in labels)
+            out.append(Verdict(req.rollout_id, labels, reasons, ok=ok, reason=problem, judge_tokens=tokens))
+        return out

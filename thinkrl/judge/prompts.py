@@ -1,0 +1,138 @@
+"""Prompts of the generative judge, and the parser of its replies.
+
+The paper (arXiv 2507.23317) does not publish its judge prompt. These templates are OUR reconstruction of
+the protocol it describes (DESIGN §2): the judge reads the solution's intrinsic signals (reflections and
+the values they correct) instead of re-solving the problem, in ONE call per rollout. docs/PAPER.md lists
+this as a departure. Each template has a name and a version, recorded in the judgments manifest.
+
+The judge must answer with JSON; `parse_reply` survives code fences, prose around the JSON, labels as a
+list of objects, a list of strings or an index->label mapping, missing or extra steps and out-of-range
+indices. Whatever cannot be read becomes `unknown` with a reason, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from thinkrl.judge.protocol import LABELS_FOR, UNKNOWN, JudgeRequest
+
+SYSTEM = (
+    "You are a meticulous grader of step-by-step math solutions. You do not solve the problem yourself: you "
+    "read the signals inside the solution (reflections such as 'wait', 'I made a mistake', 'let me re-check', "
+    "corrected values) and trace them to the steps they concern. You answer with JSON only."
+)
+
+CORRECT_TASK = """The solution below reached the CORRECT final answer ({gold}). Its reasoning is split into {n} numbered steps.
+
+1. Find every reflection: a step where the solver notices or corrects a mistake ("wait", "I made a mistake", "let me re-check", a value replaced by another).
+2. For each reflection, trace back to the step that holds the mistake it corrects: the error source.
+3. Label "incorrect" every step from an error source up to and including its reflection, and every step that used the erroneous value. Label all other steps "correct". With no reflection, every step is "correct".
+
+Answer with JSON only, one entry per step, in this form:
+{{"reflections": [{{"step": 3, "error_source": 2}}], "labels": [{{"step": 0, "label": "correct", "reason": "short reason"}}, ...]}}"""
+
+INCORRECT_TASK = """The solution below reached a WRONG final answer ({pred}); the correct answer is {gold}. Its reasoning is split into {n} numbered steps.
+
+Label "matched" every step that produced or carried the wrong final answer: the step where the mistake that leads to {pred} was made and the steps that passed its wrong value on. Label "unmatched" every other step (steps that are fine, and mistakes that were corrected and did not feed the final answer).
+
+Answer with JSON only, one entry per step, in this form:
+{{"labels": [{{"step": 0, "label": "unmatched", "reason": "short reason"}}, ...]}}"""
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    version: int
+    system: str
+    correct_task: str
+    incorrect_task: str
+
+    def messages(self, req: JudgeRequest) -> list[dict]:
+        steps = "\n\n".join(f"[Step {s.idx}]\n{s.text}" for s in req.steps)
+        task = (self.correct_task if req.correct else self.incorrect_task).format(
+            gold=req.gold_answer, pred=req.pred_answer if req.pred_answer is not None else "no answer",
+            n=len(req.steps))
+        user = f"Problem:\n{req.question}\n\n{task}\n\nSolution steps:\n\n{steps}"
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+
+TEMPLATES: dict[str, PromptTemplate] = {
+    "intrinsic-v1": PromptTemplate("intrinsic-v1", 1, SYSTEM, CORRECT_TASK, INCORRECT_TASK),
+}
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+_SYNONYMS = {"right": "correct", "wrong": "incorrect", "error": "incorrect", "erroneous": "incorrect",
+             "match": "matched", "unmatch": "unmatched", "not matched": "unmatched", "unrelated": "unmatched"}
+
+
+def _json_objects(text: str) -> list[object]:
+    """Every JSON object found in `text`: fenced blocks first, then balanced {...} spans, last first."""
+    found: list[object] = []
+    candidates = [m.group(1) for m in _FENCE.finditer(text)]
+    decoder = json.JSONDecoder()
+    for src in candidates + [text]:
+        i = src.find("{")
+        while i != -1 and len(found) < 50:
+            try:
+                obj, end = decoder.raw_decode(src, i)
+                found.append(obj)
+                i = src.find("{", end)
+            except json.JSONDecodeError:
+                i = src.find("{", i + 1)
+    return found
+
+
+def _labels_container(text: str) -> object | None:
+    for obj in reversed(_json_objects(text)):
+        if isinstance(obj, dict) and "labels" in obj:
+            return obj["labels"]
+    return None
+
+
+def _entries(container: object) -> list[tuple[object, object, str]]:
+    """(step index or None, label, reason) from the shapes judges produce."""
+    if isinstance(container, dict):
+        return [(k, v, "") for k, v in container.items()]
+    if not isinstance(container, list):
+        return []
+    out = []
+    for pos, e in enumerate(container):
+        if isinstance(e, dict):
+            out.append((e.get("step", e.get("index", pos)), e.get("label"), str(e.get("reason", ""))[:500]))
+        else:
+            out.append((pos, e, ""))
+    return out
+
+
+def parse_reply(text: str | None, req: JudgeRequest) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """(labels, rationales, problem) for the request's steps; problem is "" when the reply was fully read."""
+    n = len(req.steps)
+    if text is None:
+        return (UNKNOWN,) * n, ("no reply",) * n, "no reply"
+    container = _labels_container(text)
+    if container is None:
+        return (UNKNOWN,) * n, ("unparseable reply: no JSON object with 'labels'",) * n, "unparseable reply"
+    allowed = LABELS_FOR[req.correct]
+    labels, reasons = [UNKNOWN] * n, ["judge gave no label for this step"] * n
+    issues = set()
+    for idx, label, reason in _entries(container):
+        try:
+            i = int(idx)
+        except (TypeError, ValueError):
+            issues.add("bad step index")
+            continue
+        if not 0 <= i < n:
+            issues.add("step index out of range")
+            continue
+        lab = str(label).strip().lower() if label is not None else ""
+        lab = _SYNONYMS.get(lab, lab)
+        if lab not in allowed:
+            labels[i], reasons[i] = UNKNOWN, f"label {str(label)[:40]!r} not one of {'/'.join(allowed)}"
+            issues.add("invalid label")
+            continue
+        labels[i], reasons[i] = lab, reason
+    if UNKNOWN in labels and "invalid label" not in issues:
+        issues.add("missing steps")
+    return tuple(labels), tuple(reasons), ", ".join(sorted(issues))

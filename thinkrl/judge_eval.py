@@ -1,0 +1,92 @@
+"""Judge evaluation: how well a judge finds the wrong steps.
+
+(a) `oracle_suite`: ArithChain rollouts judged by the judge and by the exact oracle (thinkrl.tasks.arith).
+    Per step, an "error label" is `incorrect` (correct rollouts) or `matched` (wrong rollouts). Reported:
+    precision and recall of the judge's error labels against the oracle's, and the exact-interval rate
+    (share of rollouts whose set of error steps equals the oracle's). Steps the judge left `unknown` count
+    as not-error.
+(b) `processbench_suite`: ProcessBench cases (problem, steps, first-error `label`, -1 when none;
+    `final_answer_correct`). The steps are joined by blank lines into a completion, the protocol follows
+    `final_answer_correct`, and the predicted first error is the first `incorrect`/`matched` step (or none).
+    Reported: accuracy on erroneous cases (exact index), accuracy on correct cases, and their harmonic mean
+    F1, as in the ProcessBench paper. Published reference F1 (average of 4 subsets): GPT-4o 61.9,
+    Qwen2.5-Math-PRM-7B 73.5. A reference figure: do not tune a judge to it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from thinkrl.grading import extract_answer
+from thinkrl.judge.judging import requests_for
+from thinkrl.judge.protocol import INCORRECT, MATCHED, UNKNOWN, Judge, JudgeRequest
+from thinkrl.steps import Step
+from thinkrl.tasks.arith import oracle_label, problem_from_question
+
+ERROR = (INCORRECT, MATCHED)
+
+
+def oracle_suite(rollouts: pl.DataFrame, judge: Judge, subset: str = "arith", progress=None) -> dict:
+    """Judge ArithChain rollouts and compare with the oracle, step by step."""
+    reqs = requests_for(rollouts, "blank")
+    verdicts = judge.judge_many(reqs, progress=progress)
+    tp = fp = fn = exact = steps = unknown = items = 0
+    for req, v in zip(reqs, verdicts, strict=True):
+        problem = problem_from_question(req.question)
+        if problem is None:
+            continue
+        truth = oracle_label(problem, req.completion).labels
+        if len(truth) != len(v.labels):
+            continue  # cannot happen with the same splitter; never compare misaligned steps
+        items += 1
+        mine = {i for i, lab in enumerate(v.labels) if lab in ERROR}
+        real = {i for i, lab in enumerate(truth) if lab in ERROR}
+        tp, fp, fn = tp + len(mine & real), fp + len(mine - real), fn + len(real - mine)
+        exact += mine == real
+        steps += len(v.labels)
+        unknown += sum(lab == UNKNOWN for lab in v.labels)
+    return {"suite": "oracle", "subset": subset, "items": items,
+            "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
+            "exact_interval_rate": exact / items if items else None,
+            "acc_erroneous": None, "acc_correct": None, "f1": None, "unknown_rate": unknown / max(steps, 1)}
+
+
+def processbench_request(row: dict) -> JudgeRequest:
+    meta = json.loads(row["meta"]) if isinstance(row.get("meta"), str) else row
+    texts = [str(s).strip() for s in meta["steps"]]
+    steps, pos = [], 0
+    for i, t in enumerate(texts):
+        steps.append(Step(i, pos, pos + len(t), t))
+        pos += len(t) + 2
+    completion = "\n\n".join(texts)
+    return JudgeRequest(row["problem_id"], row["question"], completion, tuple(steps),
+                        bool(meta["final_answer_correct"]), extract_answer(texts[-1]) if texts else None, "")
+
+
+def first_error(labels: tuple[str, ...]) -> int:
+    return next((i for i, lab in enumerate(labels) if lab in ERROR), -1)
+
+
+def processbench_suite(cases: pl.DataFrame, judge: Judge, subset: str, progress=None) -> dict:
+    """cases: a problems table of a processbench_* set (steps, label, final_answer_correct in meta)."""
+    rows = cases.to_dicts()
+    reqs = [processbench_request(r) for r in rows]
+    verdicts = judge.judge_many(reqs, progress=progress)
+    err_hit = err_n = ok_hit = ok_n = steps = unknown = 0
+    for r, v in zip(rows, verdicts, strict=True):
+        label = int(json.loads(r["meta"])["label"])
+        pred = first_error(v.labels)
+        if label == -1:
+            ok_n, ok_hit = ok_n + 1, ok_hit + (pred == -1)
+        else:
+            err_n, err_hit = err_n + 1, err_hit + (pred == label)
+        steps += len(v.labels)
+        unknown += sum(lab == UNKNOWN for lab in v.labels)
+    acc_e = err_hit / err_n if err_n else None
+    acc_c = ok_hit / ok_n if ok_n else None
+    f1 = 2 * acc_e * acc_c / (acc_e + acc_c) if acc_e is not None and acc_c is not None and acc_e + acc_c else None
+    return {"suite": "processbench", "subset": subset, "items": len(rows), "precision": None, "recall": None,
+            "exact_interval_rate": None, "acc_erroneous": acc_e, "acc_correct": acc_c, "f1": f1,
+            "unknown_rate": unknown / max(steps, 1)}
