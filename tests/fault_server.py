@@ -54,6 +54,7 @@ class FaultServer:
         self.delay_s = delay_s        # every good reply waits this long (to make requests overlap)
         self.slow_s = slow_s
         self.mode = "ok"              # fault for requests without a script
+        self.reply_fn = expected_reply  # messages -> content of a good reply (a judge test answers JSON)
         self.records: list[Record] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -149,7 +150,7 @@ def _make_handler(srv: FaultServer) -> type[BaseHTTPRequestHandler]:
                 if kind == "ok" and srv.delay_s:
                     srv._stop.wait(srv.delay_s)
                 auth = self.headers.get("Authorization", "")
-                status, headers, payload, declared = _response(kind, arg, body, auth)
+                status, headers, payload, declared = _response(kind, arg, body, auth, srv.reply_fn)
                 if not left:
                     srv._leave()  # before writing: the client still holds its slot until it has read us
                     left = True
@@ -181,13 +182,14 @@ def _make_handler(srv: FaultServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _response(kind: str, arg: str, body: dict, auth: str) -> tuple[int, dict[str, str], bytes, int]:
+def _response(kind: str, arg: str, body: dict, auth: str, reply_fn=expected_reply
+              ) -> tuple[int, dict[str, str], bytes, int]:
     """(status, extra headers, payload, declared Content-Length) for a fault kind. A 400 echoes the
     Authorization header in its message, as careless servers do, to test that the client scrubs it."""
     messages = body.get("messages", [])
     reply = {"id": "cmpl-test", "object": "chat.completion", "model": body.get("model", ""),
              "choices": [{"index": 0, "finish_reason": "stop",
-                          "message": {"role": "assistant", "content": expected_reply(messages)}}],
+                          "message": {"role": "assistant", "content": reply_fn(messages)}}],
              "usage": {"prompt_tokens": len(json.dumps(messages)) // 4, "completion_tokens": 7,
                        "total_tokens": len(json.dumps(messages)) // 4 + 7}}
     headers: dict[str, str] = {}

@@ -36,7 +36,7 @@ def _hf(arg: str | None, max_tokens: int = 1024, dtype: str = "auto", template: 
 
 def _openai(arg: str | None, model: str | None = None, max_tokens: int = 1024, template: str = "intrinsic-v1",
             cache_dir: str | None = None, concurrency: int = 8, timeout_s: float = 120.0, retries: int = 4,
-            api_key_env: str = "OPENAI_API_KEY", **_) -> Judge:
+            api_key_env: str = "OPENAI_API_KEY", backoff_s: float = 1.0, **_) -> Judge:
     from thinkrl.judge.chat import ChatClient, ChatConfig
     from thinkrl.judge.generative import GenerativeJudge
 
@@ -45,7 +45,8 @@ def _openai(arg: str | None, model: str | None = None, max_tokens: int = 1024, t
     if not model:
         raise ThinkrlError("--judge openai:URL needs --judge-model (the model name the server serves)")
     cfg = ChatConfig(base_url=arg, model=model, max_tokens=max_tokens, cache_dir=cache_dir,
-                     max_concurrency=concurrency, timeout_s=timeout_s, max_retries=retries, api_key_env=api_key_env)
+                     max_concurrency=concurrency, timeout_s=timeout_s, max_retries=retries, api_key_env=api_key_env,
+                     backoff_s=backoff_s)
     return GenerativeJudge(ChatClient(cfg), f"openai:{arg}#{model}", template)
 
 
