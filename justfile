@@ -31,6 +31,6 @@ lint:
 docs:
     {{bin}}/python -m thinkrl.artifacts > docs/ARTIFACTS.md
 
-# speed and memory benchmarks: prints figures and writes docs/BENCHMARKS.md
-bench:
-    @echo "no benchmarks yet"
+# speed benchmarks: prints figures and writes them to docs/BENCHMARKS.md (sections: sampling, train)
+bench *SECTIONS:
+    {{bin}}/python benchmarks/bench.py {{SECTIONS}}

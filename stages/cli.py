@@ -20,6 +20,7 @@ from stages import judge as judge_stage
 from stages import judge_eval as judge_eval_stage
 from stages import sample as sample_stage
 from stages import segment as segment_stage
+from stages import train as train_stage
 from stages.common import guard
 from thinkrl.errors import ThinkrlError
 
@@ -37,7 +38,6 @@ class NotBuilt(ThinkrlError):
 
 
 NOT_BUILT = {
-    "train": "clipped policy-gradient updates on a thoughts artifact (checkpoint + train metrics)",
     "run": "rounds of sample -> judge -> segment -> train with periodic eval, from a TOML file",
     "demo": "the embedded default: warm-start the tiny policy, train GRPO vs TP-GRPO, write a report",
     "report": "tables and plots for runs, from manifests and metrics artifacts",
@@ -58,6 +58,7 @@ def register(app: typer.Typer) -> None:
     app.command("judge")(guard(judge_stage.judge))
     app.command("judge-eval")(guard(judge_eval_stage.judge_eval))
     app.command("segment")(guard(segment_stage.segment))
+    app.command("train")(guard(train_stage.train))
     app.command("eval")(guard(eval_stage.eval_cmd))
     app.command("inspect")(guard(inspect_stage.inspect))
     app.add_typer(data_stage.app, name="data", help="List and prepare benchmark and task problem sets.")

@@ -1,0 +1,107 @@
+"""`thinkrl train`: clipped policy-gradient updates on a thoughts artifact (checkpoint + train metrics).
+
+    thinkrl train --policy runs/tiny --thoughts runs/thoughts-r0 --out runs/train-r0 --lr 1e-4
+    torchrun --nproc-per-node 2 -m stages.cli train ...      # DDP; rank 0 writes
+
+Writes OUT/policy (Hugging Face checkpoint), OUT/state (exact resume) and the train_metrics artifact in OUT.
+Same inputs and config as a finished run: skipped (--force retrains from scratch). An interrupted run, or
+a rerun with a larger --max-steps, resumes from OUT/state. Every option is a TrainConfig field
+(thinkrl.trainer), where its help text is defined.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stages.common import Force, console, env_flag, skipped
+from thinkrl import trainer
+from thinkrl.artifacts import ArtifactWriter, read_table
+from thinkrl.trainer import TrainConfig
+
+D, H = TrainConfig(), TrainConfig.help
+
+
+def _opt(name: str):
+    return typer.Option(help=H(name))
+
+
+class _Bar:
+    """Rich progress over optimizer steps with loss, lr and tokens/s; created on the first step."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), console=console,
+            disable=not console.is_terminal and env_flag("THINKRL_NO_PROGRESS"))
+        self.task = None
+
+    def __call__(self, row: dict, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("train", total=total, completed=done - 1, info="")
+        if row["skipped"]:
+            console.print(f"[yellow]step {row['step']}: non-finite loss or gradient, skipped[/yellow]")
+        info = (f"loss {row['loss']:+.4f}  lr {row['lr']:.2e}  "
+                f"{row['tokens'] / max(row['seconds'], 1e-9):.0f} tok/s")
+        self.progress.update(self.task, total=total, completed=done, info=info)
+
+
+def train(
+    policy: Annotated[Path, typer.Option(help="policy to train: a Hugging Face causal-LM directory")],
+    thoughts: Annotated[Path, typer.Option(help="thoughts artifact holding the advantages table")],
+    out: Annotated[Path, typer.Option(help="output directory: policy/, state/, train_metrics")],
+    prompts_per_step: Annotated[int, _opt("prompts_per_step")] = D.prompts_per_step,
+    epochs: Annotated[int, _opt("epochs")] = D.epochs,
+    lr: Annotated[float, _opt("lr")] = D.lr,
+    warmup_steps: Annotated[int, _opt("warmup_steps")] = D.warmup_steps,
+    schedule: Annotated[str, _opt("schedule")] = D.schedule,
+    weight_decay: Annotated[float, _opt("weight_decay")] = D.weight_decay,
+    betas: Annotated[tuple[float, float], _opt("betas")] = D.betas,
+    grad_clip: Annotated[float, _opt("grad_clip")] = D.grad_clip,
+    micro_batch_tokens: Annotated[int, _opt("micro_batch_tokens")] = D.micro_batch_tokens,
+    eps_low: Annotated[float, _opt("eps_low")] = D.eps_low,
+    eps_high: Annotated[float, _opt("eps_high")] = D.eps_high,
+    beta: Annotated[float, _opt("beta")] = D.beta,
+    ref_policy: Annotated[str | None, _opt("ref_policy")] = D.ref_policy,
+    aggregation: Annotated[str, _opt("aggregation")] = D.aggregation,
+    norm_len: Annotated[int | None, _opt("norm_len")] = D.norm_len,
+    dtype: Annotated[str, _opt("dtype")] = D.dtype,
+    seed: Annotated[int, _opt("seed")] = D.seed,
+    max_nonfinite_in_row: Annotated[int, _opt("max_nonfinite_in_row")] = D.max_nonfinite_in_row,
+    flops_peak: Annotated[float | None, _opt("flops_peak")] = D.flops_peak,
+    save_every: Annotated[int, _opt("save_every")] = D.save_every,
+    max_steps: Annotated[int | None, _opt("max_steps")] = D.max_steps,
+    force: Force = False,
+) -> None:
+    """Train a policy on a thoughts artifact: clipped policy-gradient steps (checkpoint + train metrics)."""
+    df = read_table(thoughts, "advantages")
+    cfg = TrainConfig(
+        prompts_per_step=prompts_per_step, epochs=epochs, lr=lr, warmup_steps=warmup_steps, schedule=schedule,
+        weight_decay=weight_decay, betas=tuple(betas), grad_clip=grad_clip,
+        micro_batch_tokens=micro_batch_tokens,
+        eps_low=eps_low, eps_high=eps_high, beta=beta, ref_policy=ref_policy, aggregation=aggregation,
+        norm_len=norm_len, dtype=dtype, seed=seed, max_nonfinite_in_row=max_nonfinite_in_row,
+        flops_peak=flops_peak, save_every=save_every, max_steps=max_steps)
+    cfg = trainer.resolve_config(cfg, df)
+    inputs = {"policy": policy, "thoughts": thoughts}
+    if beta > 0 and ref_policy:
+        inputs["ref_policy"] = Path(ref_policy)
+    writer = ArtifactWriter(out, "train", {**cfg.to_dict(), "policy": str(policy)}, inputs=inputs)
+    main = os.environ.get("RANK", "0") == "0"
+    if writer.up_to_date() and not force:
+        return skipped(out) if main else None
+    bar = _Bar() if main else None
+    with bar.progress if bar else nullcontext():
+        m = trainer.train(policy, df, cfg, out, resume=not force, progress=bar, writer=writer)
+    if main:
+        console.print(f"{out}: {m['steps']} steps ({m['skipped_steps']} skipped), "
+                      f"final loss {m['final_loss']:+.4f}, {m['tokens']} tokens, "
+                      f"{m['dropped_rollouts']} rollouts dropped, "
+                      f"{m['seconds_per_step']:.2f} s/step, MFU {m['mfu']:.2%} -> {out / 'policy'}")
+

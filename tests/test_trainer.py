@@ -1,0 +1,350 @@
+"""Tests for thinkrl.trainer (and the train stage): one step against a hand-written GRPO reference, exact
+resume, non-finite steps, token_logprobs against full forwards, micro-batching, DDP under torchrun.
+Tiny random Llama models (hidden 32, 2 layers) and a one-character-per-token tokenizer built here."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from thinkrl.artifacts import read_manifest, read_table, write_artifact
+from thinkrl.errors import ThinkrlError
+from thinkrl.loss import BatchCounts, LossConfig
+from thinkrl.trainer import (
+    TrainConfig,
+    accumulate_gradients,
+    lr_factor,
+    pass_permutation,
+    plan_micro_batches,
+    prepare_groups,
+    token_logprobs,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    chars = string.ascii_letters + string.digits + " \n.,?!+-*/=()\\{}:"
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *chars])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: tiny models gain nothing from two, and spin-waiting threads crawl when the two
+    cores are shared with other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory) -> Path:
+    """A saved tiny Llama policy directory (hidden 32, 2 layers) with tokenizer and thinkrl.json."""
+    tok = char_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("policy")
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    (d / "thinkrl.json").write_text('{"template": "raw"}\n')
+    return d
+
+
+def load(policy: Path, dtype=torch.float32) -> LlamaForCausalLM:
+    return LlamaForCausalLM.from_pretrained(policy, dtype=torch.float32).to(dtype).eval()
+
+
+def make_data(model, problems: int, group: int, seed: int = 0, off_policy: float = 0.0,
+              zero: int = 0) -> pl.DataFrame:
+    """Random prompts/completions of varied lengths, outcome advantages (constant per rollout), behaviour
+    log-probs from the model itself (+ noise when off_policy > 0); `zero` rollouts per group get A = 0."""
+    rng = np.random.default_rng(seed)
+    vocab = model.config.vocab_size
+    rows = []
+    for p in range(problems):
+        prompt = rng.integers(4, vocab, int(rng.integers(2, 9))).tolist()
+        for s in range(group):
+            comp = rng.integers(4, vocab, int(rng.integers(1, 13))).tolist()
+            a = 0.0 if s < zero else float(rng.normal())
+            rows.append({"rollout_id": f"p{p:02d}/s{s}", "problem_id": f"p{p:02d}", "prompt_ids": prompt,
+                         "completion_ids": comp, "advantages": [a] * len(comp), "outcome_advantage": a,
+                         "correct": a > 0})
+    lps = token_logprobs(model, [r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows], 64)
+    for r, lp in zip(rows, lps, strict=True):
+        r["behaviour_logprobs"] = (lp + off_policy * rng.normal(size=len(lp))).astype(np.float32).tolist()
+    return pl.DataFrame(rows)
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "policy" / "model.safetensors")
+
+
+def state(out: Path) -> dict:
+    return torch.load(out / "state" / "trainer.pt", weights_only=True)
+
+
+def same_tree(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_tree(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same_tree(x, y) for x, y in zip(a, b, strict=True))
+    return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
+
+
+def rows_without_timing(out: Path) -> list[dict]:
+    return read_table(out, "train_metrics").drop("seconds", "mfu").to_dicts()
+
+
+# ------------------------------------------------------------------------------------------ (1) reference
+def test_one_step_equals_hand_written_grpo(policy, tmp_path):
+    """On-policy data (ratio 1), outcome advantages, seq-mean-token-mean, β = 0, float64: the loss and every
+    gradient equal those of -mean_i mean_t A_i log π(o_it), written here with one forward per rollout."""
+    model = load(policy, torch.float64)
+    df = make_data(model, problems=3, group=4, seed=1)
+    rollouts = [r for g in prepare_groups(df)[0] for r in g]
+    mbs = plan_micro_batches(rollouts, 40)                                   # several micro-batches
+    assert len(mbs) > 1
+    counts = BatchCounts(sequences=len(rollouts), tokens=sum(len(r.completion_ids) for r in rollouts),
+                         micro_batches=len(mbs), norm_len=12)
+    reference = copy.deepcopy(model)
+    model.zero_grad()
+    sums = accumulate_gradients(model, mbs, counts, LossConfig(aggregation="seq-mean-token-mean"))
+
+    per_seq = []
+    for row in df.to_dicts():                                                # independent of thinkrl
+        prompt, comp = row["prompt_ids"], row["completion_ids"]
+        logits = reference(input_ids=torch.tensor([prompt + comp])).logits[0]  # (P + C, V)
+        logp = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1)          # (C, V)
+        logp = logp[torch.arange(len(comp)), torch.tensor(comp)]                # (C,)
+        per_seq.append((row["advantages"][0] * logp).mean())
+    objective = -torch.stack(per_seq).mean()
+    objective.backward()
+    want_loss = -float(np.mean([row["advantages"][0] for row in df.to_dicts()]))  # -mean A_i ρ with ρ = 1
+
+    assert sums["loss"] == pytest.approx(want_loss, abs=1e-6)
+    got, want = dict(model.named_parameters()), dict(reference.named_parameters())
+    for name, p in want.items():
+        assert torch.allclose(got[name].grad, p.grad, atol=1e-6, rtol=0), name
+    assert max(p.grad.abs().max().item() for p in want.values()) > 1e-3      # the check is not vacuous
+
+    out = tmp_path / "run"                                                   # the same step through train()
+    m = train(policy, df, TrainConfig(prompts_per_step=3, dtype="float64", max_steps=1), out)
+    assert m["steps"] == 1
+    assert read_table(out, "train_metrics")["loss"][0] == pytest.approx(want_loss, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ (2) resume
+RESUME_CFG = dict(prompts_per_step=2, epochs=2, lr=3e-3, warmup_steps=1, schedule="cosine", weight_decay=0.01,
+                  micro_batch_tokens=48, save_every=3)
+
+
+def test_resume_is_exact(policy, tmp_path):
+    df = make_data(load(policy), problems=5, group=3, seed=2, off_policy=0.3)  # 3 steps/pass, 6 in all
+    straight, split, killed = tmp_path / "straight", tmp_path / "split", tmp_path / "killed"
+    train(policy, df, TrainConfig(**RESUME_CFG, max_steps=4), straight)
+    train(policy, df, TrainConfig(**RESUME_CFG, max_steps=2), split)          # returns after 2 steps
+    assert len(read_table(split, "train_metrics")) == 2
+    train(policy, df, TrainConfig(**RESUME_CFG, max_steps=4), split)          # resumes from state at step 2
+
+    def die_at_4(row, done, total):
+        if done == 4:
+            raise KeyboardInterrupt                                          # killed after step 4, state at 3
+    with pytest.raises(KeyboardInterrupt):
+        train(policy, df, TrainConfig(**RESUME_CFG, max_steps=4), killed, progress=die_at_4)
+    assert state(killed)["step"] == 3 and not (killed / "manifest.json").exists()
+    train(policy, df, TrainConfig(**RESUME_CFG, max_steps=4), killed)
+
+    w = weights(straight)
+    assert not torch.equal(w["model.norm.weight"], load(policy).state_dict()["model.norm.weight"])
+    for other in (split, killed):
+        wo = weights(other)
+        assert w.keys() == wo.keys() and all(torch.equal(w[k], wo[k]) for k in w)
+        assert state(other)["step"] == 4
+        assert same_tree(state(straight)["optimizer"], state(other)["optimizer"])
+        assert same_tree(state(straight)["scheduler"], state(other)["scheduler"])
+        assert rows_without_timing(straight) == rows_without_timing(other)
+    lrs = read_table(straight, "train_metrics")["lr"].to_list()
+    assert lrs == pytest.approx([3e-3 * lr_factor(s, 6, 1, "cosine") for s in range(4)])
+
+
+def test_batches_keep_groups_and_follow_seed(policy, tmp_path):
+    assert pass_permutation(0, 1, 10).tolist() == pass_permutation(0, 1, 10).tolist()
+    assert pass_permutation(0, 0, 10).tolist() != pass_permutation(0, 1, 10).tolist()
+    df = make_data(load(policy), problems=4, group=3, seed=3, zero=1)  # 1 of 3 rollouts per group dropped
+    groups, dropped = prepare_groups(df.reverse())                            # row order does not matter
+    assert dropped == 4 and [len(g) for g in groups] == [2, 2, 2, 2]
+    assert [g[0].problem_id for g in groups] == ["p00", "p01", "p02", "p03"]
+    m = train(policy, df, TrainConfig(prompts_per_step=3, max_steps=2), tmp_path / "o")
+    t = read_table(tmp_path / "o", "train_metrics")
+    assert m["dropped_rollouts"] == 4 and t["dropped_rollouts"].to_list() == [4, 4]
+    assert t["tokens"].sum() == sum(len(r.completion_ids) for g in groups for r in g)  # 3 groups + the last 1
+
+
+def test_kl_to_reference(policy, tmp_path):
+    """β > 0 loads the reference (default: the input policy): KL is 0 before the first update, then > 0."""
+    df = make_data(load(policy), problems=2, group=3, seed=9)
+    train(policy, df, TrainConfig(prompts_per_step=1, epochs=2, lr=1e-2, beta=0.5), tmp_path / "kl")
+    t = read_table(tmp_path / "kl", "train_metrics")
+    assert t["kl"][0] == pytest.approx(0.0, abs=1e-7) and (t["kl"][1:] > 1e-6).all()
+
+
+# ------------------------------------------------------------------------------------------ (3) non-finite
+def test_nan_step_is_skipped_and_counted(policy, tmp_path):
+    model = load(policy)
+    df = make_data(model, problems=3, group=2, seed=4)
+    df = df.with_columns(pl.when(pl.col("problem_id") == "p01").then(pl.col("advantages").list.eval(
+        pl.element() * float("nan"))).otherwise(pl.col("advantages")).alias("advantages"))
+    m = train(policy, df, TrainConfig(prompts_per_step=1, lr=1e-2), tmp_path / "a")
+    t = read_table(tmp_path / "a", "train_metrics")
+    assert m["skipped_steps"] == 1 and t["skipped"].sum() == 1
+    assert math.isnan(t.filter(pl.col("skipped"))["loss"][0]) and m["steps"] == 3
+    assert all(math.isfinite(x) for x in t.filter(~pl.col("skipped"))["loss"])
+
+    only_nan = df.filter(pl.col("problem_id") == "p01")                      # every step non-finite
+    train(policy, only_nan, TrainConfig(prompts_per_step=1, epochs=2, lr=1e-2, max_nonfinite_in_row=5),
+          tmp_path / "b")
+    w0 = model.state_dict()
+    assert all(torch.equal(v, w0[k]) for k, v in weights(tmp_path / "b").items())   # no update happened
+    with pytest.raises(ThinkrlError, match="3 optimizer steps in a row had a non-finite loss"):
+        train(policy, only_nan, TrainConfig(prompts_per_step=1, epochs=5, max_nonfinite_in_row=3),
+              tmp_path / "c")
+
+
+def test_bad_tables_fail_clearly(policy, tmp_path):
+    df = make_data(load(policy), problems=2, group=2, seed=5)
+    with pytest.raises(ThinkrlError, match="completion_ids but"):
+        train(policy, df.with_columns(pl.col("advantages").list.head(1)), TrainConfig(), tmp_path / "x")
+    with pytest.raises(ThinkrlError, match="all-zero advantages"):
+        zeros = df.with_columns(pl.col("advantages").list.eval(pl.element() * 0))
+        train(policy, zeros, TrainConfig(), tmp_path / "x")
+    with pytest.raises(ThinkrlError, match="missing column 'behaviour_logprobs'"):
+        train(policy, df.drop("behaviour_logprobs"), TrainConfig(), tmp_path / "x")
+    with pytest.raises(ThinkrlError, match="aggregation"):
+        TrainConfig(aggregation="mean")
+    assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------------ (4) log-probs
+def test_token_logprobs_match_full_forward(policy):
+    model = load(policy)
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12], [13, 14, 15], [16, 17], [18, 19, 20, 21]]
+    comps = [[22, 23], [24, 25, 26, 27, 28, 29, 30, 31], [32], [], [33, 34, 35, 36]]
+    for budget in (10**6, 12):                                               # one batch / several
+        got = token_logprobs(model, prompts, comps, batch_tokens=budget)
+        for p, c, lp in zip(prompts, comps, got, strict=True):
+            assert lp.dtype == np.float32 and lp.shape == (len(c),)
+            if not c:
+                continue
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([p + c])).logits[0]
+            want = torch.log_softmax(logits[len(p) - 1:-1], -1)[torch.arange(len(c)), torch.tensor(c)]
+            np.testing.assert_allclose(lp, want.numpy(), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ (5) micro-batches
+def test_micro_batching_gives_the_same_update(policy, tmp_path):
+    model = load(policy)
+    df = make_data(model, problems=2, group=5, seed=6, off_policy=0.3)
+    rollouts = [r for g in prepare_groups(df)[0] for r in g]
+    grads = []
+    for budget in (10**6, 16):
+        m = copy.deepcopy(model)
+        mbs = plan_micro_batches(rollouts, budget)
+        n = BatchCounts(len(rollouts), sum(len(r.completion_ids) for r in rollouts), len(mbs), norm_len=12)
+        accumulate_gradients(m, mbs, n, LossConfig())
+        grads.append({k: p.grad for k, p in m.named_parameters()})
+    assert len(plan_micro_batches(rollouts, 16)) >= 5
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6, rtol=0), k
+
+    for budget in (10**6, 16):
+        cfg = TrainConfig(prompts_per_step=2, lr=1e-3, micro_batch_tokens=budget)
+        train(policy, df, cfg, tmp_path / str(budget))
+    a, b = weights(tmp_path / str(10**6)), weights(tmp_path / "16")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+
+
+# ------------------------------------------------------------------------------------------ outputs, stage
+def test_outputs_and_stage_skip(policy, tmp_path):
+    from stages.train import train as train_stage
+
+    df = make_data(load(policy), problems=3, group=2, seed=7)
+    thoughts = tmp_path / "thoughts"
+    write_artifact(thoughts, "segment", {}, {"advantages": df})
+    out = tmp_path / "train"
+    train_stage(policy=policy, thoughts=thoughts, out=out, prompts_per_step=2, save_every=1)
+    manifest = read_manifest(out)
+    assert manifest["stage"] == "train" and manifest["outputs"]["train_metrics"]["rows"] == 2
+    assert manifest["config"]["norm_len"] == max(len(c) for c in df["completion_ids"])
+    files = {p.name for p in (out / "policy").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "thinkrl.json"} <= files
+    assert json.loads((out / "policy" / "thinkrl.json").read_text()) == {"template": "raw"}
+    reloaded = LlamaForCausalLM.from_pretrained(out / "policy")
+    assert torch.equal(reloaded.state_dict()["model.norm.weight"], weights(out)["model.norm.weight"])
+    mtime = (out / "manifest.json").stat().st_mtime_ns
+    train_stage(policy=policy, thoughts=thoughts, out=out, prompts_per_step=2, save_every=1)   # up to date
+    assert (out / "manifest.json").stat().st_mtime_ns == mtime
+    rows = read_table(out, "train_metrics")
+    assert rows["step"].to_list() == [1, 2] and (rows["mfu"] > 0).all() and (rows["seconds"] > 0).all()
+
+
+# ------------------------------------------------------------------------------------------ (6) DDP
+def _torchrun() -> list[str]:
+    exe = Path(sys.executable).parent / "torchrun"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def test_ddp_two_processes_match_one(policy, tmp_path):
+    df = make_data(load(policy), problems=3, group=3, seed=8, off_policy=0.3)
+    # problem p02 keeps a single rollout: in its step rank 1 has nothing and joins the all-reduce idle
+    df = df.filter(~((pl.col("problem_id") == "p02") & (pl.col("rollout_id") != "p02/s0")))
+    data = tmp_path / "data.parquet"
+    df.write_parquet(data)
+    cfg = dict(prompts_per_step=1, epochs=1, lr=1e-3, micro_batch_tokens=24, save_every=0)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [*_torchrun(), "--standalone", "--nproc-per-node", "2", str(REPO / "tests" / "ddp_worker.py"),
+           str(policy), str(data), str(tmp_path / "ddp"), str(tmp_path / "cfg.json")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0/2 ok" in proc.stdout and "rank 1/2 ok" in proc.stdout
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("METRICS "))
+    ddp_metrics = json.loads(line.removeprefix("METRICS "))
+    assert ddp_metrics["world_size"] == 2 and ddp_metrics["steps"] == 3
+
+    single = train(policy, df, TrainConfig(**cfg), tmp_path / "single")
+    a, b = weights(tmp_path / "ddp"), weights(tmp_path / "single")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
+    assert not torch.allclose(a["model.norm.weight"], load(policy).state_dict()["model.norm.weight"])
+    la, lb = read_table(tmp_path / "ddp", "train_metrics"), read_table(tmp_path / "single", "train_metrics")
+    np.testing.assert_allclose(la["loss"].to_numpy(), lb["loss"].to_numpy(), atol=1e-5)
+    np.testing.assert_allclose(la["grad_norm"].to_numpy(), lb["grad_norm"].to_numpy(), rtol=1e-5)  # scale too
+    assert la["tokens"].to_list() == lb["tokens"].to_list() and single["steps"] == 3
+    shutil.rmtree(tmp_path / "ddp")

@@ -1,0 +1,770 @@
+"""The training loop: clipped policy-gradient steps on one round of judged rollouts (DESIGN §2).
+
+    from thinkrl.trainer import TrainConfig, train, token_logprobs
+    df = read_table("runs/thoughts-r0", "advantages")
+    metrics = train("runs/tiny", df, TrainConfig(lr=1e-4), "runs/train-r0")
+    torchrun --nproc-per-node 2 -m stages.cli train ...        # DDP: gloo on CPU, nccl on CUDA
+
+A round is the `advantages` table of one thoughts artifact: G rollouts of each of N problems sampled by
+the behaviour policy π_old, per-token advantages A, and log π_old recomputed by `token_logprobs`. One
+optimizer step takes B problems with all their rollouts (groups stay together); K passes over the round,
+the problem order of pass k a permutation derived from (seed, k) alone, so that a resumed run sees the
+same batches as a straight one. Each step: micro-batches of at most `micro_batch_tokens` padded tokens,
+forward/backward each (gradient accumulation), ratio ρ = exp(log π_θ − log π_old) against the stored
+behaviour log-probs, loss from `thinkrl.loss.policy_loss` with `BatchCounts` of the whole step (all
+micro-batches, all ranks), pre-clip gradient norm, clipping, AdamW, warm-up + schedule. A non-finite
+loss or gradient skips the step (no update, gradients zeroed, row `skipped`); `max_nonfinite_in_row`
+skips in a row stop the run with a `ThinkrlError`.
+
+Writes in out_dir: `policy/` (Hugging Face checkpoint, safetensors, fp32 master weights, tokenizer, the
+input's thinkrl.json), `state/` (weights, optimizer, scheduler, RNG states, step, metric rows: exact
+resume), and the `train_metrics` artifact (one row per optimizer step; manifest written last).
+
+MFU = 6 × n_params × (prompt + completion tokens through forward/backward, padding excluded, all ranks)
+      / step seconds / (flops_peak × world size).
+The reference-model forward (β > 0) and attention FLOPs are not counted; n_params counts tied
+embeddings once. Default peaks are the measured 2-thread matmul peaks of the development CPU.
+
+Where this departs from or guesses at the paper:
+- lr default 1e-4 (the paper uses 1e-6 on 1.5B/7B models): the tiny CPU policy of DESIGN §5, where 1e-4
+  gained +9-11 points and 3e-4 collapsed. Weight decay 0, betas (0.9, 0.999): not stated in the paper.
+- the last step of a pass takes the leftover (< B) problems: judged samples are expensive, none is wasted.
+- rollouts whose advantages are all zero are dropped before batching (DESIGN §2); their count is the
+  `dropped_rollouts` column, the same in every row of a run.
+- log-probs are at temperature 1 (the raw model distribution) on both sides of the ratio, whatever
+  temperature sampled the rollouts.
+- the model trains in train() mode; Llama/Qwen2 configs have no dropout, so an on-policy ratio is exactly 1.
+  The torch seed of each step derives from (seed, step, rank), so dropout, if any, resumes exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from thinkrl.artifacts import ADVANTAGES, MANIFEST, ArtifactWriter, to_frame, validate_frame
+from thinkrl.errors import ThinkrlError
+from thinkrl.loss import AGGREGATIONS, BatchCounts, LossConfig, policy_loss
+
+log = logging.getLogger(__name__)
+
+STATE_FILE, STATE_WEIGHTS = "trainer.pt", "model.safetensors"
+
+
+# --------------------------------------------------------------------------------------------- config
+def _constant(p: float) -> float:
+    return 1.0
+
+
+def _cosine(p: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(p, 0.0), 1.0)))
+
+
+def _linear(p: float) -> float:
+    return 1.0 - min(max(p, 0.0), 1.0)
+
+
+SCHEDULES: dict[str, Callable[[float], float]] = {"constant": _constant, "cosine": _cosine, "linear": _linear}
+PEAK_FLOPS = {"float32": 196e9, "bfloat16": 425e9, "float64": 196e9}  # 2-thread matmul peak of the dev CPU
+DTYPES = ("auto", "float32", "bfloat16", "float64")
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run (group size G is read from the data)."""
+
+    prompts_per_step: int = _opt(5, "problems per optimizer step (B), each with all its G rollouts")
+    epochs: int = _opt(1, "passes K over the round's rollouts")
+    lr: float = _opt(1e-4, "peak learning rate (paper: 1e-6 on 1.5B/7B; 1e-4 suits the tiny CPU policy)")
+    warmup_steps: int = _opt(0, "linear warm-up steps")
+    schedule: str = _opt("constant", f"lr schedule after warm-up: {', '.join(SCHEDULES)}")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas")
+    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0 = off)")
+    micro_batch_tokens: int = _opt(4096, "padded tokens per micro-batch (bounds memory; grads accumulate)")
+    eps_low: float = _opt(0.2, "ratio clip below: 1 - eps_low")
+    eps_high: float = _opt(0.2, "ratio clip above: 1 + eps_high (DAPO uses 0.28)")
+    beta: float = _opt(0.0, "k3 KL coefficient to the reference policy (0 = no reference model)")
+    ref_policy: str | None = _opt(None, "reference policy directory for the KL (default: the input policy)")
+    aggregation: str = _opt("seq-mean-token-mean", f"loss aggregation: {', '.join(AGGREGATIONS)}")
+    norm_len: int | None = _opt(None, "Dr. GRPO length constant (default: longest completion in the data)")
+    dtype: str = _opt("auto", "auto (bf16 autocast on CUDA with bf16, else float32), float32, "
+                              "bfloat16 (autocast over fp32 weights), float64")
+    seed: int = _opt(0, "seed of the batch order (per pass) and of the per-step torch RNG")
+    max_nonfinite_in_row: int = _opt(3, "stop after this many skipped (non-finite) steps in a row")
+    flops_peak: float | None = _opt(None, "peak FLOP/s per rank for MFU (default: 196e9 fp32 / 425e9 bf16, "
+                                          "the measured 2-thread matmul peak of the dev CPU)")
+    save_every: int = _opt(50, "checkpoint every N optimizer steps (0 = only at the end)")
+    max_steps: int | None = _opt(None, "stop after this global step (default: all K passes); "
+                                       "a rerun with a larger value resumes")
+
+    def __post_init__(self):
+        checks = [
+            (self.aggregation in AGGREGATIONS,
+             f"aggregation {self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)}"),
+            (self.schedule in SCHEDULES,
+             f"schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
+            (self.dtype in DTYPES, f"dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}"),
+            (self.prompts_per_step >= 1 and self.epochs >= 1, "prompts_per_step and epochs must be >= 1"),
+            (self.micro_batch_tokens >= 1 and self.max_nonfinite_in_row >= 1,
+             "micro_batch_tokens and max_nonfinite_in_row must be >= 1"),
+            (0 <= self.eps_low < 1 and self.eps_high >= 0, "expected 0 <= eps_low < 1 and eps_high >= 0"),
+            (self.beta >= 0 and self.lr >= 0 and self.seed >= 0, "beta, lr and seed must be >= 0"),
+            (self.norm_len is None or self.norm_len >= 1, "norm_len must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 0, "max_steps must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ThinkrlError(f"train config: {msg}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(eps_low=self.eps_low, eps_high=self.eps_high, beta=self.beta,
+                          aggregation=self.aggregation)
+
+    @staticmethod
+    def help(name: str) -> str:
+        return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == name)
+
+
+def resolve_dtype(name: str) -> str:
+    """'auto' -> bfloat16 on a CUDA device with bf16, else float32."""
+    if name != "auto":
+        return name
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+
+
+def validated(advantages_df: pl.DataFrame) -> pl.DataFrame:
+    """The frame cast to the advantages schema; a one-line ThinkrlError for a missing or mistyped column."""
+    return validate_frame(to_frame(advantages_df, ADVANTAGES), ADVANTAGES, "advantages table")
+
+
+def resolve_config(cfg: TrainConfig, advantages_df: pl.DataFrame) -> TrainConfig:
+    """Fill the data- and machine-dependent defaults: norm_len, dtype, flops_peak (idempotent)."""
+    norm_len = cfg.norm_len
+    if norm_len is None:
+        norm_len = max(int(validated(advantages_df)["completion_ids"].list.len().max() or 1), 1)
+    dtype = resolve_dtype(cfg.dtype)
+    return replace(cfg, norm_len=norm_len, dtype=dtype, flops_peak=cfg.flops_peak or PEAK_FLOPS[dtype])
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak lr at 0-based step `step` of a run of `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return SCHEDULES[schedule]((step - warmup) / max(1, total - warmup))
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Rollout:
+    rollout_id: str
+    problem_id: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    advantages: np.ndarray          # (C,) float32, aligned with completion_ids
+    behaviour_logprobs: np.ndarray  # (C,) float32, log π_old at temperature 1
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.completion_ids)
+
+
+def _rollout(row: dict) -> Rollout:
+    rid = row["rollout_id"]
+    adv = np.asarray(row["advantages"], dtype=np.float32)
+    old = np.asarray(row["behaviour_logprobs"], dtype=np.float32)
+    n = len(row["completion_ids"])
+    if len(adv) != n or len(old) != n:
+        raise ThinkrlError(f"advantages table, rollout {rid}: {n} completion_ids but {len(adv)} advantages "
+                           f"and {len(old)} behaviour_logprobs (expected one per completion token)")
+    if not row["prompt_ids"]:
+        raise ThinkrlError(f"advantages table, rollout {rid}: empty prompt_ids "
+                           "(need >= 1 token to score the completion)")
+    return Rollout(rid, row["problem_id"], list(row["prompt_ids"]), list(row["completion_ids"]), adv, old)
+
+
+def prepare_groups(advantages_df: pl.DataFrame) -> tuple[list[list[Rollout]], int]:
+    """Validated rollouts grouped by problem_id (groups sorted by problem_id, rollouts by rollout_id: the
+    order never depends on row order), and the number of rollouts dropped for all-zero advantages."""
+    df = validated(advantages_df)
+    dup = df["rollout_id"].is_duplicated()
+    if dup.any():
+        first = df["rollout_id"].filter(dup)[0]
+        raise ThinkrlError(f"advantages table: rollout_id {first!r} appears more than once")
+    cols = ["rollout_id", "problem_id", "prompt_ids", "completion_ids", "advantages", "behaviour_logprobs"]
+    groups: dict[str, list[Rollout]] = {}
+    dropped = 0
+    for row in df.select(cols).sort("rollout_id").iter_rows(named=True):
+        r = _rollout(row)
+        if np.all(r.advantages == 0):  # NaN is not zero: such a rollout is kept, and its step skipped
+            dropped += 1
+            continue
+        groups.setdefault(r.problem_id, []).append(r)
+    if not groups:
+        raise ThinkrlError(f"advantages table: all {df.height} rollouts have all-zero advantages; "
+                           "nothing to train on")
+    return [groups[k] for k in sorted(groups)], dropped
+
+
+def data_sha256(groups: Sequence[Sequence[Rollout]]) -> str:
+    h = hashlib.sha256()
+    for g in groups:
+        for r in g:
+            h.update(r.rollout_id.encode() + b"\0")
+            for a in (np.asarray(r.prompt_ids, np.int64), np.asarray(r.completion_ids, np.int64),
+                      r.advantages, r.behaviour_logprobs):
+                h.update(a.tobytes() + b"\0")
+    return h.hexdigest()
+
+
+def pass_permutation(seed: int, pass_idx: int, n_groups: int) -> np.ndarray:
+    """Group order of pass `pass_idx`: from (seed, pass) alone, not from a consumed RNG."""
+    return np.random.default_rng([seed, pass_idx]).permutation(n_groups)
+
+
+def step_rollouts(groups: Sequence[Sequence[Rollout]], step: int, per_step: int, seed: int) -> list[Rollout]:
+    """All rollouts of the groups of 0-based optimizer step `step`."""
+    steps_per_pass = math.ceil(len(groups) / per_step)
+    perm = pass_permutation(seed, step // steps_per_pass, len(groups))
+    j = step % steps_per_pass
+    return [r for gi in perm[j * per_step:(j + 1) * per_step] for r in groups[gi]]
+
+
+def plan_micro_batches(rollouts: Sequence[Rollout], budget: int) -> list[list[Rollout]]:
+    """Micro-batches with rows × longest row <= budget padded tokens (a longer row goes alone); longest
+    first, ties by input order: deterministic."""
+    order = sorted(range(len(rollouts)), key=lambda i: (-rollouts[i].length, i))
+    out: list[list[Rollout]] = []
+    for i in order:
+        if out and (len(out[-1]) + 1) * out[-1][0].length <= budget:
+            out[-1].append(rollouts[i])
+        else:
+            out.append([rollouts[i]])
+    return out
+
+
+# --------------------------------------------------------------------------------------------- log-probs
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(_unwrap(model).parameters()).device
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(completion token | prefix) at temperature 1, one right-padded forward.
+    Returns (logp, mask), both (n, T), T = longest completion; logp is 0 where mask is 0."""
+    device = _device(model)
+    n, lens = len(prompts), [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
+    L, T = max(lens), max(len(c) for c in completions)
+    ids = torch.zeros((n, L), dtype=torch.long)          # (n, L) right-padded (pad id 0, masked out)
+    attn = torch.zeros((n, L), dtype=torch.long)         # (n, L)
+    pos = torch.zeros((n, T), dtype=torch.long)          # (n, T) position whose logits predict token t
+    tgt = torch.zeros((n, T), dtype=torch.long)          # (n, T) completion tokens
+    mask = torch.zeros((n, T), dtype=torch.bool)         # (n, T)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        ids[i, :lens[i]] = torch.tensor(list(p) + list(c))
+        attn[i, :lens[i]] = 1
+        pos[i] = len(p) - 1                              # padding points at a real position (finite logits)
+        pos[i, :len(c)] += torch.arange(len(c))
+        tgt[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
+        mask[i, :len(c)] = True
+    ids, attn, pos, tgt, mask = (t.to(device) for t in (ids, attn, pos, tgt, mask))
+    keep = L - (min(len(p) for p in prompts) - 1)        # logits of positions >= shortest prompt end only
+    kw = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+    logits = model(input_ids=ids, attention_mask=attn, **kw).logits   # (n, K, V), K = keep or L
+    sel = logits[torch.arange(n, device=device)[:, None], pos - (L - logits.shape[1])]  # (n, T, V)
+    if sel.dtype not in (torch.float32, torch.float64):
+        sel = sel.float()
+    logp = sel.gather(-1, tgt[..., None])[..., 0] - torch.logsumexp(sel, dim=-1)        # (n, T)
+    return torch.where(mask, logp, torch.zeros_like(logp)), mask.to(logp.dtype)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(_unwrap(model).forward).parameters
+
+
+@torch.no_grad()
+def token_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
+                   batch_tokens: int = 4096, autocast_dtype: torch.dtype | None = None) -> list[np.ndarray]:
+    """log π(token | prefix) of every completion token, float32 arrays aligned with completion_ids.
+
+    Temperature convention: temperature 1, the raw model distribution, whatever temperature sampled the
+    rollouts; the trainer's log π_θ uses the same convention, so the ratio compares like with like. Rows
+    are batched (right padding, attention mask) in groups of <= batch_tokens padded tokens; the model
+    runs in eval mode (restored afterwards). Pass the trainer's autocast dtype to match its numerics."""
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ThinkrlError("token_logprobs: an empty prompt (need >= 1 token to score the first completion)")
+    inner = _unwrap(model)
+    was_training = inner.training
+    inner.eval()
+    empty = np.zeros(0, np.float32)
+    out: list[np.ndarray] = [empty] * len(completion_ids)
+    rows = [Rollout(str(i), "", list(prompt_ids[i]), list(c), empty, empty)
+            for i, c in enumerate(completion_ids) if len(c)]
+    try:
+        for mb in plan_micro_batches(rows, batch_tokens):
+            with _autocast(_device(model), autocast_dtype):
+                prompts, comps = [r.prompt_ids for r in mb], [r.completion_ids for r in mb]
+                logp, _ = completion_logprobs(inner, prompts, comps)                  # (n, T)
+            for j, r in enumerate(mb):
+                out[int(r.rollout_id)] = logp[j, :len(r.completion_ids)].float().cpu().numpy()
+    finally:
+        inner.train(was_training)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- one step
+def _pad(arrays: Sequence[np.ndarray], T: int, like: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros((len(arrays), T), dtype=like.dtype)       # (n, T)
+    for i, a in enumerate(arrays):
+        out[i, :len(a)] = torch.from_numpy(np.asarray(a, np.float32)).to(like.dtype)
+    return out.to(like.device)
+
+
+def micro_batch_loss(model, mb: Sequence[Rollout], counts: BatchCounts, loss_cfg: LossConfig,
+                     ref_model=None, autocast_dtype: torch.dtype | None = None):
+    """(loss share, stats) of one micro-batch (see thinkrl.loss)."""
+    device = _device(model)
+    prompts, comps = [r.prompt_ids for r in mb], [r.completion_ids for r in mb]
+    with _autocast(device, autocast_dtype):
+        logp, mask = completion_logprobs(model, prompts, comps)                 # (n, T)
+    old = _pad([r.behaviour_logprobs for r in mb], logp.shape[1], logp)         # (n, T)
+    adv = _pad([r.advantages for r in mb], logp.shape[1], logp)                 # (n, T)
+    ref = None
+    if loss_cfg.beta > 0:
+        with torch.no_grad(), _autocast(device, autocast_dtype):
+            ref, _ = completion_logprobs(ref_model, prompts, comps)
+        ref = ref.to(logp.dtype)
+    return policy_loss(logp, old, adv, mask, counts, loss_cfg, ref_logp=ref)
+
+
+def _idle_backward(model) -> None:
+    """A rank with no rollouts this step still joins DDP's gradient all-reduce (with zero gradients)."""
+    ids = torch.zeros((1, 2), dtype=torch.long, device=_device(model))
+    (model(input_ids=ids).logits.sum() * 0.0).backward()
+
+
+def accumulate_gradients(model, micro_batches: Sequence[Sequence[Rollout]], counts: BatchCounts,
+                         loss_cfg: LossConfig, ref_model=None, loss_scale: float = 1.0,
+                         autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Forward/backward each micro-batch of this rank's share of one optimizer step; gradients add up in
+    .grad (DDP syncs on the last one only). loss_scale = world size undoes DDP's gradient average.
+    Returns this rank's sums: loss, kl_sum, clipped_tokens, tokens, processed_tokens."""
+    sums = dict.fromkeys(("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens"), 0.0)
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    if not micro_batches:
+        if ddp:
+            _idle_backward(model)
+        return sums
+    for k, mb in enumerate(micro_batches):
+        last = k == len(micro_batches) - 1
+        with model.no_sync() if ddp and not last else nullcontext():
+            loss, stats = micro_batch_loss(model, mb, counts, loss_cfg, ref_model, autocast_dtype)
+            (loss * loss_scale).backward()
+        sums["loss"] += float(loss.detach())
+        sums["kl_sum"] += float(stats["kl_sum"])
+        sums["clipped_tokens"] += float(stats["clipped_tokens"])
+        sums["tokens"] += float(stats["tokens"])
+        sums["processed_tokens"] += float(sum(r.length for r in mb))
+    return sums
+
+
+# --------------------------------------------------------------------------------------------- processes
+@dataclass
+class Dist:
+    """This process's place among the torchrun ranks (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    def all_sum(self, values: Sequence[float]) -> list[float]:
+        if self.world == 1:
+            return [float(v) for v in values]
+        t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def init_distributed() -> Dist:
+    """Join torchrun's process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA); else single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world <= 1:
+        return Dist(device=device)
+    import torch.distributed as td
+
+    owns = not td.is_initialized()
+    if owns:
+        td.init_process_group(backend="nccl" if cuda else "gloo")
+    return Dist(rank=td.get_rank(), world=td.get_world_size(), device=device, owns_group=owns)
+
+
+def step_counts(micro_batches: Sequence[Sequence[Rollout]], norm_len: int, dist: Dist) -> BatchCounts:
+    """BatchCounts of the whole optimizer step: this rank's sizes summed over all ranks."""
+    seqs = sum(len(mb) for mb in micro_batches)
+    toks = sum(len(r.completion_ids) for mb in micro_batches for r in mb)
+    s, t, m = dist.all_sum([seqs, toks, len(micro_batches)])
+    return BatchCounts(sequences=int(s), tokens=max(int(t), 1), micro_batches=int(m), world_size=dist.world,
+                       norm_len=norm_len)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _rng_state() -> dict[str, Any]:
+    """RNG states as tensors/lists so that torch.load(weights_only=True) reads them."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+            "python": {"version": py_state[0], "state": list(py_state[1]), "gauss_next": py_state[2]}}
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+def find_state(out_dir: Path) -> Path | None:
+    """The state directory to resume from (the `.state.old` of a save interrupted between renames)."""
+    for d in (out_dir / "state", out_dir / ".state.old"):
+        if (d / STATE_FILE).is_file() and (d / STATE_WEIGHTS).is_file():
+            return d
+    return None
+
+
+def export_policy(model, tokenizer, policy_dir: Path, dest: Path) -> None:
+    """HF checkpoint (safetensors) + tokenizer + the input policy's thinkrl.json, written tmp + rename."""
+    tmp = Path(tempfile.mkdtemp(prefix=".policy.tmp-", dir=dest.parent))
+    with _quiet_hf():
+        model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if (policy_dir / "thinkrl.json").is_file():
+        shutil.copy2(policy_dir / "thinkrl.json", tmp / "thinkrl.json")
+    _replace_dir(tmp, dest)
+
+
+def save_state(run: _Run, step: int) -> None:
+    """Weights, optimizer, scheduler, RNG, step and metric rows to out_dir/state (tmp + rename)."""
+    from safetensors.torch import save_model
+
+    tmp = Path(tempfile.mkdtemp(prefix=".state.tmp-", dir=run.out_dir))
+    save_model(run.model, str(tmp / STATE_WEIGHTS))
+    torch.save({"step": step, "key": run.key, "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(), "rng": _rng_state(), "rows": run.rows,
+                "nonfinite_in_row": run.nonfinite_in_row}, tmp / STATE_FILE)
+    _replace_dir(tmp, run.out_dir / "state")
+
+
+def checkpoint(run: _Run, step: int) -> None:
+    """Policy first, then state: the state's step is the commit point (its weights travel with it)."""
+    export_policy(run.model, run.tokenizer, run.policy_dir, run.out_dir / "policy")
+    save_state(run, step)
+
+
+def load_state(run: _Run) -> int:
+    """Restore a matching state; returns the step to continue from (0 when starting fresh)."""
+    from safetensors.torch import load_model
+
+    d = find_state(run.out_dir)
+    if d is None:
+        return 0
+    s = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+    if s.get("key") != run.key:
+        log.warning("%s: state of another config, data or policy; starting fresh", d)
+        return 0
+    load_model(run.model, str(d / STATE_WEIGHTS), device=str(run.dist.device))
+    run.optimizer.load_state_dict(s["optimizer"])
+    run.scheduler.load_state_dict(s["scheduler"])
+    _set_rng_state(s["rng"])
+    run.rows, run.nonfinite_in_row = list(s["rows"]), int(s["nonfinite_in_row"])
+    log.info("%s: resuming after step %d", d, s["step"])
+    return int(s["step"])
+
+
+# --------------------------------------------------------------------------------------------- the run
+@dataclass
+class _Run:
+    cfg: TrainConfig
+    policy_dir: Path
+    out_dir: Path
+    dist: Dist
+    model: torch.nn.Module          # the unwrapped model (weights, saving)
+    wrapped: torch.nn.Module        # DDP wrapper or the model itself (forward/backward)
+    tokenizer: Any
+    ref_model: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    groups: list[list[Rollout]]
+    dropped: int
+    total_steps: int
+    key: str
+    n_params: int
+    rows: list[dict] = field(default_factory=list)
+    nonfinite_in_row: int = 0
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.cfg.dtype == "bfloat16" else None
+
+
+@contextmanager
+def _quiet_hf():
+    """No transformers progress bars (they would tear the stage's rich bar); restores the setting."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _load_model(path: Path, cfg: TrainConfig, device: torch.device):
+    with _quiet_hf():
+        model, tok = _load_model_files(path)
+    if cfg.dtype == "float64":
+        model = model.double()
+    return model.to(device), tok
+
+
+def _load_model_files(path: Path):
+    try:
+        from thinkrl.models import load_policy
+    except ImportError:  # pragma: no cover - models.py is optional for the trainer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        return model, tok
+    return load_policy(path, dtype="float32")
+
+
+def _stat_fingerprint(d: Path) -> list:
+    files = (f for f in d.rglob("*") if f.is_file())
+    return sorted([str(f.relative_to(d)), f.stat().st_size, f.stat().st_mtime_ns] for f in files)
+
+
+def _run_key(cfg: TrainConfig, data_hash: str, policy_dir: Path) -> str:
+    """Identity of a run for resuming: everything that changes the trajectory (not max_steps, save_every,
+    flops_peak), the data, and the policy directory (path, file sizes and mtimes)."""
+    c = {k: v for k, v in cfg.to_dict().items() if k not in ("max_steps", "save_every", "flops_peak")}
+    policy = [str(policy_dir.resolve()), _stat_fingerprint(policy_dir)]
+    body = {"config": c, "data": data_hash, "policy": policy}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def setup(policy_dir: Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_dir: Path, dist: Dist) -> _Run:
+    """Data, model (DDP-wrapped under torchrun), reference model (β > 0 only), AdamW and the lr schedule.
+    The schedule spans all K passes (not max_steps), so a run cut into pieces follows the same lr curve."""
+    groups, dropped = prepare_groups(advantages_df)
+    model, tok = _load_model(policy_dir, cfg, dist.device)
+    model.train()
+    ref = None
+    if cfg.beta > 0:
+        ref, _ = _load_model(Path(cfg.ref_policy or policy_dir), cfg, dist.device)
+        ref.eval().requires_grad_(False)
+    wrapped = model
+    if dist.world > 1:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                            weight_decay=cfg.weight_decay)
+    total = cfg.epochs * math.ceil(len(groups) / cfg.prompts_per_step)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.schedule))
+    return _Run(cfg, policy_dir, out_dir, dist, model, wrapped, tok, ref, opt, sched, groups, dropped, total,
+                _run_key(cfg, data_sha256(groups), policy_dir), sum(p.numel() for p in model.parameters()))
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def optimizer_step(run: _Run, step: int) -> dict[str, Any]:
+    """One optimizer step (0-based `step`) on this rank's share of the step's rollouts; returns its row."""
+    cfg, dist = run.cfg, run.dist
+    torch.manual_seed(_step_seed(cfg.seed, step, dist.rank))
+    t0 = time.perf_counter()
+    rollouts = step_rollouts(run.groups, step, cfg.prompts_per_step, cfg.seed)[dist.rank::dist.world]
+    mbs = plan_micro_batches(rollouts, cfg.micro_batch_tokens)
+    counts = step_counts(mbs, cfg.norm_len, dist)
+    local = accumulate_gradients(run.wrapped, mbs, counts, cfg.loss_config(), run.ref_model,
+                                 loss_scale=dist.world, autocast_dtype=run.autocast_dtype)
+    loss, kl_sum, clipped, tokens, processed = dist.all_sum(
+        [local[k] for k in ("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens")])
+    params = [p for p in run.model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    grad_norm, lr = float(norm), run.optimizer.param_groups[0]["lr"]
+    skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+    if not skipped:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():  # a skipped first step calls the scheduler before any optimizer.step()
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        run.scheduler.step()
+    if dist.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    mfu = 6 * run.n_params * processed / seconds / (cfg.flops_peak * dist.world)
+    return {"step": step + 1, "loss": loss, "kl": kl_sum / max(tokens, 1),
+            "clip_frac": clipped / max(tokens, 1), "grad_norm": grad_norm, "lr": lr, "tokens": int(tokens),
+            "dropped_rollouts": run.dropped, "skipped": skipped, "seconds": seconds, "mfu": mfu}
+
+
+def _count_nonfinite(run: _Run, row: dict) -> None:
+    if not row["skipped"]:
+        run.nonfinite_in_row = 0
+        return
+    run.nonfinite_in_row += 1
+    log.warning("step %d skipped: non-finite loss %s or gradient norm %s (%d in a row)",
+                row["step"], row["loss"], row["grad_norm"], run.nonfinite_in_row)
+
+
+def _check_nonfinite(run: _Run, row: dict) -> None:
+    if run.nonfinite_in_row >= run.cfg.max_nonfinite_in_row:
+        raise ThinkrlError(
+            f"training stopped at step {row['step']}: {run.nonfinite_in_row} optimizer steps in a row had a "
+            f"non-finite loss ({row['loss']}) or gradient norm ({row['grad_norm']}); check the advantages "
+            f"and behaviour_logprobs for NaN/inf, or lower the learning rate (now {run.cfg.lr})")
+
+
+def summary(run: _Run) -> dict[str, Any]:
+    rows = run.rows
+    done = [r for r in rows if not r["skipped"]]
+    secs = sum(r["seconds"] for r in rows)
+    return {"steps": len(rows), "total_steps": run.total_steps, "skipped_steps": len(rows) - len(done),
+            "dropped_rollouts": run.dropped, "rollouts": sum(len(g) for g in run.groups),
+            "groups": len(run.groups),
+            "final_loss": done[-1]["loss"] if done else float("nan"),
+            "mean_loss": float(np.mean([r["loss"] for r in done])) if done else float("nan"),
+            "tokens": int(sum(r["tokens"] for r in rows)), "seconds": secs,
+            "seconds_per_step": secs / max(len(rows), 1),
+            "mfu": float(np.mean([r["mfu"] for r in rows])) if rows else 0.0,
+            "n_params": run.n_params, "norm_len": run.cfg.norm_len, "world_size": run.dist.world,
+            "policy": str(run.out_dir / "policy")}
+
+
+def _loop(run: _Run, start: int, stop: int, progress) -> None:
+    main = run.dist.rank == 0
+    for step in range(start, stop):
+        row = optimizer_step(run, step)
+        run.rows.append(row)
+        _count_nonfinite(run, row)
+        done = step + 1
+        if main and run.cfg.save_every and done % run.cfg.save_every == 0 and done < stop:
+            checkpoint(run, done)
+        if main and progress is not None:
+            progress(row, done, stop)
+        _check_nonfinite(run, row)
+
+
+def _clean_leftovers(out_dir: Path) -> None:
+    for p in list(out_dir.glob(".policy.tmp-*")) + list(out_dir.glob(".state.tmp-*")):
+        shutil.rmtree(p, ignore_errors=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # policy/ is about to change: the old artifact is void
+
+
+def train(policy_dir: str | Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_dir: str | Path,
+          resume: bool = True, progress: Callable[[dict, int, int], None] | None = None,
+          writer: ArtifactWriter | None = None) -> dict[str, Any]:
+    """Train `policy_dir` on one round's advantages table; write policy/, state/ and the train_metrics
+    artifact in out_dir; return summary metrics. `resume` continues from out_dir/state when it belongs to
+    the same config, data and policy. `progress(row, steps_done, steps_total)` runs on rank 0 after each
+    step. `writer` (the stage's, for its skip key) defaults to one over the config and the policy."""
+    policy_dir, out_dir = Path(policy_dir), Path(out_dir)
+    cfg = resolve_config(cfg, advantages_df)
+    dist = init_distributed()
+    try:
+        run = setup(policy_dir, advantages_df, cfg, out_dir, dist)
+        if dist.rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _clean_leftovers(out_dir)
+        dist.barrier()
+        start = load_state(run) if resume else 0
+        stop = run.total_steps if cfg.max_steps is None else min(cfg.max_steps, run.total_steps)
+        run.rows = run.rows[:start]
+        _loop(run, start, max(start, stop), progress)
+        metrics = summary(run)
+        if dist.rank == 0:
+            checkpoint(run, max(start, stop))
+            _write_metrics(run, metrics, writer)
+        dist.barrier()
+        return metrics
+    finally:
+        dist.close()
+
+
+def _write_metrics(run: _Run, metrics: dict, writer: ArtifactWriter | None) -> None:
+    if writer is None:
+        config = {**run.cfg.to_dict(), "policy": str(run.policy_dir), "data_sha256": data_sha256(run.groups)}
+        writer = ArtifactWriter(run.out_dir, "train", config, inputs={"policy": run.policy_dir})
+    writer.set_table("train_metrics", run.rows)
+    writer.finish(metrics=metrics, tables=["train_metrics"], allow_empty=True)
