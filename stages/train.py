@@ -80,7 +80,7 @@ def train(
     force: Force = False,
 ) -> None:
     """Train a policy on a thoughts artifact: clipped policy-gradient steps (checkpoint + train metrics)."""
-    df = read_table(thoughts, "advantages")
+    df = read_table(thoughts, "advantages", allow_empty=True)
     cfg = TrainConfig(
         prompts_per_step=prompts_per_step, epochs=epochs, lr=lr, warmup_steps=warmup_steps, schedule=schedule,
         weight_decay=weight_decay, betas=tuple(betas), grad_clip=grad_clip,

@@ -161,6 +161,9 @@ def resolve_dtype(name: str) -> str:
 
 def validated(advantages_df: pl.DataFrame) -> pl.DataFrame:
     """The frame cast to the advantages schema; a one-line ThinkrlError for a missing or mistyped column."""
+    if advantages_df.height == 0:
+        raise ThinkrlError("no rollouts to train on: every advantage of the round is zero (each group was "
+                           "all correct or all wrong, or the segment stage dropped them); nothing to learn")
     return validate_frame(to_frame(advantages_df, ADVANTAGES), ADVANTAGES, "advantages table")
 
 
