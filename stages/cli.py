@@ -18,6 +18,7 @@ from stages import eval as eval_stage
 from stages import inspect as inspect_stage
 from stages import judge as judge_stage
 from stages import judge_eval as judge_eval_stage
+from stages import report as report_stage
 from stages import sample as sample_stage
 from stages import segment as segment_stage
 from stages import train as train_stage
@@ -40,7 +41,6 @@ class NotBuilt(ThinkrlError):
 NOT_BUILT = {
     "run": "rounds of sample -> judge -> segment -> train with periodic eval, from a TOML file",
     "demo": "the embedded default: warm-start the tiny policy, train GRPO vs TP-GRPO, write a report",
-    "report": "tables and plots for runs, from manifests and metrics artifacts",
     "model": "build the tiny policy, warm-start it, import GGUF models",
 }
 
@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
     app.command("train")(guard(train_stage.train))
     app.command("eval")(guard(eval_stage.eval_cmd))
     app.command("inspect")(guard(inspect_stage.inspect))
+    app.command("report")(guard(report_stage.report))
     app.add_typer(data_stage.app, name="data", help="List and prepare benchmark and task problem sets.")
     for name, what in NOT_BUILT.items():
         app.command(name)(guard(_not_built(name, what)))

@@ -1,0 +1,227 @@
+"""thinkrl.report: run summaries from real artifacts of fake runs, comparison numbers checked by hand,
+report.md, PNGs, figure titles/labels/legends, multi-seed aggregation, runs in progress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thinkrl.artifacts import write_artifact
+from thinkrl.report import (
+    FIGURES,
+    accuracy_figure,
+    aggregate_by_scheme,
+    collect_run,
+    comparison_table,
+    incorrect_thoughts_figure,
+    length_figure,
+    markdown_table,
+    write_report,
+)
+
+PROBLEMS, G = 4, 4  # 16 rollouts per round
+
+
+def _rollouts(d: Path, rnd: int, acc: float, tokens: int) -> None:
+    rows = []
+    for p in range(PROBLEMS):
+        for j in range(G):
+            ok = p * G + j < round(acc * PROBLEMS * G)
+            rows.append({"rollout_id": f"p{p}/r{rnd}/s{j}", "problem_id": f"p{p}", "question": "q", "sample_idx": j,
+                         "round": rnd, "policy": "pol", "template": "raw", "prompt": "q", "completion": "x",
+                         "prompt_ids": [1], "completion_ids": [5] * tokens, "logprobs": [-0.1] * tokens,
+                         "finish_reason": "stop", "answer": "1", "pred_answer": "1" if ok else "2", "correct": ok,
+                         "seed": 0})
+    write_artifact(d, "sample", {"seed": 0, "round": rnd}, {"rollouts": rows},
+                   metrics={"rollouts": len(rows), "accuracy": acc, "mean_tokens": float(tokens)})
+
+
+def _judgments(d: Path, rnd: int, bad_tokens: int, tokens: int) -> None:
+    rows = []
+    for p in range(PROBLEMS):
+        for j in range(G):
+            rid = f"p{p}/r{rnd}/s{j}"
+            rows.append({"rollout_id": rid, "step_idx": 0, "char_start": 0, "char_end": 1, "token_start": 0,
+                         "token_end": tokens - bad_tokens, "text": "x", "label": "correct", "judge": "rule",
+                         "rationale": ""})
+            if p == 0 and j == 0:  # one rollout of the round holds an incorrect step of `bad_tokens` tokens
+                rows.append({"rollout_id": rid, "step_idx": 1, "char_start": 0, "char_end": 1,
+                             "token_start": tokens - bad_tokens, "token_end": tokens, "text": "x",
+                             "label": "incorrect", "judge": "rule", "rationale": "wait"})
+    write_artifact(d, "judge", {}, {"judgments": rows})
+
+
+def _thoughts(d: Path, scheme: str, dropped: int, share: float) -> None:
+    write_artifact(d, "segment", {"scheme": scheme, "alpha": 1.0},
+                   {"thoughts": [{"rollout_id": "p0/r0/s0", "thought_idx": 0, "token_start": 0, "token_end": 2,
+                                  "label": "correct", "reward": 1.0}],
+                    "advantages": [{"rollout_id": "p0/r0/s0", "problem_id": "p0", "prompt_ids": [1],
+                                    "completion_ids": [5, 5], "advantages": [1.0, 1.0],
+                                    "behaviour_logprobs": [-0.1, -0.1], "outcome_advantage": 1.0, "correct": True}]},
+                   metrics={"scheme": scheme, "dropped_rollouts": dropped, "kept_rollouts": 16 - dropped,
+                            "error_thoughts": 1, "flipped_error_thoughts": 1,
+                            "incorrect_thought_token_share": share if scheme != "outcome" else 0.0})
+
+
+def _train(d: Path, losses: list[float]) -> None:
+    rows = [{"step": i + 1, "loss": v, "kl": 0.0, "clip_frac": 0.1, "grad_norm": 1.0, "lr": 1e-4, "tokens": 100,
+             "dropped_rollouts": 2, "skipped": False, "seconds": 0.5, "mfu": 0.01} for i, v in enumerate(losses)]
+    rows.append({**rows[-1], "step": len(rows) + 1, "loss": float("nan"), "skipped": True})  # skipped: not averaged
+    write_artifact(d, "train", {}, {"train_metrics": rows})
+
+
+def _eval(d: Path, acc: float, policy: str, tokens: float = 12.0) -> None:
+    write_artifact(d, "eval", {"policy": policy, "k": 4},
+                   {"eval_samples": [{"benchmark": "arith-heldout", "problem_id": "h0", "sample_idx": 0,
+                                      "completion": "x", "pred_answer": "1", "correct": True, "tokens": 3,
+                                      "finish_reason": "stop"}],
+                    "eval_summary": [{"benchmark": "arith-heldout", "problems": 50, "k": 4, "avg_at_k": acc,
+                                      "pass_at_k": min(1.0, acc + 0.2), "maj_at_k": acc + 0.05,
+                                      "mean_tokens": tokens, "truncation_rate": 0.0}]})
+
+
+def make_run(root: Path, name: str, scheme: str, seed: int, evals: list[float], lengths: list[int],
+             rounds_done: int = 3, rounds_started: int | None = None) -> Path:
+    """A run as `thinkrl run` lays it out: eval-initial + rounds 0..rounds_started-1, the first `rounds_done`
+    of them complete (with an eval after each), the next one with its rollouts only."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text(f'name = "{name}"\nscheme = "{scheme}"\nseed = {seed}\nrounds = 3\n'
+                                     f'[train]\nlr = 1e-4\n')
+    _eval(run / "eval-initial", evals[0], "data/tiny-policy")
+    for r in range(rounds_started if rounds_started is not None else rounds_done):
+        rd = run / f"round-{r:03d}"
+        _rollouts(rd / "rollouts", r, acc=0.25 + 0.125 * r, tokens=lengths[r])
+        if r >= rounds_done:
+            continue
+        if scheme != "outcome" or r == 0:  # GRPO judged only in round 0 (for measurement)
+            _judgments(rd / "judgments", r, bad_tokens=4 - r, tokens=lengths[r])
+        _thoughts(rd / "thoughts", scheme, dropped=r, share=0.05)
+        _train(rd / "train", [0.5 - 0.1 * r, 0.3 - 0.1 * r])
+        _eval(rd / "eval", evals[r + 1], f"{run}/round-{r:03d}/train/policy")
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "grpo": make_run(root, "grpo-s0", "outcome", 0, [0.30, 0.34, 0.38, 0.40], [20, 24, 28]),
+        "tp": make_run(root, "tp-s0", "thought", 0, [0.30, 0.41, 0.43, 0.45], [20, 18, 16]),
+        "grpo1": make_run(root, "grpo-s1", "outcome", 1, [0.32, 0.36, 0.38, 0.42], [20, 22, 26]),
+        "tp1": make_run(root, "tp-s1", "thought", 1, [0.31, 0.38, 0.44], [20, 19, 17], rounds_done=2,
+                        rounds_started=3),
+    }
+
+
+def test_collect_run_numbers(runs):
+    s = collect_run(runs["tp"])
+    assert (s.name, s.scheme, s.seed, s.expected_rounds) == ("tp-s0", "thought", 0, 3)
+    assert [r.samples_consumed for r in s.rounds] == [16, 32, 48]
+    assert [r.accuracy for r in s.rounds] == [0.25, 0.375, 0.5]
+    assert [r.mean_tokens for r in s.rounds] == [20, 18, 16]
+    assert [r.dropped_rollouts for r in s.rounds] == [0, 1, 2]
+    # one rollout per round has an incorrect step of 4-r tokens; all 16 rollouts have `length` tokens
+    assert s.rounds[0].incorrect_share == pytest.approx(4 / (16 * 20))
+    assert s.rounds[2].incorrect_share == pytest.approx(2 / (16 * 16))
+    assert s.rounds[0].incorrect_share_source == "judgments"
+    assert s.rounds[1].mean_loss == pytest.approx(0.3)  # (0.4 + 0.2) / 2, the skipped NaN step left out
+    assert s.rounds[1].train_steps == 3 and s.rounds[1].clip_frac == pytest.approx(0.1)
+    assert s.rounds[1].seconds_per_step == pytest.approx(0.5) and s.rounds[1].mfu == pytest.approx(0.01)
+    assert [(e.where, e.samples_consumed) for e in s.evals] == [
+        ("eval-initial", 0), ("round-000/eval", 16), ("round-001/eval", 32), ("round-002/eval", 48)]
+    assert s.final_accuracy == 0.45 and s.best_accuracy == 0.45
+    assert s.evals[1].k == 4 and s.evals[1].pass_at_k == pytest.approx(0.61)
+    assert s.missing == [] and s.status == "complete"
+
+
+def test_outcome_scheme_share_only_where_judged(runs):
+    s = collect_run(runs["grpo"])
+    assert s.rounds[0].incorrect_share == pytest.approx(4 / (16 * 20))  # judged for measurement
+    assert s.rounds[1].incorrect_share is None                            # not judged: unknown, not 0
+    assert s.rounds[1].incorrect_thought_token_share is None              # outcome makes no thoughts
+    assert s.missing == []                                                # GRPO needs no judge
+
+
+def test_run_in_progress_says_what_is_missing(runs):
+    s = collect_run(runs["tp1"])
+    assert [r.samples_consumed for r in s.rounds] == [16, 32, 48]
+    assert not s.rounds[2].complete and s.rounds[1].complete
+    assert any("round-002/judgments: not finished" in m for m in s.missing)
+    assert any("round-002/train: not finished" in m for m in s.missing)
+    assert [e.samples_consumed for e in s.evals] == [0, 16, 32]
+    assert s.samples_consumed == 32  # round 2 sampled but not trained on yet
+    assert s.status.startswith("in progress")
+
+
+def test_comparison_and_samples_to_reach(runs):
+    s = [collect_run(runs[k]) for k in ("grpo", "tp")]
+    rows = comparison_table(s)
+    base, tp = rows
+    assert base["final_acc"] == 0.40 and base["samples_to_baseline"] == 48  # reached 40% only at the end
+    assert tp["samples_to_baseline"] == 16                                  # 41% after round 0
+    assert tp["fewer_samples"] == pytest.approx(3.0)
+    assert tp["mean_length"] == 16 and base["mean_length"] == 28
+    assert base["incorrect_share"] is None  # judged in round 0 only: no stale value for its last round
+    assert tp["incorrect_share"] == pytest.approx(2 / 256)
+    md = markdown_table(rows)
+    assert "| run |" in md and "40.0%" in md and "3.00x" in md and "48" in md
+
+
+def test_aggregate_by_scheme(runs):
+    s = [collect_run(runs[k]) for k in ("grpo", "tp", "grpo1", "tp1")]
+    agg = {r["scheme"]: r for r in aggregate_by_scheme(s)}
+    assert list(agg) == ["outcome", "thought"]
+    assert agg["outcome"]["final_acc"].mean == pytest.approx(0.41)
+    assert agg["outcome"]["final_acc"].std == pytest.approx(0.01414, abs=1e-4)
+    # target 41%: grpo-s0 never (40%), grpo-s1 at 48; tp-s0 at 16 (41%), tp-s1 at 32 (44%)
+    assert (agg["outcome"]["samples_to_baseline"].mean, agg["outcome"]["samples_to_baseline"].n) == (48, 1)
+    assert agg["thought"]["samples_to_baseline"].mean == 24 and agg["thought"]["seeds"] == [0, 1]
+    md = markdown_table(list(agg.values()))
+    assert "41.0% ± 1.4%" in md and "(1/2)" in md
+
+
+def test_figures_have_title_labels_legend(runs):
+    s = [collect_run(runs[k]) for k in ("grpo", "tp", "grpo1", "tp1")]
+    for make in (accuracy_figure, length_figure, incorrect_thoughts_figure):
+        ax = make(s).axes[0]
+        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+        assert "(" in ax.get_ylabel()  # a unit
+        assert ax.get_legend() is not None
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any("outcome" in x and "2 seeds" in x for x in labels), labels
+    ax = accuracy_figure(s[:2]).axes[0]  # one seed per scheme: one line per run, plus the baseline line
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:2] == ["grpo-s0 · outcome", "tp-s0 · thought"] and "baseline" in labels[2]
+    assert "samples" in ax.get_xlabel() and "%" in ax.get_ylabel()
+    line = ax.get_lines()[1]
+    assert list(line.get_xdata()) == [0, 16, 32, 48] and list(line.get_ydata()) == pytest.approx([30, 41, 43, 45])
+
+
+def test_write_report(runs, tmp_path):
+    path = write_report([runs["grpo"], runs["tp"], runs["tp1"]], tmp_path / "rep", title="GRPO vs TP")
+    text = path.read_text()
+    assert text.startswith("# GRPO vs TP")
+    for name in FIGURES:
+        assert f"]({name})" in text  # relative path
+        png = tmp_path / "rep" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 15_000
+    assert "## Comparison" in text and "## By scheme" in text and "### tp-s1" in text
+    assert "round-002/train: not finished" in text
+    assert "| round |" in text and "| eval |" in text
+
+
+def test_report_stage_function(runs, tmp_path, capsys):
+    from stages.report import report
+
+    report([runs["grpo"], runs["tp"]], out_dir=tmp_path / "r", title="t")
+    assert (tmp_path / "r" / "report.md").is_file()
+    assert "report:" in capsys.readouterr().out
+
+
+def test_not_a_run(tmp_path):
+    from thinkrl.errors import ThinkrlError
+
+    with pytest.raises(ThinkrlError, match="not a run directory"):
+        collect_run(tmp_path)

@@ -1,0 +1,170 @@
+"""thinkrl.rollout_view and `thinkrl inspect --rollout/--problem/--html`: a real tokenizer, steps cut and mapped
+to tokens like the judge does, thoughts and advantages from the real segment stage."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from rich.console import Console
+
+from thinkrl.artifacts import ArtifactWriter, read_table, write_artifact
+from thinkrl.rollout_view import (
+    LABEL_STYLE,
+    completion_text,
+    open_view,
+    related_artifacts,
+    render_html,
+    render_terminal,
+    rollout_view,
+)
+from thinkrl.segment import segment
+from thinkrl.steps import split_steps, token_char_offsets, token_spans
+from thinkrl.tokenizer import EOS, build_tokenizer
+
+S0 = ("17 + 28 = 45\n\n45 * 3 = 125\n\nWait, 45 * 3 = 135, not 125.\n\n135 - 5 = 130\n\n"
+      "The answer is \\boxed{130}")
+S1 = "17 + 28 = 45\n\n45 * 3 = 145\n\n<script>alert('x')</script> & more\n\nThe answer is \\boxed{140}"
+S2 = "17 + 28 = 45\n\n45 * 3 = 135\n\n135 - 5 = 130\n\nThe answer is \\boxed{130}"
+GROUP = [  # (completion, correct, pred, labels per step)
+    (S0, True, "130", ["correct", "incorrect", "incorrect", "correct"]),
+    (S1, False, "140", ["unmatched", "matched", "matched"]),
+    (S2, True, "130", ["correct", "correct", "correct"]),
+]
+WRONG = [("2 + 2 = 5\n\nThe answer is \\boxed{5}", False, "5", ["matched"])] * 2  # all wrong: dropped
+QUESTION = "Start at 17. Add 28. Multiply by 3. Subtract 5."
+
+
+@pytest.fixture(scope="module")
+def arts(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("view")
+    tok = build_tokenizer([c for c, *_ in GROUP + WRONG] * 20 + [QUESTION])
+    policy = root / "policy"
+    tok.save_pretrained(policy)
+    eos = tok.convert_tokens_to_ids(EOS)
+    ro_rows, j_rows = [], []
+    for pid, group in (("arith-1", GROUP), ("arith-2", WRONG)):
+        for j, (text, ok, pred, labels) in enumerate(group):
+            ids = tok.encode(text, add_special_tokens=False) + [eos]
+            rid = f"{pid}/r0/s{j}"
+            ro_rows.append({"rollout_id": rid, "problem_id": pid, "question": QUESTION, "sample_idx": j, "round": 0,
+                            "policy": str(policy), "template": "raw", "prompt": QUESTION, "completion": text,
+                            "prompt_ids": [1], "completion_ids": ids, "logprobs": [-0.5] * len(ids),
+                            "finish_reason": "stop", "answer": "130", "pred_answer": pred, "correct": ok, "seed": j})
+            steps, _ = split_steps(text, "blank")
+            assert len(steps) == len(labels)
+            spans = token_spans(steps, token_char_offsets(tok, ids))
+            for s, (a, b), lab in zip(steps, spans, labels, strict=True):
+                j_rows.append({"rollout_id": rid, "step_idx": s.idx, "char_start": s.char_start,
+                               "char_end": s.char_end, "token_start": a, "token_end": b, "text": s.text,
+                               "label": lab, "judge": "test", "rationale": f"because {lab}"})
+    rnd = root / "run" / "round-000"
+    write_artifact(rnd / "rollouts", "sample", {}, {"rollouts": ro_rows})
+    write_artifact(rnd / "judgments", "judge", {}, {"judgments": j_rows}, inputs={"rollouts": rnd / "rollouts"})
+    w = ArtifactWriter(rnd / "thoughts", "segment", {"scheme": "thought"},
+                       inputs={"rollouts": rnd / "rollouts", "judgments": rnd / "judgments"})
+    segment(read_table(rnd / "rollouts", "rollouts"), read_table(rnd / "judgments", "judgments"), "thought", 1.0,
+            w, None)
+    return {"root": root, "rollouts": rnd / "rollouts", "judgments": rnd / "judgments", "thoughts": rnd / "thoughts",
+            "tok": tok}
+
+
+def test_related_artifacts_follow_inputs_both_ways(arts):
+    for start in ("rollouts", "judgments", "thoughts"):
+        rel = related_artifacts(arts[start])
+        assert (rel.rollouts, rel.judgments, rel.thoughts) == (arts["rollouts"], arts["judgments"], arts["thoughts"])
+
+
+def test_one_rollout_steps_thoughts_and_token_advantages(arts):
+    view = rollout_view(arts["rollouts"], arts["judgments"], arts["thoughts"], rollout_id="arith-1/r0/s0")
+    assert [r.rollout_id for r in view.focus] == ["arith-1/r0/s0"] and len(view.rollouts) == 3
+    assert view.scheme == "thought" and view.accuracy == pytest.approx(2 / 3)
+    rv = view.focus[0]
+    assert [s.label for s in rv.steps] == GROUP[0][3]
+    assert [(t.label, t.steps) for t in rv.thoughts] == [("correct", [0]), ("incorrect", [1, 2]), ("correct", [3])]
+    r_hat = rv.outcome_advantage
+    assert rv.outcome_source == "advantages table" and r_hat > 0 and rv.dropped is False
+    assert [t.reward for t in rv.thoughts] == pytest.approx([r_hat, r_hat - 2 / 3, r_hat])  # α·acc, α = 1
+    # token level: one piece per completion token, texts rebuild the completion, advantages aligned
+    assert rv.token_level and len(rv.pieces) == rv.n_tokens == len(rv.advantages)
+    assert "".join(p.text for p in rv.pieces if not p.special) == S0
+    assert rv.pieces[-1].special and rv.pieces[-1].text == EOS
+    for p in rv.pieces:
+        assert p.advantage == pytest.approx(rv.advantages[p.token_start])
+        if p.thought is not None:
+            assert p.advantage == pytest.approx(rv.thoughts[p.thought].reward)
+    wrong = [p.text for p in rv.pieces if p.label == "incorrect"]
+    assert "".join(wrong).startswith("45 * 3 = 125") and "Wait" in "".join(wrong)
+    # thought char spans: the incorrect thought covers steps 1..2
+    t1 = rv.thoughts[1]
+    assert S0[t1.char_start:t1.char_end].strip() == "45 * 3 = 125\n\nWait, 45 * 3 = 135, not 125."
+
+
+def test_group_of_all_wrong_is_dropped(arts):
+    view = rollout_view(arts["rollouts"], arts["judgments"], arts["thoughts"], problem_id="arith-2")
+    assert view.selected is None and len(view.focus) == 2
+    for rv in view.rollouts:
+        assert rv.dropped is True and rv.outcome_source == "computed from the group"
+        assert set(rv.advantages) == {0.0} and rv.outcome_advantage == 0.0
+
+
+def test_char_level_without_tokenizer(arts):
+    view = rollout_view(arts["rollouts"], arts["judgments"], arts["thoughts"], rollout_id="arith-1/r0/s0",
+                        tokenizer=None)
+    rv = view.focus[0]
+    assert not rv.token_level
+    assert "".join(p.text for p in rv.pieces) == S0
+    steps = [p for p in rv.pieces if p.step is not None]
+    assert [p.label for p in steps] == GROUP[0][3]
+    assert steps[1].advantage == pytest.approx(rv.thoughts[1].reward)  # mean over the step's tokens
+
+
+def test_terminal_colours_steps_and_marks_thoughts(arts):
+    view = rollout_view(arts["rollouts"], arts["judgments"], arts["thoughts"], rollout_id="arith-1/r0/s0")
+    rv = view.focus[0]
+    text = completion_text(rv)
+    for s in rv.steps:
+        styles = {str(sp.style) for sp in text.spans if sp.start == s.char_start and sp.end == s.char_end}
+        assert styles == {LABEL_STYLE[s.label]}
+    con = Console(record=True, width=160, force_terminal=False)
+    render_terminal(view, con)
+    out = con.export_text()
+    assert "✓ correct" in out and "pred 130 vs gold 130" in out
+    assert re.search(r"‖ thought 1 · incorrect · reward [-+]\d\.\d{3} · tokens \d+–\d+", out)
+    assert "‖ answer part" in out and "because incorrect" in out and "thoughts (thoughts table)" in out
+
+
+def test_html_self_contained_escaped_g_columns(arts):
+    view = rollout_view(arts["rollouts"], arts["judgments"], arts["thoughts"], rollout_id="arith-1/r0/s1")
+    page = render_html(view)
+    assert page.count('<section class="col') == 3 and "repeat(3," in page
+    assert "<script" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in page
+    assert "http://" not in page and "https://" not in page and "src=" not in page and "<link" not in page
+    assert 'class="col sel"' in page  # the rollout asked for
+    assert "rgba(220,38,38," in page and "rgba(22,163,74," in page  # negative and positive advantages
+    assert "l-incorrect" in page and "l-matched" in page and "‖1</span>" in page
+    assert re.search(r'title="[^"]*advantage [-+]\d\.\d{3}[^"]*thought \d: incorrect', page)
+
+
+def test_cli_rollout_and_html(arts, run_cli, tmp_path):
+    rc, stdout, stderr = run_cli(["inspect", arts["rollouts"], "--rollout", "arith-1/r0/s0"])
+    assert rc == 0, stderr
+    assert "arith-1/r0/s0" in stdout and "‖ thought 1 · incorrect" in stdout and "kept for training" in stdout
+    page = tmp_path / "g.html"
+    rc, stdout, stderr = run_cli(["inspect", arts["thoughts"], "--problem", "arith-1", "--html", page])
+    assert rc == 0, stderr
+    assert page.is_file() and page.read_text().count('<section class="col') == 3 and "wrote" in stdout
+
+
+def test_unknown_rollout_is_a_clear_error(arts):
+    from thinkrl.errors import ThinkrlError
+
+    with pytest.raises(ThinkrlError, match="no rollout 'nope' in the rollouts"):
+        rollout_view(arts["rollouts"], rollout_id="nope", tokenizer=None)
+
+
+def test_open_view_missing_policy_falls_back(arts, tmp_path):
+    view = open_view(arts["judgments"], rollout_id="arith-1/r0/s2", tokenizer=None)
+    assert view.sources["thoughts"] == str(arts["thoughts"])
+    assert not view.focus[0].token_level
+    assert all(t.label == "correct" for t in view.focus[0].thoughts)
