@@ -18,6 +18,7 @@ from stages import eval as eval_stage
 from stages import inspect as inspect_stage
 from stages import judge as judge_stage
 from stages import judge_eval as judge_eval_stage
+from stages import model as model_stage
 from stages import report as report_stage
 from stages import sample as sample_stage
 from stages import segment as segment_stage
@@ -41,7 +42,6 @@ class NotBuilt(ThinkrlError):
 NOT_BUILT = {
     "run": "rounds of sample -> judge -> segment -> train with periodic eval, from a TOML file",
     "demo": "the embedded default: warm-start the tiny policy, train GRPO vs TP-GRPO, write a report",
-    "model": "build the tiny policy, warm-start it, import GGUF models",
 }
 
 
@@ -63,6 +63,7 @@ def register(app: typer.Typer) -> None:
     app.command("inspect")(guard(inspect_stage.inspect))
     app.command("report")(guard(report_stage.report))
     app.add_typer(data_stage.app, name="data", help="List and prepare benchmark and task problem sets.")
+    app.add_typer(model_stage.app, name="model", help="Build the tiny policy, warm-start it, import GGUF models.")
     for name, what in NOT_BUILT.items():
         app.command(name)(guard(_not_built(name, what)))
 

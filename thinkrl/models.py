@@ -1,0 +1,255 @@
+"""Policy checkpoints: the tiny presets, loading any Hugging Face causal LM directory, GGUF import.
+
+    from thinkrl.models import init_model, load_policy, import_gguf
+    init_model("tiny", "runs/tiny-init", seed=0)            # random weights + the digit tokenizer
+    model, tok = load_policy("runs/tiny-init")               # any HF causal-LM directory works
+    import_gguf("SmolLM2-135M-Instruct-Q8_0.gguf", "runs/smollm2")   # GGUF -> safetensors directory
+
+CLI: `thinkrl model init --preset tiny --out DIR`, `thinkrl model import-gguf FILE --out DIR`.
+
+Every directory written here is a normal Hugging Face checkpoint (config.json, generation_config.json,
+model.safetensors, tokenizer files with the chat template) plus `thinkrl.json`:
+`{"template": <prompt template name>, "preset": ..., "recipe": {...}}`, where the recipe holds every
+setting that regenerates the weights exactly (init, then warm start, ...). The sampler reads
+`template` so that prompts are formatted exactly as in warm start. Directories are written to a
+temporary sibling and renamed into place, so a directory that exists is complete.
+
+The presets are Llama-architecture models (no biases, RMSNorm, SwiGLU, RoPE) with tied embeddings;
+`tiny` is the shape the prototype of DESIGN §5 measured (hidden 128, 4 layers, 4 heads, FFN 256).
+Nothing here is from the paper, which trains DeepSeek-R1-Distill-Qwen-1.5B/7B.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from thinkrl import __version__
+from thinkrl.errors import ThinkrlError
+
+THINKRL_JSON = "thinkrl.json"
+DEFAULT_TEMPLATE = "chat-plain"  # the tokenizer's chat template, one user turn (thinkrl.templates)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Shape of a Llama-architecture policy."""
+
+    hidden: int = field(metadata={"help": "hidden size"})
+    layers: int = field(metadata={"help": "transformer blocks"})
+    heads: int = field(metadata={"help": "attention heads (= key/value heads)"})
+    ffn: int = field(metadata={"help": "SwiGLU inner size"})
+    max_positions: int = field(default=512, metadata={"help": "longest sequence (RoPE, generation limit)"})
+    rope_theta: float = field(default=10000.0, metadata={"help": "RoPE base"})
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(hidden=128, layers=4, heads=4, ffn=256),  # ~0.7M parameters: learns ArithChain in minutes
+    "small": Preset(hidden=256, layers=6, heads=4, ffn=512),  # ~4M parameters: slower, for longer runs
+}
+
+
+def llama_config(preset: Preset, tokenizer) -> Any:
+    """The transformers LlamaConfig of a preset for this tokenizer."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=preset.hidden,
+        intermediate_size=preset.ffn,
+        num_hidden_layers=preset.layers,
+        num_attention_heads=preset.heads,
+        num_key_value_heads=preset.heads,
+        max_position_embeddings=preset.max_positions,
+        rope_theta=preset.rope_theta,
+        rms_norm_eps=1e-5,
+        initializer_range=0.02,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def n_params(model: torch.nn.Module) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing directories
+
+
+def read_thinkrl_json(model_dir: str | Path) -> dict:
+    """The thinkrl.json of a model directory ({} if it has none; other HF directories are fine)."""
+    p = Path(model_dir) / THINKRL_JSON
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ThinkrlError(f"{p}: expected a JSON object ({e})") from None
+
+
+def _prepare_out(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ThinkrlError(f"{out_dir}: expected a directory to write a model into, found a file")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise ThinkrlError(f"{out_dir}: exists, is not empty and holds another recipe; pass force (--force) "
+                           "to replace it")
+
+
+def save_policy(model, tokenizer, out_dir: str | Path, meta: dict, force: bool = False,
+                extra_files: dict[str, str] | None = None) -> Path:
+    """Write model + tokenizer + generation_config + thinkrl.json (+ extra_files: name -> text) to a temp
+    sibling, then rename into place."""
+    out_dir = Path(out_dir)
+    _prepare_out(out_dir, force)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        gc = model.generation_config
+        gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = (
+            tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        body = {"template": DEFAULT_TEMPLATE, "thinkrl_version": __version__, **meta}
+        (tmp / THINKRL_JSON).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def init_model(preset: str, out_dir: str | Path, seed: int = 0, tokenizer=None, force: bool = False) -> Path:
+    """Random-init a preset with the digit tokenizer (built from the default ArithChain corpus when
+    tokenizer is None) and save it as a normal HF directory. Same (preset, seed) -> identical files;
+    if out_dir already holds that recipe (default tokenizer) it is left as it is."""
+    from transformers import LlamaForCausalLM
+
+    from thinkrl.tokenizer import DEFAULT_CORPUS_SEED, DEFAULT_CORPUS_SIZE, DEFAULT_VOCAB_CAP, build_tokenizer
+
+    if preset not in PRESETS:
+        raise ThinkrlError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    tok_recipe = "custom" if tokenizer is not None else {
+        "source": "arith default corpus", "corpus_size": DEFAULT_CORPUS_SIZE,
+        "corpus_seed": DEFAULT_CORPUS_SEED, "vocab_cap": DEFAULT_VOCAB_CAP}
+    settings = {"preset": preset, "shape": asdict(PRESETS[preset]), "seed": seed, "tokenizer": tok_recipe}
+    done = read_thinkrl_json(out_dir).get("recipe", {}).get("init") if Path(out_dir).is_dir() else None
+    if not force and tok_recipe != "custom" and done and all(done.get(k) == v for k, v in settings.items()):
+        return Path(out_dir)  # the same recipe is there already: skip
+    tokenizer = build_tokenizer() if tokenizer is None else tokenizer
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(llama_config(PRESETS[preset], tokenizer))
+    recipe = {"init": {**settings, "n_params": n_params(model)}}
+    return save_policy(model, tokenizer, out_dir, {"preset": preset, "recipe": recipe}, force=force)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return torch.float32 if dtype is None else dtype
+    if dtype not in _DTYPES:
+        raise ThinkrlError(f"unknown dtype {dtype!r}; expected one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    """A directory holding a HF checkpoint (config.json + weights), else a one-line ThinkrlError."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ThinkrlError(f"{d}: expected a model directory (config.json + weights), found nothing there")
+    if not (d / "config.json").is_file():
+        raise ThinkrlError(f"{d}: expected a Hugging Face model directory with config.json; it has none")
+    if not any(d.glob("*.safetensors")) and not any(d.glob("*.bin")):
+        raise ThinkrlError(f"{d}: expected weights (*.safetensors) beside config.json; found none")
+    return d
+
+
+def load_policy(model_dir: str | Path, dtype: str | torch.dtype | None = "float32",
+                device: str | torch.device = "cpu"):
+    """(model in eval mode, tokenizer) from a HF causal-LM directory; trust_remote_code stays off."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = check_model_dir(model_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(d, trust_remote_code=False)
+    except Exception as e:  # transformers raises many kinds for a broken directory
+        raise ThinkrlError(f"{d}: could not load the tokenizer ({type(e).__name__}: {e})") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=resolve_dtype(dtype), trust_remote_code=False)
+    except Exception as e:
+        raise ThinkrlError(f"{d}: could not load the model ({type(e).__name__}: {e})") from None
+    if tok.pad_token_id is None:  # many instruct models have none; generation needs one
+        tok.pad_token = tok.eos_token
+    return model.to(device).eval(), tok
+
+
+# ---------------------------------------------------------------------------------------------------
+# GGUF
+
+
+def import_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str | None = None, force: bool = False) -> Path:
+    """Dequantize a GGUF file (llama.cpp format; needs the `gguf` package) into a normal safetensors
+    directory with its tokenizer and chat template. dtype: None keeps what transformers loads (float32)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(gguf_path)
+    if not p.is_file():
+        raise ThinkrlError(f"{p}: expected a GGUF file, found nothing there")
+    with open(p, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ThinkrlError(f"{p}: expected a GGUF file (magic bytes 'GGUF'), got something else")
+    kw = {} if dtype is None else {"dtype": resolve_dtype(dtype)}
+    try:
+        from transformers import GgufConfig  # transformers >= 5: ask for plain dense weights
+
+        kw["quantization_config"] = GgufConfig(gguf_file=p.name, dequantize=True)
+    except ImportError:  # older transformers always dequantize GGUF files
+        pass
+    try:
+        tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+        model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, trust_remote_code=False, **kw)
+    except ImportError as e:
+        raise ThinkrlError(f"{p}: GGUF import needs the gguf package (pip install 'thinkrl[gguf]'): {e}") from None
+    except Exception as e:
+        raise ThinkrlError(f"{p}: could not load the GGUF file ({type(e).__name__}: {e})") from None
+    _drop_gguf_quantizer(model)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    meta = {"preset": None, "recipe": {"import_gguf": {"file": p.name, "bytes": p.stat().st_size,
+                                                       "architecture": model.config.model_type,
+                                                       "n_params": n_params(model)}}}
+    return save_policy(model, tok, out_dir, meta, force=force)
+
+
+def _drop_gguf_quantizer(model) -> None:
+    """Make a dequantized GGUF model an ordinary one, so save_pretrained writes plain safetensors."""
+    packed = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.lower().startswith(("gguf", "ggml"))})
+    if packed:
+        raise ThinkrlError(f"GGUF import: weights stayed packed in {', '.join(packed)}; expected dense weights")
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
