@@ -13,18 +13,23 @@ import sys
 
 import typer
 
-from stages import data as data_stage
-from stages import eval as eval_stage
-from stages import inspect as inspect_stage
-from stages import judge as judge_stage
-from stages import judge_eval as judge_eval_stage
-from stages import model as model_stage
-from stages import report as report_stage
-from stages import sample as sample_stage
-from stages import segment as segment_stage
-from stages import train as train_stage
-from stages.common import guard
-from thinkrl.errors import ThinkrlError
+# set before any stage module imports transformers: our own progress bars only, no library chatter
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from stages import data as data_stage  # noqa: E402
+from stages import eval as eval_stage  # noqa: E402
+from stages import inspect as inspect_stage  # noqa: E402
+from stages import judge as judge_stage  # noqa: E402
+from stages import judge_eval as judge_eval_stage  # noqa: E402
+from stages import model as model_stage  # noqa: E402
+from stages import report as report_stage  # noqa: E402
+from stages import sample as sample_stage  # noqa: E402
+from stages import segment as segment_stage  # noqa: E402
+from stages import train as train_stage  # noqa: E402
+from stages.common import guard  # noqa: E402
+from thinkrl.errors import ThinkrlError  # noqa: E402
 
 app = typer.Typer(
     name="thinkrl",
@@ -72,9 +77,6 @@ register(app)
 
 
 def main() -> None:
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars only
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app()
     except ThinkrlError as e:  # raised outside a guarded command (e.g. while registering)
