@@ -13,7 +13,7 @@ setup:
 
 # the main job on the embedded default
 demo *ARGS:
-    {{bin}}/thinkrl --help
+    {{bin}}/thinkrl demo {{ARGS}}
 
 # the default test suite (< 10 minutes on 2 cores)
 test *ARGS:

@@ -3,7 +3,7 @@
     problems --sample--> rollouts --judge--> judgments --segment--> thoughts --train--> checkpoint
     benchmarks --eval--> scores
 
-Run `thinkrl STAGE --help` for a stage's options. Stages that are not built yet say so and exit 3.
+Run `thinkrl STAGE --help` for a stage's options; `thinkrl demo` runs the embedded default end to end.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from stages import data as data_stage  # noqa: E402
+from stages import demo as demo_stage  # noqa: E402
 from stages import eval as eval_stage  # noqa: E402
 from stages import inspect as inspect_stage  # noqa: E402
 from stages import judge as judge_stage  # noqa: E402
 from stages import judge_eval as judge_eval_stage  # noqa: E402
 from stages import model as model_stage  # noqa: E402
 from stages import report as report_stage  # noqa: E402
+from stages import run as run_stage  # noqa: E402
 from stages import sample as sample_stage  # noqa: E402
 from stages import segment as segment_stage  # noqa: E402
 from stages import train as train_stage  # noqa: E402
@@ -40,24 +42,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-class NotBuilt(ThinkrlError):
-    exit_code = 3
-
-
-NOT_BUILT = {
-    "run": "rounds of sample -> judge -> segment -> train with periodic eval, from a TOML file",
-    "demo": "the embedded default: warm-start the tiny policy, train GRPO vs TP-GRPO, write a report",
-}
-
-
-def _not_built(name: str, what: str):
-    def cmd() -> None:
-        raise NotBuilt(f"'thinkrl {name}' is not built yet in this version ({what})")
-
-    cmd.__doc__ = f"{what[0].upper()}{what[1:]}. (not built yet)"
-    return cmd
-
-
 def register(app: typer.Typer) -> None:
     app.command("sample")(guard(sample_stage.sample))
     app.command("judge")(guard(judge_stage.judge))
@@ -69,8 +53,8 @@ def register(app: typer.Typer) -> None:
     app.command("report")(guard(report_stage.report))
     app.add_typer(data_stage.app, name="data", help="List and prepare benchmark and task problem sets.")
     app.add_typer(model_stage.app, name="model", help="Build the tiny policy, warm-start it, import GGUF models.")
-    for name, what in NOT_BUILT.items():
-        app.command(name)(guard(_not_built(name, what)))
+    app.command("run")(guard(run_stage.run))
+    app.command("demo")(guard(demo_stage.demo))
 
 
 register(app)

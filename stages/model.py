@@ -47,7 +47,7 @@ def init_cmd(
     console.print(f"[green]{out}[/green]: {preset} policy, {n / 1e6:.2f}M parameters, seed {seed}")
 
 
-def _progress_bar(cfg: WarmstartConfig):
+def _progress_bar():
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     progress = Progress(
@@ -78,6 +78,7 @@ def warmstart_cmd(
     min_lr_frac: Annotated[float, typer.Option(help=H("min_lr_frac"))] = D.min_lr_frac,
     grad_clip: Annotated[float, typer.Option(help=H("grad_clip"))] = D.grad_clip,
     digit_weight: Annotated[float, typer.Option(help=H("digit_weight"))] = D.digit_weight,
+    group_window: Annotated[int, typer.Option(help=H("group_window"))] = D.group_window,
     corpus_size: Annotated[int, typer.Option(help=H("corpus_size"))] = D.corpus_size,
     corpus_seed: Annotated[int, typer.Option(help=H("corpus_seed"))] = D.corpus_seed,
     seed: Annotated[int, typer.Option(help=H("seed"))] = D.seed,
@@ -97,11 +98,11 @@ def warmstart_cmd(
         steps=steps, minutes=minutes, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps,
         min_lr_frac=min_lr_frac, grad_clip=grad_clip, digit_weight=digit_weight, corpus_size=corpus_size,
         corpus_seed=corpus_seed, seed=seed, p_err=p_err, p_reflect=p_reflect, p_recheck=p_recheck,
-        threads=threads, group_window=D.group_window)
+        threads=threads, group_window=group_window)
     if not force and is_up_to_date(policy, out, cfg):
         skipped(out)
         return
-    progress, _, update = _progress_bar(cfg)
+    progress, _, update = _progress_bar()
     with progress:
         warmstart(policy, out, cfg, progress=update, force=force)
     m = json.loads((out / METRICS_JSON).read_text(encoding="utf-8"))

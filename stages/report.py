@@ -25,25 +25,41 @@ def report(
     title: Annotated[str, typer.Option(help="report title")] = "thinkrl report",
 ) -> None:
     """Tables and plots comparing runs, from their manifests and metrics artifacts."""
-    from thinkrl.report import collect_run, comparison_table, format_rows, write_report
+    from thinkrl.report import collect_run, write_report
 
     summaries = [collect_run(r) for r in runs]
     path = write_report(summaries, out_dir if out_dir is not None else runs[0].parent / "report", title=title)
-    rows = format_rows(comparison_table(summaries))
+    print_comparison(summaries, title)
+    out.print(f"report: {path}")
+
+
+def _rich_table(rows: list[dict[str, str]], title: str, text_cols: tuple[str, ...]) -> Table:
+    """Display rows (format_rows) as a table: one row per run on a wide terminal, else transposed."""
     table = Table(title=title, header_style="bold")
     if out.width >= 40 + 12 * len(rows[0]):  # wide terminal: one row per run
         for h in rows[0]:
-            table.add_column(h, justify="left" if h in ("run", "scheme", "status") else "right")
+            table.add_column(h, justify="left" if h in text_cols else "right")
         for r in rows:
             table.add_row(*r.values())
     else:  # narrow: one row per metric, one column per run
+        first = next(iter(rows[0]))
         table.add_column("", style="bold")
         for r in rows:
-            table.add_column(r["run"], justify="right", overflow="fold")
+            table.add_column(r[first], justify="right", overflow="fold")
         for h in list(rows[0])[1:]:
             table.add_row(h, *[r[h] for r in rows])
-    out.print(table)
+    return table
+
+
+def print_comparison(summaries, title: str) -> None:
+    """The comparison table of runs (the first is the baseline), the by-scheme table when a scheme ran with
+    several seeds, and what is missing from runs still in progress."""
+    from thinkrl.report import aggregate_by_scheme, by_scheme, comparison_table, format_rows
+
+    out.print(_rich_table(format_rows(comparison_table(summaries)), title, ("run", "scheme", "status")))
+    if any(len(runs) > 1 for _, runs in by_scheme(summaries)):
+        out.print(_rich_table(format_rows(aggregate_by_scheme(summaries)), f"{title}: mean ± std over seeds",
+                              ("scheme", "seeds")))
     for s in summaries:
         for m in s.missing:
             console.print(f"[dim]{s.name}: {m}[/dim]", highlight=False)
-    out.print(f"report: {path}")

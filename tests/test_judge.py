@@ -8,8 +8,8 @@ import re
 
 import polars as pl
 import pytest
-
 from fault_server import FaultServer
+
 from thinkrl.artifacts import ArtifactWriter, read_table
 from thinkrl.judge import make_judge
 from thinkrl.judge.judging import judge_rollouts

@@ -302,6 +302,8 @@ def collect_run(run_dir: str | Path) -> RunSummary:
     cfg = _read_toml(d / "config.toml")
     scheme, seed = _find_key(cfg, "scheme"), _find_key(cfg, "seed")
     expected = _find_key(cfg, "rounds")
+    if isinstance(expected, int):  # rounds left over from an earlier, longer setting are not part of the run
+        round_dirs = [(r, p) for r, p in round_dirs if r < expected]
     missing: list[str] = [] if cfg or tomllib is None else ["config.toml: missing (scheme and seed from manifests)"]
     rounds: list[RoundSummary] = []
     cum: dict[int, int | None] = {}
@@ -385,7 +387,7 @@ def comparison_table(summaries: Sequence[RunSummary]) -> list[dict]:
 def aggregate_by_scheme(summaries: Sequence[RunSummary]) -> list[dict]:
     """Mean ± spread over the runs (seeds) of each scheme, in order of first appearance. The baseline's
     accuracy is the mean final accuracy of the first run's scheme."""
-    groups = _by_scheme(summaries)
+    groups = by_scheme(summaries)
     if not groups:
         return []
     base_accs = [s.final_accuracy for s in groups[0][1] if s.final_accuracy is not None]
@@ -486,7 +488,7 @@ def eval_rows(s: RunSummary) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------- plots
-def _by_scheme(summaries: Sequence[RunSummary]) -> list[tuple[str, list[RunSummary]]]:
+def by_scheme(summaries: Sequence[RunSummary]) -> list[tuple[str, list[RunSummary]]]:
     groups: dict[str, list[RunSummary]] = {}
     for s in summaries:
         groups.setdefault(s.scheme or "?", []).append(s)
@@ -522,7 +524,7 @@ def _draw(ax, summaries: Sequence[RunSummary], points_of) -> int:
     colors = matplotlib.colormaps["tab10"].colors
     styles = ["-", "--", "-.", ":"]
     drawn = 0
-    for gi, (scheme, runs) in enumerate(_by_scheme(summaries)):
+    for gi, (scheme, runs) in enumerate(by_scheme(summaries)):
         color = colors[gi % len(colors)]
         if _seed_group(runs):
             by_key: dict[float, list[tuple[float, float]]] = {}
@@ -590,7 +592,7 @@ def accuracy_figure(summaries: Sequence[RunSummary]):
 
     fig, ax = _figure()
     drawn = _draw(ax, summaries, _acc_points)
-    groups = _by_scheme(summaries)
+    groups = by_scheme(summaries)
     if groups and drawn:
         base_runs = groups[0][1] if _seed_group(groups[0][1]) else summaries[:1]
         accs = [s.final_accuracy for s in base_runs if s.final_accuracy is not None]
@@ -663,7 +665,7 @@ def report_markdown(summaries: Sequence[RunSummary], title: str = "thinkrl repor
               "the baseline's final accuracy (at eval points; – = not reached). `x fewer samples`: the baseline's "
               "own samples-to-reach divided by the run's. Accuracy: avg@k, mean over the benchmarks evaluated. "
               "Length and incorrect-thought share: the last round's training rollouts.", ""]
-    if any(len(runs) > 1 for _, runs in _by_scheme(summaries)):
+    if any(len(runs) > 1 for _, runs in by_scheme(summaries)):
         lines += ["## By scheme (mean ± std over seeds)", "", markdown_table(aggregate_by_scheme(summaries)),
                   "Samples to baseline acc: target = mean final accuracy of the first scheme; (n/m) = runs that "
                   "reached it or had the value.", ""]

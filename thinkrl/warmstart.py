@@ -228,6 +228,15 @@ def _loss(model, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, int]:
 ProgressFn = Callable[[dict], None]
 
 
+def _adamw(model, lr: float) -> torch.optim.Optimizer:
+    """AdamW, fused where torch has it (on CPU ~10x faster than the per-tensor loop: ~7% of a step)."""
+    kw = {"lr": lr, "betas": (0.9, 0.98), "eps": 1e-8, "weight_decay": 0.0}
+    try:
+        return torch.optim.AdamW(model.parameters(), fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(model.parameters(), **kw)
+
+
 def train(model, tok, enc: Encoded, cfg: WarmstartConfig, deadline: float | None,
           progress: ProgressFn | None = None) -> dict:
     """The optimizer loop; returns metrics. deadline: time.monotonic() at which training must end."""
@@ -237,7 +246,7 @@ def train(model, tok, enc: Encoded, cfg: WarmstartConfig, deadline: float | None
     digit_mask = torch.zeros(len(tok), dtype=torch.bool)
     for d in "0123456789":
         digit_mask[tok.convert_tokens_to_ids(d)] = True
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0)
+    opt = _adamw(model, cfg.lr)
     model.train()
     threads = ThreadChooser(cfg.threads)
     t0 = time.monotonic()

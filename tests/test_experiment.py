@@ -1,0 +1,325 @@
+"""Tests for thinkrl.experiment and `thinkrl run`: TOML settings and their precedence, a tiny end-to-end run
+with the documented layout, reruns that redo exactly what a changed setting touches, a round with nothing
+to learn, and kill -9 of the real CLI in each stage, whose rerun must equal an uninterrupted run.
+
+The policy is the tiny preset (`thinkrl.models.init_model`) warm-started here for ~100 steps on one-step
+ArithChain problems with values <= 9: enough to be right about half the time, so rounds really train."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from thinkrl.artifacts import MANIFEST, read_manifest, read_table, write_artifact
+from thinkrl.errors import ThinkrlError
+from thinkrl.experiment import (
+    ExperimentConfig,
+    demo_configs,
+    docs_markdown,
+    held_out_arith_questions,
+    round_problems,
+    run_experiment,
+)
+from thinkrl.tasks.arith import ArithConfig, generate_problems
+
+REPO = Path(__file__).resolve().parents[1]
+EASY = ArithConfig(min_ops=1, max_ops=1, max_value=9, addsub_max=9)
+
+
+def easy_problems(n: int, seed: int) -> list[dict]:
+    return [{"problem_id": p.problem_id, "source": "easy", "question": p.question, "answer": str(p.answer),
+             "meta": "{}"} for p in generate_problems(n, seed, EASY)]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory, one_thread) -> dict[str, Path]:
+    """A briefly warm-started tiny policy, and problems artifacts for training and held-out eval."""
+    from thinkrl.models import init_model
+    from thinkrl.warmstart import WarmstartConfig, warmstart
+
+    d = tmp_path_factory.mktemp("easy")
+    init_model("tiny", d / "init", seed=0)
+    warmstart(d / "init", d / "policy", WarmstartConfig(steps=100, warmup_steps=20, corpus_size=1500, threads=1),
+              arith_cfg=EASY)
+    write_artifact(d / "train-problems", "prepare", {"easy": 11}, {"problems": easy_problems(40, 11)})
+    write_artifact(d / "eval-problems", "prepare", {"easy": 12}, {"problems": easy_problems(8, 12)})
+    return {"policy": d / "policy", "init": d / "init", "train": d / "train-problems", "eval": d / "eval-problems"}
+
+
+def tiny_settings(easy: dict[str, Path], **kw) -> dict:
+    base = dict(policy=str(easy["policy"]), rounds=2, prompts_per_round=2, n=4, max_tokens=24, part_size=1,
+                prompts_per_step=1, save_every=1, problems=str(easy["train"]), eval_bench=str(easy["eval"]),
+                eval_problems=4, eval_k=2)
+    return {**base, **kw}
+
+
+def manifests(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.parent.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob(MANIFEST))}
+
+
+# --------------------------------------------------------------------------------------------- settings
+def test_toml_good_file_and_round_trip(tmp_path):
+    f = tmp_path / "exp.toml"
+    f.write_text('policy = "runs/x"\nscheme = "outcome"\nrounds = 3\nlr = 2e-4\nalpha = 1\n'
+                 'eval_initial = false\n# a comment\n')
+    cfg = ExperimentConfig.load(f)
+    assert (cfg.policy, cfg.scheme, cfg.rounds, cfg.lr, cfg.eval_initial) == ("runs/x", "outcome", 3, 2e-4, False)
+    assert isinstance(cfg.alpha, float) and cfg.alpha == 1.0
+    assert cfg.n == ExperimentConfig().n  # unset keys keep their defaults
+    saved = tmp_path / "config.toml"
+    saved.write_text(cfg.to_toml())
+    assert ExperimentConfig.load(saved) == cfg  # the resolved config.toml reads back as the same settings
+
+
+@pytest.mark.parametrize("text, words", [
+    ('policy = "x"\nlearning_rate = 0.1\n', ["unknown setting", "learning_rate"]),
+    ('policy = "x"\n[train]\nlr = 0.1\n', ["table [train]", "flat"]),
+    ('policy = "x"\nrounds = "three"\n', ["`rounds`", "int"]),
+    ('policy = "x"\nrounds = 0\n', ["`rounds`", ">= 1"]),
+    ('policy = "x"\nscheme = "magic"\n', ["magic", "outcome"]),
+    ('policy = "x\n', ["invalid TOML"]),
+])
+def test_toml_errors_name_the_key(tmp_path, text, words):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ThinkrlError) as e:
+        ExperimentConfig.load(f)
+    for w in words:
+        assert w in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_override_precedence(tmp_path):
+    f = tmp_path / "exp.toml"
+    f.write_text('policy = "p"\nlr = 2e-4\nrounds = 3\n')
+    cfg = ExperimentConfig.load(f, overrides={"lr": 3e-4, "rounds": None, "scheme": "step"})
+    assert (cfg.lr, cfg.rounds, cfg.scheme) == (3e-4, 3, "step")  # option > file > default; None = not given
+    assert ExperimentConfig.load(None, {"policy": "q"}).lr == ExperimentConfig().lr
+    with pytest.raises(ThinkrlError, match="unknown setting `bogus`"):
+        ExperimentConfig.load(f, overrides={"bogus": 1})
+
+
+def test_docs_and_example_file_are_current():
+    assert (REPO / "data/experiments/README.md").read_text() == docs_markdown(), \
+        "stale: run `python -m thinkrl.experiment > data/experiments/README.md`"
+    cfg = ExperimentConfig.load(REPO / "data/experiments/arith-grpo-vs-tp.toml")
+    assert cfg == demo_configs("default", "runs/demo/start")["thought"], "the example file is the demo's settings"
+
+
+def test_arith_round_problems_are_seeded_and_held_out():
+    cfg = ExperimentConfig(policy="p", prompts_per_round=30, seed=3)
+    r0, r0b, r1 = round_problems(cfg, None, 0), round_problems(cfg, None, 0), round_problems(cfg, None, 1)
+    assert r0.equals(r0b) and not set(r0["question"]) & set(r1["question"])
+    assert r0.height == 30 and not set(r0["question"]) & held_out_arith_questions()
+    src = pl.DataFrame(easy_problems(5, 0))
+    cyc = ExperimentConfig(policy="p", prompts_per_round=3, problems="x")
+    assert round_problems(cyc, src, 1)["problem_id"].to_list() == [src["problem_id"][i] for i in (3, 4, 0)]
+
+
+def test_demo_configs_differ_only_in_scheme_and_seed():
+    cfgs = demo_configs("quick", "runs/demo/start", seeds=(0, 1), schemes=("outcome", "thought"))
+    assert list(cfgs) == ["outcome-s0", "outcome-s1", "thought-s0", "thought-s1"]
+    ref = cfgs["outcome-s0"]
+    for c in cfgs.values():
+        assert {f for f in ExperimentConfig.__dataclass_fields__ if getattr(c, f) != getattr(ref, f)} <= {"scheme", "seed"}
+
+
+# --------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tiny_run(easy, tmp_path_factory) -> tuple[ExperimentConfig, Path, dict]:
+    cfg = ExperimentConfig(**tiny_settings(easy))
+    run_dir = tmp_path_factory.mktemp("run") / "exp"
+    return cfg, run_dir, run_experiment(cfg, run_dir)
+
+
+def test_layout_and_summary(tiny_run):
+    cfg, run_dir, summary = tiny_run
+    assert ExperimentConfig.load(run_dir / "config.toml") == cfg
+    assert json.loads((run_dir / "status.json").read_text())["stage"] == "done"
+    assert json.loads((run_dir / "summary.json").read_text()) == json.loads(json.dumps(summary.to_dict()))
+    assert summary.missing == [] and summary.scheme == cfg.scheme and summary.seed == cfg.seed
+    for r in range(2):
+        rd = run_dir / f"round-{r:03d}"
+        for sub, stage in [("problems", "prepare"), ("rollouts", "sample"), ("judgments", "judge"),
+                           ("thoughts", "segment"), ("train", "train"), ("eval", "eval")]:
+            assert read_manifest(rd / sub)["stage"] == stage
+        assert (rd / "train/policy/model.safetensors").is_file() and (rd / "train/state").is_dir()
+        assert not list(rd.rglob("_parts"))
+        ro = read_table(rd / "rollouts", "rollouts")
+        assert ro.height == 8 and set(ro["round"]) == {r}
+        want_policy = cfg.policy if r == 0 else str(run_dir / "round-000/train/policy")
+        assert set(ro["policy"]) == {want_policy}  # round r samples with round r-1's policy
+    assert read_manifest(run_dir / "eval-initial")["inputs"]["policy"]["path"] == cfg.policy
+    assert [e.where for e in summary.evals] == ["eval-initial", "round-000/eval", "round-001/eval"]
+    assert [e.samples_consumed for e in summary.evals] == [0, 8, 16]
+    assert all(r.train_steps > 0 for r in summary.rounds) and summary.samples_consumed == 16
+    assert [r.round for r in summary.rounds] == [0, 1]
+
+
+def test_rerun_skips_and_alpha_reruns_segment_onward(tiny_run):
+    cfg, run_dir, _ = tiny_run
+    before = manifests(run_dir)
+    run_experiment(cfg, run_dir)
+    assert manifests(run_dir) == before  # nothing reran
+    run_experiment(ExperimentConfig(**{**cfg.__dict__, "alpha": 0.5}), run_dir)
+    after = manifests(run_dir)
+    same = {k for k in before if after.get(k) == before[k]}
+    for k in ("eval-initial", "round-000/problems", "round-000/rollouts", "round-000/judgments",
+              "round-001/problems"):
+        assert k in same, k
+    for k in ("round-000/thoughts", "round-000/train"):
+        assert k not in same, k
+    assert read_manifest(run_dir / "round-000/thoughts")["config"]["alpha"] == 0.5
+    # round 1 reruns from sampling on exactly when round 0's policy weights changed
+    policy_changed = "round-000/eval" not in same
+    assert ("round-001/rollouts" not in same) == policy_changed
+    run_experiment(cfg, run_dir)  # back to the first settings: reruns segment onward again, no crash
+    assert read_manifest(run_dir / "round-000/thoughts")["config"]["alpha"] == cfg.alpha
+
+
+def test_round_with_nothing_to_learn_carries_the_policy(easy, tmp_path):
+    """The random-init policy is never right: every group is all wrong, every advantage zero."""
+    cfg = ExperimentConfig(**tiny_settings(easy, policy=str(easy["init"]), rounds=2, eval_every=0,
+                                           eval_initial=False, scheme="outcome"))
+    summary = run_experiment(cfg, tmp_path / "run")
+    assert [r.carried_forward for r in summary.rounds] == [True, True]
+    m = read_manifest(tmp_path / "run/round-000/train")
+    assert m["metrics"]["carried_forward"] and read_table(tmp_path / "run/round-000/train", "train_metrics",
+                                                          allow_empty=True).height == 0
+    a, b = load_file(easy["init"] / "model.safetensors"), load_file(tmp_path / "run/round-001/train/policy/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert summary.evals == []
+
+
+def test_missing_policy_is_one_line_error(tmp_path, run_cli):
+    with pytest.raises(ThinkrlError, match="set `policy`"):
+        run_experiment(ExperimentConfig(), tmp_path / "r")
+    rc, _, err = run_cli(["run", "--name", "x", "--runs-dir", tmp_path, "--policy", tmp_path / "nope"])
+    assert rc == 2 and err.startswith("error:") and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------- kill -9
+KILL_ROUND = 1
+PARTS = {"sample": "rollouts/_parts/rollouts", "judge": "judgments/_parts/judgments",
+         "eval": "eval/_parts/eval_samples"}
+
+
+def kill_args(easy: dict[str, Path]) -> list[str]:
+    """A budget where every stage of a round takes long enough (many parts, many steps) to be caught."""
+    s = tiny_settings(easy, prompts_per_round=8, n=8, judge_part_size=1, eval_problems=8, eval_k=4)
+    args = ["run", "--name", "exp", "--runs-dir", "runs"]
+    for k, v in s.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+def cli_env() -> dict[str, str]:
+    env = {**os.environ, "COLUMNS": "200", "THINKRL_NO_PROGRESS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def cli(args: list[str], cwd: Path) -> tuple[int, str]:
+    """Run `python -m stages.cli *args` to the end; (returncode, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "stages.cli", *map(str, args)], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stderr
+
+
+def in_stage(run_dir: Path, stage: str) -> bool:
+    """The run is inside `stage` of round KILL_ROUND and the stage has written part of its work."""
+    try:
+        st = json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if st.get("round") != KILL_ROUND or st.get("stage") != stage:
+        return False
+    rd = run_dir / f"round-{KILL_ROUND:03d}"
+    if stage in PARTS:
+        return any((rd / PARTS[stage]).glob("*.parquet"))
+    if stage == "train":
+        return (rd / "train/state/trainer.pt").is_file()
+    return True
+
+
+STAGE_OUT = {"sample": "rollouts", "judge": "judgments", "segment": "thoughts", "train": "train", "eval": "eval"}
+
+
+def kill_in(stage: str, cwd: Path, args: list[str]) -> None:
+    """Start `thinkrl run`, freeze it (SIGSTOP) as soon as it is in `stage`, check that the stage has not
+    finished (no manifest yet), then kill -9 it."""
+    run_dir = cwd / "runs/exp"
+    with open(cwd / "killed.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "stages.cli", *args], cwd=cwd, env=cli_env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 240
+            while not in_stage(run_dir, stage):
+                assert proc.poll() is None, f"run ended (rc {proc.returncode}) before stage {stage}: " \
+                                            f"{(cwd / 'killed.log').read_text()[-2000:]}"
+                assert time.monotonic() < deadline, f"stage {stage} never reached"
+                time.sleep(0.003)
+            os.kill(proc.pid, signal.SIGSTOP)
+            out = run_dir / f"round-{KILL_ROUND:03d}" / STAGE_OUT[stage]
+            assert not (out / MANIFEST).exists(), f"stage {stage} finished before the kill: raise its budget"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def final_artifacts(run_dir: Path) -> dict[str, object]:
+    """Parquet bytes of every table (train_metrics without its timing columns) and the final weights."""
+    out: dict[str, object] = {}
+    for f in sorted(run_dir.rglob("*.parquet")):
+        rel = str(f.relative_to(run_dir))
+        if "_parts" in rel:
+            out[rel] = "leftover part file"
+        elif f.name == "train_metrics.parquet":
+            out[rel] = pl.read_parquet(f).drop("seconds", "mfu").to_dicts()
+        else:
+            out[rel] = f.read_bytes()
+    w = load_file(run_dir / "round-001/train/policy/model.safetensors")
+    out["final weights"] = {k: v.numpy().tobytes() for k, v in w.items()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(easy, tmp_path_factory) -> dict[str, object]:
+    cwd = tmp_path_factory.mktemp("ref")
+    rc, err = cli(kill_args(easy), cwd=cwd)
+    assert rc == 0, err[-3000:]
+    return final_artifacts(cwd / "runs/exp")
+
+
+@pytest.mark.parametrize("stage", [pytest.param("sample", marks=pytest.mark.slow),
+                                   pytest.param("judge", marks=pytest.mark.slow),
+                                   pytest.param("segment", marks=pytest.mark.slow),
+                                   "train",  # the default suite keeps one case (~25 s with the reference run)
+                                   pytest.param("eval", marks=pytest.mark.slow)])
+def test_kill9_in_each_stage_then_rerun_equals_uninterrupted(stage, easy, reference, tmp_path):
+    args = kill_args(easy)
+    kill_in(stage, tmp_path, args)
+    rc, err = cli(args, cwd=tmp_path)
+    assert rc == 0, err[-3000:]
+    got = final_artifacts(tmp_path / "runs/exp")
+    assert got.keys() == reference.keys()
+    for k in reference:
+        assert got[k] == reference[k], f"{k} differs after kill -9 in {stage} and a rerun"

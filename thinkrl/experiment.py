@@ -1,0 +1,859 @@
+"""Experiments: rounds of sample -> judge -> segment -> train, with held-out eval every N rounds.
+
+    cfg = ExperimentConfig.load("data/experiments/arith-grpo-vs-tp.toml", overrides={"lr": 2e-4})
+    summary = run_experiment(cfg, Path("runs/NAME"))          # `thinkrl run FILE --name NAME`
+
+Settings: one frozen dataclass, `ExperimentConfig`, each field with its help text. A TOML experiment file
+holds flat `key = value` pairs, one per field (no tables; an unknown key is an error naming it); the CLI
+takes every field as an option too (`--lr 2e-4`), and options win over the file, which wins over the
+defaults. The resolved settings are saved as runs/NAME/config.toml. `python -m thinkrl.experiment` prints
+the reference of every key (data/experiments/README.md).
+
+Layout of a run directory (every leaf except policy/ and state/ is an artifact: Parquet + manifest.json):
+
+    runs/NAME/config.toml                  resolved settings (rewritten by each invocation)
+    runs/NAME/status.json                  {"round", "stage", "pid"}: where the run is (or "done")
+    runs/NAME/summary.json                 per-round and per-eval figures (thinkrl.report.collect_run)
+    runs/NAME/eval-initial/                eval of the start policy (curves start at samples = 0)
+    runs/NAME/round-000/problems/          this round's training problems
+    runs/NAME/round-000/rollouts/          G samples per problem from the round's behaviour policy
+    runs/NAME/round-000/judgments/         step labels from the judge
+    runs/NAME/round-000/thoughts/          thoughts + per-token advantages (tables thoughts, advantages)
+    runs/NAME/round-000/train/             train_metrics artifact, policy/ (checkpoint), state/ (resume)
+    runs/NAME/round-000/eval/              held-out eval of round-000/train/policy, when due that round
+
+Round r samples with the policy trained in round r-1 (round 0 with `policy`). Training problems: with
+`problems = "arith"` fresh ArithChain problems drawn from (seed, round), skipping any whose question is in
+the held-out arith eval set; with a benchmark name, a problems file or a problems artifact directory, the
+rounds cycle through its rows, `prompts_per_round` at a time. Seeds: sample j of problem p in round r uses
+`derive_seed(seed, r, p, j)` (thinkrl.sampling); the trainer's seed and the arith problem seed of round r
+are hashes of (seed, r); eval uses `seed` (the same uniforms at every eval, so curves share their noise).
+
+Skip and resume. Every stage builds the same `ArtifactWriter` key the stage command would (its resolved
+config + the sha256 of its inputs, the previous stage's artifact and the policy directory among them) and
+skips itself when a finished artifact has that key. Changing a setting therefore reruns exactly the stages
+whose config or inputs change and everything downstream: `alpha` reruns segment and train of round 0 (not
+sample or judge), then every later round, since the round-0 policy changed. A killed stage resumes from
+its part files (sample, judge, eval) or the trainer's state/ (train); segment and problems redo their few
+seconds of work. A round whose advantages table is empty (every group all right or all wrong) trains
+nothing: its train/ artifact records `carried_forward: true` and policy/ is a copy of the input policy.
+The judge runs for every scheme: `outcome` ignores its labels (segment gets no judgments, so changing the
+judge does not retrain an outcome run), but the judged error share is reported for all schemes alike.
+
+Where this departs from or guesses at the paper: the paper's rounds hold ~50 optimizer steps of prompts;
+the demo presets use smaller rounds so the curves have points. Everything else is the stages' own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import shutil
+import time
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from thinkrl.artifacts import MANIFEST, ArtifactWriter, read_manifest, read_table, sha256_json, write_artifact
+from thinkrl.errors import ThinkrlError
+from thinkrl.report import RunSummary, collect_run
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+ROUND_DIR = "round-{:03d}"
+HELD_OUT_ARITH = 2000
+INITIAL_EVAL = "eval-initial"
+STAGES = ("problems", "sample", "judge", "segment", "train", "eval")
+STAGE_DIRS = {"problems": "problems", "sample": "rollouts", "judge": "judgments", "segment": "thoughts",
+              "train": "train", "eval": "eval"}
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+# --------------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Every setting of a `thinkrl run` experiment (flat keys of the TOML file, options of the CLI)."""
+
+    policy: str = _f("", "start policy: a Hugging Face causal-LM directory (required)")
+    rounds: int = _f(4, "rounds of sample -> judge -> segment -> train")
+    seed: int = _f(0, "base seed: sampling, training order and arith problems derive from (seed, round)")
+    # problems and sampling
+    problems: str = _f("arith", "training problems: `arith` (fresh ArithChain problems each round), a "
+                                "benchmark name, a problems file or a problems artifact directory (cycled)")
+    prompts_per_round: int = _f(40, "problems sampled per round (the round's optimizer steps: this / "
+                                    "prompts_per_step x epochs)")
+    n: int = _f(8, "completions per problem (group size G)")
+    temperature: float = _f(1.0, "sampling temperature of the training rollouts")
+    top_p: float = _f(1.0, "nucleus sampling mass of the training rollouts")
+    max_tokens: int = _f(160, "maximum completion tokens (training rollouts and eval)")
+    template: str = _f("auto", "prompt template: auto (the policy's thinkrl.json), chat, chat-plain, raw, raw-plain")
+    engine: str = _f("hf", "generation engine: hf (transformers) or vllm")
+    dtype: str = _f("auto", "generation dtype: auto, float32 or bfloat16")
+    part_size: int = _f(8, "problems per part file of sample and eval (resume granularity)")
+    # judge and advantages
+    judge: str = _f("rule", "judge: rule | oracle | hf:DIR | openai:URL")
+    judge_model: str | None = _f(None, "openai judge: the model name the server serves")
+    judge_prompt: str = _f("intrinsic-v1", "generative judge prompt template")
+    judge_max_tokens: int = _f(1024, "generative judges: maximum reply tokens")
+    judge_concurrency: int = _f(8, "openai judge: requests in flight at once")
+    judge_part_size: int = _f(64, "rollouts per judge part file (resume granularity)")
+    splitter: str = _f("blank", "step splitter: blank (blank lines) or line")
+    scheme: str = _f("thought", "reward scheme: outcome (GRPO), thought (TP-GRPO), thought-static, step")
+    alpha: float = _f(1.0, "penalty scale of incorrect thoughts (alpha*acc; alpha for thought-static)")
+    recompute_logprobs: bool = _f(True, "recompute behaviour log-probs with the trainer's model (else the sampler's)")
+    # training
+    lr: float = _f(1e-4, "peak learning rate (1e-4 gained +9-11 points on the tiny policy; 3e-4 collapsed)")
+    prompts_per_step: int = _f(5, "problems per optimizer step (B), each with all its G rollouts")
+    epochs: int = _f(1, "passes over each round's rollouts")
+    warmup_steps: int = _f(0, "linear lr warm-up steps (per round)")
+    schedule: str = _f("constant", "lr schedule within a round: constant, cosine, linear")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
+    micro_batch_tokens: int = _f(4096, "padded tokens per micro-batch")
+    eps_low: float = _f(0.2, "ratio clip below: 1 - eps_low")
+    eps_high: float = _f(0.2, "ratio clip above: 1 + eps_high (DAPO: 0.28)")
+    beta: float = _f(0.0, "k3 KL coefficient to the start policy `policy` (0 = none)")
+    aggregation: str = _f("seq-mean-token-mean", "loss aggregation: seq-mean-token-mean, token-mean, "
+                                                 "seq-mean-token-sum-norm, batch-token-mean")
+    save_every: int = _f(10, "trainer checkpoint every N optimizer steps (resume granularity)")
+    # eval
+    eval_every: int = _f(1, "held-out eval after every N-th round and after the last (0 = no eval)")
+    eval_initial: bool = _f(True, "also evaluate the start policy (eval-initial/), when eval_every > 0")
+    eval_bench: str = _f("arith", "held-out sets, comma-separated: arith, benchmark names, files or problems "
+                                  "artifact directories")
+    eval_problems: int = _f(200, "problems per held-out set (the first N; arith: N generated)")
+    eval_k: int = _f(4, "samples per held-out problem (avg@k)")
+    eval_temperature: float = _f(0.6, "eval sampling temperature (paper: 0.6)")
+    eval_top_p: float = _f(0.95, "eval nucleus sampling mass (paper: 0.95)")
+    data_dir: str | None = _f(None, "benchmark data directory (default $THINKRL_DATA_DIR, else ./data)")
+    threads: int = _f(1, "torch CPU threads (1 is fastest for the tiny policy on a shared 2-core machine)")
+
+    def __post_init__(self) -> None:
+        from thinkrl.thoughts import SCHEMES
+
+        positive = ("rounds", "prompts_per_round", "n", "max_tokens", "part_size", "judge_part_size",
+                    "prompts_per_step", "epochs", "eval_problems", "eval_k", "threads")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ThinkrlError(f"experiment: `{name}` must be >= 1, got {getattr(self, name)}")
+        if self.scheme not in SCHEMES:
+            raise ThinkrlError(f"experiment: unknown scheme {self.scheme!r} (known: {', '.join(SCHEMES)})")
+        if self.eval_every < 0 or self.seed < 0 or self.save_every < 0:
+            raise ThinkrlError("experiment: `eval_every`, `seed` and `save_every` must be >= 0")
+        self.train_config(0)  # validates the training settings (lr, eps, aggregation, schedule ...)
+
+    # -- loading and saving
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+        """Defaults < the TOML file at `path` < `overrides` (None values in overrides are ignored)."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            values.update(read_toml(Path(path)))
+        for k, v in (overrides or {}).items():
+            if v is not None:
+                values[k] = _coerce(k, v, "option")
+        return cls(**values)
+
+    def to_toml(self) -> str:
+        lines = ["# thinkrl experiment: resolved settings (`thinkrl run FILE --name NAME` reads this format)"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            lines.append(f"# {f.metadata['help']}")
+            lines.append(f"# {f.name} = (unset)" if value is None else f"{f.name} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def help(name: str) -> str:
+        return next(f.metadata["help"] for f in fields(ExperimentConfig) if f.name == name)
+
+    # -- the stages' configs
+    def train_config(self, round_: int):
+        from thinkrl.trainer import TrainConfig
+
+        return TrainConfig(
+            prompts_per_step=self.prompts_per_step, epochs=self.epochs, lr=self.lr,
+            warmup_steps=self.warmup_steps, schedule=self.schedule, weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip, micro_batch_tokens=self.micro_batch_tokens, eps_low=self.eps_low,
+            eps_high=self.eps_high, beta=self.beta, aggregation=self.aggregation,
+            ref_policy=self.policy if self.beta > 0 else None,  # KL to the start policy, in every round
+            seed=round_seed(self.seed, round_, "train"), save_every=self.save_every)
+
+    def eval_due(self, round_: int) -> bool:
+        return self.eval_every > 0 and ((round_ + 1) % self.eval_every == 0 or round_ == self.rounds - 1)
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(ExperimentConfig)
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    """A TOML or CLI value checked against the field's type; a one-line error naming the key otherwise."""
+    types = _field_types()
+    if key not in types:
+        known = ", ".join(f.name for f in fields(ExperimentConfig))
+        raise ThinkrlError(f"{where}: unknown setting `{key}` (known: {known})")
+    want = types[key]
+    args = typing.get_args(want)
+    base = next((a for a in args if a is not type(None)), want) if args else want
+    if value is None and type(None) in args:
+        return None
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}[base](value)
+    if not ok:
+        raise ThinkrlError(f"{where}: `{key}` must be {base.__name__}, got {type(value).__name__} {value!r}")
+    return float(value) if base is float else value
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Flat `key = value` settings of an experiment file, type-checked; tables are not allowed."""
+    if not path.is_file():
+        raise ThinkrlError(f"{path}: no such experiment file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ThinkrlError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ThinkrlError(f"{path}: invalid TOML ({e})") from None
+    for k, v in data.items():
+        if isinstance(v, dict):
+            raise ThinkrlError(f"{path}: table [{k}] is not allowed: settings are flat `key = value` pairs")
+    return {k: _coerce(k, v, str(path)) for k, v in data.items()}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v), ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
+
+
+def docs_markdown() -> str:
+    """The reference of every experiment key (data/experiments/README.md)."""
+    d = ExperimentConfig()
+    lines = ["# Experiment files", "",
+             "Generated from `thinkrl/experiment.py` by `python -m thinkrl.experiment > data/experiments/README.md`.",
+             "", "An experiment file is TOML with flat `key = value` pairs (no tables); an unknown key is an "
+             "error. `thinkrl run FILE --name NAME` reads it; every key is also an option (`--lr 2e-4`, "
+             "`--eval-every 2`), and options override the file, which overrides the defaults below. The "
+             "resolved settings are saved in `runs/NAME/config.toml`.", "",
+             "Example: [arith-grpo-vs-tp.toml](arith-grpo-vs-tp.toml).", "",
+             "| key | type | default | meaning |", "|---|---|---|---|"]
+    for f in fields(ExperimentConfig):
+        t = str(_field_types()[f.name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        default = getattr(d, f.name)
+        shown = "(unset)" if default is None else ("(required)" if default == "" else _toml_value(default))
+        lines.append(f"| `{f.name}` | {t.replace('|', 'or')} | `{shown}` | {f.metadata['help'].replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- seeds
+def round_seed(seed: int, round_: int, what: str) -> int:
+    """A 31-bit seed for `what` (train, problems) in round `round_`, from the base seed."""
+    digest = hashlib.sha256(f"thinkrl.experiment/{what}/{seed}/{round_}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+# --------------------------------------------------------------------------------------------- display
+class Display:
+    """Receives the run's events; this base ignores them (stages/run.py draws them live with rich)."""
+
+    def begin(self, name: str, cfg: ExperimentConfig) -> None: ...
+
+    def stage(self, round_: int | None, stage: str, total: int | None = None) -> None:
+        """A stage starts; total = units of progress (sequences, rollouts or optimizer steps)."""
+
+    def advance(self, units: int = 0, tokens: int = 0) -> None: ...
+
+    def done(self, round_: int | None, stage: str, text: str, skipped: bool = False) -> None:
+        """A stage ended (or was skipped: up to date), with a one-line account."""
+
+    def accuracy(self, round_: int | None, samples: int, value: float) -> None:
+        """A held-out eval finished: avg@k (mean over the held-out sets) after `samples` training samples."""
+
+    def end(self, summary: RunSummary) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------- run
+@dataclass
+class _Ctx:
+    cfg: ExperimentConfig
+    run_dir: Path
+    display: Display
+    eval_sets: dict[str, pl.DataFrame] = field(default_factory=dict)
+    train_source: pl.DataFrame | None = None
+    _engine: tuple[str, Any] | None = None
+    _tokenizers: dict[str, Any] = field(default_factory=dict)
+
+    def engine(self, policy: Path):
+        """The generation engine of `policy`, kept while consecutive stages use the same policy."""
+        from thinkrl.engine import load_engine
+
+        if self._engine is None or self._engine[0] != str(policy):
+            self._engine = None
+            self._engine = (str(policy), load_engine(self.cfg.engine, policy, dtype=self.cfg.dtype))
+        return self._engine[1]
+
+    def tokenizer(self, policy: Path):
+        from transformers import AutoTokenizer
+
+        if str(policy) not in self._tokenizers:
+            try:
+                self._tokenizers[str(policy)] = AutoTokenizer.from_pretrained(str(policy), trust_remote_code=False)
+            except (OSError, ValueError) as e:
+                raise ThinkrlError(f"{policy}: cannot load the policy tokenizer ({str(e).splitlines()[0][:120]})"
+                                   ) from None
+        return self._tokenizers[str(policy)]
+
+    def template(self, policy: Path) -> str:
+        from thinkrl.templates import resolve_template
+
+        return resolve_template(self.cfg.template, self.tokenizer(policy), model_dir=policy)
+
+    def status(self, round_: int | None, stage: str) -> None:
+        body = {"round": round_, "stage": stage, "pid": os.getpid(), "time": time.time()}
+        tmp = self.run_dir / f".status.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(body) + "\n", encoding="utf-8")
+        os.replace(tmp, self.run_dir / "status.json")
+
+    def start(self, round_: int | None, stage: str, total: int | None = None) -> None:
+        self.status(round_, stage)
+        self.display.stage(round_, stage, total)
+
+
+def round_dir(run_dir: Path, round_: int) -> Path:
+    return Path(run_dir) / ROUND_DIR.format(round_)
+
+
+def policy_after(run_dir: Path, cfg: ExperimentConfig, round_: int) -> Path:
+    """The policy that round `round_` + 1 samples with (round -1: the start policy)."""
+    return Path(cfg.policy) if round_ < 0 else round_dir(run_dir, round_) / "train" / "policy"
+
+
+def _metrics(out: Path) -> dict:
+    return read_manifest(out).get("metrics", {})
+
+
+# -- problems
+def _data_dir(cfg: ExperimentConfig) -> Path:
+    from thinkrl.problems import resolve_data_dir
+
+    return resolve_data_dir(Path(cfg.data_dir) if cfg.data_dir else None)
+
+
+def load_problem_set(name: str, cfg: ExperimentConfig, limit: int | None = None) -> pl.DataFrame:
+    """A problems artifact directory, the arith task (limit = how many), a benchmark or a file."""
+    from thinkrl.problems import named_problems
+
+    if (Path(name) / MANIFEST).is_file():
+        df = read_table(name, "problems")
+        return df if limit is None else df.head(limit)
+    if name == "arith":
+        return named_problems("arith", _data_dir(cfg), n=limit or 200)
+    return named_problems(name, _data_dir(cfg), limit=limit)
+
+
+def _eval_name(name: str) -> str:
+    """The benchmark column of an eval set: an artifact directory's name, a file's stem, else the name."""
+    p = Path(name)
+    if (p / MANIFEST).is_file():
+        return p.name
+    return p.stem if p.suffix else name
+
+
+def round_problems(cfg: ExperimentConfig, source: pl.DataFrame | None, round_: int) -> pl.DataFrame:
+    """The training problems of one round: rows of `source` cycled through, or (source None) fresh arith
+    problems drawn from (seed, round) that are not in the held-out arith set."""
+    p = cfg.prompts_per_round
+    if source is not None:
+        if p > source.height:
+            raise ThinkrlError(f"prompts_per_round {p} is more than the {source.height} problems of {cfg.problems}")
+        start = (round_ * p) % source.height
+        return source[[(start + i) % source.height for i in range(p)]]
+    from thinkrl.problems import arith_task
+
+    seed = round_seed(cfg.seed, round_, "problems")
+    held_out = held_out_arith_questions()
+    n = p
+    while True:  # a clash with a held-out question is rare: draw a few more
+        rows = [r for r in arith_task(n=n, seed=seed) if r["question"] not in held_out][:p]
+        if len(rows) == p:
+            return pl.DataFrame(rows)
+        n *= 2
+
+
+@functools.lru_cache(maxsize=1)
+def held_out_arith_questions() -> frozenset[str]:
+    """Questions of the first HELD_OUT_ARITH problems of the held-out arith set (`eval_bench = "arith"`
+    takes a prefix of it); training problems never repeat one, whatever the eval settings."""
+    from thinkrl.problems import arith_task
+
+    return frozenset(r["question"] for r in arith_task(n=HELD_OUT_ARITH))
+
+
+def stage_problems(ctx: _Ctx, round_: int, out: Path) -> Path:
+    ctx.start(round_, "problems")
+    cfg = ctx.cfg
+    df = round_problems(cfg, ctx.train_source, round_)
+    inputs = {"problems": cfg.problems} if (Path(cfg.problems) / MANIFEST).is_file() else {}
+    config = {"source": cfg.problems, "round": round_, "prompts_per_round": cfg.prompts_per_round,
+              "seed": cfg.seed, "problems_sha256": sha256_json(df.select("problem_id", "question", "answer").rows())}
+    writer = ArtifactWriter(out, "prepare", config, inputs=inputs)
+    skipped = writer.up_to_date()
+    if not skipped:
+        write_artifact(out, "prepare", config, {"problems": df}, inputs=inputs, metrics={"rows": df.height})
+    ctx.display.done(round_, "problems", f"{df.height} problems", skipped)
+    return out
+
+
+# -- sample
+def stage_sample(ctx: _Ctx, round_: int, policy: Path, problems: Path, out: Path) -> Path:
+    from thinkrl.sampling import SampleConfig, sample_rollouts
+
+    cfg = ctx.cfg
+    tmpl = ctx.template(policy)
+    scfg = SampleConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                        template=tmpl, seed=cfg.seed, round=round_, part_size=cfg.part_size)
+    config = {**scfg.to_dict(), "engine": cfg.engine, "dtype": cfg.dtype, "limit": None, "policy": str(policy)}
+    writer = ArtifactWriter(out, "sample", config, inputs={"problems": problems, "policy": policy})
+    if writer.up_to_date():
+        m = _metrics(out)
+        ctx.display.done(round_, "sample", f"{m.get('rollouts')} rollouts, accuracy {m.get('accuracy', 0):.3f}", True)
+        return out
+    probs = read_table(problems, "problems")
+    ctx.start(round_, "sample", probs.height * cfg.n)
+    m = sample_rollouts(probs, ctx.engine(policy), scfg, writer, policy=str(policy), template=tmpl,
+                        progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens))
+    ctx.display.done(round_, "sample", f"{m['rollouts']} rollouts, accuracy {m['accuracy']:.3f}, "
+                                       f"mean tokens {m['mean_tokens']:.1f}, {m['tokens_per_s'] or 0:.0f} tok/s")
+    return out
+
+
+# -- judge
+def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path) -> Path:
+    from thinkrl.judge import make_judge
+    from thinkrl.judge.judging import judge_rollouts
+    from thinkrl.judge.prompts import TEMPLATES
+
+    cfg = ctx.cfg
+    if cfg.judge_prompt not in TEMPLATES:
+        raise ThinkrlError(f"unknown judge prompt '{cfg.judge_prompt}' (known: {', '.join(TEMPLATES)})")
+    config = {"judge": cfg.judge, "splitter": cfg.splitter, "judge_model": cfg.judge_model,
+              "prompt": cfg.judge_prompt, "prompt_version": TEMPLATES[cfg.judge_prompt].version,
+              "max_tokens": cfg.judge_max_tokens, "tokenizer": str(policy)}
+    writer = ArtifactWriter(out, "judge", config, inputs={"rollouts": rollouts})
+    if writer.up_to_date():
+        m = _metrics(out)
+        ctx.display.done(round_, "judge", f"{m.get('steps')} steps of {m.get('rollouts')} rollouts", True)
+        return out
+    df = read_table(rollouts, "rollouts")
+    ctx.start(round_, "judge", df.height)
+    j = make_judge(cfg.judge, model=cfg.judge_model, max_tokens=cfg.judge_max_tokens, template=cfg.judge_prompt,
+                   cache_dir=str(out / "_cache"), concurrency=cfg.judge_concurrency)
+    m = judge_rollouts(df, j, ctx.tokenizer(policy), writer, splitter=cfg.splitter,
+                       part_size=cfg.judge_part_size, progress=lambda k: ctx.display.advance(k))
+    ctx.display.done(round_, "judge", f"{m['steps']} steps of {m['rollouts']} rollouts, "
+                                      f"unknown {m['unknown_rate']:.3f}, {m['seconds']:.1f} s")
+    return out
+
+
+# -- segment
+def stage_segment(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, judgments: Path, out: Path) -> Path:
+    from thinkrl.segment import segment
+
+    cfg = ctx.cfg
+    use_judgments = cfg.scheme != "outcome"  # outcome ignores labels: a judge change must not retrain it
+    inputs = {"rollouts": rollouts, **({"judgments": judgments} if use_judgments else {}),
+              **({"policy": policy} if cfg.recompute_logprobs else {})}
+    config = {"scheme": cfg.scheme, "alpha": cfg.alpha, "recompute": cfg.recompute_logprobs,
+              "policy": str(policy) if cfg.recompute_logprobs else None}
+    writer = ArtifactWriter(out, "segment", config, inputs=inputs)
+    if writer.up_to_date():
+        m = _metrics(out)
+        ctx.display.done(round_, "segment", f"{m.get('kept_rollouts')}/{m.get('rollouts')} rollouts kept", True)
+        return out
+    ctx.start(round_, "segment")
+    ro = read_table(rollouts, "rollouts")
+    jd = read_table(judgments, "judgments", allow_empty=True) if use_judgments else None
+    logprob_fn = None
+    if cfg.recompute_logprobs:
+        from thinkrl.models import load_policy
+        from thinkrl.trainer import token_logprobs
+
+        model, _ = load_policy(policy)
+        logprob_fn = lambda p, c: token_logprobs(model, p, c, batch_tokens=16384)  # noqa: E731
+    m = segment(ro, jd, cfg.scheme, cfg.alpha, writer, logprob_fn)
+    ctx.display.done(round_, "segment", f"{m['kept_rollouts']}/{m['rollouts']} rollouts kept, "
+                                        f"incorrect-thought tokens {m['incorrect_thought_token_share']:.3f}")
+    return out
+
+
+# -- train
+NOTHING_TO_LEARN = ("no rollouts to train on", "nothing to train on")
+
+
+def _copy_policy(src: Path, dest: Path) -> None:
+    """dest = a copy of src (hard links where possible), written to a temp sibling and renamed in."""
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, tmp, copy_function=link, ignore=shutil.ignore_patterns("_parts"))
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
+def _carry_forward(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path, reason: str) -> Path:
+    config = {"carried_forward": True, "policy": str(policy)}
+    writer = ArtifactWriter(out, "train", config, inputs={"policy": policy, "thoughts": thoughts})
+    skipped = writer.up_to_date()
+    if not skipped:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)
+        _copy_policy(policy, out / "policy")
+        writer.set_table("train_metrics", [])
+        writer.finish({"steps": 0, "carried_forward": True, "reason": reason, "policy": str(out / "policy")},
+                      allow_empty=True)
+    ctx.display.done(round_, "train", f"nothing to learn ({reason}); policy carried forward", skipped)
+    return out
+
+
+def stage_train(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path) -> Path:
+    from thinkrl import trainer
+
+    df = read_table(thoughts, "advantages", allow_empty=True)
+    if df.height == 0:
+        return _carry_forward(ctx, round_, policy, thoughts, out, "every advantage of the round is zero")
+    tcfg = trainer.resolve_config(ctx.cfg.train_config(round_), df)
+    inputs = {"policy": policy, "thoughts": thoughts, **({"ref_policy": tcfg.ref_policy} if tcfg.ref_policy else {})}
+    writer = ArtifactWriter(out, "train", {**tcfg.to_dict(), "policy": str(policy)}, inputs=inputs)
+    if writer.up_to_date():
+        m = _metrics(out)
+        ctx.display.done(round_, "train", f"{m.get('steps')} steps, final loss {m.get('final_loss', 0):+.4f}", True)
+        return out
+    groups = df["problem_id"].n_unique()
+    ctx.start(round_, "train", tcfg.epochs * -(-groups // tcfg.prompts_per_step))
+    try:
+        m = trainer.train(policy, df, tcfg, out, resume=True, writer=writer,
+                          progress=lambda row, done, total: ctx.display.advance(1, row["tokens"]))
+    except ThinkrlError as e:
+        if not any(s in str(e) for s in NOTHING_TO_LEARN):
+            raise
+        return _carry_forward(ctx, round_, policy, thoughts, out, str(e)[:120])
+    ctx._engine = None  # the policy on disk changed: never reuse an engine loaded from a stale path
+    ctx.display.done(round_, "train", f"{m['steps']} steps, final loss {m['final_loss']:+.4f}, "
+                                      f"{m['seconds_per_step']:.2f} s/step")
+    return out
+
+
+# -- eval
+def stage_eval(ctx: _Ctx, round_: int | None, policy: Path, out: Path) -> Path:
+    from thinkrl.evaluate import EvalConfig, evaluate
+
+    cfg = ctx.cfg
+    ecfg = EvalConfig(k=cfg.eval_k, temperature=cfg.eval_temperature, top_p=cfg.eval_top_p,
+                      max_tokens=cfg.max_tokens, seed=cfg.seed, part_size=cfg.part_size)
+    tmpl = ctx.template(policy)
+    config = {**asdict(ecfg), "benchmarks": list(ctx.eval_sets), "limit": cfg.eval_problems, "template": tmpl,
+              "engine": cfg.engine, "dtype": cfg.dtype, "policy": str(policy),
+              "problems_sha256": {n: sha256_json(df.select("problem_id", "question", "answer").rows())
+                                  for n, df in ctx.eval_sets.items()}}
+    writer = ArtifactWriter(out, "eval", config, inputs={"policy": policy})
+    skipped = writer.up_to_date()
+    if not skipped:
+        ctx.start(round_, "eval", sum(df.height for df in ctx.eval_sets.values()) * cfg.eval_k)
+        evaluate(ctx.eval_sets, ctx.engine(policy), ecfg, writer, policy=str(policy), template=tmpl,
+                 progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens))
+    s = read_table(out, "eval_summary")
+    samples = sum(r["rollouts"] for r in _round_sample_metrics(ctx.run_dir, round_))
+    scores = ", ".join(f"{r['benchmark']} avg@{cfg.eval_k} {r['avg_at_k']:.3f}" for r in s.to_dicts())
+    ctx.display.done(round_, "eval", f"{scores}, mean tokens {s['mean_tokens'].mean():.1f}", skipped)
+    ctx.display.accuracy(round_, samples, float(s["avg_at_k"].mean()))
+    return out
+
+
+def _round_sample_metrics(run_dir: Path, upto: int | None) -> list[dict]:
+    """Sample-stage metrics of rounds 0..upto (none for the initial eval)."""
+    if upto is None:
+        return []
+    return [_metrics(round_dir(run_dir, r) / "rollouts") for r in range(upto + 1)]
+
+
+# -- the loop
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """One `thinkrl run` per run directory at a time (an flock: a killed run releases it)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS: no lock
+        yield
+        return
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ThinkrlError(f"{run_dir}: another `thinkrl run` is working in this directory") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    before, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
+    torch.set_num_threads(n)
+    hf_logging.disable_progress_bar()  # transformers' bars would tear the live display
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _context(cfg: ExperimentConfig, run_dir: Path, display: Display) -> _Ctx:
+    if not cfg.policy:
+        raise ThinkrlError("experiment: set `policy` (the start policy directory) in the file or with --policy")
+    from thinkrl.models import check_model_dir
+
+    check_model_dir(cfg.policy)
+    ctx = _Ctx(cfg, run_dir, display)
+    if cfg.eval_every > 0:
+        names = [b.strip() for b in cfg.eval_bench.split(",") if b.strip()]
+        ctx.eval_sets = {_eval_name(b): load_problem_set(b, cfg, cfg.eval_problems) for b in names}
+    if cfg.problems != "arith":
+        ctx.train_source = load_problem_set(cfg.problems, cfg)
+    return ctx
+
+
+def run_round(ctx: _Ctx, r: int) -> None:
+    rd = round_dir(ctx.run_dir, r)
+    policy = policy_after(ctx.run_dir, ctx.cfg, r - 1)
+    problems = stage_problems(ctx, r, rd / "problems")
+    rollouts = stage_sample(ctx, r, policy, problems, rd / "rollouts")
+    judgments = stage_judge(ctx, r, policy, rollouts, rd / "judgments")
+    thoughts = stage_segment(ctx, r, policy, rollouts, judgments, rd / "thoughts")
+    stage_train(ctx, r, policy, thoughts, rd / "train")
+    if ctx.cfg.eval_due(r) and ctx.eval_sets:
+        stage_eval(ctx, r, policy_after(ctx.run_dir, ctx.cfg, r), rd / "eval")
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display | None = None) -> RunSummary:
+    """Run (or continue) the experiment in run_dir; returns `thinkrl.report.collect_run(run_dir)` (also in
+    summary.json)."""
+    run_dir = Path(run_dir)
+    display = display or Display()
+    with _run_lock(run_dir), _torch_threads(cfg.threads):
+        ctx = _context(cfg, run_dir, display)
+        (run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+        display.begin(run_dir.name, cfg)
+        if cfg.eval_initial and ctx.eval_sets:
+            stage_eval(ctx, None, Path(cfg.policy), run_dir / INITIAL_EVAL)
+        for r in range(cfg.rounds):
+            run_round(ctx, r)
+        ctx.status(None, "done")
+        summary = collect_run(run_dir)
+        (run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+    display.end(summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------- several runs
+class _QueueDisplay(Display):
+    """Forwards a worker's display events to the parent process (advance events at most every 0.2 s)."""
+
+    def __init__(self, queue, name: str):
+        self.queue, self.name, self.units, self.tokens, self.last = queue, name, 0, 0, 0.0
+
+    def _send(self, method: str, *args) -> None:
+        self.queue.put((self.name, method, args))
+
+    def _flush(self) -> None:
+        if self.units or self.tokens:
+            self._send("advance", self.units, self.tokens)
+            self.units = self.tokens = 0
+        self.last = time.monotonic()
+
+    def begin(self, name, cfg) -> None:
+        self._send("begin", name, cfg)
+
+    def stage(self, round_, stage, total=None) -> None:
+        self._flush()
+        self._send("stage", round_, stage, total)
+
+    def advance(self, units=0, tokens=0) -> None:
+        self.units, self.tokens = self.units + units, self.tokens + tokens
+        if time.monotonic() - self.last > 0.2:
+            self._flush()
+
+    def done(self, round_, stage, text, skipped=False) -> None:
+        self._flush()
+        self._send("done", round_, stage, text, skipped)
+
+    def accuracy(self, round_, samples, value) -> None:
+        self._send("accuracy", round_, samples, value)
+
+    def end(self, summary) -> None:
+        self._send("end", summary)
+
+
+def _worker(name: str, cfg: ExperimentConfig, run_dir: Path, queue) -> None:
+    try:
+        queue.put((name, "__result__", (run_experiment(cfg, run_dir, _QueueDisplay(queue, name)),)))
+    except ThinkrlError as e:
+        queue.put((name, "__error__", (str(e),)))
+    except BaseException as e:  # a bug: the parent reports it, the worker's traceback goes to stderr
+        queue.put((name, "__error__", (f"{type(e).__name__}: {e}",)))
+        raise
+
+
+def run_experiments(runs: Mapping[str, tuple[ExperimentConfig, Path]], jobs: int = 1,
+                    display: Callable[[str], Display] | None = None) -> dict[str, dict]:
+    """Run several experiments; `jobs` > 1 runs that many at once in worker processes (each with its own
+    `threads`), so two 1-thread runs use both cores of a 2-core machine. Results are the same either way.
+    display(name) gives each run's Display (events are forwarded from the workers). Returns name -> summary."""
+    display = display or (lambda name: Display())
+    if jobs <= 1 or len(runs) <= 1:
+        return {name: run_experiment(cfg, d, display(name)) for name, (cfg, d) in runs.items()}
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    ctx = mp.get_context("spawn")  # no fork after torch has started its threads
+    q = ctx.Queue()
+    pending, active, results = list(runs.items()), {}, {}
+    try:
+        while pending or active:
+            while pending and len(active) < jobs:
+                name, (cfg, d) = pending.pop(0)
+                active[name] = ctx.Process(target=_worker, args=(name, cfg, Path(d), q), daemon=False)
+                active[name].start()
+            try:
+                name, method, args = q.get(timeout=0.5)
+            except queue_mod.Empty:
+                for name, proc in list(active.items()):
+                    if proc.exitcode is not None and q.empty():
+                        raise ThinkrlError(f"run {name}: worker process exited with code {proc.exitcode}") from None
+                continue
+            if method == "__result__":
+                results[name] = args[0]
+                active.pop(name).join()
+            elif method == "__error__":
+                raise ThinkrlError(f"run {name}: {args[0]}")
+            else:
+                getattr(display(name), method)(*args)
+    finally:
+        for proc in active.values():
+            proc.terminate()
+            proc.join()
+    return {name: results[name] for name in runs}
+
+
+# --------------------------------------------------------------------------------------------- demo
+@dataclass(frozen=True)
+class DemoPreset:
+    """Budget of `thinkrl demo`: warm start, then one experiment per scheme with these settings."""
+
+    warmstart: dict  # WarmstartConfig overrides ({}: thinkrl.warmstart's default recipe)
+    rounds: int
+    prompts_per_round: int
+    eval_every: int
+    eval_problems: int
+    eval_k: int
+    max_tokens: int = 160
+    # Held-out accuracy at the training temperature: the tiny policy's T = 0.6 accuracy (70%) is already
+    # near its greedy accuracy (78%) and 150 GRPO steps do not raise it, while sampled accuracy at T = 1
+    # (31%) is what they move (to ~52%): measured, see the report of the demo.
+    eval_temperature: float = 1.0
+    eval_top_p: float = 1.0
+
+
+DEMO_PRESETS: dict[str, DemoPreset] = {
+    # Warm starts are step counts, not minutes: the start policy's quality rises steeply with steps (1109
+    # time-budgeted steps on a loaded machine: 27% greedy; 1500 steps: 78%), and a step count gives the
+    # same start on every machine. 1500 steps take ~5 min on one idle core.
+    # smoke run: a short warm start (the policy is rarely right), 2 rounds of 4 steps; < 3 min
+    "quick": DemoPreset(warmstart={"steps": 250, "corpus_size": 10000}, rounds=2, prompts_per_round=20,
+                        eval_every=1, eval_problems=50, eval_k=2),
+    # <= 15 min on 2 cores: the DESIGN §5 warm start, then 8 rounds of ~20 steps (6400 samples) per scheme
+    "default": DemoPreset(warmstart={"steps": 1500}, rounds=8, prompts_per_round=100, eval_every=1,
+                          eval_problems=200, eval_k=4),
+    "full": DemoPreset(warmstart={"steps": 3000}, rounds=20, prompts_per_round=100, eval_every=2,
+                       eval_problems=400, eval_k=4),
+}
+DEMO_SCHEMES = ("outcome", "thought")
+
+
+def demo_configs(preset: str, policy: str | Path, seeds: tuple[int, ...] = (0,),
+                 schemes: tuple[str, ...] = DEMO_SCHEMES) -> dict[str, ExperimentConfig]:
+    """One ExperimentConfig per (scheme, seed), named `scheme` (one seed) or `scheme-sN`: the same start,
+    budget and hyperparameters for all (DESIGN §5: lr 1e-4, 5 prompts x 8 samples per step, rule judge,
+    held-out arith eval); no per-scheme tuning."""
+    if preset not in DEMO_PRESETS:
+        raise ThinkrlError(f"unknown demo preset {preset!r} (known: {', '.join(DEMO_PRESETS)})")
+    if not seeds or not schemes:
+        raise ThinkrlError("the demo needs at least one scheme and one seed")
+    p = DEMO_PRESETS[preset]
+    base = ExperimentConfig(policy=str(policy), rounds=p.rounds, prompts_per_round=p.prompts_per_round,
+                            n=8, prompts_per_step=5, lr=1e-4, judge="rule", max_tokens=p.max_tokens,
+                            eval_every=p.eval_every, eval_problems=p.eval_problems, eval_k=p.eval_k,
+                            eval_temperature=p.eval_temperature, eval_top_p=p.eval_top_p, threads=1)
+    return {(s if len(seeds) == 1 else f"{s}-s{seed}"): replace(base, scheme=s, seed=seed)
+            for s in schemes for seed in seeds}
+
+
+def warmstart_recipe(preset: str) -> dict:
+    """What the demo's start policy is built from (its skip key)."""
+    from thinkrl.warmstart import WarmstartConfig
+
+    ws = WarmstartConfig(**DEMO_PRESETS[preset].warmstart)
+    return {"model": "tiny", "init_seed": 0, "warmstart": asdict(ws)}
+
+
+def prepare_start_policy(out_dir: str | Path, preset: str, progress: Callable[[dict], None] | None = None) -> Path:
+    """Random-init the tiny policy and warm-start it (DESIGN §5) into out_dir/start, unless a start policy
+    built from the same recipe is already there (out_dir/start.json holds the recipe it was built from)."""
+    from thinkrl.models import init_model
+    from thinkrl.warmstart import WarmstartConfig, warmstart
+
+    out_dir = Path(out_dir)
+    start, key_file = out_dir / "start", out_dir / "start.json"
+    recipe = warmstart_recipe(preset)
+    if (start / "config.json").is_file() and key_file.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            if json.loads(key_file.read_text(encoding="utf-8")) == json.loads(json.dumps(recipe)):
+                return start
+    key_file.unlink(missing_ok=True)
+    init_model(recipe["model"], out_dir / "init", seed=recipe["init_seed"], force=True)
+    warmstart(out_dir / "init", start, WarmstartConfig(**recipe["warmstart"]), progress=progress, force=True)
+    key_file.write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+    return start
+
+
+if __name__ == "__main__":
+    print(docs_markdown(), end="")
