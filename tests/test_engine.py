@@ -4,13 +4,12 @@ batch independence, prefix sharing, stops, top-p; the registry. Tiny random Llam
 from __future__ import annotations
 
 import math
-import string
 import sys
 
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from char_tokenizer import char_tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from thinkrl.engine import ENGINES, HFEngine, SamplingParams, load_engine
 from thinkrl.engine.base import completion_text
@@ -18,17 +17,6 @@ from thinkrl.engine.hf import plan_batches, sample_tokens
 from thinkrl.errors import ThinkrlError
 
 PAD, BOS, EOS = 0, 1, 2
-
-
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per character; ids 0-3 are <pad> <s> </s> <unk>."""
-    chars = string.ascii_letters + string.digits + " \n.,?!+-*/=()\\{}:"
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *chars])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
 
 
 def tiny_llama(vocab: int, seed: int = 0, eos_boost: float = 0.0, hidden=32, layers=2) -> LlamaForCausalLM:

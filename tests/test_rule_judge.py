@@ -15,7 +15,7 @@ from thinkrl.judge.oracle import OracleJudge
 from thinkrl.judge.protocol import CORRECT, INCORRECT, LABELS_FOR, MATCHED, UNKNOWN, UNMATCHED, JudgeRequest
 from thinkrl.judge.rule import RuleJudge, analyse_step, final_value
 from thinkrl.steps import split_steps
-from thinkrl.tasks.arith import make_corpus, oracle_label
+from thinkrl.tasks.arith import make_corpus, oracle_label, problem_from_question
 
 Q = "Start at 17. Add 28. Multiply by 3. Subtract 9. What is the result?"  # 45, 135, 126
 C, X, M, U = CORRECT, INCORRECT, MATCHED, UNMATCHED
@@ -212,6 +212,30 @@ def test_gsm8k_prose_reflection():
 def test_wrong_solution_without_numbers_is_unknown():
     v = judge("I think it is big.\n\nVery big.\n\nThe answer is \\boxed{x}.", False, question="?", pred="x")
     assert v.labels == (UNKNOWN, UNKNOWN) and v.rationales[0]
+
+
+# Two slips that cancel (seen in the warm-started policy's own rollouts): on ArithChain a value that is right
+# again ends the detour, as in the oracle
+
+
+def test_correct_solution_detour_ends_where_the_value_is_right_again():
+    q = "Start at 15. Divide by 3. Subtract 2. Divide by 3. Subtract 1. Add 25. What is the result?"  # 5 3 1 0 25
+    text = steps_text("15 / 3 = 5", "5 - 2 = 2", "2 / 3 = 1", "1 - 1 = 0", "0 + 25 = 25", answer=25)
+    v = judge(text, True, question=q, pred="25", gold="25")
+    assert v.labels == (C, X, X, C, C)
+    p = problem_from_question(q)
+    assert v.labels == tuple(oracle_label(p, text).labels)
+
+
+def test_wrong_solution_error_source_is_where_the_final_wrong_run_begins():
+    q = "Start at 31. Subtract 4. Subtract 5. Divide by 2. Subtract 4. Add 8. Add 18. What is the result?"
+    # true values 27 22 11 7 15 33: 29 and 24 are wrong, 24 / 2 = 11 lands back on the truth, 11 - 4 = 8 is
+    # where the values that reach the answer go wrong for good
+    text = steps_text("31 - 4 = 29", "29 - 5 = 24", "24 / 2 = 11", "11 - 4 = 8", "8 + 8 = 26", "26 + 18 = 44",
+                      answer=44)
+    v = judge(text, False, question=q, pred="44", gold="33")
+    assert v.labels == (U, U, U, M, M, M)
+    assert v.labels == tuple(oracle_label(problem_from_question(q), text).labels)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import string
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +17,9 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from char_tokenizer import char_tokenizer
 from safetensors.torch import load_file
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from thinkrl.artifacts import read_manifest, read_table, write_artifact
 from thinkrl.errors import ThinkrlError
@@ -37,16 +36,6 @@ from thinkrl.trainer import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    chars = string.ascii_letters + string.digits + " \n.,?!+-*/=()\\{}:"
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *chars])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
 
 
 @pytest.fixture(scope="module", autouse=True)

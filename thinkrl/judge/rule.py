@@ -32,13 +32,17 @@ Correct solution (`correct` / `incorrect`): each reflection's interval [error so
 `incorrect`, plus later steps that still use the rejected value. Departure from the strict paper protocol
 (which marks errors only through reflections): a step whose own arithmetic is wrong is `incorrect` even
 with no reflection, and so are the steps that carry its wrong result, and the step that silently
-returns to the right value (it is where the detour ends, as in the oracle). Everything else is `correct`.
+returns to the right value (it is where the detour ends, as in the oracle). On an ArithChain question the
+true running values are known: a carrier whose value is right again (a second slip cancelled the first)
+ends the detour too, and its users are not tainted. Everything else is `correct`.
 
 Incorrect solution (`matched` / `unmatched`): the final value is pred_answer (else the last result);
 the answer part is read too, so a computation written there is traced. The value-flow path is walked
 back from the final value; steps that restate a path step (same equation, same result) join it. The
 error source is the earliest path step whose arithmetic fails or, for an ArithChain question (parsed
-with `problem_from_question`), whose result departs from the true running value. Path steps from the
+with `problem_from_question`), the oracle's: where the final run of path steps whose result departs from
+the true running value begins (steps before a value that is right again do not feed the wrong answer,
+even when a slip produced it). Path steps from the
 source on are `matched`; path steps before it, steps off the path and corrected errors are `unmatched`.
 A reflection written after the error source re-derives a value that is still wrong (it started from a
 wrong input), so it is on the path and `matched`; the step it corrected is `unmatched` (its value never
@@ -809,8 +813,11 @@ def _eq_desc(e: Equation) -> str:
     return f"{e.text} is wrong ({_fmt(e.expected)})"
 
 
-def _label_correct(infos: list[StepInfo], qnums: set) -> tuple[list[str], list[str]]:
+def _label_correct(infos: list[StepInfo], qnums: set, problem=None) -> tuple[list[str], list[str]]:
     n = len(infos)
+    # ArithChain: the steps whose value is wrong (aligned as the oracle does); a wrong value stops flowing at
+    # a step that lands back on the true running value
+    departs = None if problem is None else _departures([i for i in range(n) if infos[i].eqs], infos, problem)
     why: list[str | None] = [None] * n
     index = _Index(infos)
     refls = _reflections(index)
@@ -834,17 +841,19 @@ def _label_correct(infos: list[StepInfo], qnums: set) -> tuple[list[str], list[s
         if bad is None or i in covered or why[i] is not None:
             continue
         why[i] = f"{_eq_desc(bad)}; no reflection catches it"
-        _taint_forward(index, flow, i, bad, why)
+        _taint_forward(index, flow, i, bad, why, departs)
     labels = [CORRECT if w is None else INCORRECT for w in why]
     return labels, [w if w is not None else _correct_reason(infos[i]) for i, w in enumerate(why)]
 
 
-def _taint_forward(index: _Index, flow: _Flow, i: int, bad: Equation, why: list) -> None:
+def _taint_forward(index: _Index, flow: _Flow, i: int, bad: Equation, why: list,
+                   departs: dict[int, str] | None = None) -> None:
     """Steps carrying the wrong result of step i (transitively), and the first later step that silently
-    returns to the right value (uses it while no step produced it)."""
+    returns to the right value (uses it while no step produced it). With `departs` (ArithChain: the steps
+    whose value is wrong) a step whose value is right ends the detour: it is marked, its users are not."""
     if bad.result is None:
         return
-    stack, seen = [i], {i}
+    stack, seen = ([i] if departs is None or i in departs else []), {i}
     while stack:
         s = stack.pop()
         for v in index.infos[s].produced:
@@ -852,7 +861,8 @@ def _taint_forward(index: _Index, flow: _Flow, i: int, bad: Equation, why: list)
                 if k > s and k not in seen and any(u == v and flow.producer(k, u, f) == s for u, f in flow.uses(k)):
                     why[k] = why[k] or f"carries the wrong value {_fmt(bad.result)} of step {i}"
                     seen.add(k)
-                    stack.append(k)
+                    if departs is None or k in departs:
+                        stack.append(k)
     e = bad.expected
     if e is not None:  # the first number of a left-hand side, or any number the question does not state
         k = next((k for k in index.users.get(e, ()) if i < k <= i + LOOKBACK and flow.producer(k, e, True) is None
@@ -932,8 +942,18 @@ def _departures(path: list[int], infos: list[StepInfo], problem) -> dict[int, st
 
 
 def _error_source(path: list[int], infos: list[StepInfo], problem) -> tuple[int | None, str]:
-    """The earliest path step whose arithmetic fails or (ArithChain) whose value departs, and why."""
+    """The earliest path step whose arithmetic fails, and why. ArithChain: as the oracle, where the final
+    run of path steps with wrong values begins (a value that is right again, even by a second slip, means
+    the steps before it do not feed the wrong answer); None when the path ends on a right value."""
     departs = _departures(path, infos, problem)
+    if problem is not None:
+        judged = [i for i in path if any(e.simple is not None for e in infos[i].eqs)]
+        if not judged or judged[-1] not in departs:
+            return None, ""
+        j = len(judged) - 1
+        while j > 0 and judged[j - 1] in departs:
+            j -= 1
+        return judged[j], departs[judged[j]]
     for i in path:
         bad = next((e for e in infos[i].eqs if e.ok is False), None)
         if bad is not None or i in departs:
@@ -1033,12 +1053,12 @@ def judge_one(req: JudgeRequest) -> Verdict:
     if not steps:
         return Verdict(req.rollout_id, (), ())
     qnums = _question_numbers(req.question)
+    problem = _arith_problem(req.question)
     if req.correct:
-        labels, why = _label_correct(infos, qnums)
+        labels, why = _label_correct(infos, qnums, problem)
     else:
         tail = completion[steps[-1].char_end:] if steps[-1].char_end <= len(completion) else ""
         answer = analyse_step(len(steps), tail)
-        problem = _arith_problem(req.question)
         labels, why = _label_wrong(infos, answer, final_value(req.pred_answer), final_value(req.gold_answer),
                                    qnums, problem)
     return Verdict(req.rollout_id, tuple(labels), tuple(why))
