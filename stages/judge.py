@@ -38,7 +38,7 @@ def judge(
     rollouts: Annotated[Path, typer.Option(help="rollouts artifact (thinkrl sample)")],
     out: Annotated[Path, typer.Option(help="output artifact directory")],
     judge_spec: Annotated[str, typer.Option("--judge", help="rule | oracle | hf:DIR | openai:URL")] = "rule",
-    splitter: Annotated[str, typer.Option(help="step splitter: blank (blank lines) or line")] = "blank",
+    splitter: Annotated[str, typer.Option(help="step splitter: blank (blank lines), line, or judge (a generative judge groups the lines into steps)")] = "blank",
     tokenizer: Annotated[Path | None, typer.Option(
         help="policy tokenizer for token spans (default: the rollouts' policy directory)")] = None,
     judge_model: Annotated[str | None, typer.Option(help="openai: the model name the server serves")] = None,

@@ -11,9 +11,10 @@ import pytest
 from fault_server import FaultServer
 
 from thinkrl.artifacts import ArtifactWriter, read_table
+from thinkrl.errors import ThinkrlError
 from thinkrl.judge import make_judge
 from thinkrl.judge.judging import judge_rollouts
-from thinkrl.judge.prompts import TEMPLATES, parse_reply
+from thinkrl.judge.prompts import TEMPLATES, parse_reply, parse_steps_reply
 from thinkrl.judge.protocol import JudgeRequest
 from thinkrl.steps import split_steps
 from thinkrl.tasks.arith import generate_problems, make_corpus
@@ -142,3 +143,70 @@ def test_judge_spans_and_tokens_line_up(tmp_path, tokenizer):
         assert comp[r["rollout_id"]][r["char_start"]:r["char_end"]] == r["text"]
         decoded = tokenizer.decode(ids[r["rollout_id"]][r["token_start"]:r["token_end"]])
         assert r["text"] in decoded
+
+
+# ---------------------------------------------------------------------------------------------------
+# Splitter `judge`: the judge groups the lines into steps in the same call
+
+
+def proposing_reply(messages: list[dict]) -> str:
+    """A judge that groups the lines two by two and labels each group."""
+    user = messages[-1]["content"]
+    n = len(re.findall(r"^\[Line \d+\]$", user, flags=re.M))
+    label = "correct" if "CORRECT final answer" in user else "matched"
+    groups = [{"first_line": a, "last_line": min(a + 1, n - 1), "label": label, "reason": f"lines {a}+"}
+              for a in range(0, n, 2)]
+    return "Here are the steps.\n" + json.dumps({"steps": groups})
+
+
+def test_prompt_in_propose_mode_shows_lines_and_asks_for_steps():
+    lines, _ = split_steps(COMPLETION, "judge")
+    req = JudgeRequest("r0", "q", COMPLETION, tuple(lines), True, "135", "135", propose_steps=True)
+    user = TEMPLATES["intrinsic-v1"].messages(req)[-1]["content"]
+    assert "[Line 0]\n17 + 28 = 45" in user and '"first_line"' in user and "[Step" not in user
+    assert "numbered lines" in user and "Solution lines:" in user
+
+
+@pytest.mark.parametrize("reply, labels, starts, problem", [
+    ('{"steps": [{"first_line": 0, "last_line": 1, "label": "correct"}, {"first_line": 2, "last_line": 2, '
+     '"label": "incorrect"}]}', ("correct", "correct", "incorrect"), (0, 2), ""),
+    ('{"steps": [{"first_line": 0, "last_line": 0, "label": "correct"}]}',  # lines 1, 2 in no step
+     ("correct", "unknown", "unknown"), (0, 1, 2), "lines in no step"),
+    ('{"steps": [{"first_line": 0, "last_line": 2, "label": "correct"}, {"first_line": 1, "last_line": 1, '
+     '"label": "incorrect"}]}', ("correct",) * 3, (0,), "step range out of order, overlapping or out of range"),
+    ('{"steps": [{"first_line": "x", "label": "correct"}, {"first_line": 0, "last_line": 2, "label": "nope"}]}',
+     ("unknown",) * 3, (0,), "bad step range, invalid label"),
+    ("no json here", ("unknown",) * 3, (0, 1, 2), "unparseable reply"),
+])
+def test_parse_steps_reply(reply, labels, starts, problem):
+    text = "a = 1\nb = 2\nc = 3"
+    lines, _ = split_steps(text, "judge")
+    req = JudgeRequest("r0", "q", text, tuple(lines), True, "1", "1", propose_steps=True)
+    got = parse_steps_reply(reply, req)
+    assert got[0] == labels and got[3] == starts and got[2] == problem
+
+
+def test_judge_splitter_stage_writes_the_judges_steps(tmp_path, tokenizer):
+    ro = rollouts_frame(tokenizer, 4)
+    with FaultServer() as srv:
+        srv.reply_fn = proposing_reply
+        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"), timeout_s=5)
+        judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}), splitter="judge")
+    df = read_table(tmp_path / "j", "judgments")
+    ids = dict(zip(ro["rollout_id"], ro["completion_ids"], strict=True))
+    for rid, completion in zip(ro["rollout_id"], ro["completion"], strict=True):
+        lines, _ = split_steps(completion, "line")
+        rows = df.filter(pl.col("rollout_id") == rid).sort("step_idx")
+        assert rows.height == -(-len(lines) // 2)  # one row per proposed step: lines two by two
+        for k, r in enumerate(rows.iter_rows(named=True)):
+            a, b = lines[2 * k], lines[min(2 * k + 1, len(lines) - 1)]
+            assert (r["char_start"], r["char_end"]) == (a.char_start, b.char_end)
+            assert completion[r["char_start"]:r["char_end"]] == r["text"] and r["rationale"] == f"lines {2 * k}+"
+            assert r["text"] in tokenizer.decode(ids[rid][r["token_start"]:r["token_end"]])
+        assert set(rows["label"]) <= {"correct", "matched"}
+
+
+def test_judge_splitter_needs_a_proposing_judge(tmp_path, tokenizer):
+    with pytest.raises(ThinkrlError, match="needs a judge that proposes steps"):
+        judge_rollouts(rollouts_frame(tokenizer, 2), make_judge("rule"), tokenizer,
+                       ArtifactWriter(tmp_path / "j", "judge", {}), splitter="judge")

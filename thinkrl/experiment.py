@@ -110,7 +110,7 @@ class ExperimentConfig:
     judge_max_tokens: int = _f(1024, "generative judges: maximum reply tokens")
     judge_concurrency: int = _f(8, "openai judge: requests in flight at once")
     judge_part_size: int = _f(64, "rollouts per judge part file (resume granularity)")
-    splitter: str = _f("blank", "step splitter: blank (blank lines) or line")
+    splitter: str = _f("blank", "step splitter: blank (blank lines), line, or judge (a generative judge groups the lines into steps)")
     scheme: str = _f("thought", "reward scheme: outcome (GRPO), thought (TP-GRPO), thought-static, step")
     alpha: float = _f(1.0, "penalty scale of incorrect thoughts (alpha*acc; alpha for thought-static)")
     recompute_logprobs: bool = _f(True, "recompute behaviour log-probs with the trainer's model (else the sampler's)")

@@ -5,7 +5,9 @@
     spans = token_spans(steps, offsets)                   # [(token_start, token_end)] per step
 
 Splitters (a dict of functions, chosen by name): `blank` cuts at blank lines (the default, DESIGN §2),
-`line` at every line break. A judge may also propose its own cut points (`steps_from_cuts`).
+`line` at every line break. `judge` (JUDGE_SPLITTER) lets a generative judge propose the steps: it is
+shown the lines (`line` splitter) and groups consecutive lines into steps in the same call that labels
+them (`group_lines`); a judge may also give raw cut offsets (`steps_from_cuts`).
 Each piece is stripped of surrounding whitespace and its span narrowed to match; whitespace-only pieces
 are dropped. The answer part (the last piece holding `\\boxed{`, or a final `The answer is` /
 `####` / `Answer:` piece) is kept apart and is not a step.
@@ -56,15 +58,40 @@ SPLITTERS: dict[str, Callable[[str], list[tuple[int, int]]]] = {
 }
 
 
+JUDGE_SPLITTER = "judge"  # the judge proposes the steps, from the lines of the `line` splitter
+SPLITTER_NAMES = (*SPLITTERS, JUDGE_SPLITTER)
+
+
+def check_splitter(splitter: str) -> None:
+    if splitter not in SPLITTER_NAMES:
+        raise ThinkrlError(f"unknown splitter '{splitter}' (known: {', '.join(SPLITTER_NAMES)})")
+
+
 def split_steps(completion: str, splitter: str = "blank") -> tuple[list[Step], tuple[int, int] | None]:
-    """Steps of the reasoning part and the (start, end) char span of the answer part (None if absent)."""
-    if splitter not in SPLITTERS:
-        raise ThinkrlError(f"unknown splitter '{splitter}' (known: {', '.join(SPLITTERS)})")
-    spans = SPLITTERS[splitter](completion)
+    """Steps of the reasoning part and the (start, end) char span of the answer part (None if absent).
+    Splitter `judge`: the lines, which the judge will group into steps (`group_lines`)."""
+    check_splitter(splitter)
+    spans = SPLITTERS["line" if splitter == JUDGE_SPLITTER else splitter](completion)
     answer = None
     if spans and _ANSWER.search(completion[spans[-1][0]:spans[-1][1]]):
         answer = spans.pop()
     return [Step(i, a, b, completion[a:b]) for i, (a, b) in enumerate(spans)], answer
+
+
+def group_lines(n_lines: int, starts: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of n_lines lines as steps: a new step begins at each line index in `starts` (index 0
+    always begins one). Returns (first_line, last_line) per step, in order; every line is in one step."""
+    begins = sorted({0, *(i for i in starts if 0 < i < n_lines)}) if n_lines else []
+    return [(b, (begins[k + 1] if k + 1 < len(begins) else n_lines) - 1) for k, b in enumerate(begins)]
+
+
+def merge_steps(completion: str, lines: Sequence[Step], groups: Sequence[tuple[int, int]]) -> list[Step]:
+    """One Step per (first_line, last_line) group, spanning from the first line's start to the last's end."""
+    out = []
+    for i, (a, b) in enumerate(groups):
+        start, end = lines[a].char_start, lines[b].char_end
+        out.append(Step(i, start, end, completion[start:end]))
+    return out
 
 
 def steps_from_cuts(completion: str, cuts: Sequence[int]) -> list[Step]:

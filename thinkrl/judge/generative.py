@@ -16,7 +16,7 @@ from pathlib import Path
 
 from thinkrl.engine.base import SamplingParams
 from thinkrl.judge.chat import ChatResult
-from thinkrl.judge.prompts import TEMPLATES, parse_reply
+from thinkrl.judge.prompts import TEMPLATES, parse_reply, parse_steps_reply
 from thinkrl.judge.protocol import UNKNOWN, JudgeRequest, Verdict
 
 
@@ -48,6 +48,8 @@ class HFChat:
 
 
 class GenerativeJudge:
+    proposes_steps = True  # can group lines into steps itself (splitter `judge`)
+
     def __init__(self, backend, name: str, template: str = "intrinsic-v1"):
         self.backend, self.name, self.template = backend, name, TEMPLATES[template]
 
@@ -75,9 +77,15 @@ class GenerativeJudge:
             if res.text is None:
                 out.append(Verdict.failed(req, res.error or "no reply", tokens))
                 continue
-            labels, reasons, problem = parse_reply(res.text, req)
+            extra = {}
+            if req.propose_steps:
+                labels, reasons, problem, starts = parse_steps_reply(res.text, req)
+                extra["step_starts"] = starts
+            else:
+                labels, reasons, problem = parse_reply(res.text, req)
             if res.finish_reason == "length":
                 problem = ", ".join(p for p in (problem, "reply cut at max tokens") if p)
             ok = any(lab != UNKNOWN for lab in labels)
-            out.append(Verdict(req.rollout_id, labels, reasons, ok=ok, reason=problem, judge_tokens=tokens))
+            out.append(Verdict(req.rollout_id, labels, reasons, ok=ok, reason=problem, judge_tokens=tokens,
+                               extra=extra))
         return out

@@ -3,7 +3,8 @@
     metrics = judge_rollouts(rollouts, judge, tokenizer, writer, splitter="blank")
 
 Steps come from `thinkrl.steps.split_steps` (exact char spans), token spans from the policy tokenizer's
-incremental offsets over `completion_ids`. Parts of `part_size` rollouts make a killed run resume where it
+incremental offsets over `completion_ids`. With splitter `judge` a generative judge is shown the lines and
+proposes the steps (`Verdict.extra["step_starts"]`); the rows are then its steps, each spanning its lines. Parts of `part_size` rollouts make a killed run resume where it
 stopped (a caching backend such as `openai:` also never asks twice).
 """
 
@@ -12,12 +13,22 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 import polars as pl
 
 from thinkrl.artifacts import ArtifactWriter
+from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import UNKNOWN, Judge, JudgeRequest, Verdict
-from thinkrl.steps import split_steps, token_char_offsets, token_spans
+from thinkrl.steps import (
+    JUDGE_SPLITTER,
+    check_splitter,
+    group_lines,
+    merge_steps,
+    split_steps,
+    token_char_offsets,
+    token_spans,
+)
 
 
 def requests_for(rollouts: pl.DataFrame, splitter: str) -> list[JudgeRequest]:
@@ -25,8 +36,24 @@ def requests_for(rollouts: pl.DataFrame, splitter: str) -> list[JudgeRequest]:
     for r in rollouts.iter_rows(named=True):
         steps, _ = split_steps(r["completion"], splitter)
         reqs.append(JudgeRequest(r["rollout_id"], r["question"], r["completion"], tuple(steps),
-                                 bool(r["correct"]), r["pred_answer"], r["answer"]))
+                                 bool(r["correct"]), r["pred_answer"], r["answer"],
+                                 propose_steps=splitter == JUDGE_SPLITTER))
     return reqs
+
+
+def judge_steps(req: JudgeRequest, v: Verdict) -> tuple[JudgeRequest, Verdict]:
+    """Splitter `judge`: the request and verdict over the judge's own steps (its groups of lines; a group
+    also ends where the line labels change, which only unknown lines can cause)."""
+    if not req.propose_steps:
+        return req, v
+    labels = v.labels
+    starts = set(v.extra.get("step_starts", range(len(req.steps))))
+    starts |= {i for i in range(1, len(labels)) if labels[i] != labels[i - 1]}
+    groups = group_lines(len(req.steps), sorted(starts))
+    steps = merge_steps(req.completion, req.steps, groups)
+    merged = Verdict(v.rollout_id, tuple(labels[a] for a, _ in groups), tuple(v.rationales[a] for a, _ in groups),
+                     ok=v.ok, reason=v.reason, judge_tokens=v.judge_tokens, extra=v.extra)
+    return replace(req, steps=tuple(steps)), merged
 
 
 def verdict_rows(req: JudgeRequest, v: Verdict, completion_ids: list[int], tokenizer, judge: str) -> list[dict]:
@@ -40,6 +67,10 @@ def verdict_rows(req: JudgeRequest, v: Verdict, completion_ids: list[int], token
 def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
                    writer: ArtifactWriter, splitter: str = "blank", part_size: int = 64,
                    progress: Callable[[int], None] | None = None) -> dict:
+    check_splitter(splitter)
+    if splitter == JUDGE_SPLITTER and not getattr(judge, "proposes_steps", False):
+        raise ThinkrlError(f"splitter '{JUDGE_SPLITTER}' needs a judge that proposes steps (hf:DIR or openai:URL); "
+                           f"'{judge.name}' labels given steps: use --splitter blank or line")
     t0 = time.perf_counter()
     stats = Counter()
     reasons: Counter = Counter()
@@ -56,6 +87,7 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
         for req, v, ids in zip(reqs, verdicts, chunk["completion_ids"].to_list(), strict=True):
             if len(v.labels) != len(req.steps):  # a judge bug must not shift labels onto the wrong steps
                 v = Verdict.failed(req, f"judge returned {len(v.labels)} labels for {len(req.steps)} steps")
+            req, v = judge_steps(req, v)
             rows += verdict_rows(req, v, ids, tokenizer, judge.name)
             stats["judge_tokens"] += v.judge_tokens
             stats["failed"] += not v.ok

@@ -29,6 +29,7 @@ class JudgeRequest:
     correct: bool                 # the rollout's outcome (graded), picks the protocol
     pred_answer: str | None
     gold_answer: str
+    propose_steps: bool = False   # splitter `judge`: `steps` are the lines; the judge groups them into steps
 
 
 @dataclass(frozen=True)
