@@ -10,7 +10,7 @@
    when OUT/start was built from the same recipe, recorded in OUT/start.json);
 2. trains it twice from that start with the same seeds, budget and hyperparameters: scheme `outcome`
    (GRPO) in OUT/outcome and scheme `thought` (TP-GRPO) in OUT/thought, rule judge, held-out arith eval
-   after every round; the two runs go in parallel, one thread each, when the machine has 2+ cores;
+   after every round (every 2nd with --full); two runs at a time, one thread each, on 2+ cores;
 3. prints the comparison table and writes OUT/report.md with its plots (thinkrl.report).
 Budgets are `thinkrl.experiment.DEMO_PRESETS`. Rerunning continues where a killed demo stopped.
 """
@@ -45,8 +45,8 @@ def _warmstart_bar():
 
 
 def demo(
-    quick: Annotated[bool, typer.Option("--quick", help="smoke run: tiny warm start, 2 short rounds (< 3 min)")] = False,
-    full: Annotated[bool, typer.Option("--full", help="bigger budget: longer warm start, more rounds and eval")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="smoke run: short warm start, 2 short rounds (about 1 min)")] = False,
+    full: Annotated[bool, typer.Option("--full", help="bigger budget: longer warm start, 20 rounds, eval every 2nd round")] = False,
     out: Annotated[Path, typer.Option(help="output directory (start policy, one run per scheme, report)")] = Path("runs/demo"),
     policy: Annotated[Path | None, typer.Option(help="start from this policy directory (skips the warm start)")] = None,
     jobs: Annotated[int, typer.Option(help="runs at once (default: 2 when the machine has 2+ cores)")] = 0,
@@ -61,17 +61,19 @@ def demo(
     if quick and full:
         raise ThinkrlError("--quick and --full exclude each other")
     preset = "quick" if quick else "full" if full else "default"
+    try:
+        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
+    except ValueError:
+        raise ThinkrlError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    scheme_list = tuple(x.strip() for x in schemes.split(",") if x.strip())
+    demo_configs(preset, policy or out / "start", seeds=seed_list, schemes=scheme_list)  # bad options: fail now
     t0 = time.perf_counter()
     if policy is None:
         progress, update = _warmstart_bar()
         with progress:
             policy = prepare_start_policy(out, preset, progress=update)
     console.print(f"start policy: {policy}  ({time.perf_counter() - t0:.0f} s)")
-    try:
-        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
-    except ValueError:
-        raise ThinkrlError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    cfgs = demo_configs(preset, policy, seeds=seed_list, schemes=tuple(x.strip() for x in schemes.split(",") if x.strip()))
+    cfgs = demo_configs(preset, policy, seeds=seed_list, schemes=scheme_list)
     with Board() as board:
         summaries = run_experiments({s: (c, out / s) for s, c in cfgs.items()},
                                     jobs=jobs or min(2, os.cpu_count() or 1), display=board.row)

@@ -20,7 +20,7 @@ from stages.common import Force, console, skipped
 from thinkrl.artifacts import ArtifactWriter, read_table
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge import make_judge
-from thinkrl.judge.judging import judge_rollouts
+from thinkrl.judge.judging import judge_config, judge_rollouts
 from thinkrl.judge.prompts import TEMPLATES
 
 
@@ -56,14 +56,10 @@ def judge(
     """Label each step of each rollout with a judge (judgments artifact)."""
     df = read_table(rollouts, "rollouts")
     tok_path = tokenizer or Path(df["policy"][0])
-    config = {"judge": judge_spec, "splitter": splitter, "judge_model": judge_model, "prompt": prompt,
-              "prompt_version": TEMPLATES[prompt].version if prompt in TEMPLATES else None,
-              "max_tokens": max_tokens, "tokenizer": str(tok_path)}
+    config = judge_config(judge_spec, splitter, str(tok_path), judge_model, prompt, max_tokens)
     writer = ArtifactWriter(out, "judge", config, inputs={"rollouts": rollouts})
     if writer.up_to_date() and not force:
         return skipped(out)
-    if prompt not in TEMPLATES:
-        raise ThinkrlError(f"unknown judge prompt '{prompt}' (known: {', '.join(TEMPLATES)})")
     j = make_judge(judge_spec, model=judge_model, max_tokens=max_tokens, template=prompt,
                    cache_dir=str(cache_dir or out / "_cache"), concurrency=concurrency, timeout_s=timeout,
                    retries=retries, api_key_env=api_key_env)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -96,6 +97,13 @@ def test_toml_good_file_and_round_trip(tmp_path):
     ('policy = "x"\nrounds = 0\n', ["`rounds`", ">= 1"]),
     ('policy = "x"\nscheme = "magic"\n', ["magic", "outcome"]),
     ('policy = "x\n', ["invalid TOML"]),
+    ('policy = "x"\njudge = "gpt"\n', ["unknown judge", "gpt"]),
+    ('policy = "x"\njudge = "openai:http://h"\n', ["judge_model"]),
+    ('policy = "x"\nsplitter = "judge"\n', ["splitter `judge`", "generative"]),
+    ('policy = "x"\nsplitter = "words"\n', ["unknown splitter", "words"]),
+    ('policy = "x"\njudge = "hf:d"\njudge_prompt = "mine"\n', ["unknown judge prompt", "mine"]),
+    ('policy = "x"\nengine = "sglang"\n', ["unknown engine", "sglang"]),
+    ('policy = "x"\ndtype = "int4"\n', ["unknown dtype", "int4"]),
 ])
 def test_toml_errors_name_the_key(tmp_path, text, words):
     f = tmp_path / "bad.toml"
@@ -193,6 +201,25 @@ def test_rerun_skips_and_alpha_reruns_segment_onward(tiny_run):
     assert ("round-001/rollouts" not in same) == policy_changed
     run_experiment(cfg, run_dir)  # back to the first settings: reruns segment onward again, no crash
     assert read_manifest(run_dir / "round-000/thoughts")["config"]["alpha"] == cfg.alpha
+    # settings the stages do not depend on rerun nothing: threads, and reply settings of generative judges
+    # while the judge is `rule`
+    before = manifests(run_dir)
+    run_experiment(replace(cfg, threads=2, judge_max_tokens=77, judge_prompt="intrinsic-v1"), run_dir)
+    assert manifests(run_dir) == before
+
+
+def test_evals_follow_the_settings(tiny_run):
+    """Evals that earlier settings made and these do not ask for leave the run and its summary."""
+    cfg, run_dir, _ = tiny_run
+    s = run_experiment(replace(cfg, eval_initial=False, eval_every=2), run_dir)  # 2 rounds: eval after round 1
+    assert not (run_dir / "eval-initial").exists() and not (run_dir / "round-000/eval").exists()
+    assert [e.where for e in s.evals] == ["round-001/eval"] and s.status == "complete"
+    s = run_experiment(replace(cfg, eval_every=0), run_dir)
+    assert s.evals == [] and s.status == "complete" and not list(run_dir.glob("round-*/eval"))
+    s = run_experiment(replace(cfg, rounds=1), run_dir)  # fewer rounds: round 1 is kept on disk, not reported
+    assert [r.round for r in s.rounds] == [0] and (run_dir / "round-001/train").is_dir()
+    s = run_experiment(cfg, run_dir)  # the first settings again: only the evals are redone
+    assert [e.where for e in s.evals] == ["eval-initial", "round-000/eval", "round-001/eval"]
 
 
 def test_round_with_nothing_to_learn_carries_the_policy(easy, tmp_path):

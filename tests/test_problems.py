@@ -218,3 +218,10 @@ def test_resolve_set_and_load_problems(tmp_path, monkeypatch):
     assert P.load_problems(task, limit=2, n=5)["problem_id"].to_list() == ["t-0", "t-1"]
     assert P.named_problems("toy", tmp_path, n=4).height == 4
     assert P.named_problems("aime24", tmp_path, limit=3).height == 3
+
+
+def test_task_limit_generates_that_many_and_keeps_the_prefix(tmp_path):
+    big, default = P.named_problems("arith", tmp_path, limit=500), P.named_problems("arith", tmp_path)
+    assert big.height == 500 and default.height == 200
+    assert big.head(200)["question"].to_list() == default["question"].to_list()
+    assert P.named_problems("arith", tmp_path, limit=10).height == 10

@@ -338,7 +338,7 @@ def _write_parquet_atomic(df: pl.DataFrame, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def _write_text_atomic(text: str, dest: Path) -> None:
+def write_text_atomic(text: str, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, dest)
@@ -383,7 +383,7 @@ class ArtifactWriter:
                 shutil.rmtree(root)  # parts of another config or inputs: stale
             root.mkdir(parents=True, exist_ok=True)
             if not state.is_file():
-                _write_text_atomic(self.key + "\n", state)
+                write_text_atomic(self.key + "\n", state)
             self._parts_checked = True
         d = self.out / PARTS / table
         d.mkdir(parents=True, exist_ok=True)
@@ -443,7 +443,7 @@ class ArtifactWriter:
         (self.out / MANIFEST).unlink(missing_ok=True)  # from here until the new manifest, no artifact
         for name, (tmp, _) in staged.items():
             os.replace(tmp, self.out / f"{name}.parquet")
-        _write_text_atomic(json.dumps(manifest, indent=2, sort_keys=False) + "\n", self.out / MANIFEST)
+        write_text_atomic(json.dumps(manifest, indent=2, sort_keys=False) + "\n", self.out / MANIFEST)
         shutil.rmtree(parts_root, ignore_errors=True)
         return manifest
 

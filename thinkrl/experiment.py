@@ -29,9 +29,11 @@ rounds cycle through its rows, `prompts_per_round` at a time. Seeds: sample j of
 `derive_seed(seed, r, p, j)` (thinkrl.sampling); the trainer's seed and the arith problem seed of round r
 are hashes of (seed, r); eval uses `seed` (the same uniforms at every eval, so curves share their noise).
 
-Skip and resume. Every stage builds the same `ArtifactWriter` key the stage command would (its resolved
-config + the sha256 of its inputs, the previous stage's artifact and the policy directory among them) and
-skips itself when a finished artifact has that key. Changing a setting therefore reruns exactly the stages
+Skip and resume. Every stage builds an `ArtifactWriter` key as the stage command does (its resolved config
++ the sha256 of its inputs, the previous stage's artifact and the policy directory among them; the judge's
+through the same `judge_config`) and skips itself when a finished artifact has that key. The keys of
+sample, judge, segment and train equal those of the stage commands given the same options; eval's differ
+(`part_size` and the held-out set names are the run's own), so a hand-run `thinkrl eval` recomputes. Changing a setting therefore reruns exactly the stages
 whose config or inputs change and everything downstream: `alpha` reruns segment and train of round 0 (not
 sample or judge), then every later round, since the round-0 policy changed. A killed stage resumes from
 its part files (sample, judge, eval) or the trainer's state/ (train); segment and problems redo their few
@@ -61,7 +63,15 @@ from typing import Any
 
 import polars as pl
 
-from thinkrl.artifacts import MANIFEST, ArtifactWriter, read_manifest, read_table, sha256_json, write_artifact
+from thinkrl.artifacts import (
+    MANIFEST,
+    ArtifactWriter,
+    read_manifest,
+    read_table,
+    sha256_json,
+    write_artifact,
+    write_text_atomic,
+)
 from thinkrl.errors import ThinkrlError
 from thinkrl.report import RunSummary, collect_run
 
@@ -102,7 +112,8 @@ class ExperimentConfig:
     template: str = _f("auto", "prompt template: auto (the policy's thinkrl.json), chat, chat-plain, raw, raw-plain")
     engine: str = _f("hf", "generation engine: hf (transformers) or vllm")
     dtype: str = _f("auto", "generation dtype: auto, float32 or bfloat16")
-    part_size: int = _f(8, "problems per part file of sample and eval (resume granularity)")
+    part_size: int = _f(8, "problems per part file of sample and eval (resume granularity; it sets the batch "
+                           "make-up, so changing it reruns sampling and eval)")
     # judge and advantages
     judge: str = _f("rule", "judge: rule | oracle | hf:DIR | openai:URL")
     judge_model: str | None = _f(None, "openai judge: the model name the server serves")
@@ -154,6 +165,28 @@ class ExperimentConfig:
         if self.eval_every < 0 or self.seed < 0 or self.save_every < 0:
             raise ThinkrlError("experiment: `eval_every`, `seed` and `save_every` must be >= 0")
         self.train_config(0)  # validates the training settings (lr, eps, aggregation, schedule ...)
+        self._check_judge_and_engine()  # before any work, not at the first round that needs them
+
+    def _check_judge_and_engine(self) -> None:
+        from thinkrl.judge import JUDGES
+        from thinkrl.judge.judging import judge_config
+        from thinkrl.steps import JUDGE_SPLITTER
+
+        kind = self.judge.partition(":")[0]
+        if kind not in JUDGES:
+            raise ThinkrlError(f"experiment: unknown judge {self.judge!r} (rule, oracle, hf:DIR or openai:URL)")
+        if kind == "openai" and not self.judge_model:
+            raise ThinkrlError("experiment: judge openai:URL needs `judge_model` (the model name the server serves)")
+        if self.splitter == JUDGE_SPLITTER and kind not in ("hf", "openai"):
+            raise ThinkrlError(f"experiment: splitter `judge` needs a generative judge (hf:DIR or openai:URL), "
+                               f"not {self.judge!r}")
+        judge_config(self.judge, self.splitter, "", self.judge_model, self.judge_prompt, self.judge_max_tokens)
+        from thinkrl.engine import ENGINES
+        from thinkrl.models import resolve_dtype
+
+        if self.engine not in ENGINES:
+            raise ThinkrlError(f"experiment: unknown engine {self.engine!r} (known: {', '.join(ENGINES)})")
+        resolve_dtype(self.dtype)
 
     # -- loading and saving
     @classmethod
@@ -327,9 +360,7 @@ class _Ctx:
 
     def status(self, round_: int | None, stage: str) -> None:
         body = {"round": round_, "stage": stage, "pid": os.getpid(), "time": time.time()}
-        tmp = self.run_dir / f".status.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(body) + "\n", encoding="utf-8")
-        os.replace(tmp, self.run_dir / "status.json")
+        write_text_atomic(json.dumps(body) + "\n", self.run_dir / "status.json")
 
     def start(self, round_: int | None, stage: str, total: int | None = None) -> None:
         self.status(round_, stage)
@@ -447,15 +478,11 @@ def stage_sample(ctx: _Ctx, round_: int, policy: Path, problems: Path, out: Path
 # -- judge
 def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path) -> Path:
     from thinkrl.judge import make_judge
-    from thinkrl.judge.judging import judge_rollouts
-    from thinkrl.judge.prompts import TEMPLATES
+    from thinkrl.judge.judging import judge_config, judge_rollouts
 
     cfg = ctx.cfg
-    if cfg.judge_prompt not in TEMPLATES:
-        raise ThinkrlError(f"unknown judge prompt '{cfg.judge_prompt}' (known: {', '.join(TEMPLATES)})")
-    config = {"judge": cfg.judge, "splitter": cfg.splitter, "judge_model": cfg.judge_model,
-              "prompt": cfg.judge_prompt, "prompt_version": TEMPLATES[cfg.judge_prompt].version,
-              "max_tokens": cfg.judge_max_tokens, "tokenizer": str(policy)}
+    config = judge_config(cfg.judge, cfg.splitter, str(policy), cfg.judge_model, cfg.judge_prompt,
+                          cfg.judge_max_tokens)
     writer = ArtifactWriter(out, "judge", config, inputs={"rollouts": rollouts})
     if writer.up_to_date():
         m = _metrics(out)
@@ -662,6 +689,16 @@ def run_round(ctx: _Ctx, r: int) -> None:
     stage_train(ctx, r, policy, thoughts, rd / "train")
     if ctx.cfg.eval_due(r) and ctx.eval_sets:
         stage_eval(ctx, r, policy_after(ctx.run_dir, ctx.cfg, r), rd / "eval")
+    else:
+        shutil.rmtree(rd / "eval", ignore_errors=True)  # left by earlier settings: not part of this run
+
+
+def _drop_stale_evals(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Remove an initial eval that earlier settings made and these do not ask for (round evals that are no
+    longer due go in run_round), so the summary's eval points are exactly this experiment's. Rounds past
+    `rounds` are kept (a longer rerun reuses them) and left out of the summary (collect_run)."""
+    if not (cfg.eval_initial and cfg.eval_every > 0):
+        shutil.rmtree(run_dir / INITIAL_EVAL, ignore_errors=True)
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display | None = None) -> RunSummary:
@@ -671,7 +708,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display 
     display = display or Display()
     with _run_lock(run_dir), _torch_threads(cfg.threads):
         ctx = _context(cfg, run_dir, display)
-        (run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
+        write_text_atomic(cfg.to_toml(), run_dir / "config.toml")
+        _drop_stale_evals(run_dir, cfg)
         display.begin(run_dir.name, cfg)
         if cfg.eval_initial and ctx.eval_sets:
             stage_eval(ctx, None, Path(cfg.policy), run_dir / INITIAL_EVAL)
@@ -679,7 +717,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display 
             run_round(ctx, r)
         ctx.status(None, "done")
         summary = collect_run(run_dir)
-        (run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(json.dumps(summary.to_dict(), indent=2) + "\n", run_dir / "summary.json")
     display.end(summary)
     return summary
 
@@ -753,6 +791,10 @@ def run_experiments(runs: Mapping[str, tuple[ExperimentConfig, Path]], jobs: int
                 name, (cfg, d) = pending.pop(0)
                 active[name] = ctx.Process(target=_worker, args=(name, cfg, Path(d), q), daemon=False)
                 active[name].start()
+            for name, proc in list(active.items()):  # a worker that died (killed, out of memory) sent no result
+                if proc.exitcode not in (None, 0):
+                    raise ThinkrlError(f"run {name}: worker process exited with code {proc.exitcode} "
+                                       "(its traceback, if any, is above)")
             try:
                 name, method, args = q.get(timeout=0.5)
             except queue_mod.Empty:

@@ -421,6 +421,8 @@ def resolve_set(name: str, data_dir: Path) -> ProblemSet:
 
 
 def _load_task(ps: ProblemSet, limit: int | None, **options: Any) -> pl.DataFrame:
+    if limit is not None and options.get("n") is None:
+        options["n"] = limit  # a generated set has as many problems as asked for (`--limit 500`: 500)
     return _limit(_checked(TASKS[ps.name](**options), f"task '{ps.name}'", "generator"), limit)
 
 

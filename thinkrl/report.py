@@ -13,9 +13,8 @@ summary lists what is missing.
 
 Definitions (the report repeats them under its table):
 - samples consumed after round r: rollouts sampled for training in rounds 0..r (rows of rollouts.parquet,
-  the `rollouts` metric of the sample stage). The eval of `round-r/eval` is placed at the samples of the
-  rounds its policy was trained on (read from the eval manifest's `config.policy`, `round-r/train/policy`);
-  `eval-initial` at 0.
+  the `rollouts` metric of the sample stage). The eval of `round-r/eval` (of `round-r/train/policy`) is placed at
+  the samples of rounds 0..r; `eval-initial` (of the start policy, whatever it is) at 0.
 - held-out accuracy: avg@k (mean pass@1 over k samples), macro-averaged over the benchmarks evaluated.
 - samples to reach the baseline: the samples consumed at the first eval point whose accuracy is at least
   the baseline's final accuracy (the first run given is the baseline, e.g. plain GRPO). Eval points are
@@ -53,7 +52,6 @@ PLOTS = {"accuracy_vs_samples.png": "held-out accuracy vs training samples consu
          "length.png": "mean solution length per round",
          "incorrect_thoughts.png": "share of tokens in incorrect thoughts per round"}
 _ROUND = re.compile(r"^round-(\d+)$")
-_TRAINED = re.compile(r"round-(\d+)[/\\]train[/\\]policy[/\\]?$")
 _EPS = 1e-9
 
 
@@ -269,7 +267,7 @@ def _train_metrics(train_dir: Path, rs: RoundSummary) -> None:
         rs.dropped_rollouts = int(tm["dropped_rollouts"][-1])
 
 
-def _eval_point(d: Path, where: str, default_rounds: int, cum: dict[int, int | None],
+def _eval_point(d: Path, where: str, trained: int, cum: dict[int, int | None],
                 missing: list[str]) -> EvalPoint | None:
     m = _manifest(d, missing, where)
     if m is None:
@@ -279,9 +277,6 @@ def _eval_point(d: Path, where: str, default_rounds: int, cum: dict[int, int | N
     except ThinkrlError as e:
         missing.append(f"{where}: {e}")
         return None
-    policy = str((m.get("config") or {}).get("policy") or "")
-    hit = _TRAINED.search(policy)
-    trained = int(hit.group(1)) + 1 if hit else default_rounds
     samples = 0 if trained == 0 else cum.get(trained - 1)
     rows = summary.to_dicts()
     mean = lambda k: float(np.mean([r[k] for r in rows]))  # noqa: E731
@@ -326,7 +321,7 @@ def collect_run(run_dir: str | Path) -> RunSummary:
     evals = []
     if (d / "eval-initial").exists():
         evals.append(_eval_point(d / "eval-initial", "eval-initial", 0, cum, missing))
-    else:
+    elif _find_key(cfg, "eval_initial") is not False and _find_key(cfg, "eval_every") != 0:
         missing.append("eval-initial: not run (no accuracy at 0 samples)")
     for r, rd in round_dirs:
         if (rd / "eval").exists():

@@ -31,6 +31,23 @@ from thinkrl.steps import (
 )
 
 
+def judge_config(judge: str, splitter: str, tokenizer: str, judge_model: str | None = None,
+                 prompt: str = "intrinsic-v1", max_tokens: int = 1024) -> dict:
+    """The judge stage's resolved config (its skip key), the same for `thinkrl judge` and `thinkrl run`.
+    Prompt, reply length and model name only matter to generative judges (hf:, openai:): for rule and
+    oracle they are left out, so changing them reruns nothing. Checks the splitter and the prompt."""
+    from thinkrl.judge.prompts import TEMPLATES
+
+    check_splitter(splitter)
+    config: dict = {"judge": judge, "splitter": splitter, "tokenizer": tokenizer}
+    if judge.split(":", 1)[0] in ("hf", "openai"):
+        if prompt not in TEMPLATES:
+            raise ThinkrlError(f"unknown judge prompt '{prompt}' (known: {', '.join(TEMPLATES)})")
+        config |= {"judge_model": judge_model, "prompt": prompt, "prompt_version": TEMPLATES[prompt].version,
+                   "max_tokens": max_tokens}
+    return config
+
+
 def requests_for(rollouts: pl.DataFrame, splitter: str) -> list[JudgeRequest]:
     reqs = []
     for r in rollouts.iter_rows(named=True):
