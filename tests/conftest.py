@@ -48,7 +48,7 @@ def cli(args: Sequence[str | os.PathLike], cwd: str | os.PathLike | None = None,
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli():
     """The `cli` helper: run_cli(args, cwd=None, env=None) -> (returncode, stdout, stderr)."""
     return cli

@@ -210,3 +210,18 @@ def test_judge_splitter_needs_a_proposing_judge(tmp_path, tokenizer):
     with pytest.raises(ThinkrlError, match="needs a judge that proposes steps"):
         judge_rollouts(rollouts_frame(tokenizer, 2), make_judge("rule"), tokenizer,
                        ArtifactWriter(tmp_path / "j", "judge", {}), splitter="judge")
+
+
+def test_judge_config_keys_what_the_judge_depends_on():
+    from thinkrl.judge.judging import judge_config
+    from thinkrl.judge.rule import RuleJudge
+
+    rule = judge_config("rule", "blank", "tok", judge_model="m", prompt="intrinsic-v1", max_tokens=9)
+    assert rule == {"judge": "rule", "splitter": "blank", "tokenizer": "tok", "judge_version": RuleJudge.version}
+    gen = judge_config("openai:http://h", "judge", "tok", judge_model="m", max_tokens=9)
+    assert gen["prompt_version"] == TEMPLATES["intrinsic-v1"].version and gen["max_tokens"] == 9
+    assert gen["judge_model"] == "m" and "judge_version" not in gen
+    with pytest.raises(ThinkrlError, match="unknown judge prompt"):
+        judge_config("hf:d", "blank", "tok", prompt="nope")
+    with pytest.raises(ThinkrlError, match="unknown splitter"):
+        judge_config("rule", "words", "tok")

@@ -71,6 +71,7 @@ class OracleJudge:
     """Judge protocol: exact labels for ArithChain rollouts (see module docstring)."""
 
     name = "oracle"
+    version = 1  # bump when thinkrl.tasks.arith.oracle_label changes: it is part of the judge stage's key
 
     def judge_many(self, requests: list[JudgeRequest], progress=None) -> list[Verdict]:
         out = []

@@ -1068,6 +1068,7 @@ class RuleJudge:
     """Judge protocol: the intrinsic-signal protocol executed on arithmetic steps (see module docstring)."""
 
     name = "rule"
+    version = 2  # bump when the labels of any input change: it is part of the judge stage's key
 
     def judge_many(self, requests: list[JudgeRequest], progress=None) -> list[Verdict]:
         out = []
