@@ -1,6 +1,6 @@
 """`thinkrl demo`: the embedded default end to end: GRPO vs TP-GRPO on ArithChain with the tiny policy.
 
-    thinkrl demo                 # 5.5 min on 2 CPU cores, warm start included (measured)
+    thinkrl demo                 # 5.5-6.5 min on 2 CPU cores, warm start included (measured)
     thinkrl demo --quick         # a smoke run, about 1 min
     thinkrl demo --full          # a bigger budget
     thinkrl demo --policy DIR    # skip the warm start: train DIR

@@ -842,8 +842,8 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
     # smoke run: a short warm start (the policy is rarely right), 2 rounds of 4 steps; 47 s measured
     "quick": DemoPreset(warmstart={"steps": 250, "corpus_size": 10000}, rounds=2, prompts_per_round=20,
                         eval_every=1, eval_problems=50, eval_k=2),
-    # the DESIGN §5 warm start, then 8 rounds of ~20 steps (6400 samples) per scheme: 5.5 min measured on 2
-    # cores (warm start 175 s), inside the 15-minute budget
+    # the DESIGN §5 warm start, then 8 rounds of ~20 steps (6400 samples) per scheme: 5.5-6.5 min measured on 2
+    # cores (warm start 175-198 s), inside the 15-minute budget
     "default": DemoPreset(warmstart={"steps": 1500}, rounds=8, prompts_per_round=100, eval_every=1,
                           eval_problems=200, eval_k=4),
     "full": DemoPreset(warmstart={"steps": 3000}, rounds=20, prompts_per_round=100, eval_every=2,
