@@ -24,24 +24,10 @@ from typing import Annotated
 
 import typer
 
-from stages.common import console, env_flag
+from stages.common import console
+from stages.model import warmstart_bar
 from stages.report import print_comparison
 from stages.run import Board
-
-
-def _warmstart_bar():
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(TextColumn("[bold]warm start"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                        TextColumn("step {task.fields[step]}  loss {task.fields[loss]}"), TimeElapsedColumn(),
-                        console=console, disable=not console.is_terminal and env_flag("THINKRL_NO_PROGRESS"))
-    task = progress.add_task("warm start", total=1.0, step=0, loss="-")
-
-    def update(d: dict) -> None:
-        if d["step"] % 10 == 0:
-            progress.update(task, completed=d["frac"], step=d["step"], loss=f"{d['loss_ema']:.3f}")
-
-    return progress, update
 
 
 def demo(
@@ -69,7 +55,7 @@ def demo(
     demo_configs(preset, policy or out / "start", seeds=seed_list, schemes=scheme_list)  # bad options: fail now
     t0 = time.perf_counter()
     if policy is None:
-        progress, update = _warmstart_bar()
+        progress, update = warmstart_bar()
         with progress:
             policy = prepare_start_policy(out, preset, progress=update)
     console.print(f"start policy: {policy}  ({time.perf_counter() - t0:.0f} s)")

@@ -18,20 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from stages.common import Force, console, skipped
 from thinkrl.artifacts import ArtifactWriter, read_table
-from thinkrl.errors import ThinkrlError
 from thinkrl.judge import make_judge
 from thinkrl.judge.judging import judge_config, judge_rollouts
 from thinkrl.judge.prompts import TEMPLATES
-
-
-def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise ThinkrlError(f"{path}: cannot load the policy tokenizer for token spans "
-                           f"({str(e).splitlines()[0][:120]}); pass --tokenizer DIR") from None
+from thinkrl.models import load_tokenizer
 
 
 def judge(
@@ -63,7 +53,7 @@ def judge(
     j = make_judge(judge_spec, model=judge_model, max_tokens=max_tokens, template=prompt,
                    cache_dir=str(cache_dir or out / "_cache"), concurrency=concurrency, timeout_s=timeout,
                    retries=retries, api_key_env=api_key_env)
-    tok = load_tokenizer(tok_path)
+    tok = load_tokenizer(tok_path, hint="; pass --tokenizer DIR")
     with Progress(TextColumn("[bold]judge"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
         task = bar.add_task("judge", total=df.height)

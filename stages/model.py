@@ -47,7 +47,8 @@ def init_cmd(
     console.print(f"[green]{out}[/green]: {preset} policy, {n / 1e6:.2f}M parameters, seed {seed}")
 
 
-def _progress_bar():
+def warmstart_bar():
+    """The warm start's progress bar and its progress callback (also used by `thinkrl demo`)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     progress = Progress(
@@ -64,7 +65,7 @@ def _progress_bar():
         progress.update(task, completed=d["frac"], step=d["step"], loss=f"{d['loss_ema']:.4f}",
                         rate=f"{d['tokens_per_s']:.0f}")
 
-    return progress, task, update
+    return progress, update
 
 
 def warmstart_cmd(
@@ -102,7 +103,7 @@ def warmstart_cmd(
     if not force and is_up_to_date(policy, out, cfg):
         skipped(out)
         return
-    progress, _, update = _progress_bar()
+    progress, update = warmstart_bar()
     with progress:
         warmstart(policy, out, cfg, progress=update, force=force)
     m = json.loads((out / METRICS_JSON).read_text(encoding="utf-8"))

@@ -344,6 +344,17 @@ def write_text_atomic(text: str, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Put the finished directory `tmp` (a sibling of dest) in dest's place: the old dest is renamed aside
+    first and removed last, so dest is never half-written."""
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 class ArtifactWriter:
     """Writes one artifact directory: parts while working, tables and manifest at `finish`.
 

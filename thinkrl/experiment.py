@@ -68,6 +68,7 @@ from thinkrl.artifacts import (
     ArtifactWriter,
     read_manifest,
     read_table,
+    replace_dir,
     sha256_json,
     write_artifact,
     write_text_atomic,
@@ -343,14 +344,10 @@ class _Ctx:
         return self._engine[1]
 
     def tokenizer(self, policy: Path):
-        from transformers import AutoTokenizer
+        from thinkrl.models import load_tokenizer
 
         if str(policy) not in self._tokenizers:
-            try:
-                self._tokenizers[str(policy)] = AutoTokenizer.from_pretrained(str(policy), trust_remote_code=False)
-            except (OSError, ValueError) as e:
-                raise ThinkrlError(f"{policy}: cannot load the policy tokenizer ({str(e).splitlines()[0][:120]})"
-                                   ) from None
+            self._tokenizers[str(policy)] = load_tokenizer(policy)
         return self._tokenizers[str(policy)]
 
     def template(self, policy: Path) -> str:
@@ -546,9 +543,7 @@ def _copy_policy(src: Path, dest: Path) -> None:
             shutil.copy2(a, b)
 
     shutil.copytree(src, tmp, copy_function=link, ignore=shutil.ignore_patterns("_parts"))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    replace_dir(tmp, dest)
 
 
 def _carry_forward(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path, reason: str) -> Path:

@@ -22,7 +22,6 @@ Nothing here is from the paper, which trains DeepSeek-R1-Distill-Qwen-1.5B/7B.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from thinkrl import __version__
+from thinkrl.artifacts import replace_dir
 from thinkrl.errors import ThinkrlError
 
 THINKRL_JSON = "thinkrl.json"
@@ -126,9 +126,7 @@ def save_policy(model, tokenizer, out_dir: str | Path, meta: dict, force: bool =
         (tmp / THINKRL_JSON).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -187,16 +185,24 @@ def check_model_dir(model_dir: str | Path) -> Path:
     return d
 
 
+def load_tokenizer(model_dir: str | Path, hint: str = ""):
+    """The tokenizer of a HF model directory (trust_remote_code off); a one-line error otherwise."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    except Exception as e:  # transformers raises many kinds for a broken directory
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise ThinkrlError(f"{model_dir}: could not load the tokenizer ({type(e).__name__}: {first}){hint}") from None
+
+
 def load_policy(model_dir: str | Path, dtype: str | torch.dtype | None = "float32",
                 device: str | torch.device = "cpu"):
     """(model in eval mode, tokenizer) from a HF causal-LM directory; trust_remote_code stays off."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     d = check_model_dir(model_dir)
-    try:
-        tok = AutoTokenizer.from_pretrained(d, trust_remote_code=False)
-    except Exception as e:  # transformers raises many kinds for a broken directory
-        raise ThinkrlError(f"{d}: could not load the tokenizer ({type(e).__name__}: {e})") from None
+    tok = load_tokenizer(d)
     try:
         model = AutoModelForCausalLM.from_pretrained(d, dtype=resolve_dtype(dtype), trust_remote_code=False)
     except Exception as e:

@@ -59,7 +59,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from thinkrl.artifacts import ADVANTAGES, MANIFEST, ArtifactWriter, to_frame, validate_frame
+from thinkrl.artifacts import ADVANTAGES, MANIFEST, ArtifactWriter, replace_dir, to_frame, validate_frame
 from thinkrl.errors import ThinkrlError
 from thinkrl.loss import AGGREGATIONS, BatchCounts, LossConfig, policy_loss
 
@@ -461,15 +461,6 @@ def step_counts(micro_batches: Sequence[Sequence[Rollout]], norm_len: int, dist:
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    old = dest.with_name(f".{dest.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _rng_state() -> dict[str, Any]:
     """RNG states as tensors/lists so that torch.load(weights_only=True) reads them."""
     np_state = np.random.get_state()
@@ -509,7 +500,7 @@ def export_policy(model, tokenizer, policy_dir: Path, dest: Path) -> None:
         tokenizer.save_pretrained(tmp)
     if (policy_dir / "thinkrl.json").is_file():
         shutil.copy2(policy_dir / "thinkrl.json", tmp / "thinkrl.json")
-    _replace_dir(tmp, dest)
+    replace_dir(tmp, dest)
 
 
 def save_state(run: _Run, step: int) -> None:
@@ -521,7 +512,7 @@ def save_state(run: _Run, step: int) -> None:
     torch.save({"step": step, "key": run.key, "optimizer": run.optimizer.state_dict(),
                 "scheduler": run.scheduler.state_dict(), "rng": _rng_state(), "rows": run.rows,
                 "nonfinite_in_row": run.nonfinite_in_row}, tmp / STATE_FILE)
-    _replace_dir(tmp, run.out_dir / "state")
+    replace_dir(tmp, run.out_dir / "state")
 
 
 def checkpoint(run: _Run, step: int) -> None:
@@ -591,23 +582,13 @@ def _quiet_hf():
 
 
 def _load_model(path: Path, cfg: TrainConfig, device: torch.device):
+    from thinkrl.models import load_policy
+
     with _quiet_hf():
-        model, tok = _load_model_files(path)
+        model, tok = load_policy(path, dtype="float32")
     if cfg.dtype == "float64":
         model = model.double()
     return model.to(device), tok
-
-
-def _load_model_files(path: Path):
-    try:
-        from thinkrl.models import load_policy
-    except ImportError:  # pragma: no cover - models.py is optional for the trainer
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        return model, tok
-    return load_policy(path, dtype="float32")
 
 
 def _stat_fingerprint(d: Path) -> list:
