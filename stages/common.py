@@ -53,6 +53,11 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
 
 
+def show_progress() -> bool:
+    """Progress bars are drawn unless THINKRL_NO_PROGRESS is set (1/true/yes)."""
+    return not env_flag("THINKRL_NO_PROGRESS")
+
+
 class TokenProgress:
     """A rich progress bar over sequences with live tokens/s; `update(new_tokens, finished_sequences)`
     matches the engine's progress callback."""
@@ -64,7 +69,7 @@ class TokenProgress:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, transient=False,
-            disable=not console.is_terminal and env_flag("THINKRL_NO_PROGRESS"),
+            disable=not show_progress(),
         )
         self._task = self._progress.add_task(description, total=total, rate="")
         self._t0 = None

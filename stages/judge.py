@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from stages.common import Force, console, skipped
+from stages.common import Force, console, show_progress, skipped
 from thinkrl.artifacts import ArtifactWriter, read_table
 from thinkrl.judge import make_judge
 from thinkrl.judge.judging import judge_config, judge_rollouts
@@ -55,7 +55,7 @@ def judge(
                    retries=retries, api_key_env=api_key_env)
     tok = load_tokenizer(tok_path, hint="; pass --tokenizer DIR")
     with Progress(TextColumn("[bold]judge"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as bar:
+                  console=console, disable=not show_progress()) as bar:
         task = bar.add_task("judge", total=df.height)
         metrics = judge_rollouts(df, j, tok, writer, splitter=splitter, part_size=part_size,
                                  progress=lambda k: bar.advance(task, k))

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from stages.common import Force, console, env_flag, guard, skipped
+from stages.common import Force, console, guard, show_progress, skipped
 from thinkrl.models import PRESETS
 from thinkrl.warmstart import WarmstartConfig
 
@@ -55,7 +55,7 @@ def warmstart_bar():
         TextColumn("[bold]warm start"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
         TextColumn("step {task.fields[step]}  loss {task.fields[loss]}  {task.fields[rate]} tok/s"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-        disable=not console.is_terminal and env_flag("THINKRL_NO_PROGRESS"),
+        disable=not show_progress(),
     )
     task = progress.add_task("warm start", total=1.0, step=0, loss="-", rate="-")
 

@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from stages.common import console, env_flag
+from stages.common import console, show_progress
 from thinkrl.experiment import Display, ExperimentConfig
 
 
@@ -88,7 +88,7 @@ class Board:
         return t
 
     def __enter__(self) -> Board:
-        if console.is_terminal and not env_flag("THINKRL_NO_PROGRESS"):
+        if console.is_terminal and show_progress():
             from rich.live import Live
 
             self.live = Live(self, console=console, refresh_per_second=4, transient=False)

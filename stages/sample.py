@@ -37,21 +37,24 @@ def sample(
     force: Force = False,
 ) -> None:
     """Sample completions with a policy and grade them (rollouts artifact)."""
-    from thinkrl.engine import load_engine  # heavy (torch, transformers): imported when the stage runs
+    from thinkrl.engine import check_engine, load_engine  # heavy: imported when the stage runs
+    from thinkrl.models import check_model_dir, load_tokenizer
     from thinkrl.sampling import SampleConfig, parse_shard, sample_rollouts
     from thinkrl.templates import resolve_template
 
     probs = read_table(problems, "problems")
     if limit is not None:
         probs = probs.head(limit)
-    eng = load_engine(engine, policy, dtype=dtype)
-    tmpl = resolve_template(template, eng.tokenizer, model_dir=policy)
+    check_engine(engine)
+    check_model_dir(policy)
+    tmpl = resolve_template(template, load_tokenizer(policy), model_dir=policy)  # the key needs no model
     cfg = SampleConfig(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()),
                        template=tmpl, seed=seed, round=round_, shard=parse_shard(shard), part_size=part_size)
     config = {**cfg.to_dict(), "engine": engine, "dtype": dtype, "limit": limit, "policy": str(policy)}
     writer = ArtifactWriter(out, "sample", config, inputs={"problems": problems, "policy": policy})
     if writer.up_to_date() and not force:
         return skipped(out)
+    eng = load_engine(engine, policy, dtype=dtype)
     k, m = cfg.shard
     total = sum(1 for i in range(probs.height) if i % m == k) * n
     with TokenProgress(total, "sample") as bar:

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from stages.common import Force, console, env_flag, skipped
+from stages.common import Force, console, show_progress, skipped
 from thinkrl import trainer
 from thinkrl.artifacts import ArtifactWriter, read_table
 from thinkrl.trainer import TrainConfig
@@ -39,7 +39,7 @@ class _Bar:
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), console=console,
-            disable=not console.is_terminal and env_flag("THINKRL_NO_PROGRESS"))
+            disable=not show_progress())
         self.task = None
 
     def __call__(self, row: dict, done: int, total: int) -> None:

@@ -279,10 +279,6 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def tables_of(path: str | Path) -> list[str]:
-    return list(read_manifest(path)["outputs"])
-
-
 def validate_frame(df: pl.DataFrame, schema: Schema, where: str, allow_empty: bool = False) -> pl.DataFrame:
     """Check columns and types against `schema`; return the frame with columns in schema order."""
     for col in schema.columns:

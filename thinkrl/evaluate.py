@@ -21,7 +21,7 @@ import polars as pl
 
 from thinkrl.artifacts import ArtifactWriter
 from thinkrl.engine.base import Engine
-from thinkrl.sampling import SampleConfig, sample_part
+from thinkrl.sampling import SampleConfig, sample_in_parts
 
 
 @dataclass(frozen=True)
@@ -89,18 +89,13 @@ def evaluate(benchmarks: Mapping[str, pl.DataFrame], engine: Engine, cfg: EvalCo
     """Sample cfg.k completions per problem of every benchmark (parts resume), write samples + summary."""
     scfg = cfg.sample_config()
     for bench, problems in benchmarks.items():
-        for start in range(0, problems.height, cfg.part_size):
-            part = f"{bench}-{start // cfg.part_size:06d}"
-            if writer.part_done("eval_samples", part):
-                if progress:
-                    progress(0, min(cfg.part_size, problems.height - start) * cfg.k)
-                continue
-            chunk = problems.slice(start, cfg.part_size)
-            rows = sample_part(chunk, engine, scfg, template, policy, progress)
-            writer.write_part("eval_samples", part, [
-                {"benchmark": bench, "problem_id": r["problem_id"], "sample_idx": r["sample_idx"],
-                 "completion": r["completion"], "pred_answer": r["pred_answer"], "correct": r["correct"],
-                 "tokens": len(r["completion_ids"]), "finish_reason": r["finish_reason"]} for r in rows])
+        def eval_rows(rows: list[dict], bench: str = bench) -> list[dict]:
+            return [{"benchmark": bench, "problem_id": r["problem_id"], "sample_idx": r["sample_idx"],
+                     "completion": r["completion"], "pred_answer": r["pred_answer"], "correct": r["correct"],
+                     "tokens": len(r["completion_ids"]), "finish_reason": r["finish_reason"]} for r in rows]
+
+        sample_in_parts(problems, engine, scfg, template, policy, writer, "eval_samples", f"{bench}-", eval_rows,
+                        progress)
     samples = writer.read_parts("eval_samples")
     summary = summarise(samples, cfg.k)
     writer.set_table("eval_summary", summary)

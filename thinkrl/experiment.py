@@ -69,11 +69,11 @@ from thinkrl.artifacts import (
     read_manifest,
     read_table,
     replace_dir,
-    sha256_json,
     write_artifact,
     write_text_atomic,
 )
 from thinkrl.errors import ThinkrlError
+from thinkrl.problems import problems_sha256
 from thinkrl.report import RunSummary, collect_run
 
 try:
@@ -84,9 +84,6 @@ except ImportError:  # Python 3.10
 ROUND_DIR = "round-{:03d}"
 HELD_OUT_ARITH = 2000
 INITIAL_EVAL = "eval-initial"
-STAGES = ("problems", "sample", "judge", "segment", "train", "eval")
-STAGE_DIRS = {"problems": "problems", "sample": "rollouts", "judge": "judgments", "segment": "thoughts",
-              "train": "train", "eval": "eval"}
 
 
 def _f(default: Any, help: str) -> Any:
@@ -182,11 +179,10 @@ class ExperimentConfig:
             raise ThinkrlError(f"experiment: splitter `judge` needs a generative judge (hf:DIR or openai:URL), "
                                f"not {self.judge!r}")
         judge_config(self.judge, self.splitter, "", self.judge_model, self.judge_prompt, self.judge_max_tokens)
-        from thinkrl.engine import ENGINES
+        from thinkrl.engine import check_engine
         from thinkrl.models import resolve_dtype
 
-        if self.engine not in ENGINES:
-            raise ThinkrlError(f"experiment: unknown engine {self.engine!r} (known: {', '.join(ENGINES)})")
+        check_engine(self.engine)
         resolve_dtype(self.dtype)
 
     # -- loading and saving
@@ -208,10 +204,6 @@ class ExperimentConfig:
             lines.append(f"# {f.metadata['help']}")
             lines.append(f"# {f.name} = (unset)" if value is None else f"{f.name} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
-
-    @staticmethod
-    def help(name: str) -> str:
-        return next(f.metadata["help"] for f in fields(ExperimentConfig) if f.name == name)
 
     # -- the stages' configs
     def train_config(self, round_: int):
@@ -440,7 +432,7 @@ def stage_problems(ctx: _Ctx, round_: int, out: Path) -> Path:
     df = round_problems(cfg, ctx.train_source, round_)
     inputs = {"problems": cfg.problems} if (Path(cfg.problems) / MANIFEST).is_file() else {}
     config = {"source": cfg.problems, "round": round_, "prompts_per_round": cfg.prompts_per_round,
-              "seed": cfg.seed, "problems_sha256": sha256_json(df.select("problem_id", "question", "answer").rows())}
+              "seed": cfg.seed, "problems_sha256": problems_sha256(df)}
     writer = ArtifactWriter(out, "prepare", config, inputs=inputs)
     skipped = writer.up_to_date()
     if not skipped:
@@ -528,9 +520,6 @@ def stage_segment(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, judgment
 
 
 # -- train
-NOTHING_TO_LEARN = ("no rollouts to train on", "nothing to train on")
-
-
 def _copy_policy(src: Path, dest: Path) -> None:
     """dest = a copy of src (hard links where possible), written to a temp sibling and renamed in."""
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
@@ -579,9 +568,7 @@ def stage_train(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path)
     try:
         m = trainer.train(policy, df, tcfg, out, resume=True, writer=writer,
                           progress=lambda row, done, total: ctx.display.advance(1, row["tokens"]))
-    except ThinkrlError as e:
-        if not any(s in str(e) for s in NOTHING_TO_LEARN):
-            raise
+    except trainer.NothingToTrain as e:
         return _carry_forward(ctx, round_, policy, thoughts, out, str(e)[:120])
     ctx._engine = None  # the policy on disk changed: never reuse an engine loaded from a stale path
     ctx.display.done(round_, "train", f"{m['steps']} steps, final loss {m['final_loss']:+.4f}, "
@@ -599,7 +586,7 @@ def stage_eval(ctx: _Ctx, round_: int | None, policy: Path, out: Path) -> Path:
     tmpl = ctx.template(policy)
     config = {**asdict(ecfg), "benchmarks": list(ctx.eval_sets), "limit": cfg.eval_problems, "template": tmpl,
               "engine": cfg.engine, "dtype": cfg.dtype, "policy": str(policy),
-              "problems_sha256": {n: sha256_json(df.select("problem_id", "question", "answer").rows())
+              "problems_sha256": {n: problems_sha256(df)
                                   for n, df in ctx.eval_sets.items()}}
     writer = ArtifactWriter(out, "eval", config, inputs={"policy": policy})
     skipped = writer.up_to_date()

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 from rich.console import Console
 from rich.table import Table
 
@@ -83,7 +82,3 @@ def render_summary(s: dict, console: Console) -> None:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else _short(v)
-
-
-def frame_preview(df: pl.DataFrame, rows: int = 5) -> list[dict]:
-    return df.head(rows).to_dicts()

@@ -100,7 +100,8 @@ def read_thinkrl_json(model_dir: str | Path) -> dict:
         raise ThinkrlError(f"{p}: expected a JSON object ({e})") from None
 
 
-def _prepare_out(out_dir: Path, force: bool) -> None:
+def prepare_out(out_dir: Path, force: bool) -> None:
+    """Refuse to write a model over a file, or over a non-empty directory unless force."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ThinkrlError(f"{out_dir}: expected a directory to write a model into, found a file")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
@@ -113,7 +114,7 @@ def save_policy(model, tokenizer, out_dir: str | Path, meta: dict, force: bool =
     """Write model + tokenizer + generation_config + thinkrl.json (+ extra_files: name -> text) to a temp
     sibling, then rename into place."""
     out_dir = Path(out_dir)
-    _prepare_out(out_dir, force)
+    prepare_out(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:

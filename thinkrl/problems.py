@@ -42,7 +42,7 @@ from typing import Any
 
 import polars as pl
 
-from thinkrl.artifacts import PROBLEMS, to_frame, validate_frame
+from thinkrl.artifacts import PROBLEMS, sha256_json, to_frame, validate_frame
 from thinkrl.errors import ThinkrlError
 
 DATA_ENV = "THINKRL_DATA_DIR"
@@ -456,6 +456,11 @@ def load_problems(ps: ProblemSet, limit: int | None = None, **options: Any) -> p
         bad = ", ".join("--" + k.replace("_", "-") for k in options if k in FILE_OPTIONS)
         raise ThinkrlError(f"'{ps.name}' is a generated task; {bad} apply to a FILE only")
     return LOADERS[ps.kind](ps, limit, **options)
+
+
+def problems_sha256(df: pl.DataFrame) -> str:
+    """What a set of problems is, for skip keys: the sha256 of its ids, questions and answers."""
+    return sha256_json(df.select("problem_id", "question", "answer").rows())
 
 
 def named_problems(name: str, data_dir: Path, limit: int | None = None, **options: Any) -> pl.DataFrame:

@@ -34,7 +34,7 @@ import polars as pl
 from thinkrl.artifacts import MANIFEST, fingerprint, read_manifest, read_table
 from thinkrl.errors import ThinkrlError
 from thinkrl.steps import token_char_offsets
-from thinkrl.thoughts import StepLabel, merge_thoughts, outcome_advantages
+from thinkrl.thoughts import merge_thoughts, outcome_advantages, step_labels
 
 LABEL_STYLE = {"correct": "green", "incorrect": "bold red", "matched": "magenta", "unmatched": "grey50",
                "unknown": "yellow"}
@@ -293,12 +293,11 @@ def _thoughts(th: pl.DataFrame | None, rid: str, steps: list[StepView], n: int) 
         if rows.height:
             return [(r["thought_idx"], r["token_start"], r["token_end"], r["label"], float(r["reward"]))
                     for r in rows.iter_rows(named=True)], "thoughts table"
-    if steps:
-        labels = [StepLabel(min(s.token_start, n), min(s.token_end, n), s.label) for s in steps]
-        answer_start = max(s.token_end for s in labels)
+    labels, answer_start = step_labels(((s.token_start, s.token_end, s.label) for s in steps), n)
+    if labels is not None:
         return [(i, a, b, lab, None) for i, (a, b, lab, _) in enumerate(merge_thoughts(labels, answer_start))], \
             "judgments (merged here)"
-    return [], "none"
+    return [], "judgment failed: every step unknown (outcome advantage)" if steps else "none"
 
 
 def _thought_chars(spec: list[tuple], steps: list[StepView], offsets: list[tuple[int, int]] | None,

@@ -71,14 +71,6 @@ def shard_problems(problems: pl.DataFrame, shard: tuple[int, int]) -> pl.DataFra
     return problems.with_row_index("_i").filter(pl.col("_i") % n == k).drop("_i")
 
 
-@dataclass
-class Counter:
-    rollouts: int = 0
-    tokens: int = 0
-    correct: int = 0
-    truncated: int = 0
-
-
 def sample_part(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, template: str, policy: str,
                 progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Generate and grade cfg.n completions for each problem of one part; rows of the rollouts schema."""
@@ -115,16 +107,8 @@ def sample_rollouts(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, w
     if mine.height == 0:
         raise ThinkrlError(f"shard {cfg.shard[0]}/{cfg.shard[1]} holds no problems ({problems.height} in all)")
     t0 = time.perf_counter()
-    new_tokens = 0
-    for start in range(0, mine.height, cfg.part_size):
-        part = f"{start // cfg.part_size:06d}"
-        if writer.part_done("rollouts", part):
-            if progress:
-                progress(0, min(cfg.part_size, mine.height - start) * cfg.n)
-            continue
-        rows = sample_part(mine.slice(start, cfg.part_size), engine, cfg, template, policy, progress)
-        writer.write_part("rollouts", part, rows)
-        new_tokens += sum(len(r["completion_ids"]) for r in rows)
+    new_tokens = sample_in_parts(mine, engine, cfg, template, policy, writer, "rollouts", "", lambda rows: rows,
+                                 progress)
     seconds = time.perf_counter() - t0
     df = writer.read_parts("rollouts")
     metrics = rollout_metrics(df)
@@ -132,6 +116,24 @@ def sample_rollouts(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, w
                    tokens_per_s=round(new_tokens / seconds, 2) if seconds > 0 else None)
     writer.finish(metrics)
     return metrics
+
+
+def sample_in_parts(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, template: str, policy: str,
+                    writer: ArtifactWriter, table: str, prefix: str, to_rows: Callable[[list[dict]], list[dict]],
+                    progress: Callable[[int, int], None] | None = None) -> int:
+    """Sample `problems` cfg.part_size at a time into part files `{prefix}{index:06d}` of `table` (rows made
+    by to_rows from the rollout rows), skipping parts a killed run already wrote. Returns the new tokens."""
+    new_tokens = 0
+    for start in range(0, problems.height, cfg.part_size):
+        part = f"{prefix}{start // cfg.part_size:06d}"
+        if writer.part_done(table, part):
+            if progress:
+                progress(0, min(cfg.part_size, problems.height - start) * cfg.n)
+            continue
+        rows = sample_part(problems.slice(start, cfg.part_size), engine, cfg, template, policy, progress)
+        writer.write_part(table, part, to_rows(rows))
+        new_tokens += sum(len(r["completion_ids"]) for r in rows)
+    return new_tokens
 
 
 def rollout_metrics(df: pl.DataFrame) -> dict:

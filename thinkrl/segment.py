@@ -21,10 +21,10 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
-from thinkrl.artifacts import ArtifactWriter
+from thinkrl.artifacts import JUDGMENTS, ArtifactWriter
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import INCORRECT, UNKNOWN
-from thinkrl.thoughts import SCHEMES, RolloutInput, StepLabel
+from thinkrl.thoughts import SCHEMES, RolloutInput, step_labels
 
 LogprobFn = Callable[[list[list[int]], list[list[int]]], list[np.ndarray]]
 
@@ -37,15 +37,8 @@ def rollout_inputs(rollouts: pl.DataFrame, judgments: pl.DataFrame) -> dict[str,
     for r in rollouts.iter_rows(named=True):
         n = len(r["completion_ids"])
         j = steps_by.get(r["rollout_id"])
-        if j is None or j.height == 0:
-            out[r["rollout_id"]] = RolloutInput(r["rollout_id"], bool(r["correct"]), n, None, n)
-            continue
-        steps = tuple(StepLabel(min(a, n), min(b, n), lab)
-                      for a, b, lab in zip(j["token_start"], j["token_end"], j["label"], strict=True))
-        if all(s.label == UNKNOWN for s in steps):  # the judgment failed as a whole
-            out[r["rollout_id"]] = RolloutInput(r["rollout_id"], bool(r["correct"]), n, None, n)
-            continue
-        answer_start = max(s.token_end for s in steps)
+        spans = [] if j is None else zip(j["token_start"], j["token_end"], j["label"], strict=True)
+        steps, answer_start = step_labels(spans, n)
         out[r["rollout_id"]] = RolloutInput(r["rollout_id"], bool(r["correct"]), n, steps, answer_start)
     return out
 
@@ -57,8 +50,7 @@ def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str,
     if judgments is None:
         if scheme != "outcome":
             raise ThinkrlError(f"scheme '{scheme}' needs --judgments (only 'outcome' works without a judge)")
-        judgments = pl.DataFrame(schema={"rollout_id": pl.String, "step_idx": pl.Int32, "token_start": pl.Int32,
-                                         "token_end": pl.Int32, "label": pl.String})
+        judgments = pl.DataFrame(schema=JUDGMENTS.polars_schema)
     known = set(rollouts["rollout_id"])
     stray = judgments.filter(~pl.col("rollout_id").is_in(list(known)))
     if stray.height:

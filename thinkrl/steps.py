@@ -94,19 +94,6 @@ def merge_steps(completion: str, lines: Sequence[Step], groups: Sequence[tuple[i
     return out
 
 
-def steps_from_cuts(completion: str, cuts: Sequence[int]) -> list[Step]:
-    """Steps from judge-proposed cut offsets (character positions where a new step starts)."""
-    bounds = sorted({c for c in cuts if 0 < c < len(completion)})
-    spans, pos = [], 0
-    for c in [*bounds, len(completion)]:
-        piece = completion[pos:c]
-        if piece.strip():
-            a = pos + len(piece) - len(piece.lstrip())
-            spans.append((a, a + len(piece.strip())))
-        pos = c
-    return [Step(i, a, b, completion[a:b]) for i, (a, b) in enumerate(spans)]
-
-
 def token_char_offsets(tokenizer, ids: Sequence[int], window: int = 6) -> list[tuple[int, int]]:
     """(start, end) character offsets of each token in `tokenizer.decode(ids, skip_special_tokens=True)`.
 

@@ -27,7 +27,7 @@ Schemes, each a function of the whole group (a dict, chosen by name):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,16 @@ class StepLabel:
     token_start: int
     token_end: int
     label: str
+
+
+def step_labels(spans: Iterable[tuple[int, int, str]], n_tokens: int) -> tuple[tuple[StepLabel, ...] | None, int]:
+    """(steps, answer_start) from judged (token_start, token_end, label) spans, clamped to the completion's
+    n_tokens. steps is None when there are none or every one is `unknown` (the judgment failed as a whole:
+    the outcome advantage applies); answer_start is where the answer part begins (n_tokens then)."""
+    steps = tuple(StepLabel(min(a, n_tokens), min(b, n_tokens), lab) for a, b, lab in spans)
+    if not steps or all(st.label == UNKNOWN for st in steps):
+        return None, n_tokens
+    return steps, max(st.token_end for st in steps)
 
 
 @dataclass(frozen=True)

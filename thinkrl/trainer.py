@@ -40,7 +40,6 @@ Where this departs from or guesses at the paper:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -59,9 +58,18 @@ import numpy as np
 import polars as pl
 import torch
 
-from thinkrl.artifacts import ADVANTAGES, MANIFEST, ArtifactWriter, replace_dir, to_frame, validate_frame
+from thinkrl.artifacts import (
+    ADVANTAGES,
+    MANIFEST,
+    ArtifactWriter,
+    replace_dir,
+    sha256_json,
+    to_frame,
+    validate_frame,
+)
 from thinkrl.errors import ThinkrlError
 from thinkrl.loss import AGGREGATIONS, BatchCounts, LossConfig, policy_loss
+from thinkrl.models import load_policy, n_params
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +167,14 @@ def resolve_dtype(name: str) -> str:
     return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
 
 
+class NothingToTrain(ThinkrlError):
+    """The advantages table holds no rollout with a nonzero advantage (a round with nothing to learn)."""
+
+
 def validated(advantages_df: pl.DataFrame) -> pl.DataFrame:
     """The frame cast to the advantages schema; a one-line ThinkrlError for a missing or mistyped column."""
     if advantages_df.height == 0:
-        raise ThinkrlError("no rollouts to train on: every advantage of the round is zero (each group was "
+        raise NothingToTrain("no rollouts to train on: every advantage of the round is zero (each group was "
                            "all correct or all wrong, or the segment stage dropped them); nothing to learn")
     return validate_frame(to_frame(advantages_df, ADVANTAGES), ADVANTAGES, "advantages table")
 
@@ -230,8 +242,8 @@ def prepare_groups(advantages_df: pl.DataFrame) -> tuple[list[list[Rollout]], in
             continue
         groups.setdefault(r.problem_id, []).append(r)
     if not groups:
-        raise ThinkrlError(f"advantages table: all {df.height} rollouts have all-zero advantages; "
-                           "nothing to train on")
+        raise NothingToTrain(f"advantages table: all {df.height} rollouts have all-zero advantages; "
+                             "nothing to train on")
     return [groups[k] for k in sorted(groups)], dropped
 
 
@@ -582,7 +594,6 @@ def _quiet_hf():
 
 
 def _load_model(path: Path, cfg: TrainConfig, device: torch.device):
-    from thinkrl.models import load_policy
 
     with _quiet_hf():
         model, tok = load_policy(path, dtype="float32")
@@ -601,8 +612,7 @@ def _run_key(cfg: TrainConfig, data_hash: str, policy_dir: Path) -> str:
     flops_peak), the data, and the policy directory (path, file sizes and mtimes)."""
     c = {k: v for k, v in cfg.to_dict().items() if k not in ("max_steps", "save_every", "flops_peak")}
     policy = [str(policy_dir.resolve()), _stat_fingerprint(policy_dir)]
-    body = {"config": c, "data": data_hash, "policy": policy}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return sha256_json({"config": c, "data": data_hash, "policy": policy})
 
 
 def setup(policy_dir: Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_dir: Path, dist: Dist) -> _Run:
@@ -625,7 +635,7 @@ def setup(policy_dir: Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_d
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.schedule))
     return _Run(cfg, policy_dir, out_dir, dist, model, wrapped, tok, ref, opt, sched, groups, dropped, total,
-                _run_key(cfg, data_sha256(groups), policy_dir), sum(p.numel() for p in model.parameters()))
+                _run_key(cfg, data_sha256(groups), policy_dir), n_params(model))
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:

@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from thinkrl.errors import ThinkrlError
-from thinkrl.models import check_model_dir, load_policy, read_thinkrl_json, save_policy
+from thinkrl.models import check_model_dir, load_policy, prepare_out, read_thinkrl_json, save_policy
 from thinkrl.tasks.arith import ArithConfig, CorpusConfig, corpus_stats, make_corpus
-from thinkrl.tokenizer import check_tokenizer
+from thinkrl.tokenizer import check_tokenizer, digit_ids
 
 METRICS_JSON = "warmstart_metrics.json"
 DEFAULT_MINUTES = 4.5  # with `thinkrl model init` (~10 s) inside the 5-minute target of DESIGN §5
@@ -244,8 +244,7 @@ def train(model, tok, enc: Encoded, cfg: WarmstartConfig, deadline: float | None
     rng = random.Random(f"thinkrl.warmstart:{cfg.seed}")
     lengths = [len(s) for s in enc.ids]
     digit_mask = torch.zeros(len(tok), dtype=torch.bool)
-    for d in "0123456789":
-        digit_mask[tok.convert_tokens_to_ids(d)] = True
+    digit_mask[list(digit_ids(tok))] = True
     opt = _adamw(model, cfg.lr)
     model.train()
     threads = ThreadChooser(cfg.threads)
@@ -313,9 +312,7 @@ def warmstart(model_dir: str | Path, out_dir: str | Path, cfg: WarmstartConfig =
     settings = _settings(model_dir, cfg, arith_cfg)
     if not force and up_to_date(out_dir, settings):
         return out_dir
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ThinkrlError(f"{out_dir}: exists, is not empty and holds another recipe; pass force (--force) "
-                           "to replace it")
+    prepare_out(out_dir, force)  # before the minutes of training, not after
     prev_threads = torch.get_num_threads()
     try:
         model, tok = load_policy(model_dir)

@@ -31,11 +31,15 @@ def _vllm(path: str | Path, **options) -> Engine:
 ENGINES: dict[str, Callable[..., Engine]] = {"hf": HFEngine.from_pretrained, "vllm": _vllm}
 
 
-def load_engine(name: str, path: str | Path, **options) -> Engine:
-    """The engine `name` loaded from the checkpoint at `path` (options: dtype, device, ...)."""
+def check_engine(name: str) -> None:
     if name not in ENGINES:
         raise ThinkrlError(f"unknown engine {name!r}; expected one of: {', '.join(ENGINES)}")
+
+
+def load_engine(name: str, path: str | Path, **options) -> Engine:
+    """The engine `name` loaded from the checkpoint at `path` (options: dtype, device, ...)."""
+    check_engine(name)
     return ENGINES[name](path, **options)
 
 
-__all__ = ["ENGINES", "Completion", "Engine", "HFEngine", "SamplingParams", "load_engine"]
+__all__ = ["ENGINES", "check_engine", "Completion", "Engine", "HFEngine", "SamplingParams", "load_engine"]
