@@ -2,7 +2,9 @@
 
 - `data_dir`: the benchmark data directory ($THINKRL_DATA_DIR, else <repo>/../shared/data); tests that use
   it are skipped when neither exists. Mark them `@pytest.mark.data`.
-- `run_cli`: run the real `thinkrl` command in a subprocess: `rc, stdout, stderr = run_cli(["data", "list"])`.
+- `run_cli`: run the real `thinkrl` command in a subprocess: `rc, stdout, stderr = run_cli(["data", "list"])`
+  (the plain functions `cli`, `cli_command` and `cli_env` serve kill tests that need Popen).
+- `one_thread`: torch on one thread for the module (tiny models; shared cores).
 """
 
 from __future__ import annotations
@@ -40,15 +42,37 @@ def cli(args: Sequence[str | os.PathLike], cwd: str | os.PathLike | None = None,
         env: dict[str, str] | None = None, timeout: float = 300) -> CliResult:
     """Run `python -m stages.cli *args`; the repo is put on PYTHONPATH so any cwd works, and COLUMNS defaults
     to 200 so rich output does not wrap. `env` entries are added to (and override) the current environment."""
+    proc = subprocess.run(cli_command(args), cwd=cwd, env=cli_env(env), capture_output=True, text=True,
+                          timeout=timeout)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def cli_command(args: Sequence[str | os.PathLike]) -> list[str]:
+    """The argv of the real `thinkrl` command (for subprocess.Popen in kill tests)."""
+    return [sys.executable, "-m", "stages.cli", *map(str, args)]
+
+
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a CLI subprocess: the repo on PYTHONPATH, COLUMNS 200, plus `env`."""
     full_env = {**os.environ, "COLUMNS": "200"}
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), full_env.get("PYTHONPATH")) if p)
     full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "stages.cli", *map(str, args)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    return full_env
 
 
 @pytest.fixture(scope="session")
 def run_cli():
     """The `cli` helper: run_cli(args, cwd=None, env=None) -> (returncode, stdout, stderr)."""
     return cli
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: tiny models gain nothing from two, and spin-waiting threads crawl when the two
+    cores are shared with other processes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+from conftest import cli, cli_command, cli_env
 from safetensors.torch import load_file
 
 from thinkrl.artifacts import MANIFEST, read_manifest, read_table, write_artifact
@@ -40,14 +40,6 @@ EASY = ArithConfig(min_ops=1, max_ops=1, max_value=9, addsub_max=9)
 def easy_problems(n: int, seed: int) -> list[dict]:
     return [{"problem_id": p.problem_id, "source": "easy", "question": p.question, "answer": str(p.answer),
              "meta": "{}"} for p in generate_problems(n, seed, EASY)]
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -258,17 +250,14 @@ def kill_args(easy: dict[str, Path]) -> list[str]:
     return args
 
 
-def cli_env() -> dict[str, str]:
-    env = {**os.environ, "COLUMNS": "200", "THINKRL_NO_PROGRESS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
+def run_env() -> dict[str, str]:
+    return cli_env({"THINKRL_NO_PROGRESS": "1"})
 
 
-def cli(args: list[str], cwd: Path) -> tuple[int, str]:
-    """Run `python -m stages.cli *args` to the end; (returncode, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "stages.cli", *map(str, args)], cwd=cwd, env=cli_env(),
-                          capture_output=True, text=True, timeout=600)
-    return proc.returncode, proc.stderr
+def cli_to_end(args: list[str], cwd: Path) -> tuple[int, str]:
+    """Run `thinkrl *args` to the end; (returncode, stderr)."""
+    r = cli(args, cwd=cwd, env={"THINKRL_NO_PROGRESS": "1"}, timeout=600)
+    return r.returncode, r.stderr
 
 
 def in_stage(run_dir: Path, stage: str) -> bool:
@@ -295,7 +284,7 @@ def kill_in(stage: str, cwd: Path, args: list[str]) -> None:
     finished (no manifest yet), then kill -9 it."""
     run_dir = cwd / "runs/exp"
     with open(cwd / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "stages.cli", *args], cwd=cwd, env=cli_env(),
+        proc = subprocess.Popen(cli_command(args), cwd=cwd, env=run_env(),
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 240
@@ -331,7 +320,7 @@ def final_artifacts(run_dir: Path) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def reference(easy, tmp_path_factory) -> dict[str, object]:
     cwd = tmp_path_factory.mktemp("ref")
-    rc, err = cli(kill_args(easy), cwd=cwd)
+    rc, err = cli_to_end(kill_args(easy), cwd=cwd)
     assert rc == 0, err[-3000:]
     return final_artifacts(cwd / "runs/exp")
 
@@ -344,7 +333,7 @@ def reference(easy, tmp_path_factory) -> dict[str, object]:
 def test_kill9_in_each_stage_then_rerun_equals_uninterrupted(stage, easy, reference, tmp_path):
     args = kill_args(easy)
     kill_in(stage, tmp_path, args)
-    rc, err = cli(args, cwd=tmp_path)
+    rc, err = cli_to_end(args, cwd=tmp_path)
     assert rc == 0, err[-3000:]
     got = final_artifacts(tmp_path / "runs/exp")
     assert got.keys() == reference.keys()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import cli_command, cli_env
 
 from thinkrl.artifacts import read_table
 
@@ -62,9 +61,8 @@ def test_same_seed_byte_identical_and_shards_partition(setup, run_cli):
 def test_kill_9_mid_run_then_rerun_gives_the_same_rows(setup, run_cli):
     root, policy = setup
     out = root / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", *sample_args(root, policy, out)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cli_command(sample_args(root, policy, out)), env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = out / "_parts" / "rollouts"
     deadline = time.time() + 240
     while time.time() < deadline and len(list(parts.glob("*.parquet"))) < 2:

@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from thinkrl.errors import ThinkrlError
-from thinkrl.steps import split_steps, steps_from_cuts, token_char_offsets, token_span, token_spans
+from thinkrl.steps import group_lines, merge_steps, split_steps, token_char_offsets, token_span, token_spans
 
 
 def check_spans(text, steps):
@@ -53,11 +53,15 @@ def test_line_splitter_and_unknown_splitter():
         split_steps("a", "sentences")
 
 
-def test_steps_from_cuts():
-    text = "first part. second part. third"
-    steps = steps_from_cuts(text, [11, 24, 999, 0])
-    assert [s.text for s in steps] == ["first part.", "second part.", "third"]
+def test_judge_groups_lines_into_steps():
+    text = "first line\nsecond line\n\nthird  \nfourth"
+    lines, _ = split_steps(text, "judge")  # the judge splitter shows the lines
+    groups = group_lines(len(lines), [2, 999, 0, 2])
+    assert groups == [(0, 1), (2, 3)]
+    steps = merge_steps(text, lines, groups)
+    assert [s.text for s in steps] == ["first line\nsecond line", "third  \nfourth"]
     check_spans(text, steps)
+    assert group_lines(0, [1]) == [] and group_lines(3, []) == [(0, 2)]
 
 
 @pytest.fixture(scope="module")
