@@ -39,7 +39,7 @@ def sample(
     """Sample completions with a policy and grade them (rollouts artifact)."""
     from thinkrl.engine import check_engine, load_engine  # heavy: imported when the stage runs
     from thinkrl.models import check_model_dir, load_tokenizer
-    from thinkrl.sampling import SampleConfig, parse_shard, sample_rollouts
+    from thinkrl.sampling import SampleConfig, parse_shard, sample_rollouts, sample_stage_config
     from thinkrl.templates import resolve_template
 
     probs = read_table(problems, "problems")
@@ -50,7 +50,7 @@ def sample(
     tmpl = resolve_template(template, load_tokenizer(policy), model_dir=policy)  # the key needs no model
     cfg = SampleConfig(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()),
                        template=tmpl, seed=seed, round=round_, shard=parse_shard(shard), part_size=part_size)
-    config = {**cfg.to_dict(), "engine": engine, "dtype": dtype, "limit": limit, "policy": str(policy)}
+    config = sample_stage_config(cfg, engine, dtype, limit, policy)
     writer = ArtifactWriter(out, "sample", config, inputs={"problems": problems, "policy": policy})
     if writer.up_to_date() and not force:
         return skipped(out)

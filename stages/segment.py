@@ -16,6 +16,7 @@ import typer
 
 from stages.common import Force, console, skipped
 from thinkrl.artifacts import ArtifactWriter, read_table
+from thinkrl.segment import behaviour_logprob_fn, segment_key
 from thinkrl.segment import segment as run_segment
 from thinkrl.thoughts import SCHEMES
 
@@ -34,20 +35,12 @@ def segment(
     """Merge steps into thoughts and compute per-token advantages (thoughts artifact)."""
     ro = read_table(rollouts, "rollouts")
     pol = policy or Path(ro["policy"][0])
-    inputs = {"rollouts": rollouts, **({"judgments": judgments} if judgments else {}),
-              **({"policy": pol} if recompute else {})}
-    config = {"scheme": scheme, "alpha": alpha, "recompute": recompute, "policy": str(pol) if recompute else None}
+    config, inputs = segment_key(rollouts, judgments, scheme, alpha, pol, recompute)
     writer = ArtifactWriter(out, "segment", config, inputs=inputs)
     if writer.up_to_date() and not force:
         return skipped(out)
-    jd = read_table(judgments, "judgments", allow_empty=True) if judgments else None
-    logprob_fn = None
-    if recompute:
-        from thinkrl.models import load_policy
-        from thinkrl.trainer import token_logprobs
-
-        model, _ = load_policy(pol)
-        logprob_fn = lambda p, c: token_logprobs(model, p, c, batch_tokens=batch_tokens)  # noqa: E731
+    jd = read_table(judgments, "judgments", allow_empty=True) if "judgments" in inputs else None
+    logprob_fn = behaviour_logprob_fn(pol, batch_tokens) if recompute else None
     with console.status("segment: advantages and behaviour log-probs"):
         m = run_segment(ro, jd, scheme, alpha, writer, logprob_fn)
     console.print(f"{out}: {m['kept_rollouts']}/{m['rollouts']} rollouts kept ({m['dropped_rollouts']} all-zero dropped), "

@@ -89,10 +89,8 @@ def train(
         norm_len=norm_len, dtype=dtype, seed=seed, max_nonfinite_in_row=max_nonfinite_in_row,
         flops_peak=flops_peak, save_every=save_every, max_steps=max_steps)
     cfg = trainer.resolve_config(cfg, df)
-    inputs = {"policy": policy, "thoughts": thoughts}
-    if beta > 0 and ref_policy:
-        inputs["ref_policy"] = Path(ref_policy)
-    writer = ArtifactWriter(out, "train", {**cfg.to_dict(), "policy": str(policy)}, inputs=inputs)
+    writer = ArtifactWriter(out, "train", {**cfg.to_dict(), "policy": str(policy)},
+                            inputs=trainer.train_inputs(cfg, policy, thoughts))
     main = os.environ.get("RANK", "0") == "0"
     if writer.up_to_date() and not force:
         return skipped(out) if main else None

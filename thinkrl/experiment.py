@@ -30,11 +30,12 @@ rounds cycle through its rows, `prompts_per_round` at a time. Seeds: sample j of
 are hashes of (seed, r); eval uses `seed` (the same uniforms at every eval, so curves share their noise).
 
 Skip and resume. Every stage builds an `ArtifactWriter` key as the stage command does (its resolved config
-+ the sha256 of its inputs, the previous stage's artifact and the policy directory among them; the judge's
-through the same `judge_config`) and skips itself when a finished artifact has that key. The keys of
-sample, judge, segment and train equal those of the stage commands given the same options; eval's differ
-(`part_size` and the held-out set names are the run's own), so a hand-run `thinkrl eval` recomputes. Changing a setting therefore reruns exactly the stages
-whose config or inputs change and everything downstream: `alpha` reruns segment and train of round 0 (not
++ the sha256 of its inputs, the previous stage's artifact and the policy directory among them; built by the
+same functions the stage commands call: `sample_stage_config`, `judge_config`, `segment_key`,
+`train_inputs`) and skips itself when a finished artifact has that key. The keys of sample, judge, segment
+and train equal those of the stage commands given the same options; eval's differ (`part_size` and the
+held-out set names are the run's own), so a hand-run `thinkrl eval` recomputes. Changing a setting
+therefore reruns exactly the stages whose config or inputs change and everything downstream: `alpha` reruns segment and train of round 0 (not
 sample or judge), then every later round, since the round-0 policy changed. A killed stage resumes from
 its part files (sample, judge, eval) or the trainer's state/ (train); segment and problems redo their few
 seconds of work. A round whose advantages table is empty (every group all right or all wrong) trains
@@ -443,13 +444,13 @@ def stage_problems(ctx: _Ctx, round_: int, out: Path) -> Path:
 
 # -- sample
 def stage_sample(ctx: _Ctx, round_: int, policy: Path, problems: Path, out: Path) -> Path:
-    from thinkrl.sampling import SampleConfig, sample_rollouts
+    from thinkrl.sampling import SampleConfig, sample_rollouts, sample_stage_config
 
     cfg = ctx.cfg
     tmpl = ctx.template(policy)
     scfg = SampleConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                         template=tmpl, seed=cfg.seed, round=round_, part_size=cfg.part_size)
-    config = {**scfg.to_dict(), "engine": cfg.engine, "dtype": cfg.dtype, "limit": None, "policy": str(policy)}
+    config = sample_stage_config(scfg, cfg.engine, cfg.dtype, None, policy)
     writer = ArtifactWriter(out, "sample", config, inputs={"problems": problems, "policy": policy})
     if writer.up_to_date():
         m = _metrics(out)
@@ -490,14 +491,10 @@ def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path)
 
 # -- segment
 def stage_segment(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, judgments: Path, out: Path) -> Path:
-    from thinkrl.segment import segment
+    from thinkrl.segment import behaviour_logprob_fn, segment, segment_key
 
     cfg = ctx.cfg
-    use_judgments = cfg.scheme != "outcome"  # outcome ignores labels: a judge change must not retrain it
-    inputs = {"rollouts": rollouts, **({"judgments": judgments} if use_judgments else {}),
-              **({"policy": policy} if cfg.recompute_logprobs else {})}
-    config = {"scheme": cfg.scheme, "alpha": cfg.alpha, "recompute": cfg.recompute_logprobs,
-              "policy": str(policy) if cfg.recompute_logprobs else None}
+    config, inputs = segment_key(rollouts, judgments, cfg.scheme, cfg.alpha, policy, cfg.recompute_logprobs)
     writer = ArtifactWriter(out, "segment", config, inputs=inputs)
     if writer.up_to_date():
         m = _metrics(out)
@@ -505,14 +502,8 @@ def stage_segment(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, judgment
         return out
     ctx.start(round_, "segment")
     ro = read_table(rollouts, "rollouts")
-    jd = read_table(judgments, "judgments", allow_empty=True) if use_judgments else None
-    logprob_fn = None
-    if cfg.recompute_logprobs:
-        from thinkrl.models import load_policy
-        from thinkrl.trainer import token_logprobs
-
-        model, _ = load_policy(policy)
-        logprob_fn = lambda p, c: token_logprobs(model, p, c, batch_tokens=16384)  # noqa: E731
+    jd = read_table(judgments, "judgments", allow_empty=True) if "judgments" in inputs else None
+    logprob_fn = behaviour_logprob_fn(policy) if cfg.recompute_logprobs else None
     m = segment(ro, jd, cfg.scheme, cfg.alpha, writer, logprob_fn)
     ctx.display.done(round_, "segment", f"{m['kept_rollouts']}/{m['rollouts']} rollouts kept, "
                                         f"incorrect-thought tokens {m['incorrect_thought_token_share']:.3f}")
@@ -557,7 +548,7 @@ def stage_train(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path)
     if df.height == 0:
         return _carry_forward(ctx, round_, policy, thoughts, out, "every advantage of the round is zero")
     tcfg = trainer.resolve_config(ctx.cfg.train_config(round_), df)
-    inputs = {"policy": policy, "thoughts": thoughts, **({"ref_policy": tcfg.ref_policy} if tcfg.ref_policy else {})}
+    inputs = trainer.train_inputs(tcfg, policy, thoughts)
     writer = ArtifactWriter(out, "train", {**tcfg.to_dict(), "policy": str(policy)}, inputs=inputs)
     if writer.up_to_date():
         m = _metrics(out)

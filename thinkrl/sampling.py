@@ -17,6 +17,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import polars as pl
 
@@ -95,6 +96,11 @@ def sample_part(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, templ
             "pred_answer": g.pred_answer, "correct": g.correct, "seed": seeds[i][j],
         })
     return rows
+
+
+def sample_stage_config(cfg: SampleConfig, engine: str, dtype: str, limit: int | None, policy: str | Path) -> dict:
+    """The sample stage's resolved config (its skip key), the same for `thinkrl sample` and `thinkrl run`."""
+    return {**cfg.to_dict(), "engine": engine, "dtype": dtype, "limit": limit, "policy": str(policy)}
 
 
 def sample_rollouts(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, writer: ArtifactWriter,

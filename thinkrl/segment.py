@@ -17,6 +17,7 @@ rollouts, unknown-label fallbacks.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -41,6 +42,27 @@ def rollout_inputs(rollouts: pl.DataFrame, judgments: pl.DataFrame) -> dict[str,
         steps, answer_start = step_labels(spans, n)
         out[r["rollout_id"]] = RolloutInput(r["rollout_id"], bool(r["correct"]), n, steps, answer_start)
     return out
+
+
+def segment_key(rollouts: Path, judgments: Path | None, scheme: str, alpha: float, policy: Path,
+                recompute: bool) -> tuple[dict, dict]:
+    """(config, inputs) of the segment stage's skip key, the same for `thinkrl segment` and `thinkrl run`.
+    The outcome scheme ignores step labels, so judgments are no input of it (a judge change does not
+    retrain a GRPO run); the policy is one only when it recomputes the behaviour log-probs."""
+    use_judgments = judgments is not None and scheme != "outcome"
+    inputs = {"rollouts": rollouts, **({"judgments": judgments} if use_judgments else {}),
+              **({"policy": policy} if recompute else {})}
+    config = {"scheme": scheme, "alpha": alpha, "recompute": recompute, "policy": str(policy) if recompute else None}
+    return config, inputs
+
+
+def behaviour_logprob_fn(policy: Path, batch_tokens: int = 16384) -> LogprobFn:
+    """Log-probs of completions under `policy` as the trainer computes them (the behaviour log-probs)."""
+    from thinkrl.models import load_policy
+    from thinkrl.trainer import token_logprobs
+
+    model, _ = load_policy(policy)
+    return lambda prompts, completions: token_logprobs(model, prompts, completions, batch_tokens=batch_tokens)
 
 
 def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str, alpha: float,

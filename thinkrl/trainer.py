@@ -179,6 +179,13 @@ def validated(advantages_df: pl.DataFrame) -> pl.DataFrame:
     return validate_frame(to_frame(advantages_df, ADVANTAGES), ADVANTAGES, "advantages table")
 
 
+def train_inputs(cfg: TrainConfig, policy: Path, thoughts: Path) -> dict:
+    """Inputs of the train stage's skip key: the policy, the thoughts artifact and, with the KL term on, the
+    reference policy (`thinkrl train` and `thinkrl run` alike)."""
+    ref = {"ref_policy": Path(cfg.ref_policy)} if cfg.beta > 0 and cfg.ref_policy else {}
+    return {"policy": policy, "thoughts": thoughts, **ref}
+
+
 def resolve_config(cfg: TrainConfig, advantages_df: pl.DataFrame) -> TrainConfig:
     """Fill the data- and machine-dependent defaults: norm_len, dtype, flops_peak (idempotent)."""
     norm_len = cfg.norm_len
