@@ -7,17 +7,28 @@
 Splitters (a dict of functions, chosen by name): `blank` cuts at blank lines (the default, DESIGN §2),
 `line` at every line break. `judge` (JUDGE_SPLITTER) lets a generative judge propose the steps: it is
 shown the lines (`line` splitter) and groups consecutive lines into steps in the same call that labels
-them (`group_lines`); a judge may also give raw cut offsets (`steps_from_cuts`).
+them (`group_lines`, `merge_steps`).
 Each piece is stripped of surrounding whitespace and its span narrowed to match; whitespace-only pieces
 are dropped. The answer part (the last piece holding `\\boxed{`, or a final `The answer is` /
 `####` / `Answer:` piece) is kept apart and is not a step.
+
+Token offsets (`token_char_offsets`): each token's (start, end) in the decoded text, contiguous, covering it
+exactly; a multi-byte character split across byte tokens lands on the token that completes it (the tokens
+before get an empty span at its start). Linear incremental detokenisation (prefix/read offsets, as vLLM).
+Token spans (`token_span(s)`): a token belongs to the step holding its first character (its start offset);
+a token starting in the whitespace between steps belongs to no step (the segment stage gives it to the
+thought before). With byte-level BPE one token may cover a separator and the next step's first word
+(`\\n\\nWait`), or a step's end and the separator: it still belongs to one step at most, so the token spans of
+the steps never overlap and are ordered. A step in which no token starts gets an empty span (k, k) in place.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, pairwise
 
 from thinkrl.errors import ThinkrlError
 
@@ -94,49 +105,124 @@ def merge_steps(completion: str, lines: Sequence[Step], groups: Sequence[tuple[i
     return out
 
 
-def token_char_offsets(tokenizer, ids: Sequence[int], window: int = 6) -> list[tuple[int, int]]:
-    """(start, end) character offsets of each token in `tokenizer.decode(ids, skip_special_tokens=True)`.
+MAX_PENDING = 4  # a UTF-8 character is at most 4 bytes: at most 3 byte tokens wait for it to complete
+MAX_CONTEXT = 8  # tokens of decode context kept across tokens that add no text (special tokens)
+_REPLACEMENT = "\ufffd"  # what decode shows for an incomplete (or invalid) UTF-8 sequence
 
-    Incremental detokenisation: the text a token adds is decode(ids[w:k+1]) - decode(ids[w:k]) over a
-    short window w..k, so multi-byte characters split across tokens land on the token that completes them.
-    Special tokens (EOS) get an empty span at the end. O(len(ids) * window) decodes of short windows.
+
+def _decode(tokenizer, ids: Sequence[int]) -> str:
+    return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+class _NotLocal(Exception):
+    """decode(ids[p:k+1]) does not extend decode(ids[p:r]): the tokenizer's decode is not local."""
+
+
+def token_char_offsets(tokenizer, ids: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, end) character offsets of each token in `text = tokenizer.decode(ids, skip_special_tokens=True)`.
+
+    Guaranteed: the offsets are contiguous and monotone (start of token k = end of token k-1, starting at 0)
+    and "".join(text[a:b]) over the tokens == text.
+    Rule: a token gets the text it completes. A byte token that only begins a multi-byte character gets an
+    empty span at the character's start; the token that completes it gets the character. Special tokens get
+    empty spans. A character still incomplete at the end (a completion cut mid-character) is shown by decode
+    as U+FFFD; it goes to the last tokens, to the first of them that decode shows it with.
+    Linear: prefix/read-offset incremental detokenisation (`_token_texts`, as vLLM's detokenizer): 2 decodes of
+    at most MAX_CONTEXT + MAX_PENDING ids per token (a few more in runs of invalid bytes), and one of all ids.
+    Should the pieces not rebuild the text (a tokenizer whose decode is not local), exact prefix decoding
+    (`_prefix_offsets`) gives the offsets instead: same guarantee, O(n^2).
     """
-    offsets: list[tuple[int, int]] = []
-    pos = 0
+    ids = list(ids)
+    text = _decode(tokenizer, ids)
+    try:
+        pieces = _token_texts(tokenizer, ids)
+    except _NotLocal:
+        pieces = None
+    if pieces is None or "".join(pieces) != text:
+        return _prefix_offsets(tokenizer, ids, text)
+    ends = list(accumulate(len(p) for p in pieces))
+    return [(e - len(p), e) for p, e in zip(pieces, ends, strict=True)]
+
+
+def _token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """The text each token adds. State (prefix, read, held): ids[prefix:read] is the decode context, read the
+    first token whose text is not final yet, held the chars already given to the waiting tokens read..k-1.
+    Token `read` is flushed (its text decoded as final, U+FFFD for an incomplete character) at the end of ids or
+    when MAX_PENDING tokens wait: no character still incomplete can then have begun in it. The tokens after
+    it are then taken again."""
+    pieces = [""] * len(ids)
+    state, k = (0, 0, 0), 0
+    while state[1] < len(ids):
+        if k < len(ids):
+            state = _advance(tokenizer, ids, pieces, state, k, wait=True)
+            k += 1
+            if k - state[1] < MAX_PENDING:  # emitted (read == k) or still waiting
+                continue
+        prefix, read, _ = state
+        state = _advance(tokenizer, ids, pieces, (prefix, read, 0), read, wait=False)
+        k = state[1]
+    return pieces
+
+
+def _advance(tokenizer, ids: list[int], pieces: list[str], state: tuple[int, int, int], k: int,
+             wait: bool) -> tuple[int, int, int]:
+    """Token k: sets pieces[k], returns the new (prefix, read, held). The text of ids[read:k+1] is
+    decode(ids[prefix:k+1]) minus decode(ids[prefix:read]); while it ends with U+FFFD (a character not complete
+    yet) and `wait`, token k gets only the text before it and read stays; else token k gets the rest and read
+    moves past k. prefix moves to the old read, or stays while tokens add nothing (specials), up to MAX_CONTEXT."""
+    prefix, read, held = state
+    before = _decode(tokenizer, ids[prefix:read])
+    after = _decode(tokenizer, ids[prefix:k + 1])
+    if wait and after.endswith(_REPLACEMENT):  # (ByteFallback decoders show a whole byte run as U+FFFD)
+        visible = after.rstrip(_REPLACEMENT)[len(before):] if after.startswith(before) else ""
+        pieces[k] = visible[held:]
+        return prefix, read, max(held, len(visible))
+    if not after.startswith(before):
+        raise _NotLocal
+    new = after[len(before):]
+    pieces[k] = new[held:]
+    keep_context = not new and read - prefix < MAX_CONTEXT
+    return (prefix if keep_context else read), k + 1, 0
+
+
+def _prefix_offsets(tokenizer, ids: list[int], text: str) -> list[tuple[int, int]]:
+    """The fallback: token k ends where decode(ids[:k+1]) ends, trailing U+FFFD (an incomplete character) not
+    counted, kept monotone and within text; the last token ends at len(text). O(n^2) decoded ids."""
+    offsets, pos = [], 0
     for k in range(len(ids)):
-        w = max(0, k - window)
-        before = tokenizer.decode(ids[w:k], skip_special_tokens=True)
-        after = tokenizer.decode(ids[w:k + 1], skip_special_tokens=True)
-        if after.startswith(before) and not after.endswith("\ufffd"):
-            added = len(after) - len(before)
-        else:  # an incomplete multi-byte character: nothing visible yet
-            added = 0
-        offsets.append((pos, pos + added))
-        pos += added
-    full = len(tokenizer.decode(list(ids), skip_special_tokens=True))
-    if pos != full:  # fall back to exact prefix decoding (rare: tokenizers whose decode is not local)
-        offsets, pos = [], 0
-        for k in range(len(ids)):
-            end = len(tokenizer.decode(list(ids[:k + 1]), skip_special_tokens=True))
-            offsets.append((pos, max(pos, end)))
-            pos = max(pos, end)
+        end = len(text) if k + 1 == len(ids) else len(_decode(tokenizer, ids[:k + 1]).rstrip(_REPLACEMENT))
+        end = min(len(text), max(pos, end))
+        offsets.append((pos, end))
+        pos = end
     return offsets
 
 
 def token_span(char_start: int, char_end: int, offsets: Sequence[tuple[int, int]]) -> tuple[int, int]:
-    """Tokens overlapping [char_start, char_end): (first, exclusive last); (n, n) if none overlap."""
-    first = next((i for i, (a, b) in enumerate(offsets) if b > char_start and b > a), None)
-    if first is None:
-        return len(offsets), len(offsets)
-    last = first
-    for i in range(first, len(offsets)):
-        a, b = offsets[i]
-        if a >= char_end:
-            break
-        if b > a:
-            last = i
-    return first, last + 1
+    """The tokens of the step [char_start, char_end): (first, exclusive last).
+
+    Rule: a token belongs to the step holding its first character, i.e. its start offset a (also for an empty
+    token, a == b, which sits at position a): char_start <= a < char_end. With non-decreasing starts (as
+    token_char_offsets gives) these tokens are consecutive. A step in which no token starts (a step inside
+    one token, or past the text) gets (k, k), k = the number of tokens starting before char_start ((n, n)
+    past the last one): spans of steps in text order never overlap and stay ordered.
+    """
+    return _span(_starts(offsets), char_start, char_end)
 
 
 def token_spans(steps: Sequence[Step], offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    return [token_span(s.char_start, s.char_end, offsets) for s in steps]
+    """token_span of each step (same rule), in the steps' order."""
+    starts = _starts(offsets)
+    return [_span(starts, s.char_start, s.char_end) for s in steps]
+
+
+def _starts(offsets: Sequence[tuple[int, int]]) -> list[int]:
+    starts = [a for a, _ in offsets]
+    if any(b < a for a, b in pairwise(starts)):
+        raise ThinkrlError("token spans: expected token offsets with non-decreasing starts (as token_char_offsets "
+                           "gives)")
+    return starts
+
+
+def _span(starts: list[int], char_start: int, char_end: int) -> tuple[int, int]:
+    first = bisect_left(starts, char_start)
+    return first, max(first, bisect_left(starts, char_end))
