@@ -17,9 +17,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stages.common import Force, console, show_progress, skipped
-from thinkrl.artifacts import ArtifactWriter, read_table
+from thinkrl.artifacts import ArtifactWriter, read_manifest, read_table
 from thinkrl.judge import make_judge
-from thinkrl.judge.judging import judge_config, judge_rollouts
+from thinkrl.judge.judging import check_fallbacks, fallback_report, judge_config, judge_rollouts
 from thinkrl.judge.prompts import TEMPLATES
 from thinkrl.models import load_tokenizer
 
@@ -41,6 +41,9 @@ def judge(
     cache_dir: Annotated[Path | None, typer.Option(
         help="openai: reply cache directory (default: OUT/_cache); a rerun never asks twice")] = None,
     part_size: Annotated[int, typer.Option(help="rollouts per part file (resume granularity)")] = 64,
+    max_unknown: Annotated[float, typer.Option(
+        help="fail (exit 2) when more than this share of the judged rollouts has no usable verdict (every step "
+             "unknown); the artifact is still written, so a rerun with a higher value reuses it")] = 0.5,
     force: Force = False,
 ) -> None:
     """Label each step of each rollout with a judge (judgments artifact)."""
@@ -49,6 +52,7 @@ def judge(
     config = judge_config(judge_spec, splitter, str(tok_path), judge_model, prompt, max_tokens)
     writer = ArtifactWriter(out, "judge", config, inputs={"rollouts": rollouts})
     if writer.up_to_date() and not force:
+        check_fallbacks(read_manifest(out)["metrics"], max_unknown, out)
         return skipped(out)
     j = make_judge(judge_spec, model=judge_model, max_tokens=max_tokens, template=prompt,
                    cache_dir=str(cache_dir or out / "_cache"), concurrency=concurrency, timeout_s=timeout,
@@ -62,3 +66,6 @@ def judge(
     mix = ", ".join(f"{k[6:]} {v:.2f}" for k, v in metrics.items() if k.startswith("label_"))
     console.print(f"{out}: {metrics['steps']} steps of {metrics['rollouts']} rollouts ({mix}); "
                   f"unknown {metrics['unknown_rate']:.3f}; {metrics['seconds']:.1f} s")
+    if fallback_report(metrics):
+        console.print(f"[bold yellow]judge: {fallback_report(metrics)}[/bold yellow]")
+    check_fallbacks(metrics, max_unknown, out)

@@ -4,7 +4,9 @@
     thinkrl segment --rollouts runs/r --scheme outcome --out runs/t          # plain GRPO, no judge
 
 Behaviour log-probs are recomputed once with the policy that sampled the round (default: the rollouts'
-`policy` column; `--policy` overrides, `--no-recompute` keeps the sampler's own log-probs).
+`policy` column; `--policy` overrides, `--no-recompute` keeps the sampler's own log-probs), by the trainer's
+own scorer: pass the `--dtype` and `--micro-batch-tokens` that `thinkrl train` will use (the defaults match),
+so that the first optimizer step has ratio 1.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import typer
 
 from stages.common import Force, console, skipped
 from thinkrl.artifacts import ArtifactWriter, read_table
-from thinkrl.segment import behaviour_logprob_fn, segment_key
+from thinkrl.segment import behaviour_logprob_fn, rollouts_sampling, segment_key
 from thinkrl.segment import segment as run_segment
 from thinkrl.thoughts import SCHEMES
+from thinkrl.trainer import TrainConfig
 
 
 def segment(
@@ -29,21 +32,26 @@ def segment(
     alpha: Annotated[float, typer.Option(help="α: penalty scale of incorrect thoughts (α·acc, or α for thought-static)")] = 1.0,
     policy: Annotated[Path | None, typer.Option(help="policy that sampled the round (default: from the rollouts)")] = None,
     recompute: Annotated[bool, typer.Option(help="recompute behaviour log-probs with the policy (else the sampler's)")] = True,
-    batch_tokens: Annotated[int, typer.Option(help="tokens per forward batch when recomputing log-probs")] = 16384,
+    dtype: Annotated[str, typer.Option(help="the trainer's " + TrainConfig.help("dtype"))] = TrainConfig().dtype,
+    micro_batch_tokens: Annotated[int, typer.Option(
+        help="the trainer's " + TrainConfig.help("micro_batch_tokens"))] = TrainConfig().micro_batch_tokens,
     force: Force = False,
 ) -> None:
     """Merge steps into thoughts and compute per-token advantages (thoughts artifact)."""
     ro = read_table(rollouts, "rollouts")
+    sampling = rollouts_sampling(rollouts)
     pol = policy or Path(ro["policy"][0])
-    config, inputs = segment_key(rollouts, judgments, scheme, alpha, pol, recompute)
+    tcfg = TrainConfig(dtype=dtype, micro_batch_tokens=micro_batch_tokens)
+    config, inputs = segment_key(rollouts, judgments, scheme, alpha, pol, recompute, tcfg)
     writer = ArtifactWriter(out, "segment", config, inputs=inputs)
     if writer.up_to_date() and not force:
         return skipped(out)
     jd = read_table(judgments, "judgments", allow_empty=True) if "judgments" in inputs else None
-    logprob_fn = behaviour_logprob_fn(pol, batch_tokens) if recompute else None
+    logprob_fn = behaviour_logprob_fn(pol, tcfg) if recompute else None
     with console.status("segment: advantages and behaviour log-probs"):
-        m = run_segment(ro, jd, scheme, alpha, writer, logprob_fn)
+        m = run_segment(ro, jd, scheme, alpha, writer, logprob_fn, sampling)
     console.print(f"{out}: {m['kept_rollouts']}/{m['rollouts']} rollouts kept ({m['dropped_rollouts']} all-zero dropped), "
                   f"{m['error_thoughts']} error thoughts ({m['flipped_error_thoughts']} flipped), "
                   f"incorrect-thought tokens {m['incorrect_thought_token_share']:.3f}, "
-                  f"unknown fallbacks {m['unknown_fallbacks']}")
+                  f"unknown fallbacks {m['unknown_fallbacks']}, no-answer rollouts {m['no_answer_rollouts']} "
+                  "(outcome advantage)")

@@ -5,7 +5,8 @@
 
 Writes OUT/policy (Hugging Face checkpoint), OUT/state (exact resume) and the train_metrics artifact in OUT.
 Same inputs and config as a finished run: skipped (--force retrains from scratch). An interrupted run, or
-a rerun with a larger --max-steps, resumes from OUT/state. Every option is a TrainConfig field
+a rerun with a larger --max-steps, resumes from OUT/state. `--continue-from PREV` carries a previous run's
+optimizer, lr schedule and global step on (the next round of one continuous policy). Every option is a TrainConfig field
 (thinkrl.trainer), where its help text is defined.
 """
 
@@ -61,6 +62,8 @@ def train(
     lr: Annotated[float, _opt("lr")] = D.lr,
     warmup_steps: Annotated[int, _opt("warmup_steps")] = D.warmup_steps,
     schedule: Annotated[str, _opt("schedule")] = D.schedule,
+    schedule_steps: Annotated[int | None, _opt("schedule_steps")] = D.schedule_steps,
+    continue_from: Annotated[str | None, _opt("continue_from")] = D.continue_from,
     weight_decay: Annotated[float, _opt("weight_decay")] = D.weight_decay,
     betas: Annotated[tuple[float, float], _opt("betas")] = D.betas,
     grad_clip: Annotated[float, _opt("grad_clip")] = D.grad_clip,
@@ -83,6 +86,7 @@ def train(
     df = read_table(thoughts, "advantages", allow_empty=True)
     cfg = TrainConfig(
         prompts_per_step=prompts_per_step, epochs=epochs, lr=lr, warmup_steps=warmup_steps, schedule=schedule,
+        schedule_steps=schedule_steps, continue_from=continue_from,
         weight_decay=weight_decay, betas=tuple(betas), grad_clip=grad_clip,
         micro_batch_tokens=micro_batch_tokens,
         eps_low=eps_low, eps_high=eps_high, beta=beta, ref_policy=ref_policy, aggregation=aggregation,

@@ -174,6 +174,22 @@ def test_layout_and_summary(tiny_run):
     assert [r.round for r in summary.rounds] == [0, 1]
 
 
+def test_one_policy_trains_across_rounds(tiny_run):
+    """Round 1 continues round 0's AdamW state, global step and lr schedule (before: a fresh AdamW per round,
+    steps restarting at 1)."""
+    cfg, run_dir, _ = tiny_run
+    t = [read_table(run_dir / f"round-{r:03d}/train", "train_metrics") for r in range(2)]
+    n0, n1 = t[0].height, t[1].height
+    assert t[0]["step"].to_list() == list(range(1, n0 + 1))
+    assert t[1]["step"].to_list() == list(range(n0 + 1, n0 + n1 + 1))     # global steps
+    assert set(t[0]["round"]) == {0} and set(t[1]["round"]) == {1}
+    opt = torch.load(run_dir / "round-001/train/state/trainer.pt", weights_only=True)
+    assert {float(v["step"]) for v in opt["optimizer"]["state"].values()} == {float(n0 + n1)}
+    m = read_manifest(run_dir / "round-001/train")
+    assert m["inputs"]["continue_from"]["path"] == str(run_dir / "round-000/train/state")
+    assert m["config"]["schedule_steps"] == 4                               # 2 rounds x 2 planned steps
+
+
 def test_rerun_skips_and_alpha_reruns_segment_onward(tiny_run):
     cfg, run_dir, _ = tiny_run
     before = manifests(run_dir)

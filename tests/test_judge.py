@@ -13,7 +13,7 @@ from fault_server import FaultServer
 from thinkrl.artifacts import ArtifactWriter, read_table
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge import make_judge
-from thinkrl.judge.judging import judge_rollouts
+from thinkrl.judge.judging import check_fallbacks, fallback_report, judge_rollouts
 from thinkrl.judge.prompts import TEMPLATES, parse_reply, parse_steps_reply
 from thinkrl.judge.protocol import JudgeRequest
 from thinkrl.steps import split_steps
@@ -225,3 +225,42 @@ def test_judge_config_keys_what_the_judge_depends_on():
         judge_config("hf:d", "blank", "tok", prompt="nope")
     with pytest.raises(ThinkrlError, match="unknown splitter"):
         judge_config("rule", "words", "tok")
+
+
+def test_a_judge_that_fails_everywhere_is_loud_and_keeps_its_replies(tmp_path, tokenizer):
+    """Before: 93/93 steps `unknown` ("unparseable reply") and exit 0, training silently plain GRPO. Now the
+    share is reported, the raw reply sits beside each verdict, and more than --max-unknown fails (exit 2)
+    with the artifact written, so a rerun with a higher threshold reuses it."""
+    ro = rollouts_frame(tokenizer, 6)
+    with FaultServer() as srv:
+        srv.reply_fn = lambda messages: "I think step 1 is wrong."      # valid HTTP, useless text
+        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"), timeout_s=5)
+        m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {"judge": "openai"}))
+    df = read_table(tmp_path / "j", "judgments")
+    assert set(df["label"]) == {"unknown"} and set(df["reply"]) == {"I think step 1 is wrong."}
+    assert m["fallback_rollouts"] == 6 and m["judged_rollouts"] == 6 and m["fallback_share"] == 1.0
+    assert "6 of 6 judged rollouts (100.0%) have no usable verdict" in fallback_report(m)
+    assert "unparseable reply" in fallback_report(m)
+    with pytest.raises(ThinkrlError, match=r"more than --max-unknown 0.5"):
+        check_fallbacks(m, 0.5, tmp_path / "j")
+    assert (tmp_path / "j" / "manifest.json").is_file()                # written all the same
+    check_fallbacks(m, 1.0, tmp_path / "j")                              # a higher threshold accepts it
+
+
+def test_wrong_rollouts_without_answer_do_not_count_as_fallbacks(tmp_path, tokenizer):
+    """They get the outcome advantage whatever the judge says, so its failure on them costs nothing."""
+    ro = rollouts_frame(tokenizer, 6).with_columns(
+        pl.when(pl.col("correct")).then(pl.col("pred_answer")).otherwise(None).alias("pred_answer"))
+    with FaultServer() as srv:
+        srv.reply_fn = lambda messages: "no labels here"
+        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"), timeout_s=5)
+        m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {"judge": "openai"}))
+    assert m["judged_rollouts"] == 4 and m["fallback_rollouts"] == 4  # rollouts 0 and 3 are wrong: not counted
+
+
+def test_rule_judge_has_no_reply_and_no_fallbacks(tmp_path, tokenizer):
+    ro = rollouts_frame(tokenizer, 4)
+    m = judge_rollouts(ro, make_judge("rule"), tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}))
+    df = read_table(tmp_path / "j", "judgments")
+    assert df["reply"].null_count() == df.height and m["fallback_share"] == 0.0 and fallback_report(m) == ""
+    check_fallbacks(m, 0.0, tmp_path / "j")

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from thinkrl.loss import AGGREGATIONS, BatchCounts, LossConfig, policy_loss
+from thinkrl.loss import AGGREGATIONS, BatchCounts, LossConfig, aggregation_name, policy_loss
 
 D = torch.float64
 
@@ -100,16 +100,54 @@ def test_aggregations_by_hand():
     assert aggregate("seq-mean-token-mean") == pytest.approx(((1 + 2) / 2 + (3 - 4 + 5) / 3) / 2)
     assert aggregate("token-mean") == pytest.approx((1 + 2 + 3 - 4 + 5) / 5)
     assert aggregate("seq-mean-token-sum-norm") == pytest.approx((1 + 2 + 3 - 4 + 5) / 10 / 2)
-    assert aggregate("batch-token-mean") == pytest.approx((1 + 2 + 3 - 4 + 5) / 5)
+    assert aggregate("micro-batch-token-mean") == pytest.approx((1 + 2 + 3 - 4 + 5) / 5)
     assert set(AGGREGATIONS) == {"seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm",
-                                 "batch-token-mean"}
+                                 "micro-batch-token-mean"}
 
 
-def test_token_mean_is_per_micro_batch():
-    """DAPO's token-mean as implementations do it: mean per micro-batch, averaged over all micro-batches."""
-    n = BatchCounts(sequences=2, tokens=5, micro_batches=2, norm_len=10)
-    got = aggregate("token-mean", L[:1], MASK[:1], n) + aggregate("token-mean", L[1:], MASK[1:], n)
-    assert got == pytest.approx((1.5 + 4 / 3) / 2)
+# Three sequences (per-token losses by row, padding excluded) split two ways into micro-batches.
+ROWS = [[1.0, 2.0], [3.0, -4.0, 5.0], [6.0]]
+SPLITS = {"one micro-batch": [[0, 1, 2]], "two micro-batches": [[0], [1, 2]]}
+# Hand-written formulas of each aggregation (TRL / verl names in docs/PAPER.md), per split.
+HAND = {
+    # GRPO: mean over the 3 sequences of their token means, whatever the split
+    "seq-mean-token-mean": {"one micro-batch": (1.5 + 4 / 3 + 6) / 3, "two micro-batches": (1.5 + 4 / 3 + 6) / 3},
+    # DAPO: sum of all 6 token losses / 6 tokens, whatever the split
+    "token-mean": {"one micro-batch": 13 / 6, "two micro-batches": 13 / 6},
+    # Dr. GRPO: token sums / norm_len 10, mean over 3 sequences
+    "seq-mean-token-sum-norm": {"one micro-batch": 13 / 10 / 3, "two micro-batches": 13 / 10 / 3},
+    # TRL bnpo: token mean per micro-batch, averaged over micro-batches: (3/2 + 10/4) / 2 when split
+    "micro-batch-token-mean": {"one micro-batch": 13 / 6, "two micro-batches": (3 / 2 + 10 / 4) / 2},
+}
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+@pytest.mark.parametrize("name", list(HAND))
+def test_aggregation_formula_per_split(name, split):
+    parts = SPLITS[split]
+    n = BatchCounts(sequences=3, tokens=6, micro_batches=len(parts), norm_len=10)
+    total = 0.0
+    for rows in parts:
+        T = max(len(ROWS[i]) for i in rows)
+        loss = torch.tensor([ROWS[i] + [0.0] * (T - len(ROWS[i])) for i in rows], dtype=D)
+        mask = torch.tensor([[1.0] * len(ROWS[i]) + [0.0] * (T - len(ROWS[i])) for i in rows], dtype=D)
+        total += aggregate(name, loss, mask, n)
+    assert total == pytest.approx(HAND[name][split], abs=1e-12)
+
+
+@pytest.mark.parametrize("trl, ours", [("grpo", "seq-mean-token-mean"), ("dapo", "token-mean"),
+                                       ("dr_grpo", "seq-mean-token-sum-norm"), ("bnpo", "micro-batch-token-mean")])
+def test_trl_names_are_aliases(trl, ours):
+    assert aggregation_name(trl) == ours and aggregation_name(ours) == ours
+    assert aggregate(trl) == aggregate(ours)
+    from thinkrl.trainer import TrainConfig
+
+    assert TrainConfig(aggregation=trl).aggregation == ours  # one skip key for both spellings
+
+
+def test_unknown_aggregation_names_the_known_ones():
+    with pytest.raises(ValueError, match="token-mean.*bnpo"):
+        aggregation_name("mean")
 
 
 def random_batch(seed: int, n_seq: int = 7, T: int = 9):
@@ -123,7 +161,7 @@ def random_batch(seed: int, n_seq: int = 7, T: int = 9):
     return logp, old, adv, mask, ref
 
 
-@pytest.mark.parametrize("name", ["seq-mean-token-mean", "batch-token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("name", ["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_micro_batch_split_sums_to_whole_batch(name, seed):
     logp, old, adv, mask, ref = random_batch(seed)

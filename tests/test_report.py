@@ -58,15 +58,16 @@ def _thoughts(d: Path, scheme: str, dropped: int, share: float) -> None:
                                   "label": "correct", "reward": 1.0}],
                     "advantages": [{"rollout_id": "p0/r0/s0", "problem_id": "p0", "prompt_ids": [1],
                                     "completion_ids": [5, 5], "advantages": [1.0, 1.0],
-                                    "behaviour_logprobs": [-0.1, -0.1], "outcome_advantage": 1.0, "correct": True}]},
+                                    "behaviour_logprobs": [-0.1, -0.1], "outcome_advantage": 1.0, "correct": True,
+                                    "round": 0, "temperature": 1.0, "max_tokens": 8}]},
                    metrics={"scheme": scheme, "dropped_rollouts": dropped, "kept_rollouts": 16 - dropped,
                             "error_thoughts": 1, "flipped_error_thoughts": 1,
                             "incorrect_thought_token_share": share if scheme != "outcome" else 0.0})
 
 
 def _train(d: Path, losses: list[float]) -> None:
-    rows = [{"step": i + 1, "loss": v, "kl": 0.0, "clip_frac": 0.1, "grad_norm": 1.0, "lr": 1e-4, "tokens": 100,
-             "dropped_rollouts": 2, "skipped": False, "seconds": 0.5, "mfu": 0.01} for i, v in enumerate(losses)]
+    rows = [{"step": i + 1, "round": 0, "loss": v, "kl": 0.0, "clip_frac": 0.1, "ratio_mean": 1.0, "grad_norm": 1.0,
+             "lr": 1e-4, "tokens": 100, "dropped_rollouts": 2, "skipped": False, "seconds": 0.5, "mfu": 0.01} for i, v in enumerate(losses)]
     rows.append({**rows[-1], "step": len(rows) + 1, "loss": float("nan"), "skipped": True})  # skipped: not averaged
     write_artifact(d, "train", {}, {"train_metrics": rows})
 

@@ -18,7 +18,7 @@ from thinkrl.rollout_view import (
     render_terminal,
     rollout_view,
 )
-from thinkrl.segment import segment
+from thinkrl.segment import Sampling, segment
 from thinkrl.steps import split_steps, token_char_offsets, token_spans
 from thinkrl.tokenizer import EOS, build_tokenizer
 
@@ -64,7 +64,7 @@ def arts(tmp_path_factory) -> dict:
     w = ArtifactWriter(rnd / "thoughts", "segment", {"scheme": "thought"},
                        inputs={"rollouts": rnd / "rollouts", "judgments": rnd / "judgments"})
     segment(read_table(rnd / "rollouts", "rollouts"), read_table(rnd / "judgments", "judgments"), "thought", 1.0,
-            w, None)
+            w, None, Sampling(1.0, 64))
     return {"root": root, "rollouts": rnd / "rollouts", "judgments": rnd / "judgments", "thoughts": rnd / "thoughts",
             "tok": tok}
 

@@ -125,3 +125,24 @@ def test_merge_thoughts_separators_go_to_previous_thought():
     runs = merge_thoughts(steps, answer_token_start=13)
     assert [(a, b, lab) for a, b, lab, _ in runs] == [(0, 7, C), (7, 10, INC), (10, 13, C)]
     assert [idx for *_, idx in runs] == [[0, 1], [2], [3]]
+
+
+def test_step_scheme_failed_judgment_gets_outcome_advantage():
+    """A failed judgment gets r̂ on every token under `step` too (before the fix: r_i normalised over the
+    group's step rewards, [0.894, -1.118] instead of r̂ [1, -1]); its rewards stay out of the normalisation."""
+    failed = RolloutInput("f", True, 4, None, 4)
+    group = [failed, ro("w", False, [M], 2, 1)]
+    adv = {a.rollout_id: a for a in group_advantages(group, "step")}
+    rh = 0.5 / (0.5 + 1e-4)
+    assert adv["f"].unknown_fallback
+    assert adv["f"].advantages == pytest.approx([rh] * 4, abs=1e-6)
+    # w alone in the pool: raw [0 (matched), 0 (answer)], std 0 -> both normalised rewards 0
+    assert adv["w"].advantages == pytest.approx([0.0] * 3, abs=1e-6)
+
+
+def test_step_scheme_all_failed_is_outcome():
+    group = [RolloutInput("a", True, 3, None, 3), RolloutInput("b", False, 2, None, 2)]
+    adv = group_advantages(group, "step")
+    rh = 0.5 / (0.5 + 1e-4)
+    assert adv[0].advantages == pytest.approx([rh] * 3, abs=1e-6)
+    assert adv[1].advantages == pytest.approx([-rh] * 2, abs=1e-6)

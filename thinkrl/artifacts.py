@@ -103,7 +103,7 @@ ROLLOUTS = Schema(
 )
 
 JUDGMENTS = Schema(
-    "judgments", 1, "One row per reasoning step of each judged rollout, with the judge's label.",
+    "judgments", 2, "One row per reasoning step of each judged rollout, with the judge's label.",
     ("rollout_id", "step_idx"),
     (
         Column("rollout_id", S, "joins rollouts.rollout_id"),
@@ -116,6 +116,8 @@ JUDGMENTS = Schema(
         Column("label", S, "correct | incorrect | matched | unmatched | unknown"),
         Column("judge", S, "judge backend and model, e.g. `rule`, `hf:/models/q`"),
         Column("rationale", S, "judge's reason or the parse failure reason"),
+        Column("reply", S, "the generative judge's raw reply for this rollout (the same on each of its steps); "
+                           "null for rule/oracle judges and failed calls", nullable=True),
     ),
 )
 
@@ -133,27 +135,34 @@ THOUGHTS = Schema(
 )
 
 ADVANTAGES = Schema(
-    "advantages", 1, "Per-rollout training rows: token ids, per-token advantages, behaviour log-probs.",
+    "advantages", 2, "Per-rollout training rows: token ids, per-token advantages, behaviour log-probs.",
     ("rollout_id",),
     (
         Column("rollout_id", S, "joins rollouts.rollout_id"),
         Column("problem_id", S, "group id"),
+        Column("round", I32, "training round of the rollouts"),
         Column("prompt_ids", LI32, "prompt token ids"),
         Column("completion_ids", LI32, "completion token ids"),
         Column("advantages", LF32, "per-token advantage, aligned with completion_ids"),
-        Column("behaviour_logprobs", LF32, "log pi_old of completion_ids, recomputed by the trainer's model"),
+        Column("behaviour_logprobs", LF32, "log pi_old of completion_ids at `temperature`, recomputed by the "
+                                           "trainer's own scorer (or the sampler's with --no-recompute)"),
+        Column("temperature", F32, "sampling temperature of the rollouts; log-probs are log_softmax(logits / T) "
+                                   "on both sides of the ratio (T = 0, greedy, scores at 1)"),
+        Column("max_tokens", I32, "generation budget of the rollouts (Dr. GRPO's constant norm_len)"),
         Column("outcome_advantage", F32, "standardised outcome r_hat"),
         Column("correct", B, "outcome r == 1"),
     ),
 )
 
 TRAIN_METRICS = Schema(
-    "train_metrics", 1, "One row per optimizer step.", ("step",),
+    "train_metrics", 2, "One row per optimizer step.", ("step",),
     (
-        Column("step", I64, "global optimizer step (1-based)"),
+        Column("step", I64, "global optimizer step (1-based), counted across the rounds of an experiment"),
+        Column("round", I32, "training round of the step's data"),
         Column("loss", F64, "total loss"),
         Column("kl", F64, "mean k3 KL to the reference (0 when beta = 0)"),
         Column("clip_frac", F64, "share of tokens whose ratio was clipped"),
+        Column("ratio_mean", F64, "mean ratio pi_theta / pi_old over the step's tokens (1 at a round's first step)"),
         Column("grad_norm", F64, "gradient norm before clipping"),
         Column("lr", F64, "learning rate used"),
         Column("tokens", I64, "completion tokens in the step"),
@@ -317,7 +326,8 @@ def read_table(path: str | Path, table: str, allow_empty: bool = False) -> pl.Da
 
 # --------------------------------------------------------------------------------------------- writing
 def to_frame(rows: pl.DataFrame | Sequence[Mapping[str, Any]], schema: Schema) -> pl.DataFrame:
-    """Rows (dicts or a frame) cast to the schema's types; unknown extra columns are kept as they are."""
+    """Rows (dicts or a frame) cast to the schema's types; unknown extra columns are kept as they are, and a
+    nullable column that is left out is added, all null."""
     if isinstance(rows, pl.DataFrame):
         df = rows
     else:
@@ -325,7 +335,9 @@ def to_frame(rows: pl.DataFrame | Sequence[Mapping[str, Any]], schema: Schema) -
         if df.width == 0:
             df = pl.DataFrame(schema=schema.polars_schema)
     casts = [pl.col(c.name).cast(c.dtype) for c in schema.columns if c.name in df.columns]
-    return df.with_columns(casts)
+    nulls = [pl.lit(None, dtype=c.dtype).alias(c.name) for c in schema.columns
+             if c.nullable and c.name not in df.columns]  # a nullable column left out is all null
+    return df.with_columns(casts + nulls)
 
 
 def _write_parquet_atomic(df: pl.DataFrame, dest: Path) -> None:

@@ -120,6 +120,8 @@ class ExperimentConfig:
     judge_max_tokens: int = _f(1024, "generative judges: maximum reply tokens")
     judge_concurrency: int = _f(8, "openai judge: requests in flight at once")
     judge_part_size: int = _f(64, "rollouts per judge part file (resume granularity)")
+    judge_max_unknown: float = _f(0.5, "stop the run when more than this share of a round's judged rollouts has "
+                                        "no usable verdict (every step unknown: they would train as plain GRPO)")
     splitter: str = _f("blank", "step splitter: blank (blank lines), line, or judge (a generative judge groups the lines into steps)")
     scheme: str = _f("thought", "reward scheme: outcome (GRPO), thought (TP-GRPO), thought-static, step")
     alpha: float = _f(1.0, "penalty scale of incorrect thoughts (alpha*acc; alpha for thought-static)")
@@ -128,16 +130,18 @@ class ExperimentConfig:
     lr: float = _f(1e-4, "peak learning rate (1e-4 gained +9-11 points on the tiny policy; 3e-4 collapsed)")
     prompts_per_step: int = _f(5, "problems per optimizer step (B), each with all its G rollouts")
     epochs: int = _f(1, "passes over each round's rollouts")
-    warmup_steps: int = _f(0, "linear lr warm-up steps (per round)")
-    schedule: str = _f("constant", "lr schedule within a round: constant, cosine, linear")
+    warmup_steps: int = _f(0, "linear lr warm-up steps, once at the start of the experiment (global steps)")
+    schedule: str = _f("constant", "lr schedule over the whole experiment (rounds x planned steps per round): "
+                                   "constant, cosine, linear")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0 = off)")
     micro_batch_tokens: int = _f(4096, "padded tokens per micro-batch")
     eps_low: float = _f(0.2, "ratio clip below: 1 - eps_low")
     eps_high: float = _f(0.2, "ratio clip above: 1 + eps_high (DAPO: 0.28)")
     beta: float = _f(0.0, "k3 KL coefficient to the start policy `policy` (0 = none)")
-    aggregation: str = _f("seq-mean-token-mean", "loss aggregation: seq-mean-token-mean, token-mean, "
-                                                 "seq-mean-token-sum-norm, batch-token-mean")
+    aggregation: str = _f("seq-mean-token-mean", "loss aggregation: seq-mean-token-mean (GRPO), token-mean "
+                                                 "(DAPO), seq-mean-token-sum-norm (Dr. GRPO), "
+                                                 "micro-batch-token-mean (TRL bnpo); TRL's names accepted")
     save_every: int = _f(10, "trainer checkpoint every N optimizer steps (resume granularity)")
     # eval
     eval_every: int = _f(1, "held-out eval after every N-th round and after the last (0 = no eval)")
@@ -207,10 +211,16 @@ class ExperimentConfig:
         return "\n".join(lines) + "\n"
 
     # -- the stages' configs
-    def train_config(self, round_: int):
+    def train_config(self, round_: int, continue_from: Path | None = None):
+        """Round `round_`'s training settings. One policy trains across the rounds: the lr schedule spans the
+        planned steps of every round, and `continue_from` (the previous round's trainer state) carries the
+        optimizer and the global step on."""
         from thinkrl.trainer import TrainConfig
 
+        steps_per_round = self.epochs * -(-self.prompts_per_round // self.prompts_per_step)
         return TrainConfig(
+            schedule_steps=self.rounds * steps_per_round,
+            continue_from=str(continue_from) if continue_from else None,
             prompts_per_step=self.prompts_per_step, epochs=self.epochs, lr=self.lr,
             warmup_steps=self.warmup_steps, schedule=self.schedule, weight_decay=self.weight_decay,
             grad_clip=self.grad_clip, micro_batch_tokens=self.micro_batch_tokens, eps_low=self.eps_low,
@@ -366,6 +376,16 @@ def policy_after(run_dir: Path, cfg: ExperimentConfig, round_: int) -> Path:
     return Path(cfg.policy) if round_ < 0 else round_dir(run_dir, round_) / "train" / "policy"
 
 
+def previous_train_state(run_dir: Path, round_: int) -> Path | None:
+    """The trainer state round `round_` continues from: the previous round's train/state (None in round 0,
+    or while no round has trained yet)."""
+    if round_ <= 0:
+        return None
+    from thinkrl.trainer import find_state
+
+    return find_state(round_dir(run_dir, round_ - 1) / "train")
+
+
 def _metrics(out: Path) -> dict:
     return read_manifest(out).get("metrics", {})
 
@@ -468,14 +488,16 @@ def stage_sample(ctx: _Ctx, round_: int, policy: Path, problems: Path, out: Path
 # -- judge
 def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path) -> Path:
     from thinkrl.judge import make_judge
-    from thinkrl.judge.judging import judge_config, judge_rollouts
+    from thinkrl.judge.judging import check_fallbacks, judge_config, judge_rollouts
 
     cfg = ctx.cfg
     config = judge_config(cfg.judge, cfg.splitter, str(policy), cfg.judge_model, cfg.judge_prompt,
                           cfg.judge_max_tokens)
     writer = ArtifactWriter(out, "judge", config, inputs={"rollouts": rollouts})
+    max_unknown = 1.0 if cfg.scheme == "outcome" else cfg.judge_max_unknown  # outcome ignores the labels
     if writer.up_to_date():
         m = _metrics(out)
+        check_fallbacks(m, max_unknown, out)
         ctx.display.done(round_, "judge", f"{m.get('steps')} steps of {m.get('rollouts')} rollouts", True)
         return out
     df = read_table(rollouts, "rollouts")
@@ -484,17 +506,20 @@ def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path)
                    cache_dir=str(out / "_cache"), concurrency=cfg.judge_concurrency)
     m = judge_rollouts(df, j, ctx.tokenizer(policy), writer, splitter=cfg.splitter,
                        part_size=cfg.judge_part_size, progress=lambda k: ctx.display.advance(k))
+    check_fallbacks(m, max_unknown, out)
     ctx.display.done(round_, "judge", f"{m['steps']} steps of {m['rollouts']} rollouts, "
-                                      f"unknown {m['unknown_rate']:.3f}, {m['seconds']:.1f} s")
+                                      f"unknown {m['unknown_rate']:.3f}, no usable verdict "
+                                      f"{m['fallback_share']:.1%}, {m['seconds']:.1f} s")
     return out
 
 
 # -- segment
 def stage_segment(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, judgments: Path, out: Path) -> Path:
-    from thinkrl.segment import behaviour_logprob_fn, segment, segment_key
+    from thinkrl.segment import behaviour_logprob_fn, rollouts_sampling, segment, segment_key
 
     cfg = ctx.cfg
-    config, inputs = segment_key(rollouts, judgments, cfg.scheme, cfg.alpha, policy, cfg.recompute_logprobs)
+    tcfg = cfg.train_config(round_)
+    config, inputs = segment_key(rollouts, judgments, cfg.scheme, cfg.alpha, policy, cfg.recompute_logprobs, tcfg)
     writer = ArtifactWriter(out, "segment", config, inputs=inputs)
     if writer.up_to_date():
         m = _metrics(out)
@@ -503,8 +528,8 @@ def stage_segment(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, judgment
     ctx.start(round_, "segment")
     ro = read_table(rollouts, "rollouts")
     jd = read_table(judgments, "judgments", allow_empty=True) if "judgments" in inputs else None
-    logprob_fn = behaviour_logprob_fn(policy) if cfg.recompute_logprobs else None
-    m = segment(ro, jd, cfg.scheme, cfg.alpha, writer, logprob_fn)
+    logprob_fn = behaviour_logprob_fn(policy, tcfg) if cfg.recompute_logprobs else None
+    m = segment(ro, jd, cfg.scheme, cfg.alpha, writer, logprob_fn, rollouts_sampling(rollouts))
     ctx.display.done(round_, "segment", f"{m['kept_rollouts']}/{m['rollouts']} rollouts kept, "
                                         f"incorrect-thought tokens {m['incorrect_thought_token_share']:.3f}")
     return out
@@ -527,13 +552,20 @@ def _copy_policy(src: Path, dest: Path) -> None:
 
 
 def _carry_forward(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path, reason: str) -> Path:
+    """Nothing to train: the policy (and the trainer state the next round continues from) are copied on."""
+    prev = previous_train_state(ctx.run_dir, round_)
     config = {"carried_forward": True, "policy": str(policy)}
-    writer = ArtifactWriter(out, "train", config, inputs={"policy": policy, "thoughts": thoughts})
+    inputs = {"policy": policy, "thoughts": thoughts, **({"continue_from": prev} if prev else {})}
+    writer = ArtifactWriter(out, "train", config, inputs=inputs)
     skipped = writer.up_to_date()
     if not skipped:
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST).unlink(missing_ok=True)
         _copy_policy(policy, out / "policy")
+        if prev is not None:
+            _copy_policy(prev, out / "state")
+        else:
+            shutil.rmtree(out / "state", ignore_errors=True)
         writer.set_table("train_metrics", [])
         writer.finish({"steps": 0, "carried_forward": True, "reason": reason, "policy": str(out / "policy")},
                       allow_empty=True)
@@ -547,7 +579,7 @@ def stage_train(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path)
     df = read_table(thoughts, "advantages", allow_empty=True)
     if df.height == 0:
         return _carry_forward(ctx, round_, policy, thoughts, out, "every advantage of the round is zero")
-    tcfg = trainer.resolve_config(ctx.cfg.train_config(round_), df)
+    tcfg = trainer.resolve_config(ctx.cfg.train_config(round_, previous_train_state(ctx.run_dir, round_)), df)
     inputs = trainer.train_inputs(tcfg, policy, thoughts)
     writer = ArtifactWriter(out, "train", {**tcfg.to_dict(), "policy": str(policy)}, inputs=inputs)
     if writer.up_to_date():

@@ -5,16 +5,17 @@ Per completion token t of sequence i (mask m_it = 1 on completion tokens):
     ℓ_it = −min(ρ·A_it, clip(ρ, 1 − ε_low, 1 + ε_high)·A_it) + β·k3,
     k3 = exp(log π_ref − log π_θ) − (log π_ref − log π_θ) − 1          (Schulman's k3 estimator)
 
-Aggregations (a dict of functions). Each returns this micro-batch's share of the optimizer-step loss, so
+Aggregations (a dict of functions; TRL's `loss_type` names are accepted as aliases, see ALIASES and the
+mapping table in docs/PAPER.md). Each returns this micro-batch's share of the optimizer-step loss, so
 summing the micro-batch losses (gradient accumulation, and DDP's gradient average times world size)
-gives exactly the loss of the whole batch, however it is split — except `token-mean`, see below:
-- `seq-mean-token-mean` (GRPO, default): mean over sequences of each sequence's token mean.
-- `token-mean` (DAPO): token mean within each micro-batch, averaged over the micro-batches of the step
-  on all ranks (as DAPO implementations do per micro-batch; depends on how the batch is split).
-- `seq-mean-token-sum-norm` (Dr. GRPO): token sums divided by a constant (the generation budget
-  `norm_len`), mean over sequences.
-- `batch-token-mean` (BNPO-style): exact token mean over every completion token of the optimizer step,
-  all micro-batches and ranks (independent of the split).
+gives exactly the loss of the whole batch, however it is split — except `micro-batch-token-mean`:
+- `seq-mean-token-mean` (GRPO, default; TRL `grpo`): mean over sequences of each sequence's token mean.
+- `token-mean` (DAPO; TRL `dapo`, verl `token-mean`): the global token mean over every completion token of
+  the optimizer step, all micro-batches and ranks (independent of the split).
+- `seq-mean-token-sum-norm` (Dr. GRPO; TRL `dr_grpo`): token sums divided by a constant (the generation
+  budget `norm_len`), mean over sequences.
+- `micro-batch-token-mean` (TRL `bnpo`): token mean within each micro-batch, averaged over the
+  micro-batches of the step on all ranks; it depends on how the batch is split (`micro_batch_tokens`).
 
 Padded positions (mask 0) are selected out with `torch.where`, so a non-finite value there (e.g. a padded
 log-prob) never reaches the loss; a non-finite value on a real token does, and the trainer skips that step.
@@ -48,7 +49,7 @@ def _seq_mean_token_mean(loss, mask, n: BatchCounts):
     return per_seq.sum() / n.sequences
 
 
-def _token_mean(loss, mask, n: BatchCounts):
+def _micro_batch_token_mean(loss, mask, n: BatchCounts):
     return _masked(loss, mask).sum() / mask.sum().clamp(min=1) / n.micro_batches
 
 
@@ -56,7 +57,7 @@ def _seq_mean_token_sum_norm(loss, mask, n: BatchCounts):
     return _masked(loss, mask).sum() / n.norm_len / n.sequences
 
 
-def _batch_token_mean(loss, mask, n: BatchCounts):
+def _token_mean(loss, mask, n: BatchCounts):
     return _masked(loss, mask).sum() / n.tokens
 
 
@@ -64,8 +65,19 @@ AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, BatchCounts], torc
     "seq-mean-token-mean": _seq_mean_token_mean,
     "token-mean": _token_mean,
     "seq-mean-token-sum-norm": _seq_mean_token_sum_norm,
-    "batch-token-mean": _batch_token_mean,
+    "micro-batch-token-mean": _micro_batch_token_mean,
 }
+ALIASES = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm",
+           "bnpo": "micro-batch-token-mean"}  # TRL's loss_type names
+
+
+def aggregation_name(name: str) -> str:
+    """The thinkrl name of an aggregation given by its own or TRL's name; ValueError if unknown."""
+    name = ALIASES.get(name, name)
+    if name not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {name!r}; expected one of {', '.join(AGGREGATIONS)} "
+                         f"(or TRL's {', '.join(ALIASES)})")
+    return name
 
 
 @dataclass(frozen=True)
@@ -91,10 +103,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
         d = ref_logp - logp
         kl = torch.exp(d) - d - 1                                                # k3, >= 0
         loss = pg + cfg.beta * kl
-    if cfg.aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {cfg.aggregation!r}; "
-                         f"expected one of {', '.join(AGGREGATIONS)}")
-    agg = AGGREGATIONS[cfg.aggregation]
+    agg = AGGREGATIONS[aggregation_name(cfg.aggregation)]
     out = agg(loss, mask, counts)
     with torch.no_grad():
         # the clip removed the gradient: the clipped term won the minimum and differs from the unclipped one

@@ -5,29 +5,72 @@
 Groups are the rollouts of one problem in one round. Each rollout's steps (from the judgments, joined on
 rollout_id) become `StepLabel`s; `thinkrl.thoughts.SCHEMES[scheme]` turns each group into token
 advantages. A rollout with no judgment rows at all is treated as a failed judgment (outcome advantage
-everywhere). Behaviour log-probs are recomputed ONCE here by `logprob_fn` (the trainer's own forward
-pass over the policy that sampled the round), so the clipped ratio never mixes engines. Rollouts whose
-advantages are all zero are dropped (the paper keeps only non-zero process rewards).
+everywhere). So is, for every judge, a wrong rollout with no extractable answer (cut off at max_tokens,
+or no `\boxed{}`): it has no wrong answer for a step to match, so the paper's Proposition 2 does not
+apply, and without this rule its steps would all be `unmatched`, its advantages all zero, and looping or
+over-long outputs never pushed down (counted as `no_answer_rollouts`; docs/PAPER.md).
+
+Judged token spans are checked at this boundary: 0 <= token_start <= token_end <= completion tokens, steps
+in order and not overlapping; anything else is an error naming the rollout and step, so the thoughts table
+always equals the advantages that training uses.
+
+Behaviour log-probs are recomputed ONCE here by `logprob_fn`, the trainer's own function
+(`thinkrl.trainer.behaviour_logprobs`: its device, dtype and autocast, at the sampling temperature), over
+the policy that sampled the round, so the first optimizer step of a round has ratio 1 and the clipped
+ratio never mixes engines. Each advantages row carries the rollouts' sampling temperature (the trainer
+scores at it) and generation budget `max_tokens` (Dr. GRPO's constant), both from the rollouts manifest.
+Rollouts whose advantages are all zero are dropped (the paper keeps only non-zero process rewards).
 
 Metrics: share of completion tokens in incorrect thoughts (of correct rollouts), count of error thoughts
 whose advantage flipped sign against the outcome advantage (negative inside a correct rollout), dropped
-rollouts, unknown-label fallbacks.
+rollouts, unknown-label fallbacks, no-answer rollouts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from thinkrl.artifacts import JUDGMENTS, ArtifactWriter
+from thinkrl.artifacts import JUDGMENTS, MANIFEST, ArtifactWriter, read_manifest
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import INCORRECT, UNKNOWN
-from thinkrl.thoughts import SCHEMES, RolloutInput, step_labels
+from thinkrl.thoughts import SCHEMES, RolloutInput, no_answer, step_labels
 
-LogprobFn = Callable[[list[list[int]], list[list[int]]], list[np.ndarray]]
+# (prompts, completions, temperatures) -> log π_old per completion token
+LogprobFn = Callable[[list[list[int]], list[list[int]], list[float]], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What the trainer needs to know of how the rollouts were sampled (from the rollouts manifest)."""
+    temperature: float
+    max_tokens: int
+
+
+def rollouts_sampling(rollouts: Path) -> Sampling:
+    """The sampling temperature and generation budget recorded in a rollouts artifact's manifest."""
+    config = read_manifest(rollouts).get("config", {})
+    if "temperature" not in config or "max_tokens" not in config:
+        raise ThinkrlError(f"{rollouts / MANIFEST}: config has no temperature/max_tokens (not written by "
+                           "`thinkrl sample`?)")
+    return Sampling(float(config["temperature"]), int(config["max_tokens"]))
+
+
+def checked_spans(rid: str, j: pl.DataFrame, n_tokens: int) -> list[tuple[int, int, str]]:
+    """(token_start, token_end, label) of one rollout's judged steps, validated (see module doc)."""
+    spans, prev_end = [], 0
+    for idx, a, b, label in zip(j["step_idx"], j["token_start"], j["token_end"], j["label"], strict=True):
+        if not (0 <= a <= b <= n_tokens) or a < prev_end:
+            raise ThinkrlError(f"judgments, rollout {rid} step {idx}: token span [{a}, {b}) is invalid for a "
+                               f"completion of {n_tokens} tokens (expected 0 <= start <= end <= {n_tokens}, "
+                               f"steps in order, not overlapping; the previous step ends at {prev_end})")
+        spans.append((a, b, label))
+        prev_end = b
+    return spans
 
 
 def rollout_inputs(rollouts: pl.DataFrame, judgments: pl.DataFrame) -> dict[str, RolloutInput]:
@@ -36,37 +79,44 @@ def rollout_inputs(rollouts: pl.DataFrame, judgments: pl.DataFrame) -> dict[str,
         steps_by[rid] = df
     out = {}
     for r in rollouts.iter_rows(named=True):
-        n = len(r["completion_ids"])
-        j = steps_by.get(r["rollout_id"])
-        spans = [] if j is None else zip(j["token_start"], j["token_end"], j["label"], strict=True)
+        rid, n = r["rollout_id"], len(r["completion_ids"])
+        j = steps_by.get(rid)
+        spans = [] if j is None else checked_spans(rid, j, n)
         steps, answer_start = step_labels(spans, n)
-        out[r["rollout_id"]] = RolloutInput(r["rollout_id"], bool(r["correct"]), n, steps, answer_start)
+        if no_answer(r):
+            steps, answer_start = None, n
+        out[rid] = RolloutInput(rid, bool(r["correct"]), n, steps, answer_start)
     return out
 
 
 def segment_key(rollouts: Path, judgments: Path | None, scheme: str, alpha: float, policy: Path,
-                recompute: bool) -> tuple[dict, dict]:
+                recompute: bool, train_config=None) -> tuple[dict, dict]:
     """(config, inputs) of the segment stage's skip key, the same for `thinkrl segment` and `thinkrl run`.
     The outcome scheme ignores step labels, so judgments are no input of it (a judge change does not
-    retrain a GRPO run); the policy is one only when it recomputes the behaviour log-probs."""
+    retrain a GRPO run); the policy is one only when it recomputes the behaviour log-probs, and then the
+    trainer settings that change their numerics (resolved dtype, micro-batch budget) are part of the key."""
+    from thinkrl.trainer import TrainConfig, resolve_dtype
+
+    tc = train_config or TrainConfig()
     use_judgments = judgments is not None and scheme != "outcome"
     inputs = {"rollouts": rollouts, **({"judgments": judgments} if use_judgments else {}),
               **({"policy": policy} if recompute else {})}
-    config = {"scheme": scheme, "alpha": alpha, "recompute": recompute, "policy": str(policy) if recompute else None}
+    scorer = {"dtype": resolve_dtype(tc.dtype), "micro_batch_tokens": tc.micro_batch_tokens} if recompute else None
+    config = {"scheme": scheme, "alpha": alpha, "recompute": recompute, "policy": str(policy) if recompute else None,
+              "scorer": scorer}
     return config, inputs
 
 
-def behaviour_logprob_fn(policy: Path, batch_tokens: int = 16384) -> LogprobFn:
-    """Log-probs of completions under `policy` as the trainer computes them (the behaviour log-probs)."""
-    from thinkrl.models import load_policy
-    from thinkrl.trainer import token_logprobs
+def behaviour_logprob_fn(policy: Path, train_config) -> LogprobFn:
+    """Log-probs of completions under `policy` exactly as the trainer computes them with `train_config`
+    (a thinkrl.trainer.TrainConfig: its device, dtype and autocast, micro-batches of micro_batch_tokens)."""
+    from thinkrl.trainer import behaviour_scorer
 
-    model, _ = load_policy(policy)
-    return lambda prompts, completions: token_logprobs(model, prompts, completions, batch_tokens=batch_tokens)
+    return behaviour_scorer(policy, train_config)
 
 
 def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str, alpha: float,
-            writer: ArtifactWriter, logprob_fn: LogprobFn | None) -> dict:
+            writer: ArtifactWriter, logprob_fn: LogprobFn | None, sampling: Sampling) -> dict:
     if scheme not in SCHEMES:
         raise ThinkrlError(f"unknown reward scheme '{scheme}' (known: {', '.join(SCHEMES)})")
     if judgments is None:
@@ -81,12 +131,14 @@ def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str,
     inputs = rollout_inputs(rollouts, judgments)
     rows = {r["rollout_id"]: r for r in rollouts.iter_rows(named=True)}
     thoughts, advs = [], []
-    m = {"dropped_rollouts": 0, "unknown_fallbacks": 0, "flipped_error_thoughts": 0, "error_thoughts": 0,
+    m = {"dropped_rollouts": 0, "unknown_fallbacks": 0, "no_answer_rollouts": 0, "flipped_error_thoughts": 0, "error_thoughts": 0,
          "incorrect_thought_tokens": 0, "tokens": 0, "unknown_steps": int((judgments["label"] == UNKNOWN).sum())}
     for (_pid, _round), g in rollouts.group_by(["problem_id", "round"], maintain_order=True):
         group = [inputs[rid] for rid in g["rollout_id"]]
         for ra, ri in zip(SCHEMES[scheme](group, alpha), group, strict=True):
-            m["unknown_fallbacks"] += ra.unknown_fallback and scheme != "outcome"
+            missing = no_answer(rows[ra.rollout_id])
+            m["no_answer_rollouts"] += missing
+            m["unknown_fallbacks"] += ra.unknown_fallback and scheme != "outcome" and not missing
             m["tokens"] += ri.n_tokens
             for t in ra.thoughts:
                 thoughts.append({"rollout_id": ra.rollout_id, "thought_idx": t.idx, "token_start": t.token_start,
@@ -101,9 +153,12 @@ def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str,
             r = rows[ra.rollout_id]
             advs.append({"rollout_id": ra.rollout_id, "problem_id": r["problem_id"], "prompt_ids": r["prompt_ids"],
                          "completion_ids": r["completion_ids"], "advantages": ra.advantages.tolist(),
-                         "outcome_advantage": ra.outcome_advantage, "correct": bool(r["correct"])})
+                         "outcome_advantage": ra.outcome_advantage, "correct": bool(r["correct"]),
+                         "round": r["round"], "temperature": sampling.temperature,
+                         "max_tokens": sampling.max_tokens})
     if advs and logprob_fn is not None:
-        lps = logprob_fn([a["prompt_ids"] for a in advs], [a["completion_ids"] for a in advs])
+        lps = logprob_fn([a["prompt_ids"] for a in advs], [a["completion_ids"] for a in advs],
+                         [a["temperature"] for a in advs])
         for a, lp in zip(advs, lps, strict=True):
             a["behaviour_logprobs"] = np.asarray(lp, dtype=np.float32).tolist()
     else:  # no model given: the sampler's own log-probs
@@ -114,9 +169,11 @@ def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str,
     metrics = {
         "rollouts": rollouts.height, "kept_rollouts": len(advs), "dropped_rollouts": m["dropped_rollouts"],
         "unknown_fallbacks": m["unknown_fallbacks"], "unknown_steps": m["unknown_steps"],
+        "no_answer_rollouts": m["no_answer_rollouts"],
         "error_thoughts": m["error_thoughts"], "flipped_error_thoughts": m["flipped_error_thoughts"],
         "incorrect_thought_token_share": m["incorrect_thought_tokens"] / max(m["tokens"], 1),
         "scheme": scheme, "alpha": alpha, "behaviour_logprobs": "recomputed" if logprob_fn else "sampler",
+        "temperature": sampling.temperature, "max_tokens": sampling.max_tokens,
     }
     writer.finish(metrics, tables=["thoughts", "advantages"], allow_empty=True)
     return metrics

@@ -20,9 +20,14 @@ Schemes, each a function of the whole group (a dict, chosen by name):
   every step gets a raw reward — correct o_i: `correct` 1, `incorrect` 1 − α·acc; incorrect o_i:
   `matched` 0; `unknown` the outcome r_i; `unmatched` the group mean (so it normalises to 0, "not
   punished") — and the answer part a last raw reward r_i. Raw rewards are normalised over all rewards of
-  the group (population std + 1e-4); a token's advantage is the sum of the normalised rewards of every
-  step that ends at or after it (return-to-go). The paper gives no exact values for this ablation; the
-  choice is listed in docs/PAPER.md.
+  the group's judged rollouts (population std + 1e-4); a token's advantage is the sum of the normalised
+  rewards of every step that ends at or after it (return-to-go). A failed judgment gets r̂_i on every
+  token, as in the other schemes, and its rewards take no part in the normalisation. The paper gives no
+  exact values for this ablation; the choice is listed in docs/PAPER.md.
+
+A failed judgment is `steps is None`: the judge failed or labelled every step `unknown`, the rollout has
+no judgment rows, or (decided in thinkrl.segment for every judge) it is a wrong rollout with no
+extractable answer, to which Proposition 2 cannot apply.
 """
 
 from __future__ import annotations
@@ -81,6 +86,12 @@ class RolloutAdvantage:
     unknown_fallback: bool               # judgment failed: outcome advantage used everywhere
 
 
+def no_answer(rollout: dict) -> bool:
+    """A wrong rollout with no extractable answer (a rollouts row): Proposition 2 cannot apply to it, so it
+    is treated as a failed judgment (r̂ on every token) whatever the judge said (see the module doc)."""
+    return not rollout["correct"] and not rollout["pred_answer"]
+
+
 def outcome_advantages(correct: Sequence[bool]) -> np.ndarray:
     """r̂ = (r − mean r) / (population std r + 1e-4), shape (G,)."""
     r = np.asarray(correct, dtype=np.float64)
@@ -134,30 +145,32 @@ def scheme_outcome(group: Sequence[RolloutInput], alpha: float) -> list[RolloutA
             for g, rh in zip(group, r_hat, strict=True)]
 
 
+def _step_raw_rewards(g: RolloutInput, acc: float, alpha: float) -> list[tuple[int, float, str, int]]:
+    """(end token, raw reward, label, start token) per step and the answer part; NaN for `unmatched`."""
+    r = float(g.correct)
+    value = {CORRECT: 1.0, INCORRECT: 1.0 - alpha * acc, MATCHED: 0.0, UNMATCHED: np.nan}
+    items = [(s.token_end, value.get(s.label, r), s.label, s.token_start) for s in g.steps or ()]
+    return items + [(g.n_tokens, r, "answer", g.answer_token_start)]
+
+
 def scheme_step(group: Sequence[RolloutInput], alpha: float) -> list[RolloutAdvantage]:
     r_hat = outcome_advantages([g.correct for g in group])
     acc = float(np.mean([g.correct for g in group]))
-    # raw rewards: per rollout a list of (end token, raw reward, label, start token)
-    raw: list[list[tuple[int, float, str, int]]] = []
-    for g in group:
-        r = float(g.correct)
-        items = []
-        for s in g.steps or ():
-            v = {CORRECT: 1.0, INCORRECT: 1.0 - alpha * acc, MATCHED: 0.0}.get(s.label, np.nan if s.label == UNMATCHED else r)
-            items.append((s.token_end, v, s.label, s.token_start))
-        items.append((g.n_tokens, r, "answer", g.answer_token_start))
-        raw.append(items)
-    known = np.array([v for items in raw for _, v, _, _ in items if not np.isnan(v)])
-    mean, std = known.mean(), known.std()
+    raw = [None if g.steps is None else _step_raw_rewards(g, acc, alpha) for g in group]
+    known = np.array([v for items in raw if items for _, v, _, _ in items if not np.isnan(v)])
+    mean, std = (known.mean(), known.std()) if known.size else (0.0, 0.0)
     out = []
     for g, rh, items in zip(group, r_hat, raw, strict=True):
+        if items is None:  # a failed judgment: the outcome advantage on every token
+            out.append(RolloutAdvantage(g.rollout_id, float(rh), np.full(g.n_tokens, rh, dtype=np.float32), (), True))
+            continue
         norm = [((mean if np.isnan(v) else v) - mean) / (std + EPS) for _, v, _, _ in items]
         adv = np.zeros(g.n_tokens, dtype=np.float64)
         for (end, _, _, _), z in zip(items, norm, strict=True):
             adv[: max(0, min(end, g.n_tokens))] += z  # return-to-go: every token at or before the step's end
         thoughts = tuple(Thought(i, a, e, label, float(z))
                          for i, ((e, _, label, a), z) in enumerate(zip(items[:-1], norm[:-1], strict=True)))
-        out.append(RolloutAdvantage(g.rollout_id, float(rh), adv.astype(np.float32), thoughts, g.steps is None))
+        out.append(RolloutAdvantage(g.rollout_id, float(rh), adv.astype(np.float32), thoughts, False))
     return out
 
 

@@ -17,7 +17,7 @@ loss or gradient skips the step (no update, gradients zeroed, row `skipped`); `m
 skips in a row stop the run with a `ThinkrlError`.
 
 Writes in out_dir: `policy/` (Hugging Face checkpoint, safetensors, fp32 master weights, tokenizer, the
-input's thinkrl.json), `state/` (weights, optimizer, scheduler, RNG states, step, metric rows: exact
+input's thinkrl.json), `state/` (weights, optimizer, RNG states, local and global step, metric rows: exact
 resume), and the `train_metrics` artifact (one row per optimizer step; manifest written last).
 
 MFU = 6 × n_params × (prompt + completion tokens through forward/backward, padding excluded, all ranks)
@@ -31,8 +31,14 @@ Where this departs from or guesses at the paper:
 - the last step of a pass takes the leftover (< B) problems: judged samples are expensive, none is wasted.
 - rollouts whose advantages are all zero are dropped before batching (DESIGN §2); their count is the
   `dropped_rollouts` column, the same in every row of a run.
-- log-probs are at temperature 1 (the raw model distribution) on both sides of the ratio, whatever
-  temperature sampled the rollouts.
+- log-probs on both sides of the ratio are at the rollouts' sampling temperature T (log_softmax(logits / T),
+  as TRL and verl do; the `temperature` column of the advantages table, written by segment from the rollouts
+  manifest), so log π_old may also be the sampler's own (`--no-recompute`); T = 0 (greedy) scores at T = 1.
+  The behaviour log-probs come from `behaviour_scorer`, this module's own forward with the run's device,
+  dtype and autocast, so the first step of a round has ratio 1 in every dtype.
+- one policy trains continuously across rounds: `continue_from` (a previous train run's directory) carries
+  AdamW's moments and step counter and the global step, and the lr schedule is a function of the global step
+  over `schedule_steps`, so warm-up happens once per experiment, not once per round.
 - the model trains in train() mode; Llama/Qwen2 configs have no dropout, so an on-policy ratio is exactly 1.
   The torch seed of each step derives from (seed, step, rank), so dropout, if any, resumes exactly.
 """
@@ -47,7 +53,6 @@ import random
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -68,7 +73,7 @@ from thinkrl.artifacts import (
     validate_frame,
 )
 from thinkrl.errors import ThinkrlError
-from thinkrl.loss import AGGREGATIONS, BatchCounts, LossConfig, policy_loss
+from thinkrl.loss import AGGREGATIONS, ALIASES, BatchCounts, LossConfig, policy_loss
 from thinkrl.models import load_policy, n_params
 
 log = logging.getLogger(__name__)
@@ -105,8 +110,12 @@ class TrainConfig:
     prompts_per_step: int = _opt(5, "problems per optimizer step (B), each with all its G rollouts")
     epochs: int = _opt(1, "passes K over the round's rollouts")
     lr: float = _opt(1e-4, "peak learning rate (paper: 1e-6 on 1.5B/7B; 1e-4 suits the tiny CPU policy)")
-    warmup_steps: int = _opt(0, "linear warm-up steps")
+    warmup_steps: int = _opt(0, "linear warm-up steps (global steps: once per experiment, not per round)")
     schedule: str = _opt("constant", f"lr schedule after warm-up: {', '.join(SCHEDULES)}")
+    schedule_steps: int | None = _opt(None, "length of the lr schedule in global optimizer steps (default: "
+                                            "the steps done before this run plus this run's)")
+    continue_from: str | None = _opt(None, "a previous train run's directory: continue its optimizer state, "
+                                           "lr schedule and global step (thinkrl run does this every round)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0 = off)")
@@ -115,8 +124,10 @@ class TrainConfig:
     eps_high: float = _opt(0.2, "ratio clip above: 1 + eps_high (DAPO uses 0.28)")
     beta: float = _opt(0.0, "k3 KL coefficient to the reference policy (0 = no reference model)")
     ref_policy: str | None = _opt(None, "reference policy directory for the KL (default: the input policy)")
-    aggregation: str = _opt("seq-mean-token-mean", f"loss aggregation: {', '.join(AGGREGATIONS)}")
-    norm_len: int | None = _opt(None, "Dr. GRPO length constant (default: longest completion in the data)")
+    aggregation: str = _opt("seq-mean-token-mean", f"loss aggregation: {', '.join(AGGREGATIONS)}; TRL's "
+                                                   f"names {', '.join(ALIASES)} are accepted (docs/PAPER.md)")
+    norm_len: int | None = _opt(None, "Dr. GRPO length constant (default: the rollouts' generation budget, "
+                                      "max_tokens, recorded by segment; constant across rounds)")
     dtype: str = _opt("auto", "auto (bf16 autocast on CUDA with bf16, else float32), float32, "
                               "bfloat16 (autocast over fp32 weights), float64")
     seed: int = _opt(0, "seed of the batch order (per pass) and of the per-step torch RNG")
@@ -128,9 +139,12 @@ class TrainConfig:
                                        "a rerun with a larger value resumes")
 
     def __post_init__(self):
+        if self.aggregation in ALIASES:  # TRL's name -> ours, so the skip key is the same either way
+            object.__setattr__(self, "aggregation", ALIASES[self.aggregation])
         checks = [
             (self.aggregation in AGGREGATIONS,
-             f"aggregation {self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)}"),
+             f"aggregation {self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)} "
+             f"(or TRL's {', '.join(ALIASES)})"),
             (self.schedule in SCHEDULES,
              f"schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
             (self.dtype in DTYPES, f"dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}"),
@@ -140,6 +154,7 @@ class TrainConfig:
             (0 <= self.eps_low < 1 and self.eps_high >= 0, "expected 0 <= eps_low < 1 and eps_high >= 0"),
             (self.beta >= 0 and self.lr >= 0 and self.seed >= 0, "beta, lr and seed must be >= 0"),
             (self.norm_len is None or self.norm_len >= 1, "norm_len must be >= 1"),
+            (self.schedule_steps is None or self.schedule_steps >= 1, "schedule_steps must be >= 1"),
             (self.max_steps is None or self.max_steps >= 0, "max_steps must be >= 0"),
         ]
         for ok, msg in checks:
@@ -183,14 +198,26 @@ def train_inputs(cfg: TrainConfig, policy: Path, thoughts: Path) -> dict:
     """Inputs of the train stage's skip key: the policy, the thoughts artifact and, with the KL term on, the
     reference policy (`thinkrl train` and `thinkrl run` alike)."""
     ref = {"ref_policy": Path(cfg.ref_policy)} if cfg.beta > 0 and cfg.ref_policy else {}
-    return {"policy": policy, "thoughts": thoughts, **ref}
+    prev = {"continue_from": continued_state(cfg)} if cfg.continue_from else {}
+    return {"policy": policy, "thoughts": thoughts, **ref, **prev}
+
+
+def continued_state(cfg: TrainConfig) -> Path:
+    """The state directory of `cfg.continue_from` (a train run's directory, or its state/ itself)."""
+    d = Path(cfg.continue_from)
+    found = find_state(d) or (d if (d / STATE_FILE).is_file() else None)
+    if found is None:
+        raise ThinkrlError(f"continue_from {d}: no trainer state there (expected {d}/state/{STATE_FILE} "
+                           "written by a finished `thinkrl train`)")
+    return found
 
 
 def resolve_config(cfg: TrainConfig, advantages_df: pl.DataFrame) -> TrainConfig:
-    """Fill the data- and machine-dependent defaults: norm_len, dtype, flops_peak (idempotent)."""
+    """Fill the data- and machine-dependent defaults: norm_len (the generation budget recorded in the data),
+    dtype, flops_peak (idempotent)."""
     norm_len = cfg.norm_len
     if norm_len is None:
-        norm_len = max(int(validated(advantages_df)["completion_ids"].list.len().max() or 1), 1)
+        norm_len = max(int(validated(advantages_df)["max_tokens"].max() or 1), 1)
     dtype = resolve_dtype(cfg.dtype)
     return replace(cfg, norm_len=norm_len, dtype=dtype, flops_peak=cfg.flops_peak or PEAK_FLOPS[dtype])
 
@@ -210,7 +237,8 @@ class Rollout:
     prompt_ids: list[int]
     completion_ids: list[int]
     advantages: np.ndarray          # (C,) float32, aligned with completion_ids
-    behaviour_logprobs: np.ndarray  # (C,) float32, log π_old at temperature 1
+    behaviour_logprobs: np.ndarray  # (C,) float32, log π_old at the sampling temperature
+    temperature: float = 1.0        # scoring temperature (the sampling one; 0 -> 1)
 
     @property
     def length(self) -> int:
@@ -228,7 +256,13 @@ def _rollout(row: dict) -> Rollout:
     if not row["prompt_ids"]:
         raise ThinkrlError(f"advantages table, rollout {rid}: empty prompt_ids "
                            "(need >= 1 token to score the completion)")
-    return Rollout(rid, row["problem_id"], list(row["prompt_ids"]), list(row["completion_ids"]), adv, old)
+    return Rollout(rid, row["problem_id"], list(row["prompt_ids"]), list(row["completion_ids"]), adv, old,
+                   scoring_temperature(row["temperature"]))
+
+
+def scoring_temperature(t: float | None) -> float:
+    """The temperature log-probs are computed at: the sampling one; greedy (0) or unknown -> 1."""
+    return float(t) if t else 1.0
 
 
 def prepare_groups(advantages_df: pl.DataFrame) -> tuple[list[list[Rollout]], int]:
@@ -239,7 +273,8 @@ def prepare_groups(advantages_df: pl.DataFrame) -> tuple[list[list[Rollout]], in
     if dup.any():
         first = df["rollout_id"].filter(dup)[0]
         raise ThinkrlError(f"advantages table: rollout_id {first!r} appears more than once")
-    cols = ["rollout_id", "problem_id", "prompt_ids", "completion_ids", "advantages", "behaviour_logprobs"]
+    cols = ["rollout_id", "problem_id", "prompt_ids", "completion_ids", "advantages", "behaviour_logprobs",
+            "temperature"]
     groups: dict[str, list[Rollout]] = {}
     dropped = 0
     for row in df.select(cols).sort("rollout_id").iter_rows(named=True):
@@ -260,7 +295,7 @@ def data_sha256(groups: Sequence[Sequence[Rollout]]) -> str:
         for r in g:
             h.update(r.rollout_id.encode() + b"\0")
             for a in (np.asarray(r.prompt_ids, np.int64), np.asarray(r.completion_ids, np.int64),
-                      r.advantages, r.behaviour_logprobs):
+                      r.advantages, r.behaviour_logprobs, np.asarray([r.temperature])):
                 h.update(a.tobytes() + b"\0")
     return h.hexdigest()
 
@@ -304,10 +339,10 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(completion token | prefix) at temperature 1, one right-padded forward.
-    Returns (logp, mask), both (n, T), T = longest completion; logp is 0 where mask is 0."""
+def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                        temperatures: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(completion token | prefix) = log_softmax(logits / T_i), one right-padded forward (T_i = 1 when
+    temperatures is None). Returns (logp, mask), both (n, T), T = longest completion; logp is 0 where mask is 0."""
     device = _device(model)
     n, lens = len(prompts), [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
     L, T = max(lens), max(len(c) for c in completions)
@@ -330,6 +365,8 @@ def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Se
     sel = logits[torch.arange(n, device=device)[:, None], pos - (L - logits.shape[1])]  # (n, T, V)
     if sel.dtype not in (torch.float32, torch.float64):
         sel = sel.float()
+    if temperatures is not None and any(t != 1.0 for t in temperatures):
+        sel = sel / torch.tensor(list(temperatures), dtype=sel.dtype, device=device)[:, None, None]
     logp = sel.gather(-1, tgt[..., None])[..., 0] - torch.logsumexp(sel, dim=-1)        # (n, T)
     return torch.where(mask, logp, torch.zeros_like(logp)), mask.to(logp.dtype)
 
@@ -342,13 +379,14 @@ def _accepts_logits_to_keep(model) -> bool:
 
 @torch.no_grad()
 def token_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
-                   batch_tokens: int = 4096, autocast_dtype: torch.dtype | None = None) -> list[np.ndarray]:
+                   batch_tokens: int = 4096, autocast_dtype: torch.dtype | None = None,
+                   temperatures: Sequence[float] | None = None) -> list[np.ndarray]:
     """log π(token | prefix) of every completion token, float32 arrays aligned with completion_ids.
 
-    Temperature convention: temperature 1, the raw model distribution, whatever temperature sampled the
-    rollouts; the trainer's log π_θ uses the same convention, so the ratio compares like with like. Rows
-    are batched (right padding, attention mask) in groups of <= batch_tokens padded tokens; the model
-    runs in eval mode (restored afterwards). Pass the trainer's autocast dtype to match its numerics."""
+    Temperature: row i is scored at temperatures[i] (default 1, the raw model distribution); the trainer's
+    log π_θ uses the same per-row temperature, so the ratio compares like with like. Rows are batched
+    (right padding, attention mask) in groups of <= batch_tokens padded tokens; the model runs in eval mode
+    (restored afterwards). Pass the trainer's autocast dtype to match its numerics (`behaviour_scorer`)."""
     if any(len(p) == 0 for p in prompt_ids):
         raise ThinkrlError("token_logprobs: an empty prompt (need >= 1 token to score the first completion)")
     inner = _unwrap(model)
@@ -356,18 +394,35 @@ def token_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_ids: S
     inner.eval()
     empty = np.zeros(0, np.float32)
     out: list[np.ndarray] = [empty] * len(completion_ids)
-    rows = [Rollout(str(i), "", list(prompt_ids[i]), list(c), empty, empty)
+    temps = [1.0] * len(completion_ids) if temperatures is None else [scoring_temperature(t) for t in temperatures]
+    rows = [Rollout(str(i), "", list(prompt_ids[i]), list(c), empty, empty, temps[i])
             for i, c in enumerate(completion_ids) if len(c)]
     try:
         for mb in plan_micro_batches(rows, batch_tokens):
             with _autocast(_device(model), autocast_dtype):
                 prompts, comps = [r.prompt_ids for r in mb], [r.completion_ids for r in mb]
-                logp, _ = completion_logprobs(inner, prompts, comps)                  # (n, T)
+                logp, _ = completion_logprobs(inner, prompts, comps, [r.temperature for r in mb])  # (n, T)
             for j, r in enumerate(mb):
                 out[int(r.rollout_id)] = logp[j, :len(r.completion_ids)].float().cpu().numpy()
     finally:
         inner.train(was_training)
     return out
+
+
+def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
+    """The autocast dtype of a resolved config: bf16 autocast over fp32 weights for `bfloat16`, else none."""
+    return torch.bfloat16 if resolve_dtype(cfg.dtype) == "bfloat16" else None
+
+
+def behaviour_scorer(policy_dir: str | Path, cfg: TrainConfig
+                     ) -> Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]], Sequence[float]], list[np.ndarray]]:
+    """(prompts, completions, temperatures) -> log π_old per completion token, computed exactly as the
+    trainer computes log π_θ with `cfg`: the same weights dtype, device, autocast and micro-batch budget."""
+    model, _ = _load_model(Path(policy_dir), cfg, default_device())
+    dtype = autocast_dtype(cfg)
+    return lambda prompts, completions, temperatures: token_logprobs(
+        model, prompts, completions, batch_tokens=cfg.micro_batch_tokens, autocast_dtype=dtype,
+        temperatures=temperatures)
 
 
 # --------------------------------------------------------------------------------------------- one step
@@ -383,14 +438,15 @@ def micro_batch_loss(model, mb: Sequence[Rollout], counts: BatchCounts, loss_cfg
     """(loss share, stats) of one micro-batch (see thinkrl.loss)."""
     device = _device(model)
     prompts, comps = [r.prompt_ids for r in mb], [r.completion_ids for r in mb]
+    temps = [r.temperature for r in mb]
     with _autocast(device, autocast_dtype):
-        logp, mask = completion_logprobs(model, prompts, comps)                 # (n, T)
+        logp, mask = completion_logprobs(model, prompts, comps, temps)          # (n, T)
     old = _pad([r.behaviour_logprobs for r in mb], logp.shape[1], logp)         # (n, T)
     adv = _pad([r.advantages for r in mb], logp.shape[1], logp)                 # (n, T)
     ref = None
     if loss_cfg.beta > 0:
         with torch.no_grad(), _autocast(device, autocast_dtype):
-            ref, _ = completion_logprobs(ref_model, prompts, comps)
+            ref, _ = completion_logprobs(ref_model, prompts, comps, temps)
         ref = ref.to(logp.dtype)
     return policy_loss(logp, old, adv, mask, counts, loss_cfg, ref_logp=ref)
 
@@ -406,8 +462,8 @@ def accumulate_gradients(model, micro_batches: Sequence[Sequence[Rollout]], coun
                          autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Forward/backward each micro-batch of this rank's share of one optimizer step; gradients add up in
     .grad (DDP syncs on the last one only). loss_scale = world size undoes DDP's gradient average.
-    Returns this rank's sums: loss, kl_sum, clipped_tokens, tokens, processed_tokens."""
-    sums = dict.fromkeys(("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens"), 0.0)
+    Returns this rank's sums: loss, kl_sum, clipped_tokens, tokens, processed_tokens, ratio_sum."""
+    sums = dict.fromkeys(("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens", "ratio_sum"), 0.0)
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     if not micro_batches:
         if ddp:
@@ -421,6 +477,7 @@ def accumulate_gradients(model, micro_batches: Sequence[Sequence[Rollout]], coun
         sums["loss"] += float(loss.detach())
         sums["kl_sum"] += float(stats["kl_sum"])
         sums["clipped_tokens"] += float(stats["clipped_tokens"])
+        sums["ratio_sum"] += float(stats["ratio_sum"])
         sums["tokens"] += float(stats["tokens"])
         sums["processed_tokens"] += float(sum(r.length for r in mb))
     return sums
@@ -452,12 +509,17 @@ class Dist:
             torch.distributed.destroy_process_group()
 
 
+def default_device() -> torch.device:
+    """This process's device: cuda:LOCAL_RANK where CUDA exists, else the CPU."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+
+
 def init_distributed() -> Dist:
     """Join torchrun's process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA); else single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    device = default_device()
     if cuda:
         torch.cuda.set_device(device)
     if world <= 1:
@@ -523,13 +585,13 @@ def export_policy(model, tokenizer, policy_dir: Path, dest: Path) -> None:
 
 
 def save_state(run: _Run, step: int) -> None:
-    """Weights, optimizer, scheduler, RNG, step and metric rows to out_dir/state (tmp + rename)."""
+    """Weights, optimizer, RNG, local and global step and metric rows to out_dir/state (tmp + rename)."""
     from safetensors.torch import save_model
 
     tmp = Path(tempfile.mkdtemp(prefix=".state.tmp-", dir=run.out_dir))
     save_model(run.model, str(tmp / STATE_WEIGHTS))
-    torch.save({"step": step, "key": run.key, "optimizer": run.optimizer.state_dict(),
-                "scheduler": run.scheduler.state_dict(), "rng": _rng_state(), "rows": run.rows,
+    torch.save({"step": step, "global_step": run.step_offset + step, "key": run.key,
+                "optimizer": run.optimizer.state_dict(), "rng": _rng_state(), "rows": run.rows,
                 "nonfinite_in_row": run.nonfinite_in_row}, tmp / STATE_FILE)
     replace_dir(tmp, run.out_dir / "state")
 
@@ -553,7 +615,6 @@ def load_state(run: _Run) -> int:
         return 0
     load_model(run.model, str(d / STATE_WEIGHTS), device=str(run.dist.device))
     run.optimizer.load_state_dict(s["optimizer"])
-    run.scheduler.load_state_dict(s["scheduler"])
     _set_rng_state(s["rng"])
     run.rows, run.nonfinite_in_row = list(s["rows"]), int(s["nonfinite_in_row"])
     log.info("%s: resuming after step %d", d, s["step"])
@@ -572,10 +633,12 @@ class _Run:
     tokenizer: Any
     ref_model: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
-    scheduler: Any
     groups: list[list[Rollout]]
     dropped: int
-    total_steps: int
+    total_steps: int                # this run's optimizer steps (all K passes)
+    step_offset: int                # global steps done before this run (continue_from)
+    schedule_steps: int             # length of the lr schedule in global steps
+    round: int                      # the training round of the data (the rollouts' round)
     key: str
     n_params: int
     rows: list[dict] = field(default_factory=list)
@@ -583,7 +646,12 @@ class _Run:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.cfg.dtype == "bfloat16" else None
+        return autocast_dtype(self.cfg)
+
+    def lr(self, step: int) -> float:
+        """The lr of this run's 0-based step `step`: the schedule at the global step."""
+        c = self.cfg
+        return c.lr * lr_factor(self.step_offset + step, self.schedule_steps, c.warmup_steps, c.schedule)
 
 
 @contextmanager
@@ -614,12 +682,26 @@ def _stat_fingerprint(d: Path) -> list:
     return sorted([str(f.relative_to(d)), f.stat().st_size, f.stat().st_mtime_ns] for f in files)
 
 
-def _run_key(cfg: TrainConfig, data_hash: str, policy_dir: Path) -> str:
+def _run_key(cfg: TrainConfig, data_hash: str, policy_dir: Path, prev_state: Path | None) -> str:
     """Identity of a run for resuming: everything that changes the trajectory (not max_steps, save_every,
-    flops_peak), the data, and the policy directory (path, file sizes and mtimes)."""
+    flops_peak), the data, the policy directory and the continued state (paths, file sizes and mtimes)."""
     c = {k: v for k, v in cfg.to_dict().items() if k not in ("max_steps", "save_every", "flops_peak")}
     policy = [str(policy_dir.resolve()), _stat_fingerprint(policy_dir)]
-    return sha256_json({"config": c, "data": data_hash, "policy": policy})
+    prev = None if prev_state is None else [str(prev_state.resolve()), _stat_fingerprint(prev_state)]
+    return sha256_json({"config": c, "data": data_hash, "policy": policy, "continue_from": prev})
+
+
+def _continue(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> tuple[int, Path | None]:
+    """Load the optimizer state of `cfg.continue_from` into `optimizer`; returns (its global step, its dir)."""
+    if not cfg.continue_from:
+        return 0, None
+    d = continued_state(cfg)
+    s = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        optimizer.load_state_dict(s["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise ThinkrlError(f"continue_from {d}: its optimizer state does not fit this policy ({e})") from None
+    return int(s.get("global_step", s["step"])), d
 
 
 def setup(policy_dir: Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_dir: Path, dist: Dist) -> _Run:
@@ -638,11 +720,14 @@ def setup(policy_dir: Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_d
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                             weight_decay=cfg.weight_decay)
+    offset, prev = _continue(opt, cfg)
+    for group in opt.param_groups:  # this run's settings, not the continued run's
+        group.update(betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, initial_lr=cfg.lr)
     total = cfg.epochs * math.ceil(len(groups) / cfg.prompts_per_step)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.schedule))
-    return _Run(cfg, policy_dir, out_dir, dist, model, wrapped, tok, ref, opt, sched, groups, dropped, total,
-                _run_key(cfg, data_sha256(groups), policy_dir), n_params(model))
+    horizon = cfg.schedule_steps or offset + total
+    round_ = int(validated(advantages_df)["round"].max())
+    return _Run(cfg, policy_dir, out_dir, dist, model, wrapped, tok, ref, opt, groups, dropped, total, offset,
+                horizon, round_, _run_key(cfg, data_sha256(groups), policy_dir, prev), n_params(model))
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -659,24 +744,24 @@ def optimizer_step(run: _Run, step: int) -> dict[str, Any]:
     counts = step_counts(mbs, cfg.norm_len, dist)
     local = accumulate_gradients(run.wrapped, mbs, counts, cfg.loss_config(), run.ref_model,
                                  loss_scale=dist.world, autocast_dtype=run.autocast_dtype)
-    loss, kl_sum, clipped, tokens, processed = dist.all_sum(
-        [local[k] for k in ("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens")])
+    loss, kl_sum, clipped, tokens, processed, ratio_sum = dist.all_sum(
+        [local[k] for k in ("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens", "ratio_sum")])
     params = [p for p in run.model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    grad_norm, lr = float(norm), run.optimizer.param_groups[0]["lr"]
+    grad_norm, lr = float(norm), run.lr(step)
     skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
     if not skipped:
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
         run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    with warnings.catch_warnings():  # a skipped first step calls the scheduler before any optimizer.step()
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-        run.scheduler.step()
     if dist.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     mfu = 6 * run.n_params * processed / seconds / (cfg.flops_peak * dist.world)
-    return {"step": step + 1, "loss": loss, "kl": kl_sum / max(tokens, 1),
-            "clip_frac": clipped / max(tokens, 1), "grad_norm": grad_norm, "lr": lr, "tokens": int(tokens),
+    return {"step": run.step_offset + step + 1, "round": run.round, "loss": loss, "kl": kl_sum / max(tokens, 1),
+            "clip_frac": clipped / max(tokens, 1), "ratio_mean": ratio_sum / max(tokens, 1),
+            "grad_norm": grad_norm, "lr": lr, "tokens": int(tokens),
             "dropped_rollouts": run.dropped, "skipped": skipped, "seconds": seconds, "mfu": mfu}
 
 
@@ -702,6 +787,7 @@ def summary(run: _Run) -> dict[str, Any]:
     done = [r for r in rows if not r["skipped"]]
     secs = sum(r["seconds"] for r in rows)
     return {"steps": len(rows), "total_steps": run.total_steps, "skipped_steps": len(rows) - len(done),
+            "global_step": run.step_offset + len(rows), "round": run.round,
             "dropped_rollouts": run.dropped, "rollouts": sum(len(g) for g in run.groups),
             "groups": len(run.groups),
             "final_loss": done[-1]["loss"] if done else float("nan"),

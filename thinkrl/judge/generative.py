@@ -87,5 +87,5 @@ class GenerativeJudge:
                 problem = ", ".join(p for p in (problem, "reply cut at max tokens") if p)
             ok = any(lab != UNKNOWN for lab in labels)
             out.append(Verdict(req.rollout_id, labels, reasons, ok=ok, reason=problem, judge_tokens=tokens,
-                               extra=extra))
+                               extra=extra, reply=res.text))
         return out

@@ -29,6 +29,7 @@ from thinkrl.steps import (
     token_char_offsets,
     token_spans,
 )
+from thinkrl.thoughts import no_answer
 
 
 def judge_config(judge: str, splitter: str, tokenizer: str, judge_model: str | None = None,
@@ -75,7 +76,7 @@ def judge_steps(req: JudgeRequest, v: Verdict) -> tuple[JudgeRequest, Verdict]:
     groups = group_lines(len(req.steps), sorted(starts))
     steps = merge_steps(req.completion, req.steps, groups)
     merged = Verdict(v.rollout_id, tuple(labels[a] for a, _ in groups), tuple(v.rationales[a] for a, _ in groups),
-                     ok=v.ok, reason=v.reason, judge_tokens=v.judge_tokens, extra=v.extra)
+                     ok=v.ok, reason=v.reason, judge_tokens=v.judge_tokens, extra=v.extra, reply=v.reply)
     return replace(req, steps=tuple(steps)), merged
 
 
@@ -83,7 +84,8 @@ def verdict_rows(req: JudgeRequest, v: Verdict, completion_ids: list[int], token
     offsets = token_char_offsets(tokenizer, completion_ids)
     spans = token_spans(req.steps, offsets)
     return [{"rollout_id": req.rollout_id, "step_idx": s.idx, "char_start": s.char_start, "char_end": s.char_end,
-             "token_start": a, "token_end": b, "text": s.text, "label": lab, "judge": judge, "rationale": why}
+             "token_start": a, "token_end": b, "text": s.text, "label": lab, "judge": judge, "rationale": why,
+             "reply": v.reply}
             for s, (a, b), lab, why in zip(req.steps, spans, v.labels, v.rationales, strict=True)]
 
 
@@ -109,7 +111,8 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
         rows = []
         for req, v, ids in zip(reqs, verdicts, chunk["completion_ids"].to_list(), strict=True):
             if len(v.labels) != len(req.steps):  # a judge bug must not shift labels onto the wrong steps
-                v = Verdict.failed(req, f"judge returned {len(v.labels)} labels for {len(req.steps)} steps")
+                v = Verdict.failed(req, f"judge returned {len(v.labels)} labels for {len(req.steps)} steps",
+                                   v.judge_tokens, v.reply)
             req, v = judge_steps(req, v)
             rows += verdict_rows(req, v, ids, tokenizer, judge.name)
             stats["judge_tokens"] += v.judge_tokens
@@ -120,8 +123,16 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
     df = writer.read_parts("judgments")
     n_steps = max(df.height, 1)
     mix = {f"label_{k}": v / n_steps for k, v in Counter(df["label"].to_list()).items()}
+    # rollouts whose verdict is used: with steps, and not wrong with no answer (those get r̂ whatever it says)
+    used = [r["rollout_id"] for r in rollouts.select("rollout_id", "correct", "pred_answer").iter_rows(named=True)
+            if not no_answer(r)]
+    judged = (df.filter(pl.col("rollout_id").is_in(used)).group_by("rollout_id")
+              .agg((pl.col("label") == UNKNOWN).all().alias("fallback")))
+    fallbacks = int(judged["fallback"].sum())
     metrics = {
         "rollouts": rollouts.height, "steps": df.height, **mix,
+        "judged_rollouts": judged.height, "fallback_rollouts": fallbacks,
+        "fallback_share": fallbacks / judged.height if judged.height else 0.0,
         "unknown_rate": float((df["label"] == UNKNOWN).sum()) / n_steps,
         "judge_tokens_per_rollout": stats["judge_tokens"] / max(rollouts.height, 1),
         "failed_rollouts_this_run": stats["failed"], "reasons_this_run": dict(reasons.most_common(10)),
@@ -129,3 +140,25 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
     }
     writer.finish(metrics, allow_empty=True)
     return metrics
+
+
+def fallback_report(metrics: dict) -> str:
+    """One line on the rollouts whose every step is `unknown` (they train as plain GRPO); '' if none. Wrong
+    rollouts with no extractable answer are not counted: they get the outcome advantage whatever the judge
+    says (thinkrl.thoughts.no_answer)."""
+    n, of = metrics.get("fallback_rollouts", 0), metrics.get("judged_rollouts", 0)
+    if not n:
+        return ""
+    reasons = "; ".join(f"{k} ({v})" for k, v in list(metrics.get("reasons_this_run", {}).items())[:3])
+    return (f"{n} of {of} judged rollouts ({metrics['fallback_share']:.1%}) have no usable verdict (every step "
+            f"unknown): they get the outcome advantage, as plain GRPO" + (f"; reasons: {reasons}" if reasons else ""))
+
+
+def check_fallbacks(metrics: dict, max_unknown: float, out) -> None:
+    """ThinkrlError (exit 2) when more than `max_unknown` of the judged rollouts fell back. The artifact is
+    already written: a rerun with a higher threshold reuses it."""
+    share = metrics.get("fallback_share", 0.0)
+    if share > max_unknown:
+        raise ThinkrlError(f"{out}: {fallback_report(metrics)}; that is more than --max-unknown {max_unknown:g} "
+                           "(check the judge server, model and prompt; the judgments are written, rerun with "
+                           "a higher --max-unknown to use them anyway)")

@@ -41,12 +41,13 @@ class Verdict:
     reason: str = ""              # failure reason (timeout, http 500, unparseable reply, ...)
     judge_tokens: int = 0         # tokens the judge read + wrote for this rollout (0 for rule judges)
     extra: dict = field(default_factory=dict)
+    reply: str | None = None      # the raw reply of a generative judge (None for rule judges, failed calls)
 
     @staticmethod
-    def failed(req: JudgeRequest, reason: str, judge_tokens: int = 0) -> Verdict:
+    def failed(req: JudgeRequest, reason: str, judge_tokens: int = 0, reply: str | None = None) -> Verdict:
         n = len(req.steps)
         return Verdict(req.rollout_id, (UNKNOWN,) * n, (reason,) * n, ok=False, reason=reason,
-                       judge_tokens=judge_tokens)
+                       judge_tokens=judge_tokens, reply=reply)
 
 
 class Judge(Protocol):
