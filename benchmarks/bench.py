@@ -131,14 +131,13 @@ def bench_train(tmp: Path) -> str:
     import statistics
 
     from thinkrl.artifacts import ArtifactWriter, read_table
-    from thinkrl.segment import Sampling, behaviour_logprob_fn, segment
+    from thinkrl.segment import Sampling, segment
     from thinkrl.trainer import TrainConfig, train
 
     path, what = policy_dir(tmp)
     rollouts = sample_rollouts_frame(path, 40, 8, seed=11)
     cfg = TrainConfig(prompts_per_step=5, lr=1e-4, save_every=0)
-    segment(rollouts, None, "outcome", 1.0, ArtifactWriter(tmp / "t", "segment", {}),
-            behaviour_logprob_fn(path, cfg), Sampling(1.0, 160))
+    segment(rollouts, None, "outcome", 1.0, ArtifactWriter(tmp / "t", "segment", {}), Sampling(1.0, 160))
     adv = read_table(tmp / "t", "advantages")
     train(path, adv, cfg, tmp / "train")
     m = read_table(tmp / "train", "train_metrics")

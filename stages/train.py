@@ -6,7 +6,8 @@
 Writes OUT/policy (Hugging Face checkpoint), OUT/state (exact resume) and the train_metrics artifact in OUT.
 Same inputs and config as a finished run: skipped (--force retrains from scratch). An interrupted run, or
 a rerun with a larger --max-steps, resumes from OUT/state. `--continue-from PREV` carries a previous run's
-optimizer, lr schedule and global step on (the next round of one continuous policy). Every option is a TrainConfig field
+optimizer and global step on (the next round of one continuous policy), and its `--schedule-steps` if it was
+given one (give one to both runs when the schedule decays: cosine, linear). Every option is a TrainConfig field
 (thinkrl.trainer), where its help text is defined.
 """
 
@@ -80,6 +81,7 @@ def train(
     flops_peak: Annotated[float | None, _opt("flops_peak")] = D.flops_peak,
     save_every: Annotated[int, _opt("save_every")] = D.save_every,
     max_steps: Annotated[int | None, _opt("max_steps")] = D.max_steps,
+    recompute_logprobs: Annotated[bool, _opt("recompute_logprobs")] = D.recompute_logprobs,
     force: Force = False,
 ) -> None:
     """Train a policy on a thoughts artifact: clipped policy-gradient steps (checkpoint + train metrics)."""
@@ -91,7 +93,7 @@ def train(
         micro_batch_tokens=micro_batch_tokens,
         eps_low=eps_low, eps_high=eps_high, beta=beta, ref_policy=ref_policy, aggregation=aggregation,
         norm_len=norm_len, dtype=dtype, seed=seed, max_nonfinite_in_row=max_nonfinite_in_row,
-        flops_peak=flops_peak, save_every=save_every, max_steps=max_steps)
+        flops_peak=flops_peak, save_every=save_every, max_steps=max_steps, recompute_logprobs=recompute_logprobs)
     cfg = trainer.resolve_config(cfg, df)
     writer = ArtifactWriter(out, "train", {**cfg.to_dict(), "policy": str(policy)},
                             inputs=trainer.train_inputs(cfg, policy, thoughts))

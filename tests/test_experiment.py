@@ -187,7 +187,9 @@ def test_one_policy_trains_across_rounds(tiny_run):
     assert {float(v["step"]) for v in opt["optimizer"]["state"].values()} == {float(n0 + n1)}
     m = read_manifest(run_dir / "round-001/train")
     assert m["inputs"]["continue_from"]["path"] == str(run_dir / "round-000/train/state")
-    assert m["config"]["schedule_steps"] == 4                               # 2 rounds x 2 planned steps
+    assert m["config"]["schedule_steps"] is None                            # constant lr: no length
+    # a decaying schedule spans every round's planned steps: 2 rounds x (2 prompts / 1 per step)
+    assert replace(cfg, schedule="cosine").train_config(1).schedule_steps == 4
 
 
 def test_rerun_skips_and_alpha_reruns_segment_onward(tiny_run):
@@ -219,6 +221,7 @@ def test_rerun_skips_and_alpha_reruns_segment_onward(tiny_run):
 def test_evals_follow_the_settings(tiny_run):
     """Evals that earlier settings made and these do not ask for leave the run and its summary."""
     cfg, run_dir, _ = tiny_run
+    trained = {k: v for k, v in manifests(run_dir).items() if not k.endswith("eval") and "eval-" not in k}
     s = run_experiment(replace(cfg, eval_initial=False, eval_every=2), run_dir)  # 2 rounds: eval after round 1
     assert not (run_dir / "eval-initial").exists() and not (run_dir / "round-000/eval").exists()
     assert [e.where for e in s.evals] == ["round-001/eval"] and s.status == "complete"
@@ -228,6 +231,9 @@ def test_evals_follow_the_settings(tiny_run):
     assert [r.round for r in s.rounds] == [0] and (run_dir / "round-001/train").is_dir()
     s = run_experiment(cfg, run_dir)  # the first settings again: only the evals are redone
     assert [e.where for e in s.evals] == ["eval-initial", "round-000/eval", "round-001/eval"]
+    # nothing but evals reran (with a constant lr the number of rounds is no part of the train keys)
+    after = manifests(run_dir)
+    assert {k: after[k] for k in trained} == trained
 
 
 def test_round_with_nothing_to_learn_carries_the_policy(easy, tmp_path):

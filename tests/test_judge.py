@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from fault_server import FaultServer
 
-from thinkrl.artifacts import ArtifactWriter, read_table
+from thinkrl.artifacts import ArtifactWriter, read_table, write_artifact
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge import make_judge
 from thinkrl.judge.judging import check_fallbacks, fallback_report, judge_rollouts
@@ -264,3 +264,27 @@ def test_rule_judge_has_no_reply_and_no_fallbacks(tmp_path, tokenizer):
     df = read_table(tmp_path / "j", "judgments")
     assert df["reply"].null_count() == df.height and m["fallback_share"] == 0.0 and fallback_report(m) == ""
     check_fallbacks(m, 0.0, tmp_path / "j")
+
+
+def test_judge_cli_exits_2_above_max_unknown_and_reuses_the_artifact(tmp_path, tokenizer, run_cli):
+    """Through the real command: exit 2 with the share on stderr, the artifact written; a rerun with a higher
+    --max-unknown reuses it (up to date, no request) and exits 0."""
+    tok_dir = tmp_path / "tok"
+    tokenizer.save_pretrained(tok_dir)
+    ro = rollouts_frame(tokenizer, 4).with_columns(
+        pl.lit(0).alias("sample_idx"), pl.lit(0).alias("round"), pl.lit(str(tok_dir)).alias("policy"),
+        pl.lit("raw").alias("template"), pl.col("question").alias("prompt"), pl.lit([1]).alias("prompt_ids"),
+        pl.col("completion_ids").list.eval(pl.lit(-0.5)).alias("logprobs"), pl.lit("stop").alias("finish_reason"),
+        pl.lit(0).alias("seed"))
+    write_artifact(tmp_path / "r", "sample", {}, {"rollouts": ro})
+    with FaultServer() as srv:
+        srv.reply_fn = lambda messages: "I think step 1 is wrong."
+        args = ["judge", "--rollouts", tmp_path / "r", "--out", tmp_path / "j", "--judge", f"openai:{srv.url}",
+                "--judge-model", "m", "--timeout", "5"]
+        rc, out, err = run_cli(args)
+        assert rc == 2, (out, err)
+        assert "4 of 4 judged rollouts (100.0%) have no usable verdict" in out + err
+        assert "--max-unknown 0.5" in err and (tmp_path / "j" / "manifest.json").is_file()
+        asked = len(srv.records)
+        rc, out, err = run_cli([*args, "--max-unknown", "1.0"])
+        assert rc == 0 and "up to date" in out + err and len(srv.records) == asked

@@ -64,7 +64,7 @@ def arts(tmp_path_factory) -> dict:
     w = ArtifactWriter(rnd / "thoughts", "segment", {"scheme": "thought"},
                        inputs={"rollouts": rnd / "rollouts", "judgments": rnd / "judgments"})
     segment(read_table(rnd / "rollouts", "rollouts"), read_table(rnd / "judgments", "judgments"), "thought", 1.0,
-            w, None, Sampling(1.0, 64))
+            w, Sampling(1.0, 64))
     return {"root": root, "rollouts": rnd / "rollouts", "judgments": rnd / "judgments", "thoughts": rnd / "thoughts",
             "tok": tok}
 

@@ -38,7 +38,7 @@ JUDGMENTS = (steps("p/s0", [(0, 3, CORRECT), (3, 6, INCORRECT)])
 
 def run(tmp_path, rollouts=ROLLOUTS, judgments=JUDGMENTS, scheme="thought") -> tuple[dict, pl.DataFrame, pl.DataFrame]:
     w = ArtifactWriter(tmp_path / "t", "segment", {"scheme": scheme})
-    m = segment(pl.DataFrame(rollouts), pl.DataFrame(judgments), scheme, 1.0, w, None, SAMPLING)
+    m = segment(pl.DataFrame(rollouts), pl.DataFrame(judgments), scheme, 1.0, w, SAMPLING)
     return m, read_table(tmp_path / "t", "thoughts", allow_empty=True), read_table(tmp_path / "t", "advantages")
 
 
@@ -71,7 +71,17 @@ def test_rows_carry_temperature_budget_and_round(tmp_path):
     assert adv["temperature"].to_list() == pytest.approx([0.7] * 3)
     assert adv["max_tokens"].to_list() == [12] * 3 and adv["round"].to_list() == [3] * 3
     assert m["temperature"] == pytest.approx(0.7) and m["max_tokens"] == 12
-    assert adv["behaviour_logprobs"].to_list()[0] == pytest.approx([-0.5] * 8)  # the sampler's (no scorer)
+    assert adv["behaviour_logprobs"].to_list()[0] == pytest.approx([-0.5] * 8)  # the sampler's
+
+
+def test_vllm_logprobs_off_temperature_are_not_passed_on(tmp_path):
+    """vLLM's log-probs are taken before temperature: at T = 0.7 they are no log pi_old, so the column is null
+    (a trainer told not to recompute then refuses, see tests/test_trainer.py)."""
+    w = ArtifactWriter(tmp_path / "t", "segment", {})
+    m = segment(pl.DataFrame(ROLLOUTS), pl.DataFrame(JUDGMENTS), "thought", 1.0, w, Sampling(0.7, 12, "vllm"))
+    adv = read_table(tmp_path / "t", "advantages")
+    assert adv["behaviour_logprobs"].null_count() == adv.height and not m["sampler_logprobs_kept"]
+    assert Sampling(1.0, 12, "vllm").logprobs_at_temperature and Sampling(0.6, 12, "hf").logprobs_at_temperature
 
 
 @pytest.mark.parametrize("spans, words", [

@@ -129,20 +129,26 @@ def test_merge_thoughts_separators_go_to_previous_thought():
 
 def test_step_scheme_failed_judgment_gets_outcome_advantage():
     """A failed judgment gets r̂ on every token under `step` too (before the fix: r_i normalised over the
-    group's step rewards, [0.894, -1.118] instead of r̂ [1, -1]); its rewards stay out of the normalisation."""
+    group's step rewards, [0.894, -1.118] instead of r̂ [1, -1]); its outcome stays in the normalisation."""
     failed = RolloutInput("f", True, 4, None, 4)
     group = [failed, ro("w", False, [M], 2, 1)]
     adv = {a.rollout_id: a for a in group_advantages(group, "step")}
     rh = 0.5 / (0.5 + 1e-4)
     assert adv["f"].unknown_fallback
     assert adv["f"].advantages == pytest.approx([rh] * 4, abs=1e-6)
-    # w alone in the pool: raw [0 (matched), 0 (answer)], std 0 -> both normalised rewards 0
-    assert adv["w"].advantages == pytest.approx([0.0] * 3, abs=1e-6)
+    # pool: f's answer 1, w's matched step 0 and answer 0 -> mean 1/3, std sqrt(2)/3; z(0) = -1/sqrt(2)
+    z0 = (0 - 1 / 3) / (math.sqrt(2) / 3 + 1e-4)
+    assert adv["w"].advantages == pytest.approx([2 * z0, 2 * z0, z0], abs=1e-5)
 
 
-def test_step_scheme_all_failed_is_outcome():
-    group = [RolloutInput("a", True, 3, None, 3), RolloutInput("b", False, 2, None, 2)]
-    adv = group_advantages(group, "step")
-    rh = 0.5 / (0.5 + 1e-4)
-    assert adv[0].advantages == pytest.approx([rh] * 3, abs=1e-6)
-    assert adv[1].advantages == pytest.approx([-rh] * 2, abs=1e-6)
+def test_step_scheme_no_answer_rollouts_do_not_erase_the_others():
+    """Two clean correct rollouts and two wrong ones with no answer (failed judgments): the correct ones keep a
+    positive advantage (with failed rollouts left out of the pool they got 0 and were dropped)."""
+    group = [ro("a", True, [C, C], 2, 1), ro("b", True, [C], 2, 1),
+             RolloutInput("x", False, 5, None, 5), RolloutInput("y", False, 5, None, 5)]
+    adv = {a.rollout_id: a for a in group_advantages(group, "step")}
+    # pool: a: 1, 1, 1; b: 1, 1; x: 0; y: 0 -> mean 5/7, std sqrt(10)/7
+    z1 = (1 - 5 / 7) / (math.sqrt(10) / 7 + 1e-4)
+    assert adv["a"].advantages == pytest.approx([3 * z1] * 2 + [2 * z1] * 2 + [z1], abs=1e-5)
+    assert adv["b"].advantages == pytest.approx([2 * z1] * 2 + [z1], abs=1e-5)
+    assert adv["x"].advantages == pytest.approx([-0.5 / (0.5 + 1e-4)] * 5, abs=1e-5)  # r̂: acc 1/2

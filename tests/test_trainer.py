@@ -31,6 +31,7 @@ from thinkrl.trainer import (
     pass_permutation,
     plan_micro_batches,
     prepare_groups,
+    step_rollouts,
     token_logprobs,
     train,
 )
@@ -227,8 +228,10 @@ def test_bad_tables_fail_clearly(policy, tmp_path):
     with pytest.raises(ThinkrlError, match="all-zero advantages"):
         zeros = df.with_columns(pl.col("advantages").list.eval(pl.element() * 0))
         train(policy, zeros, TrainConfig(), tmp_path / "x")
-    with pytest.raises(ThinkrlError, match="missing column 'behaviour_logprobs'"):
-        train(policy, df.drop("behaviour_logprobs"), TrainConfig(), tmp_path / "x")
+    with pytest.raises(ThinkrlError, match="missing column 'temperature'"):
+        train(policy, df.drop("temperature"), TrainConfig(), tmp_path / "x")
+    with pytest.raises(ThinkrlError, match="no behaviour_logprobs"):             # needed without recompute
+        train(policy, df.drop("behaviour_logprobs"), TrainConfig(recompute_logprobs=False), tmp_path / "x")
     with pytest.raises(ThinkrlError, match="aggregation"):
         TrainConfig(aggregation="mean")
     assert not (tmp_path / "x").exists()
@@ -268,7 +271,7 @@ def test_micro_batching_gives_the_same_update(policy, tmp_path):
         assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6, rtol=0), k
 
     for budget in (10**6, 16):
-        cfg = TrainConfig(prompts_per_step=2, lr=1e-3, micro_batch_tokens=budget)
+        cfg = TrainConfig(prompts_per_step=2, lr=1e-3, micro_batch_tokens=budget, recompute_logprobs=False)
         train(policy, df, cfg, tmp_path / str(budget))
     a, b = weights(tmp_path / str(10**6)), weights(tmp_path / "16")
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
@@ -395,29 +398,37 @@ def replace_cfg(cfg: TrainConfig, **kw) -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------ (9) ratio 1
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
 def test_first_step_is_on_policy_in_every_dtype(policy, tmp_path, dtype):
-    """Behaviour log-probs from segment's scorer (the trainer's own forward, dtype and autocast): the first
-    step of a round has ratio 1 and clip fraction 0. Before, segment scored in fp32 without autocast, so a
-    bf16 trainer saw ratio != 1 with identical weights."""
-    from thinkrl.segment import behaviour_logprob_fn
-
-    cfg = TrainConfig(prompts_per_step=6, lr=1e-3, dtype=dtype, micro_batch_tokens=40, max_steps=1)
-    df = make_data(load(policy), problems=6, group=3, seed=13)
-    score = behaviour_logprob_fn(policy, cfg)
-    lps = score(df["prompt_ids"].to_list(), df["completion_ids"].to_list(), [1.0] * df.height)
-    df = df.with_columns(pl.Series("behaviour_logprobs", [lp.tolist() for lp in lps], dtype=pl.List(pl.Float32)))
-    train(policy, df, cfg, tmp_path / "o")
+    """log pi_old is recomputed by the run's own model over the first pass's own micro-batches: the first step
+    has ratio exactly 1 and clip fraction 0 in every dtype, with steps smaller than the round (different
+    padding per step). Before, segment scored in fp32 without autocast, in its own batches."""
+    cfg = TrainConfig(prompts_per_step=2, lr=1e-3, dtype=dtype, micro_batch_tokens=40, max_steps=1)
+    df = make_data(load(policy), problems=6, group=3, seed=13, off_policy=0.5)  # the table's are ignored
+    m = train(policy, df, cfg, tmp_path / "o")
     row = read_table(tmp_path / "o", "train_metrics").row(0, named=True)
-    assert row["clip_frac"] == 0.0 and row["ratio_mean"] == 1.0
-    # the on-policy loss is -mean_i mean_t A_i (seq-mean-token-mean, ρ = 1): A is constant per rollout
-    assert row["loss"] == pytest.approx(-float(np.mean([a[0] for a in df["advantages"]])), abs=1e-5)
-    if dtype == "bfloat16":  # what segment did before: fp32 scores under a bf16 trainer are off-policy
-        fp32 = behaviour_logprob_fn(policy, TrainConfig(dtype="float32"))
-        lps = fp32(df["prompt_ids"].to_list(), df["completion_ids"].to_list(), [1.0] * df.height)
-        df = df.with_columns(pl.Series("behaviour_logprobs", [lp.tolist() for lp in lps], dtype=pl.List(pl.Float32)))
-        train(policy, df, cfg, tmp_path / "mixed")
-        assert read_table(tmp_path / "mixed", "train_metrics")["ratio_mean"][0] != 1.0
+    assert row["clip_frac"] == 0.0 and row["ratio_mean"] == 1.0 and m["behaviour_logprobs"] == "recomputed"
+    # the on-policy loss is -mean_i mean_t A_i over the step's rollouts (seq-mean-token-mean, rho = 1)
+    groups = prepare_groups(df)[0]
+    first = step_rollouts(groups, 0, 2, 0)
+    assert row["loss"] == pytest.approx(-float(np.mean([r.advantages[0] for r in first])), abs=1e-5)
+    if dtype == "bfloat16":  # what segment did before: fp32 scores in other batches, under a bf16 trainer
+        fp32 = token_logprobs(load(policy), df["prompt_ids"].to_list(), df["completion_ids"].to_list(), 4096)
+        df = df.with_columns(pl.Series("behaviour_logprobs", [lp.tolist() for lp in fp32], dtype=pl.List(pl.Float32)))
+        train(policy, df, replace_cfg(cfg, recompute_logprobs=False), tmp_path / "table")
+        assert read_table(tmp_path / "table", "train_metrics")["ratio_mean"][0] != 1.0
+
+
+def test_resumed_run_keeps_its_recomputed_logprobs(policy, tmp_path):
+    """A run stopped after step 1 and resumed uses the log pi_old of its start (saved with the state), not a
+    recomputation by the moved weights: the same as a straight run."""
+    df = make_data(load(policy), problems=4, group=2, seed=14)
+    cfg = TrainConfig(prompts_per_step=1, lr=1e-2, save_every=1)
+    train(policy, df, cfg, tmp_path / "straight")
+    train(policy, df, replace_cfg(cfg, max_steps=1), tmp_path / "split")
+    train(policy, df, cfg, tmp_path / "split")
+    assert rows_without_timing(tmp_path / "straight") == rows_without_timing(tmp_path / "split")
+    assert read_table(tmp_path / "straight", "train_metrics")["ratio_mean"][1] != 1.0  # off-policy after step 1
 
 
 # ------------------------------------------------------------------------------------------ (10) temperature
@@ -441,9 +452,12 @@ def test_sampler_logprobs_at_temperature_give_ratio_one(policy, tmp_path):
                          "behaviour_logprobs": list(c.logprobs), "outcome_advantage": a, "correct": a > 0,
                          "round": 0, "temperature": 0.6, "max_tokens": 12})
     df = pl.DataFrame(rows)
-    train(policy, df, TrainConfig(prompts_per_step=3, max_steps=1), tmp_path / "o")
+    train(policy, df, TrainConfig(prompts_per_step=3, max_steps=1, recompute_logprobs=False), tmp_path / "o")
     row = read_table(tmp_path / "o", "train_metrics").row(0, named=True)
     assert row["clip_frac"] == 0.0 and row["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ThinkrlError, match="no behaviour_logprobs"):  # e.g. vLLM's at T != 1: recompute
+        train(policy, df.with_columns(pl.lit(None, dtype=pl.List(pl.Float32)).alias("behaviour_logprobs")),
+              TrainConfig(prompts_per_step=3, max_steps=1, recompute_logprobs=False), tmp_path / "x")
     at_one = token_logprobs(model, df["prompt_ids"].to_list(), df["completion_ids"].to_list())
     scored = token_logprobs(model, df["prompt_ids"].to_list(), df["completion_ids"].to_list(),
                             temperatures=[0.6] * df.height)

@@ -144,8 +144,10 @@ ADVANTAGES = Schema(
         Column("prompt_ids", LI32, "prompt token ids"),
         Column("completion_ids", LI32, "completion token ids"),
         Column("advantages", LF32, "per-token advantage, aligned with completion_ids"),
-        Column("behaviour_logprobs", LF32, "log pi_old of completion_ids at `temperature`, recomputed by the "
-                                           "trainer's own scorer (or the sampler's with --no-recompute)"),
+        Column("behaviour_logprobs", LF32, "the sampler's log-probs of completion_ids at `temperature` (log pi_old "
+                                           "only with train --no-recompute-logprobs: the trainer recomputes it by "
+                                           "default); "
+                                           "null where the engine's are not at T (vLLM at T != 1)", nullable=True),
         Column("temperature", F32, "sampling temperature of the rollouts; log-probs are log_softmax(logits / T) "
                                    "on both sides of the ratio (T = 0, greedy, scores at 1)"),
         Column("max_tokens", I32, "generation budget of the rollouts (Dr. GRPO's constant norm_len)"),
@@ -162,7 +164,8 @@ TRAIN_METRICS = Schema(
         Column("loss", F64, "total loss"),
         Column("kl", F64, "mean k3 KL to the reference (0 when beta = 0)"),
         Column("clip_frac", F64, "share of tokens whose ratio was clipped"),
-        Column("ratio_mean", F64, "mean ratio pi_theta / pi_old over the step's tokens (1 at a round's first step)"),
+        Column("ratio_mean", F64, "mean ratio pi_theta / pi_old over the step's tokens (exactly 1 at a run's first "
+                                  "step when log pi_old is recomputed)"),
         Column("grad_norm", F64, "gradient norm before clipping"),
         Column("lr", F64, "learning rate used"),
         Column("tokens", I64, "completion tokens in the step"),
@@ -384,15 +387,19 @@ class ArtifactWriter:
 
     # -- skip / resume
     def up_to_date(self) -> bool:
-        """True when a finished artifact with the same stage, config and inputs is already there."""
+        """True when a finished artifact with the same stage, config and inputs is already there, its tables
+        of today's schema versions (an artifact of an older schema is made again)."""
         try:
             m = read_manifest(self.out)
         except ThinkrlError:
             return False
         if m.get("key") != self.key:
             return False
-        return all((self.out / o["file"]).is_file() and (self.out / o["file"]).stat().st_size == o.get("bytes")
-                   and sha256_file(self.out / o["file"]) == o.get("sha256") for o in m["outputs"].values())
+        current = all(o.get("schema") in SCHEMAS and o.get("schema_version") == SCHEMAS[o["schema"]].version
+                      for o in m["outputs"].values())
+        return current and all(
+            (self.out / o["file"]).is_file() and (self.out / o["file"]).stat().st_size == o.get("bytes")
+            and sha256_file(self.out / o["file"]) == o.get("sha256") for o in m["outputs"].values())
 
     def _parts_dir(self, table: str) -> Path:
         if not self._parts_checked:
@@ -405,7 +412,12 @@ class ArtifactWriter:
                 write_text_atomic(self.key + "\n", state)
             self._parts_checked = True
         d = self.out / PARTS / table
+        version, mark = str(SCHEMAS[table].version), d / "_schema_version"
+        if d.exists() and (not mark.is_file() or mark.read_text().strip() != version):
+            shutil.rmtree(d)  # parts of an older schema version: stale
         d.mkdir(parents=True, exist_ok=True)
+        if not mark.is_file():
+            write_text_atomic(version + "\n", mark)
         return d
 
     def part_done(self, table: str, part: str) -> bool:

@@ -125,7 +125,8 @@ class ExperimentConfig:
     splitter: str = _f("blank", "step splitter: blank (blank lines), line, or judge (a generative judge groups the lines into steps)")
     scheme: str = _f("thought", "reward scheme: outcome (GRPO), thought (TP-GRPO), thought-static, step")
     alpha: float = _f(1.0, "penalty scale of incorrect thoughts (alpha*acc; alpha for thought-static)")
-    recompute_logprobs: bool = _f(True, "recompute behaviour log-probs with the trainer's model (else the sampler's)")
+    recompute_logprobs: bool = _f(True, "the trainer recomputes behaviour log-probs with its own model (else the "
+                                        "sampler's)")
     # training
     lr: float = _f(1e-4, "peak learning rate (1e-4 gained +9-11 points on the tiny policy; 3e-4 collapsed)")
     prompts_per_step: int = _f(5, "problems per optimizer step (B), each with all its G rollouts")
@@ -219,7 +220,7 @@ class ExperimentConfig:
 
         steps_per_round = self.epochs * -(-self.prompts_per_round // self.prompts_per_step)
         return TrainConfig(
-            schedule_steps=self.rounds * steps_per_round,
+            schedule_steps=self.rounds * steps_per_round, recompute_logprobs=self.recompute_logprobs,
             continue_from=str(continue_from) if continue_from else None,
             prompts_per_step=self.prompts_per_step, epochs=self.epochs, lr=self.lr,
             warmup_steps=self.warmup_steps, schedule=self.schedule, weight_decay=self.weight_decay,
@@ -378,12 +379,17 @@ def policy_after(run_dir: Path, cfg: ExperimentConfig, round_: int) -> Path:
 
 def previous_train_state(run_dir: Path, round_: int) -> Path | None:
     """The trainer state round `round_` continues from: the previous round's train/state (None in round 0,
-    or while no round has trained yet)."""
+    or while no round has trained yet: rounds carried forward with nothing to learn copy it on)."""
     if round_ <= 0:
         return None
     from thinkrl.trainer import find_state
 
-    return find_state(round_dir(run_dir, round_ - 1) / "train")
+    prev = round_dir(run_dir, round_ - 1) / "train"
+    state = find_state(prev)
+    if state is None and (prev / MANIFEST).is_file() and _metrics(prev).get("steps", 0) > 0:
+        raise ThinkrlError(f"{prev}: trained, but its trainer state (state/) is gone, so round {round_} cannot "
+                           "continue its optimizer; remove that round's train/ directory to retrain it")
+    return state
 
 
 def _metrics(out: Path) -> dict:
@@ -514,12 +520,11 @@ def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path)
 
 
 # -- segment
-def stage_segment(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, judgments: Path, out: Path) -> Path:
-    from thinkrl.segment import behaviour_logprob_fn, rollouts_sampling, segment, segment_key
+def stage_segment(ctx: _Ctx, round_: int, rollouts: Path, judgments: Path, out: Path) -> Path:
+    from thinkrl.segment import rollouts_sampling, segment, segment_key
 
     cfg = ctx.cfg
-    tcfg = cfg.train_config(round_)
-    config, inputs = segment_key(rollouts, judgments, cfg.scheme, cfg.alpha, policy, cfg.recompute_logprobs, tcfg)
+    config, inputs = segment_key(rollouts, judgments, cfg.scheme, cfg.alpha)
     writer = ArtifactWriter(out, "segment", config, inputs=inputs)
     if writer.up_to_date():
         m = _metrics(out)
@@ -528,8 +533,7 @@ def stage_segment(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, judgment
     ctx.start(round_, "segment")
     ro = read_table(rollouts, "rollouts")
     jd = read_table(judgments, "judgments", allow_empty=True) if "judgments" in inputs else None
-    logprob_fn = behaviour_logprob_fn(policy, tcfg) if cfg.recompute_logprobs else None
-    m = segment(ro, jd, cfg.scheme, cfg.alpha, writer, logprob_fn, rollouts_sampling(rollouts))
+    m = segment(ro, jd, cfg.scheme, cfg.alpha, writer, rollouts_sampling(rollouts))
     ctx.display.done(round_, "segment", f"{m['kept_rollouts']}/{m['rollouts']} rollouts kept, "
                                         f"incorrect-thought tokens {m['incorrect_thought_token_share']:.3f}")
     return out
@@ -690,7 +694,7 @@ def run_round(ctx: _Ctx, r: int) -> None:
     problems = stage_problems(ctx, r, rd / "problems")
     rollouts = stage_sample(ctx, r, policy, problems, rd / "rollouts")
     judgments = stage_judge(ctx, r, policy, rollouts, rd / "judgments")
-    thoughts = stage_segment(ctx, r, policy, rollouts, judgments, rd / "thoughts")
+    thoughts = stage_segment(ctx, r, rollouts, judgments, rd / "thoughts")
     stage_train(ctx, r, policy, thoughts, rd / "train")
     if ctx.cfg.eval_due(r) and ctx.eval_sets:
         stage_eval(ctx, r, policy_after(ctx.run_dir, ctx.cfg, r), rd / "eval")

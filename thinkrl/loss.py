@@ -68,7 +68,8 @@ AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, BatchCounts], torc
     "micro-batch-token-mean": _micro_batch_token_mean,
 }
 ALIASES = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm",
-           "bnpo": "micro-batch-token-mean"}  # TRL's loss_type names
+           "bnpo": "micro-batch-token-mean",    # TRL's loss_type names
+           "batch-token-mean": "token-mean"}    # thinkrl 0.1.0's name of the global token mean
 
 
 def aggregation_name(name: str) -> str:

@@ -1,6 +1,7 @@
 """The segment stage's work: rollouts + judgments -> thoughts and per-token advantages (training rows).
 
-    metrics = segment(rollouts, judgments, scheme="thought", alpha=1.0, writer=w, logprob_fn=fn)
+    metrics = segment(rollouts, judgments, scheme="thought", alpha=1.0, writer=w,
+                      sampling=rollouts_sampling(Path("runs/r")))
 
 Groups are the rollouts of one problem in one round. Each rollout's steps (from the judgments, joined on
 rollout_id) become `StepLabel`s; `thinkrl.thoughts.SCHEMES[scheme]` turns each group into token
@@ -14,12 +15,12 @@ Judged token spans are checked at this boundary: 0 <= token_start <= token_end <
 in order and not overlapping; anything else is an error naming the rollout and step, so the thoughts table
 always equals the advantages that training uses.
 
-Behaviour log-probs are recomputed ONCE here by `logprob_fn`, the trainer's own function
-(`thinkrl.trainer.behaviour_logprobs`: its device, dtype and autocast, at the sampling temperature), over
-the policy that sampled the round, so the first optimizer step of a round has ratio 1 and the clipped
-ratio never mixes engines. Each advantages row carries the rollouts' sampling temperature (the trainer
-scores at it) and generation budget `max_tokens` (Dr. GRPO's constant), both from the rollouts manifest.
-Rollouts whose advantages are all zero are dropped (the paper keeps only non-zero process rewards).
+Each advantages row carries the sampler's log-probs (`behaviour_logprobs`; null where they are not at the
+sampling temperature: vLLM's at T not in {0, 1}), the rollouts' sampling temperature (the trainer scores at it)
+and generation budget `max_tokens` (Dr. GRPO's constant), both from the rollouts manifest. log π_old itself is
+recomputed by the trainer at the start of its run, with its own model, dtype and micro-batches
+(thinkrl.trainer.recompute_behaviour), so segment needs no model. Rollouts whose advantages are all zero are
+dropped (the paper keeps only non-zero process rewards).
 
 Metrics: share of completion tokens in incorrect thoughts (of correct rollouts), count of error thoughts
 whose advantage flipped sign against the outcome advantage (negative inside a correct rollout), dropped
@@ -28,7 +29,6 @@ rollouts, unknown-label fallbacks, no-answer rollouts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,24 +40,28 @@ from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import INCORRECT, UNKNOWN
 from thinkrl.thoughts import SCHEMES, RolloutInput, no_answer, step_labels
 
-# (prompts, completions, temperatures) -> log π_old per completion token
-LogprobFn = Callable[[list[list[int]], list[list[int]], list[float]], list[np.ndarray]]
-
 
 @dataclass(frozen=True)
 class Sampling:
     """What the trainer needs to know of how the rollouts were sampled (from the rollouts manifest)."""
     temperature: float
     max_tokens: int
+    engine: str = "hf"
+
+    @property
+    def logprobs_at_temperature(self) -> bool:
+        """The sampler's log-probs are log_softmax(logits / T): the hf engine's always, vLLM's (taken before
+        temperature) only at T = 1 (and greedy T = 0, scored at 1)."""
+        return self.engine == "hf" or self.temperature in (0.0, 1.0)
 
 
 def rollouts_sampling(rollouts: Path) -> Sampling:
-    """The sampling temperature and generation budget recorded in a rollouts artifact's manifest."""
+    """The sampling temperature, generation budget and engine recorded in a rollouts artifact's manifest."""
     config = read_manifest(rollouts).get("config", {})
     if "temperature" not in config or "max_tokens" not in config:
         raise ThinkrlError(f"{rollouts / MANIFEST}: config has no temperature/max_tokens (not written by "
                            "`thinkrl sample`?)")
-    return Sampling(float(config["temperature"]), int(config["max_tokens"]))
+    return Sampling(float(config["temperature"]), int(config["max_tokens"]), str(config.get("engine", "hf")))
 
 
 def checked_spans(rid: str, j: pl.DataFrame, n_tokens: int) -> list[tuple[int, int, str]]:
@@ -89,34 +93,17 @@ def rollout_inputs(rollouts: pl.DataFrame, judgments: pl.DataFrame) -> dict[str,
     return out
 
 
-def segment_key(rollouts: Path, judgments: Path | None, scheme: str, alpha: float, policy: Path,
-                recompute: bool, train_config=None) -> tuple[dict, dict]:
+def segment_key(rollouts: Path, judgments: Path | None, scheme: str, alpha: float) -> tuple[dict, dict]:
     """(config, inputs) of the segment stage's skip key, the same for `thinkrl segment` and `thinkrl run`.
     The outcome scheme ignores step labels, so judgments are no input of it (a judge change does not
-    retrain a GRPO run); the policy is one only when it recomputes the behaviour log-probs, and then the
-    trainer settings that change their numerics (resolved dtype, micro-batch budget) are part of the key."""
-    from thinkrl.trainer import TrainConfig, resolve_dtype
-
-    tc = train_config or TrainConfig()
+    retrain a GRPO run)."""
     use_judgments = judgments is not None and scheme != "outcome"
-    inputs = {"rollouts": rollouts, **({"judgments": judgments} if use_judgments else {}),
-              **({"policy": policy} if recompute else {})}
-    scorer = {"dtype": resolve_dtype(tc.dtype), "micro_batch_tokens": tc.micro_batch_tokens} if recompute else None
-    config = {"scheme": scheme, "alpha": alpha, "recompute": recompute, "policy": str(policy) if recompute else None,
-              "scorer": scorer}
-    return config, inputs
-
-
-def behaviour_logprob_fn(policy: Path, train_config) -> LogprobFn:
-    """Log-probs of completions under `policy` exactly as the trainer computes them with `train_config`
-    (a thinkrl.trainer.TrainConfig: its device, dtype and autocast, micro-batches of micro_batch_tokens)."""
-    from thinkrl.trainer import behaviour_scorer
-
-    return behaviour_scorer(policy, train_config)
+    inputs = {"rollouts": rollouts, **({"judgments": judgments} if use_judgments else {})}
+    return {"scheme": scheme, "alpha": alpha}, inputs
 
 
 def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str, alpha: float,
-            writer: ArtifactWriter, logprob_fn: LogprobFn | None, sampling: Sampling) -> dict:
+            writer: ArtifactWriter, sampling: Sampling) -> dict:
     if scheme not in SCHEMES:
         raise ThinkrlError(f"unknown reward scheme '{scheme}' (known: {', '.join(SCHEMES)})")
     if judgments is None:
@@ -151,19 +138,13 @@ def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str,
                 m["dropped_rollouts"] += 1
                 continue
             r = rows[ra.rollout_id]
+            sampler_lp = r["logprobs"] if sampling.logprobs_at_temperature else None
             advs.append({"rollout_id": ra.rollout_id, "problem_id": r["problem_id"], "prompt_ids": r["prompt_ids"],
                          "completion_ids": r["completion_ids"], "advantages": ra.advantages.tolist(),
+                         "behaviour_logprobs": sampler_lp,
                          "outcome_advantage": ra.outcome_advantage, "correct": bool(r["correct"]),
                          "round": r["round"], "temperature": sampling.temperature,
                          "max_tokens": sampling.max_tokens})
-    if advs and logprob_fn is not None:
-        lps = logprob_fn([a["prompt_ids"] for a in advs], [a["completion_ids"] for a in advs],
-                         [a["temperature"] for a in advs])
-        for a, lp in zip(advs, lps, strict=True):
-            a["behaviour_logprobs"] = np.asarray(lp, dtype=np.float32).tolist()
-    else:  # no model given: the sampler's own log-probs
-        for a in advs:
-            a["behaviour_logprobs"] = rows[a["rollout_id"]]["logprobs"]
     writer.set_table("thoughts", thoughts)
     writer.set_table("advantages", advs)
     metrics = {
@@ -172,8 +153,8 @@ def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str,
         "no_answer_rollouts": m["no_answer_rollouts"],
         "error_thoughts": m["error_thoughts"], "flipped_error_thoughts": m["flipped_error_thoughts"],
         "incorrect_thought_token_share": m["incorrect_thought_tokens"] / max(m["tokens"], 1),
-        "scheme": scheme, "alpha": alpha, "behaviour_logprobs": "recomputed" if logprob_fn else "sampler",
-        "temperature": sampling.temperature, "max_tokens": sampling.max_tokens,
+        "scheme": scheme, "alpha": alpha, "temperature": sampling.temperature, "max_tokens": sampling.max_tokens,
+        "sampler_logprobs_kept": sampling.logprobs_at_temperature,
     }
     writer.finish(metrics, tables=["thoughts", "advantages"], allow_empty=True)
     return metrics

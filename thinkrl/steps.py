@@ -24,6 +24,7 @@ the steps never overlap and are ordered. A step in which no token starts gets an
 
 from __future__ import annotations
 
+import codecs
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
@@ -127,21 +128,72 @@ def token_char_offsets(tokenizer, ids: Sequence[int]) -> list[tuple[int, int]]:
     empty span at the character's start; the token that completes it gets the character. Special tokens get
     empty spans. A character still incomplete at the end (a completion cut mid-character) is shown by decode
     as U+FFFD; it goes to the last tokens, to the first of them that decode shows it with.
-    Linear: prefix/read-offset incremental detokenisation (`_token_texts`, as vLLM's detokenizer): 2 decodes of
-    at most MAX_CONTEXT + MAX_PENDING ids per token (a few more in runs of invalid bytes), and one of all ids.
+    Linear: a byte-level BPE tokenizer (GPT-2 style: Llama 3, Qwen, SmolLM, thinkrl's own) has each token's
+    bytes fed to an incremental UTF-8 decoder (`_byte_level_texts`, one pass, any text); other tokenizers use
+    prefix/read-offset incremental detokenisation (`_token_texts`, as vLLM's detokenizer): 2 decodes of at most
+    MAX_CONTEXT + MAX_PENDING ids per token (a few more in runs of invalid bytes), and one of all ids.
     Should the pieces not rebuild the text (a tokenizer whose decode is not local), exact prefix decoding
     (`_prefix_offsets`) gives the offsets instead: same guarantee, O(n^2).
     """
     ids = list(ids)
     text = _decode(tokenizer, ids)
-    try:
-        pieces = _token_texts(tokenizer, ids)
-    except _NotLocal:
-        pieces = None
+    pieces = _byte_level_texts(tokenizer, ids)
+    if pieces is None or "".join(pieces) != text:
+        try:
+            pieces = _token_texts(tokenizer, ids)
+        except _NotLocal:
+            pieces = None
     if pieces is None or "".join(pieces) != text:
         return _prefix_offsets(tokenizer, ids, text)
     ends = list(accumulate(len(p) for p in pieces))
     return [(e - len(p), e) for p, e in zip(pieces, ends, strict=True)]
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the printable character that stands for each byte in token strings."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in chars:
+            chars[b], extra = chr(256 + extra), extra + 1
+    return {c: b for b, c in chars.items()}
+
+
+_BYTES_OF = _byte_alphabet()
+
+
+def _is_byte_level(tokenizer) -> bool:
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    return type(decoder).__name__ == "ByteLevel"
+
+
+def _byte_level_texts(tokenizer, ids: list[int]) -> list[str] | None:
+    """The text each token adds, for a byte-level BPE tokenizer: its bytes through an incremental UTF-8 decoder
+    (errors shown as U+FFFD, as decode does); a character cut off at the end goes to the token it began in.
+    None when the tokenizer is not byte-level or a token is not in the byte alphabet (an added token)."""
+    if not _is_byte_level(tokenizer):
+        return None
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pieces, began = [], None  # began: the token whose bytes start the character still incomplete
+    for i, token in zip(ids, tokenizer.convert_ids_to_tokens(ids), strict=True):
+        if i in special or token is None:
+            pieces.append("")
+            continue
+        try:
+            data = bytes(_BYTES_OF[c] for c in token)
+        except KeyError:
+            return None
+        waiting = bool(utf8.getstate()[0])
+        pieces.append(utf8.decode(data))
+        if not utf8.getstate()[0]:
+            began = None
+        elif began is None or not waiting or pieces[-1]:
+            began = len(pieces) - 1  # the bytes still held start in this token
+    tail = utf8.decode(b"", final=True)
+    if tail:
+        pieces[began if began is not None else len(pieces) - 1] += tail
+    return pieces
 
 
 def _token_texts(tokenizer, ids: list[int]) -> list[str]:

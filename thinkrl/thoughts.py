@@ -20,9 +20,10 @@ Schemes, each a function of the whole group (a dict, chosen by name):
   every step gets a raw reward — correct o_i: `correct` 1, `incorrect` 1 − α·acc; incorrect o_i:
   `matched` 0; `unknown` the outcome r_i; `unmatched` the group mean (so it normalises to 0, "not
   punished") — and the answer part a last raw reward r_i. Raw rewards are normalised over all rewards of
-  the group's judged rollouts (population std + 1e-4); a token's advantage is the sum of the normalised
-  rewards of every step that ends at or after it (return-to-go). A failed judgment gets r̂_i on every
-  token, as in the other schemes, and its rewards take no part in the normalisation. The paper gives no
+  the group (population std + 1e-4); a token's advantage is the sum of the normalised rewards of every
+  step that ends at or after it (return-to-go). A failed judgment gets r̂_i on every token, as in the
+  other schemes; its outcome r_i (its answer part's reward) stays in the normalisation, so the other
+  rollouts' rewards are normalised exactly as if it had been judged with no steps. The paper gives no
   exact values for this ablation; the choice is listed in docs/PAPER.md.
 
 A failed judgment is `steps is None`: the judge failed or labelled every step `unknown`, the rollout has
@@ -156,12 +157,12 @@ def _step_raw_rewards(g: RolloutInput, acc: float, alpha: float) -> list[tuple[i
 def scheme_step(group: Sequence[RolloutInput], alpha: float) -> list[RolloutAdvantage]:
     r_hat = outcome_advantages([g.correct for g in group])
     acc = float(np.mean([g.correct for g in group]))
-    raw = [None if g.steps is None else _step_raw_rewards(g, acc, alpha) for g in group]
-    known = np.array([v for items in raw if items for _, v, _, _ in items if not np.isnan(v)])
-    mean, std = (known.mean(), known.std()) if known.size else (0.0, 0.0)
+    raw = [_step_raw_rewards(g, acc, alpha) for g in group]  # a failed judgment: just its answer reward r_i
+    known = np.array([v for items in raw for _, v, _, _ in items if not np.isnan(v)])
+    mean, std = known.mean(), known.std()
     out = []
     for g, rh, items in zip(group, r_hat, raw, strict=True):
-        if items is None:  # a failed judgment: the outcome advantage on every token
+        if g.steps is None:  # a failed judgment: the outcome advantage on every token
             out.append(RolloutAdvantage(g.rollout_id, float(rh), np.full(g.n_tokens, rh, dtype=np.float32), (), True))
             continue
         norm = [((mean if np.isnan(v) else v) - mean) / (std + EPS) for _, v, _, _ in items]

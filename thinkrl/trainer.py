@@ -1,16 +1,16 @@
 """The training loop: clipped policy-gradient steps on one round of judged rollouts (DESIGN §2).
 
-    from thinkrl.trainer import TrainConfig, train, token_logprobs
+    from thinkrl.trainer import TrainConfig, train
     df = read_table("runs/thoughts-r0", "advantages")
     metrics = train("runs/tiny", df, TrainConfig(lr=1e-4), "runs/train-r0")
     torchrun --nproc-per-node 2 -m stages.cli train ...        # DDP: gloo on CPU, nccl on CUDA
 
 A round is the `advantages` table of one thoughts artifact: G rollouts of each of N problems sampled by
-the behaviour policy π_old, per-token advantages A, and log π_old recomputed by `token_logprobs`. One
+the behaviour policy π_old and per-token advantages A; log π_old is recomputed at the start (see below). One
 optimizer step takes B problems with all their rollouts (groups stay together); K passes over the round,
 the problem order of pass k a permutation derived from (seed, k) alone, so that a resumed run sees the
 same batches as a straight one. Each step: micro-batches of at most `micro_batch_tokens` padded tokens,
-forward/backward each (gradient accumulation), ratio ρ = exp(log π_θ − log π_old) against the stored
+forward/backward each (gradient accumulation), ratio ρ = exp(log π_θ − log π_old) against the
 behaviour log-probs, loss from `thinkrl.loss.policy_loss` with `BatchCounts` of the whole step (all
 micro-batches, all ranks), pre-clip gradient norm, clipping, AdamW, warm-up + schedule. A non-finite
 loss or gradient skips the step (no update, gradients zeroed, row `skipped`); `max_nonfinite_in_row`
@@ -33,9 +33,12 @@ Where this departs from or guesses at the paper:
   `dropped_rollouts` column, the same in every row of a run.
 - log-probs on both sides of the ratio are at the rollouts' sampling temperature T (log_softmax(logits / T),
   as TRL and verl do; the `temperature` column of the advantages table, written by segment from the rollouts
-  manifest), so log π_old may also be the sampler's own (`--no-recompute`); T = 0 (greedy) scores at T = 1.
-  The behaviour log-probs come from `behaviour_scorer`, this module's own forward with the run's device,
-  dtype and autocast, so the first step of a round has ratio 1 in every dtype.
+  manifest); T = 0 (greedy) scores at T = 1.
+- log π_old is recomputed once, at the start of a run, by this run's own model, device, dtype and autocast,
+  over the very micro-batches of the first pass (`recompute_behaviour`, as verl's actor does before its
+  update), so the first optimizer step has ratio exactly 1 and clip fraction 0 in every dtype and on any
+  number of ranks; it is saved with the state for exact resume. `recompute_logprobs = False` uses the
+  table's `behaviour_logprobs` instead (the sampler's own, at T: exact only up to engine numerics).
 - one policy trains continuously across rounds: `continue_from` (a previous train run's directory) carries
   AdamW's moments and step counter and the global step, and the lr schedule is a function of the global step
   over `schedule_steps`, so warm-up happens once per experiment, not once per round.
@@ -116,6 +119,9 @@ class TrainConfig:
                                             "the steps done before this run plus this run's)")
     continue_from: str | None = _opt(None, "a previous train run's directory: continue its optimizer state, "
                                            "lr schedule and global step (thinkrl run does this every round)")
+    recompute_logprobs: bool = _opt(True, "recompute log pi_old with this run's model over the micro-batches of "
+                                          "the first pass (ratio exactly 1 at the first step); off: the table's "
+                                          "behaviour_logprobs (the sampler's)")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas")
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0 = off)")
@@ -141,6 +147,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.aggregation in ALIASES:  # TRL's name -> ours, so the skip key is the same either way
             object.__setattr__(self, "aggregation", ALIASES[self.aggregation])
+        if self.schedule == "constant":  # its length changes nothing: keep it out of the skip keys
+            object.__setattr__(self, "schedule_steps", None)
         checks = [
             (self.aggregation in AGGREGATIONS,
              f"aggregation {self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)} "
@@ -245,11 +253,17 @@ class Rollout:
         return len(self.prompt_ids) + len(self.completion_ids)
 
 
-def _rollout(row: dict) -> Rollout:
+def _rollout(row: dict, need_logprobs: bool) -> Rollout:
     rid = row["rollout_id"]
     adv = np.asarray(row["advantages"], dtype=np.float32)
-    old = np.asarray(row["behaviour_logprobs"], dtype=np.float32)
     n = len(row["completion_ids"])
+    if row["behaviour_logprobs"] is None:
+        if need_logprobs:
+            raise ThinkrlError(f"advantages table, rollout {rid}: no behaviour_logprobs (the sampler's log-probs "
+                               "are not at the sampling temperature, e.g. vLLM's at T != 1): recompute them "
+                               "(drop --no-recompute / recompute_logprobs = false)")
+        row = {**row, "behaviour_logprobs": [0.0] * n}  # placeholder: recompute_behaviour fills it
+    old = np.asarray(row["behaviour_logprobs"], dtype=np.float32)
     if len(adv) != n or len(old) != n:
         raise ThinkrlError(f"advantages table, rollout {rid}: {n} completion_ids but {len(adv)} advantages "
                            f"and {len(old)} behaviour_logprobs (expected one per completion token)")
@@ -265,9 +279,10 @@ def scoring_temperature(t: float | None) -> float:
     return float(t) if t else 1.0
 
 
-def prepare_groups(advantages_df: pl.DataFrame) -> tuple[list[list[Rollout]], int]:
+def prepare_groups(advantages_df: pl.DataFrame, need_logprobs: bool = True) -> tuple[list[list[Rollout]], int]:
     """Validated rollouts grouped by problem_id (groups sorted by problem_id, rollouts by rollout_id: the
-    order never depends on row order), and the number of rollouts dropped for all-zero advantages."""
+    order never depends on row order), and the number of rollouts dropped for all-zero advantages.
+    need_logprobs: the table's behaviour_logprobs are log π_old (no recompute), so none may be missing."""
     df = validated(advantages_df)
     dup = df["rollout_id"].is_duplicated()
     if dup.any():
@@ -278,7 +293,7 @@ def prepare_groups(advantages_df: pl.DataFrame) -> tuple[list[list[Rollout]], in
     groups: dict[str, list[Rollout]] = {}
     dropped = 0
     for row in df.select(cols).sort("rollout_id").iter_rows(named=True):
-        r = _rollout(row)
+        r = _rollout(row, need_logprobs)
         if np.all(r.advantages == 0):  # NaN is not zero: such a rollout is kept, and its step skipped
             dropped += 1
             continue
@@ -386,7 +401,7 @@ def token_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_ids: S
     Temperature: row i is scored at temperatures[i] (default 1, the raw model distribution); the trainer's
     log π_θ uses the same per-row temperature, so the ratio compares like with like. Rows are batched
     (right padding, attention mask) in groups of <= batch_tokens padded tokens; the model runs in eval mode
-    (restored afterwards). Pass the trainer's autocast dtype to match its numerics (`behaviour_scorer`)."""
+    (restored afterwards). Pass the trainer's autocast dtype to match its numerics."""
     if any(len(p) == 0 for p in prompt_ids):
         raise ThinkrlError("token_logprobs: an empty prompt (need >= 1 token to score the first completion)")
     inner = _unwrap(model)
@@ -414,23 +429,38 @@ def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
     return torch.bfloat16 if resolve_dtype(cfg.dtype) == "bfloat16" else None
 
 
-def behaviour_scorer(policy_dir: str | Path, cfg: TrainConfig
-                     ) -> Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]], Sequence[float]], list[np.ndarray]]:
-    """(prompts, completions, temperatures) -> log π_old per completion token, computed exactly as the
-    trainer computes log π_θ with `cfg`: the same weights dtype, device, autocast and micro-batch budget."""
-    model, _ = _load_model(Path(policy_dir), cfg, default_device())
-    dtype = autocast_dtype(cfg)
-    return lambda prompts, completions, temperatures: token_logprobs(
-        model, prompts, completions, batch_tokens=cfg.micro_batch_tokens, autocast_dtype=dtype,
-        temperatures=temperatures)
-
-
 # --------------------------------------------------------------------------------------------- one step
 def _pad(arrays: Sequence[np.ndarray], T: int, like: torch.Tensor) -> torch.Tensor:
     out = torch.zeros((len(arrays), T), dtype=like.dtype)       # (n, T)
     for i, a in enumerate(arrays):
-        out[i, :len(a)] = torch.from_numpy(np.asarray(a, np.float32)).to(like.dtype)
+        out[i, :len(a)] = torch.from_numpy(np.asarray(a)).to(like.dtype)
     return out.to(like.device)
+
+
+@torch.no_grad()
+def recompute_behaviour(run: _Run) -> None:
+    """log π_old of every rollout, by this run's model before its first update, over exactly the micro-batches
+    the first pass will train them in (each rank its own share; then shared by all ranks), so the first step's
+    forward is the same computation and its ratio is exactly 1. Kept in the forward's dtype (float32, or
+    float64 for float64 runs)."""
+    cfg, dist = run.cfg, run.dist
+    steps_per_pass = math.ceil(len(run.groups) / cfg.prompts_per_step)
+    mine: dict[str, np.ndarray] = {}
+    for step in range(steps_per_pass):
+        rollouts = step_rollouts(run.groups, step, cfg.prompts_per_step, cfg.seed)[dist.rank::dist.world]
+        for mb in plan_micro_batches(rollouts, cfg.micro_batch_tokens):
+            with _autocast(dist.device, run.autocast_dtype):
+                logp, _ = completion_logprobs(run.model, [r.prompt_ids for r in mb], [r.completion_ids for r in mb],
+                                              [r.temperature for r in mb])              # (n, T)
+            for j, r in enumerate(mb):
+                mine[r.rollout_id] = logp[j, :len(r.completion_ids)].cpu().numpy()
+    set_behaviour(run, dist.all_gather_dict(mine))
+
+
+def set_behaviour(run: _Run, logprobs: dict[str, np.ndarray]) -> None:
+    """Use `logprobs` (rollout_id -> log π_old) for every rollout of the run."""
+    run.groups = [[replace(r, behaviour_logprobs=logprobs[r.rollout_id]) for r in g] for g in run.groups]
+    run.behaviour = logprobs
 
 
 def micro_batch_loss(model, mb: Sequence[Rollout], counts: BatchCounts, loss_cfg: LossConfig,
@@ -499,6 +529,14 @@ class Dist:
         t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
         return t.tolist()
+
+    def all_gather_dict(self, d: dict) -> dict:
+        """The union of every rank's dict (each rank's keys are its own)."""
+        if self.world == 1:
+            return d
+        parts: list[dict] = [{} for _ in range(self.world)]
+        torch.distributed.all_gather_object(parts, d)
+        return {k: v for p in parts for k, v in p.items()}
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -590,9 +628,11 @@ def save_state(run: _Run, step: int) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix=".state.tmp-", dir=run.out_dir))
     save_model(run.model, str(tmp / STATE_WEIGHTS))
+    behaviour = {k: torch.from_numpy(v) for k, v in (run.behaviour or {}).items()}
     torch.save({"step": step, "global_step": run.step_offset + step, "key": run.key,
-                "optimizer": run.optimizer.state_dict(), "rng": _rng_state(), "rows": run.rows,
-                "nonfinite_in_row": run.nonfinite_in_row}, tmp / STATE_FILE)
+                "schedule_steps_set": run.cfg.schedule_steps, "optimizer": run.optimizer.state_dict(), "rng": _rng_state(),
+                "rows": run.rows, "nonfinite_in_row": run.nonfinite_in_row, "behaviour": behaviour},
+               tmp / STATE_FILE)
     replace_dir(tmp, run.out_dir / "state")
 
 
@@ -616,6 +656,8 @@ def load_state(run: _Run) -> int:
     load_model(run.model, str(d / STATE_WEIGHTS), device=str(run.dist.device))
     run.optimizer.load_state_dict(s["optimizer"])
     _set_rng_state(s["rng"])
+    if s.get("behaviour"):  # the log π_old computed before the run's first update
+        set_behaviour(run, {k: v.numpy() for k, v in s["behaviour"].items()})
     run.rows, run.nonfinite_in_row = list(s["rows"]), int(s["nonfinite_in_row"])
     log.info("%s: resuming after step %d", d, s["step"])
     return int(s["step"])
@@ -643,6 +685,7 @@ class _Run:
     n_params: int
     rows: list[dict] = field(default_factory=list)
     nonfinite_in_row: int = 0
+    behaviour: dict[str, np.ndarray] | None = None   # recomputed log π_old by rollout_id (None: the table's)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -691,23 +734,24 @@ def _run_key(cfg: TrainConfig, data_hash: str, policy_dir: Path, prev_state: Pat
     return sha256_json({"config": c, "data": data_hash, "policy": policy, "continue_from": prev})
 
 
-def _continue(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> tuple[int, Path | None]:
-    """Load the optimizer state of `cfg.continue_from` into `optimizer`; returns (its global step, its dir)."""
+def _continue(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> tuple[int, int | None, Path | None]:
+    """Load the optimizer state of `cfg.continue_from` into `optimizer`; returns (its global step, the
+    schedule_steps it was given, its dir)."""
     if not cfg.continue_from:
-        return 0, None
+        return 0, None, None
     d = continued_state(cfg)
     s = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
     try:
         optimizer.load_state_dict(s["optimizer"])
     except (ValueError, KeyError) as e:
         raise ThinkrlError(f"continue_from {d}: its optimizer state does not fit this policy ({e})") from None
-    return int(s.get("global_step", s["step"])), d
+    return int(s.get("global_step", s["step"])), s.get("schedule_steps_set"), d
 
 
 def setup(policy_dir: Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_dir: Path, dist: Dist) -> _Run:
     """Data, model (DDP-wrapped under torchrun), reference model (β > 0 only), AdamW and the lr schedule.
     The schedule spans all K passes (not max_steps), so a run cut into pieces follows the same lr curve."""
-    groups, dropped = prepare_groups(advantages_df)
+    groups, dropped = prepare_groups(advantages_df, need_logprobs=not cfg.recompute_logprobs)
     model, tok = _load_model(policy_dir, cfg, dist.device)
     model.train()
     ref = None
@@ -720,11 +764,11 @@ def setup(policy_dir: Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_d
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                             weight_decay=cfg.weight_decay)
-    offset, prev = _continue(opt, cfg)
+    offset, prev_horizon, prev = _continue(opt, cfg)
     for group in opt.param_groups:  # this run's settings, not the continued run's
         group.update(betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, initial_lr=cfg.lr)
     total = cfg.epochs * math.ceil(len(groups) / cfg.prompts_per_step)
-    horizon = cfg.schedule_steps or offset + total
+    horizon = cfg.schedule_steps or prev_horizon or offset + total  # a continued run keeps a horizon it was given
     round_ = int(validated(advantages_df)["round"].max())
     return _Run(cfg, policy_dir, out_dir, dist, model, wrapped, tok, ref, opt, groups, dropped, total, offset,
                 horizon, round_, _run_key(cfg, data_sha256(groups), policy_dir, prev), n_params(model))
@@ -796,6 +840,7 @@ def summary(run: _Run) -> dict[str, Any]:
             "seconds_per_step": secs / max(len(rows), 1),
             "mfu": float(np.mean([r["mfu"] for r in rows])) if rows else 0.0,
             "n_params": run.n_params, "norm_len": run.cfg.norm_len, "world_size": run.dist.world,
+            "behaviour_logprobs": "recomputed" if run.behaviour is not None else "table",
             "policy": str(run.out_dir / "policy")}
 
 
@@ -836,6 +881,10 @@ def train(policy_dir: str | Path, advantages_df: pl.DataFrame, cfg: TrainConfig,
             _clean_leftovers(out_dir)
         dist.barrier()
         start = load_state(run) if resume else 0
+        if cfg.recompute_logprobs and run.behaviour is None:
+            if start:  # cannot happen for states this code wrote: the weights have moved on
+                raise ThinkrlError(f"{out_dir}/state: resumed after step {start} without the run's log pi_old")
+            recompute_behaviour(run)
         stop = run.total_steps if cfg.max_steps is None else min(cfg.max_steps, run.total_steps)
         run.rows = run.rows[:start]
         _loop(run, start, max(start, stop), progress)
