@@ -77,7 +77,7 @@ def aggregation_name(name: str) -> str:
     name = ALIASES.get(name, name)
     if name not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {name!r}; expected one of {', '.join(AGGREGATIONS)} "
-                         f"(or TRL's {', '.join(ALIASES)})")
+                         f"(or {', '.join(ALIASES)})")
     return name
 
 

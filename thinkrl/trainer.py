@@ -115,8 +115,9 @@ class TrainConfig:
     lr: float = _opt(1e-4, "peak learning rate (paper: 1e-6 on 1.5B/7B; 1e-4 suits the tiny CPU policy)")
     warmup_steps: int = _opt(0, "linear warm-up steps (global steps: once per experiment, not per round)")
     schedule: str = _opt("constant", f"lr schedule after warm-up: {', '.join(SCHEDULES)}")
-    schedule_steps: int | None = _opt(None, "length of the lr schedule in global optimizer steps (default: "
-                                            "the steps done before this run plus this run's)")
+    schedule_steps: int | None = _opt(None, "length of a decaying lr schedule in global optimizer steps "
+                                            "(default: the one the continued run was given, else the steps "
+                                            "done before this run plus this run's)")
     continue_from: str | None = _opt(None, "a previous train run's directory: continue its optimizer state, "
                                            "lr schedule and global step (thinkrl run does this every round)")
     recompute_logprobs: bool = _opt(True, "recompute log pi_old with this run's model over the micro-batches of "
@@ -130,8 +131,8 @@ class TrainConfig:
     eps_high: float = _opt(0.2, "ratio clip above: 1 + eps_high (DAPO uses 0.28)")
     beta: float = _opt(0.0, "k3 KL coefficient to the reference policy (0 = no reference model)")
     ref_policy: str | None = _opt(None, "reference policy directory for the KL (default: the input policy)")
-    aggregation: str = _opt("seq-mean-token-mean", f"loss aggregation: {', '.join(AGGREGATIONS)}; TRL's "
-                                                   f"names {', '.join(ALIASES)} are accepted (docs/PAPER.md)")
+    aggregation: str = _opt("seq-mean-token-mean", f"loss aggregation: {', '.join(AGGREGATIONS)}; also "
+                                                   f"accepted: {', '.join(ALIASES)} (TRL's names; docs/PAPER.md)")
     norm_len: int | None = _opt(None, "Dr. GRPO length constant (default: the rollouts' generation budget, "
                                       "max_tokens, recorded by segment; constant across rounds)")
     dtype: str = _opt("auto", "auto (bf16 autocast on CUDA with bf16, else float32), float32, "
@@ -152,7 +153,7 @@ class TrainConfig:
         checks = [
             (self.aggregation in AGGREGATIONS,
              f"aggregation {self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)} "
-             f"(or TRL's {', '.join(ALIASES)})"),
+             f"(or {', '.join(ALIASES)})"),
             (self.schedule in SCHEDULES,
              f"schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
             (self.dtype in DTYPES, f"dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}"),
