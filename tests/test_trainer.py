@@ -299,6 +299,12 @@ def test_outputs_and_stage_skip(policy, tmp_path):
     assert (out / "manifest.json").stat().st_mtime_ns == mtime
     rows = read_table(out, "train_metrics")
     assert rows["step"].to_list() == [1, 2] and (rows["mfu"] > 0).all() and (rows["seconds"] > 0).all()
+    behaviour = read_table(out, "behaviour")                                  # log pi_old as recomputed
+    assert sorted(behaviour["rollout_id"]) == sorted(df["rollout_id"])
+    want = token_logprobs(load(policy), df["prompt_ids"].to_list(), df["completion_ids"].to_list())
+    got = dict(zip(behaviour["rollout_id"], behaviour["logprobs"], strict=True))
+    for rid, lp in zip(df["rollout_id"], want, strict=True):
+        np.testing.assert_allclose(got[rid], lp, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ (6) DDP

@@ -176,6 +176,16 @@ TRAIN_METRICS = Schema(
     ),
 )
 
+BEHAVIOUR = Schema(
+    "behaviour", 1, "log pi_old as the trainer recomputed it before its first update (train artifact; empty "
+    "with --no-recompute-logprobs). Compare with advantages.behaviour_logprobs, the sampler's, to see the engine "
+    "mismatch.", ("rollout_id",),
+    (
+        Column("rollout_id", S, "joins advantages.rollout_id"),
+        Column("logprobs", LF32, "log pi_old of completion_ids at the sampling temperature, by the trainer's model"),
+    ),
+)
+
 EVAL_SAMPLES = Schema(
     "eval_samples", 1, "Every evaluation sample.", ("benchmark", "problem_id", "sample_idx"),
     (
@@ -223,8 +233,8 @@ JUDGE_EVAL = Schema(
 
 SCHEMAS: dict[str, Schema] = {
     s.name: s
-    for s in (PROBLEMS, ROLLOUTS, JUDGMENTS, THOUGHTS, ADVANTAGES, TRAIN_METRICS, EVAL_SAMPLES, EVAL_SUMMARY,
-              JUDGE_EVAL)
+    for s in (PROBLEMS, ROLLOUTS, JUDGMENTS, THOUGHTS, ADVANTAGES, TRAIN_METRICS, BEHAVIOUR, EVAL_SAMPLES,
+              EVAL_SUMMARY, JUDGE_EVAL)
 }
 
 

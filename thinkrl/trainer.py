@@ -18,7 +18,8 @@ skips in a row stop the run with a `ThinkrlError`.
 
 Writes in out_dir: `policy/` (Hugging Face checkpoint, safetensors, fp32 master weights, tokenizer, the
 input's thinkrl.json), `state/` (weights, optimizer, RNG states, local and global step, metric rows: exact
-resume), and the `train_metrics` artifact (one row per optimizer step; manifest written last).
+resume), and the `train_metrics` artifact (one row per optimizer step, and the `behaviour` table: log π_old as
+recomputed; manifest written last).
 
 MFU = 6 × n_params × (prompt + completion tokens through forward/backward, padding excluded, all ranks)
       / step seconds / (flops_peak × world size).
@@ -904,4 +905,6 @@ def _write_metrics(run: _Run, metrics: dict, writer: ArtifactWriter | None) -> N
         config = {**run.cfg.to_dict(), "policy": str(run.policy_dir), "data_sha256": data_sha256(run.groups)}
         writer = ArtifactWriter(run.out_dir, "train", config, inputs={"policy": run.policy_dir})
     writer.set_table("train_metrics", run.rows)
-    writer.finish(metrics=metrics, tables=["train_metrics"], allow_empty=True)
+    writer.set_table("behaviour", [{"rollout_id": k, "logprobs": np.asarray(v, np.float32).tolist()}
+                                   for k, v in sorted((run.behaviour or {}).items())])
+    writer.finish(metrics=metrics, tables=["train_metrics", "behaviour"], allow_empty=True)
