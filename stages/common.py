@@ -85,6 +85,16 @@ class TokenProgress:
     def __exit__(self, *exc) -> None:
         self._progress.__exit__(*exc)
 
+    def start(self, total: int) -> None:
+        """Begin drawing, with `total` sequences (for a stage function's start callback); stop() ends it."""
+        self._progress.update(self._task, total=total)
+        self.__enter__()
+
+    def stop(self) -> None:
+        if self._t0 is not None:
+            self.__exit__(None, None, None)
+            self._t0 = None
+
     def update(self, new_tokens: int, finished: int) -> None:
         self.tokens += new_tokens
         elapsed = max(self._time() - self._t0, 1e-9)

@@ -14,8 +14,8 @@ import typer
 from rich.table import Table
 
 from stages.common import DataDir, Force, TokenProgress, console, skipped
-from thinkrl.artifacts import ArtifactWriter, read_table
-from thinkrl.problems import named_problems, problems_sha256, resolve_data_dir
+from thinkrl.artifacts import read_manifest, read_table
+from thinkrl.problems import named_problems, resolve_data_dir
 
 
 def eval_cmd(
@@ -35,31 +35,22 @@ def eval_cmd(
     force: Force = False,
 ) -> None:
     """Evaluate a policy on benchmarks: avg@k, pass@k, maj@k, mean tokens."""
-    from thinkrl.engine import check_engine, load_engine  # heavy: imported when the stage runs
-    from thinkrl.evaluate import EvalConfig, evaluate
-    from thinkrl.models import check_model_dir, load_tokenizer
-    from thinkrl.templates import resolve_template
+    from thinkrl.evaluate import EvalConfig, run_eval_stage  # heavy: imported when the stage runs
 
     names = [b.strip() for b in bench.split(",") if b.strip()]
     ddir = resolve_data_dir(data_dir)
     benchmarks = {name: named_problems(name, ddir, limit=limit) for name in names}
-    check_engine(engine)
-    check_model_dir(policy)
-    tmpl = resolve_template(template, load_tokenizer(policy), model_dir=policy)  # the key needs no model
     cfg = EvalConfig(k=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-    config = {**cfg.__dict__, "benchmarks": names, "limit": limit, "template": tmpl, "engine": engine,
-              "dtype": dtype, "policy": str(policy),
-              "problems_sha256": {n: problems_sha256(df)
-                                  for n, df in benchmarks.items()}}
-    writer = ArtifactWriter(out, "eval", config, inputs={"policy": policy})
-    if writer.up_to_date() and not force:
+    bar = TokenProgress(0, "eval")
+    try:
+        r = run_eval_stage(benchmarks, policy, out, cfg, template, engine, dtype, limit, force,
+                           start=lambda total: bar.start(total), progress=bar.update)
+    finally:
+        bar.stop()
+    if r.skipped:
         skipped(out)
-        summary = read_table(out, "eval_summary")
-    else:
-        total = sum(df.height for df in benchmarks.values()) * k
-        eng = load_engine(engine, policy, dtype=dtype)
-        with TokenProgress(total, "eval") as bar:
-            summary = evaluate(benchmarks, eng, cfg, writer, policy=str(policy), template=tmpl, progress=bar.update)
+    summary = read_table(out, "eval_summary")
+    tmpl = read_manifest(out)["config"]["template"]
     table = Table(title=f"{policy}  (k={k}, T={temperature}, top-p={top_p}, template {tmpl})")
     for col in ("benchmark", "problems", f"avg@{k}", f"pass@{k}", f"maj@{k}", "mean tokens", "truncated"):
         table.add_column(col, justify="right" if col != "benchmark" else "left")

@@ -17,11 +17,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stages.common import Force, console, show_progress, skipped
-from thinkrl.artifacts import ArtifactWriter, read_manifest, read_table
-from thinkrl.judge import make_judge
-from thinkrl.judge.judging import check_fallbacks, fallback_report, judge_config, judge_rollouts
+from thinkrl.judge.judging import JudgeStage, fallback_report, run_judge_stage
 from thinkrl.judge.prompts import TEMPLATES
-from thinkrl.models import load_tokenizer
 
 
 def judge(
@@ -47,25 +44,19 @@ def judge(
     force: Force = False,
 ) -> None:
     """Label each step of each rollout with a judge (judgments artifact)."""
-    df = read_table(rollouts, "rollouts")
-    tok_path = tokenizer or Path(df["policy"][0])
-    config = judge_config(judge_spec, splitter, str(tok_path), judge_model, prompt, max_tokens)
-    writer = ArtifactWriter(out, "judge", config, inputs={"rollouts": rollouts})
-    if writer.up_to_date() and not force:
-        check_fallbacks(read_manifest(out)["metrics"], max_unknown, out)
-        return skipped(out)
-    j = make_judge(judge_spec, model=judge_model, max_tokens=max_tokens, template=prompt,
-                   cache_dir=str(cache_dir or out / "_cache"), concurrency=concurrency, timeout_s=timeout,
-                   retries=retries, api_key_env=api_key_env)
-    tok = load_tokenizer(tok_path, hint="; pass --tokenizer DIR")
+    how = JudgeStage(concurrency=concurrency, timeout_s=timeout, retries=retries, api_key_env=api_key_env,
+                     cache_dir=cache_dir, part_size=part_size, max_unknown=max_unknown)
     with Progress(TextColumn("[bold]judge"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not show_progress()) as bar:
-        task = bar.add_task("judge", total=df.height)
-        metrics = judge_rollouts(df, j, tok, writer, splitter=splitter, part_size=part_size,
-                                 progress=lambda k: bar.advance(task, k))
+        task = bar.add_task("judge", total=None)
+        r = run_judge_stage(rollouts, out, judge_spec, splitter, tokenizer, judge_model, prompt, max_tokens, how,
+                            force, start=lambda total: bar.update(task, total=total),
+                            progress=lambda k: bar.advance(task, k))
+    if r.skipped:
+        return skipped(out)
+    metrics = r.metrics
     mix = ", ".join(f"{k[6:]} {v:.2f}" for k, v in metrics.items() if k.startswith("label_"))
     console.print(f"{out}: {metrics['steps']} steps of {metrics['rollouts']} rollouts ({mix}); "
                   f"unknown {metrics['unknown_rate']:.3f}; {metrics['seconds']:.1f} s")
     if fallback_report(metrics):
         console.print(f"[bold yellow]judge: {fallback_report(metrics)}[/bold yellow]")
-    check_fallbacks(metrics, max_unknown, out)

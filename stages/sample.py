@@ -14,7 +14,6 @@ from typing import Annotated
 import typer
 
 from stages.common import Force, TokenProgress, console, skipped
-from thinkrl.artifacts import ArtifactWriter, read_table
 
 
 def sample(
@@ -37,28 +36,23 @@ def sample(
     force: Force = False,
 ) -> None:
     """Sample completions with a policy and grade them (rollouts artifact)."""
-    from thinkrl.engine import check_engine, load_engine  # heavy: imported when the stage runs
-    from thinkrl.models import check_model_dir, load_tokenizer
-    from thinkrl.sampling import SampleConfig, parse_shard, sample_rollouts, sample_stage_config
-    from thinkrl.templates import resolve_template
+    from thinkrl.sampling import (  # heavy: imported when the stage runs
+        SampleConfig,
+        parse_shard,
+        run_sample_stage,
+    )
 
-    probs = read_table(problems, "problems")
-    if limit is not None:
-        probs = probs.head(limit)
-    check_engine(engine)
-    check_model_dir(policy)
-    tmpl = resolve_template(template, load_tokenizer(policy), model_dir=policy)  # the key needs no model
     cfg = SampleConfig(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=tuple(stop or ()),
-                       template=tmpl, seed=seed, round=round_, shard=parse_shard(shard), part_size=part_size)
-    config = sample_stage_config(cfg, engine, dtype, limit, policy)
-    writer = ArtifactWriter(out, "sample", config, inputs={"problems": problems, "policy": policy})
-    if writer.up_to_date() and not force:
+                       template=template, seed=seed, round=round_, shard=parse_shard(shard), part_size=part_size)
+    bar = TokenProgress(0, "sample")
+    try:
+        r = run_sample_stage(problems, policy, out, cfg, engine, dtype, limit, force,
+                             start=lambda total: bar.start(total), progress=bar.update)
+    finally:
+        bar.stop()
+    if r.skipped:
         return skipped(out)
-    eng = load_engine(engine, policy, dtype=dtype)
-    k, m = cfg.shard
-    total = sum(1 for i in range(probs.height) if i % m == k) * n
-    with TokenProgress(total, "sample") as bar:
-        metrics = sample_rollouts(probs, eng, cfg, writer, policy=str(policy), template=tmpl, progress=bar.update)
+    metrics = r.metrics
     console.print(f"{out}: {metrics['rollouts']} rollouts, accuracy {metrics['accuracy']:.3f}, "
                   f"mean tokens {metrics['mean_tokens']:.1f}, truncated {metrics['truncation_rate']:.3f}, "
                   f"{metrics['tokens_per_s'] or 0:.0f} tok/s")

@@ -16,9 +16,7 @@ from typing import Annotated
 import typer
 
 from stages.common import Force, console, skipped
-from thinkrl.artifacts import ArtifactWriter, read_table
-from thinkrl.segment import rollouts_sampling, segment_key
-from thinkrl.segment import segment as run_segment
+from thinkrl.segment import run_segment_stage
 from thinkrl.thoughts import SCHEMES
 
 
@@ -31,15 +29,11 @@ def segment(
     force: Force = False,
 ) -> None:
     """Merge steps into thoughts and compute per-token advantages (thoughts artifact)."""
-    ro = read_table(rollouts, "rollouts")
-    sampling = rollouts_sampling(rollouts)
-    config, inputs = segment_key(rollouts, judgments, scheme, alpha)
-    writer = ArtifactWriter(out, "segment", config, inputs=inputs)
-    if writer.up_to_date() and not force:
-        return skipped(out)
-    jd = read_table(judgments, "judgments", allow_empty=True) if "judgments" in inputs else None
     with console.status("segment: thoughts and advantages"):
-        m = run_segment(ro, jd, scheme, alpha, writer, sampling)
+        r = run_segment_stage(rollouts, judgments, out, scheme, alpha, force)
+    if r.skipped:
+        return skipped(out)
+    m = r.metrics
     console.print(f"{out}: {m['kept_rollouts']}/{m['rollouts']} rollouts kept ({m['dropped_rollouts']} all-zero dropped), "
                   f"{m['error_thoughts']} error thoughts ({m['flipped_error_thoughts']} flipped), "
                   f"incorrect-thought tokens {m['incorrect_thought_token_share']:.3f}, "

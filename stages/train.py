@@ -21,9 +21,8 @@ from typing import Annotated
 import typer
 
 from stages.common import Force, console, show_progress, skipped
-from thinkrl import trainer
-from thinkrl.artifacts import ArtifactWriter, read_table
 from thinkrl.trainer import TrainConfig
+from thinkrl.training import run_train_stage
 
 D, H = TrainConfig(), TrainConfig.help
 
@@ -85,7 +84,6 @@ def train(
     force: Force = False,
 ) -> None:
     """Train a policy on a thoughts artifact: clipped policy-gradient steps (checkpoint + train metrics)."""
-    df = read_table(thoughts, "advantages", allow_empty=True)
     cfg = TrainConfig(
         prompts_per_step=prompts_per_step, epochs=epochs, lr=lr, warmup_steps=warmup_steps, schedule=schedule,
         schedule_steps=schedule_steps, continue_from=continue_from,
@@ -94,15 +92,13 @@ def train(
         eps_low=eps_low, eps_high=eps_high, beta=beta, ref_policy=ref_policy, aggregation=aggregation,
         norm_len=norm_len, dtype=dtype, seed=seed, max_nonfinite_in_row=max_nonfinite_in_row,
         flops_peak=flops_peak, save_every=save_every, max_steps=max_steps, recompute_logprobs=recompute_logprobs)
-    cfg = trainer.resolve_config(cfg, df)
-    writer = ArtifactWriter(out, "train", {**cfg.to_dict(), "policy": str(policy)},
-                            inputs=trainer.train_inputs(cfg, policy, thoughts))
     main = os.environ.get("RANK", "0") == "0"
-    if writer.up_to_date() and not force:
-        return skipped(out) if main else None
     bar = _Bar() if main else None
     with bar.progress if bar else nullcontext():
-        m = trainer.train(policy, df, cfg, out, resume=not force, progress=bar, writer=writer)
+        r = run_train_stage(policy, thoughts, out, cfg, force, progress=bar)
+    m = r.metrics
+    if r.skipped:
+        return skipped(out) if main else None
     if main:
         console.print(f"{out}: {m['steps']} steps ({m['skipped_steps']} skipped), "
                       f"final loss {m['final_loss']:+.4f}, {m['tokens']} tokens, "

@@ -29,6 +29,7 @@ from thinkrl.experiment import (
     docs_markdown,
     held_out_arith_questions,
     round_problems,
+    round_seed,
     run_experiment,
 )
 from thinkrl.tasks.arith import ArithConfig, generate_problems
@@ -172,6 +173,27 @@ def test_layout_and_summary(tiny_run):
     assert [e.samples_consumed for e in summary.evals] == [0, 8, 16]
     assert all(r.train_steps > 0 for r in summary.rounds) and summary.samples_consumed == 16
     assert [r.round for r in summary.rounds] == [0, 1]
+
+
+def test_stages_by_hand_skip_the_work_of_thinkrl_run(tiny_run, run_cli):
+    """One step function per stage: the stage commands given the run's settings build the same skip keys as
+    `thinkrl run`, so each finds the run's artifact up to date and recomputes nothing."""
+    cfg, run_dir, _ = tiny_run
+    rd = run_dir / "round-000"
+    before = manifests(run_dir)
+    commands = [
+        ["sample", "--policy", cfg.policy, "--problems", rd / "problems", "-n", cfg.n, "--max-tokens", cfg.max_tokens,
+         "--part-size", cfg.part_size, "--seed", cfg.seed, "--round", 0, "--out", rd / "rollouts"],
+        ["judge", "--rollouts", rd / "rollouts", "--judge", cfg.judge, "--out", rd / "judgments"],
+        ["segment", "--rollouts", rd / "rollouts", "--judgments", rd / "judgments", "--scheme", cfg.scheme,
+         "--alpha", cfg.alpha, "--out", rd / "thoughts"],
+        ["train", "--policy", cfg.policy, "--thoughts", rd / "thoughts", "--prompts-per-step", cfg.prompts_per_step,
+         "--save-every", cfg.save_every, "--seed", round_seed(cfg.seed, 0, "train"), "--out", rd / "train"],
+    ]
+    for args in commands:
+        rc, out, err = run_cli([str(a) for a in args])
+        assert rc == 0 and "up to date" in out + err, (args[0], out, err)
+    assert manifests(run_dir) == before
 
 
 def test_one_policy_trains_across_rounds(tiny_run):

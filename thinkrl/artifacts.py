@@ -238,6 +238,20 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage's step function returns to its callers (the typer command and `thinkrl run`): the output
+    artifact, whether it was already up to date (skipped), and its manifest metrics."""
+    out: Path
+    skipped: bool
+    metrics: dict
+
+
+def finished(writer: ArtifactWriter) -> StageResult:
+    """The result of a stage whose artifact is up to date: its manifest's metrics, nothing recomputed."""
+    return StageResult(writer.out, True, read_manifest(writer.out).get("metrics", {}))
+
+
 # --------------------------------------------------------------------------------------------- hashing
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()

@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import polars as pl
 
-from thinkrl.artifacts import ArtifactWriter
+from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_manifest
 from thinkrl.engine.base import Engine
 from thinkrl.sampling import SampleConfig, sample_in_parts
 
@@ -82,6 +83,38 @@ def summarise(samples: pl.DataFrame, k: int) -> pl.DataFrame:
             "truncation_rate": float((df["finish_reason"] == "length").mean()),
         })
     return pl.DataFrame(rows)
+
+
+def eval_stage_config(cfg: EvalConfig, benchmarks: Mapping[str, pl.DataFrame], limit: int | None, template: str,
+                      engine: str, dtype: str, policy: Path) -> dict:
+    """The eval stage's resolved config (its skip key): settings, benchmark names and their problems' sha256."""
+    from thinkrl.problems import problems_sha256
+
+    return {**asdict(cfg), "benchmarks": list(benchmarks), "limit": limit, "template": template, "engine": engine,
+            "dtype": dtype, "policy": str(policy), "problems_sha256": {n: problems_sha256(df) for n, df in benchmarks.items()}}
+
+
+def run_eval_stage(benchmarks: Mapping[str, pl.DataFrame], policy: Path, out: Path, cfg: EvalConfig,
+                   template: str = "auto", engine: str = "hf", dtype: str = "auto", limit: int | None = None,
+                   force: bool = False, tokenizer=None, load: Callable[[], Engine] | None = None,
+                   start: Callable[[int], None] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> StageResult:
+    """The eval stage, for `thinkrl eval` and `thinkrl run` alike: key -> skip -> sample and score -> finish.
+    `load()` gives the engine (default: load_engine(engine, policy, dtype)), only when work remains."""
+    from thinkrl.engine import check_engine, load_engine
+    from thinkrl.sampling import resolved_template
+
+    check_engine(engine)
+    template = resolved_template(template, policy, tokenizer)
+    writer = ArtifactWriter(out, "eval", eval_stage_config(cfg, benchmarks, limit, template, engine, dtype, policy),
+                            inputs={"policy": policy})
+    if writer.up_to_date() and not force:
+        return finished(writer)
+    if start:
+        start(sum(df.height for df in benchmarks.values()) * cfg.k)
+    eng = load() if load else load_engine(engine, policy, dtype=dtype)
+    evaluate(benchmarks, eng, cfg, writer, policy=str(policy), template=template, progress=progress)
+    return StageResult(out, False, read_manifest(out).get("metrics", {}))
 
 
 def evaluate(benchmarks: Mapping[str, pl.DataFrame], engine: Engine, cfg: EvalConfig, writer: ArtifactWriter,

@@ -69,7 +69,6 @@ from thinkrl.artifacts import (
     ArtifactWriter,
     read_manifest,
     read_table,
-    replace_dir,
     write_artifact,
     write_text_atomic,
 )
@@ -354,11 +353,6 @@ class _Ctx:
             self._tokenizers[str(policy)] = load_tokenizer(policy)
         return self._tokenizers[str(policy)]
 
-    def template(self, policy: Path) -> str:
-        from thinkrl.templates import resolve_template
-
-        return resolve_template(self.cfg.template, self.tokenizer(policy), model_dir=policy)
-
     def status(self, round_: int | None, stage: str) -> None:
         body = {"round": round_, "stage": stage, "pid": os.getpid(), "time": time.time()}
         write_text_atomic(json.dumps(body) + "\n", self.run_dir / "status.json")
@@ -470,161 +464,89 @@ def stage_problems(ctx: _Ctx, round_: int, out: Path) -> Path:
 
 # -- sample
 def stage_sample(ctx: _Ctx, round_: int, policy: Path, problems: Path, out: Path) -> Path:
-    from thinkrl.sampling import SampleConfig, sample_rollouts, sample_stage_config
+    from thinkrl.sampling import SampleConfig, run_sample_stage
 
     cfg = ctx.cfg
-    tmpl = ctx.template(policy)
     scfg = SampleConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                        template=tmpl, seed=cfg.seed, round=round_, part_size=cfg.part_size)
-    config = sample_stage_config(scfg, cfg.engine, cfg.dtype, None, policy)
-    writer = ArtifactWriter(out, "sample", config, inputs={"problems": problems, "policy": policy})
-    if writer.up_to_date():
-        m = _metrics(out)
-        ctx.display.done(round_, "sample", f"{m.get('rollouts')} rollouts, accuracy {m.get('accuracy', 0):.3f}", True)
-        return out
-    probs = read_table(problems, "problems")
-    ctx.start(round_, "sample", probs.height * cfg.n)
-    m = sample_rollouts(probs, ctx.engine(policy), scfg, writer, policy=str(policy), template=tmpl,
-                        progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens))
-    ctx.display.done(round_, "sample", f"{m['rollouts']} rollouts, accuracy {m['accuracy']:.3f}, "
-                                       f"mean tokens {m['mean_tokens']:.1f}, {m['tokens_per_s'] or 0:.0f} tok/s")
+                        template=cfg.template, seed=cfg.seed, round=round_, part_size=cfg.part_size)
+    r = run_sample_stage(problems, policy, out, scfg, cfg.engine, cfg.dtype, tokenizer=ctx.tokenizer(policy),
+                         load=lambda: ctx.engine(policy), start=lambda total: ctx.start(round_, "sample", total),
+                         progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens))
+    m = r.metrics
+    text = f"{m.get('rollouts')} rollouts, accuracy {m.get('accuracy', 0):.3f}"
+    if not r.skipped:
+        text += f", mean tokens {m['mean_tokens']:.1f}, {m['tokens_per_s'] or 0:.0f} tok/s"
+    ctx.display.done(round_, "sample", text, r.skipped)
     return out
 
 
 # -- judge
 def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path) -> Path:
-    from thinkrl.judge import make_judge
-    from thinkrl.judge.judging import check_fallbacks, judge_config, judge_rollouts
+    from thinkrl.judge.judging import JudgeStage, run_judge_stage
 
     cfg = ctx.cfg
-    config = judge_config(cfg.judge, cfg.splitter, str(policy), cfg.judge_model, cfg.judge_prompt,
-                          cfg.judge_max_tokens)
-    writer = ArtifactWriter(out, "judge", config, inputs={"rollouts": rollouts})
     max_unknown = 1.0 if cfg.scheme == "outcome" else cfg.judge_max_unknown  # outcome ignores the labels
-    if writer.up_to_date():
-        m = _metrics(out)
-        check_fallbacks(m, max_unknown, out)
-        ctx.display.done(round_, "judge", f"{m.get('steps')} steps of {m.get('rollouts')} rollouts", True)
-        return out
-    df = read_table(rollouts, "rollouts")
-    ctx.start(round_, "judge", df.height)
-    j = make_judge(cfg.judge, model=cfg.judge_model, max_tokens=cfg.judge_max_tokens, template=cfg.judge_prompt,
-                   cache_dir=str(out / "_cache"), concurrency=cfg.judge_concurrency)
-    m = judge_rollouts(df, j, ctx.tokenizer(policy), writer, splitter=cfg.splitter,
-                       part_size=cfg.judge_part_size, progress=lambda k: ctx.display.advance(k))
-    check_fallbacks(m, max_unknown, out)
-    ctx.display.done(round_, "judge", f"{m['steps']} steps of {m['rollouts']} rollouts, "
-                                      f"unknown {m['unknown_rate']:.3f}, no usable verdict "
-                                      f"{m['fallback_share']:.1%}, {m['seconds']:.1f} s")
+    how = JudgeStage(concurrency=cfg.judge_concurrency, part_size=cfg.judge_part_size, max_unknown=max_unknown)
+    r = run_judge_stage(rollouts, out, cfg.judge, cfg.splitter, policy, cfg.judge_model, cfg.judge_prompt,
+                        cfg.judge_max_tokens, how, start=lambda total: ctx.start(round_, "judge", total),
+                        progress=lambda k: ctx.display.advance(k))
+    m = r.metrics
+    text = f"{m.get('steps')} steps of {m.get('rollouts')} rollouts"
+    if not r.skipped:
+        text += (f", unknown {m['unknown_rate']:.3f}, no usable verdict {m['fallback_share']:.1%}, "
+                 f"{m['seconds']:.1f} s")
+    ctx.display.done(round_, "judge", text, r.skipped)
     return out
 
 
 # -- segment
 def stage_segment(ctx: _Ctx, round_: int, rollouts: Path, judgments: Path, out: Path) -> Path:
-    from thinkrl.segment import rollouts_sampling, segment, segment_key
+    from thinkrl.segment import run_segment_stage
 
     cfg = ctx.cfg
-    config, inputs = segment_key(rollouts, judgments, cfg.scheme, cfg.alpha)
-    writer = ArtifactWriter(out, "segment", config, inputs=inputs)
-    if writer.up_to_date():
-        m = _metrics(out)
-        ctx.display.done(round_, "segment", f"{m.get('kept_rollouts')}/{m.get('rollouts')} rollouts kept", True)
-        return out
-    ctx.start(round_, "segment")
-    ro = read_table(rollouts, "rollouts")
-    jd = read_table(judgments, "judgments", allow_empty=True) if "judgments" in inputs else None
-    m = segment(ro, jd, cfg.scheme, cfg.alpha, writer, rollouts_sampling(rollouts))
-    ctx.display.done(round_, "segment", f"{m['kept_rollouts']}/{m['rollouts']} rollouts kept, "
-                                        f"incorrect-thought tokens {m['incorrect_thought_token_share']:.3f}")
+    r = run_segment_stage(rollouts, judgments, out, cfg.scheme, cfg.alpha, start=lambda: ctx.start(round_, "segment"))
+    m = r.metrics
+    ctx.display.done(round_, "segment", f"{m.get('kept_rollouts')}/{m.get('rollouts')} rollouts kept, "
+                                        f"incorrect-thought tokens {m.get('incorrect_thought_token_share', 0):.3f}",
+                     r.skipped)
     return out
 
 
 # -- train
-def _copy_policy(src: Path, dest: Path) -> None:
-    """dest = a copy of src (hard links where possible), written to a temp sibling and renamed in."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, tmp, copy_function=link, ignore=shutil.ignore_patterns("_parts"))
-    replace_dir(tmp, dest)
-
-
-def _carry_forward(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path, reason: str) -> Path:
-    """Nothing to train: the policy (and the trainer state the next round continues from) are copied on."""
-    prev = previous_train_state(ctx.run_dir, round_)
-    config = {"carried_forward": True, "policy": str(policy)}
-    inputs = {"policy": policy, "thoughts": thoughts, **({"continue_from": prev} if prev else {})}
-    writer = ArtifactWriter(out, "train", config, inputs=inputs)
-    skipped = writer.up_to_date()
-    if not skipped:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MANIFEST).unlink(missing_ok=True)
-        _copy_policy(policy, out / "policy")
-        if prev is not None:
-            _copy_policy(prev, out / "state")
-        else:
-            shutil.rmtree(out / "state", ignore_errors=True)
-        writer.set_table("train_metrics", [])
-        writer.finish({"steps": 0, "carried_forward": True, "reason": reason, "policy": str(out / "policy")},
-                      allow_empty=True)
-    ctx.display.done(round_, "train", f"nothing to learn ({reason}); policy carried forward", skipped)
-    return out
-
-
 def stage_train(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path) -> Path:
-    from thinkrl import trainer
+    from thinkrl.training import run_train_stage
 
-    df = read_table(thoughts, "advantages", allow_empty=True)
-    if df.height == 0:
-        return _carry_forward(ctx, round_, policy, thoughts, out, "every advantage of the round is zero")
-    tcfg = trainer.resolve_config(ctx.cfg.train_config(round_, previous_train_state(ctx.run_dir, round_)), df)
-    inputs = trainer.train_inputs(tcfg, policy, thoughts)
-    writer = ArtifactWriter(out, "train", {**tcfg.to_dict(), "policy": str(policy)}, inputs=inputs)
-    if writer.up_to_date():
-        m = _metrics(out)
-        ctx.display.done(round_, "train", f"{m.get('steps')} steps, final loss {m.get('final_loss', 0):+.4f}", True)
+    cfg = ctx.cfg.train_config(round_, previous_train_state(ctx.run_dir, round_))
+    r = run_train_stage(policy, thoughts, out, cfg, carry_forward=True,
+                        start=lambda total: ctx.start(round_, "train", total),
+                        progress=lambda row, done, total: ctx.display.advance(1, row["tokens"]))
+    m = r.metrics
+    if m.get("carried_forward"):
+        ctx.display.done(round_, "train", f"nothing to learn ({m.get('reason')}); policy carried forward", r.skipped)
         return out
-    groups = df["problem_id"].n_unique()
-    ctx.start(round_, "train", tcfg.epochs * -(-groups // tcfg.prompts_per_step))
-    try:
-        m = trainer.train(policy, df, tcfg, out, resume=True, writer=writer,
-                          progress=lambda row, done, total: ctx.display.advance(1, row["tokens"]))
-    except trainer.NothingToTrain as e:
-        return _carry_forward(ctx, round_, policy, thoughts, out, str(e)[:120])
-    ctx._engine = None  # the policy on disk changed: never reuse an engine loaded from a stale path
-    ctx.display.done(round_, "train", f"{m['steps']} steps, final loss {m['final_loss']:+.4f}, "
-                                      f"{m['seconds_per_step']:.2f} s/step")
+    if not r.skipped:
+        ctx._engine = None  # the policy on disk changed: never reuse an engine loaded from a stale path
+    speed = "" if r.skipped else f", {m['seconds_per_step']:.2f} s/step"
+    ctx.display.done(round_, "train", f"{m.get('steps')} steps, final loss {m.get('final_loss', 0):+.4f}{speed}",
+                     r.skipped)
     return out
 
 
 # -- eval
 def stage_eval(ctx: _Ctx, round_: int | None, policy: Path, out: Path) -> Path:
-    from thinkrl.evaluate import EvalConfig, evaluate
+    from thinkrl.evaluate import EvalConfig, run_eval_stage
 
     cfg = ctx.cfg
     ecfg = EvalConfig(k=cfg.eval_k, temperature=cfg.eval_temperature, top_p=cfg.eval_top_p,
                       max_tokens=cfg.max_tokens, seed=cfg.seed, part_size=cfg.part_size)
-    tmpl = ctx.template(policy)
-    config = {**asdict(ecfg), "benchmarks": list(ctx.eval_sets), "limit": cfg.eval_problems, "template": tmpl,
-              "engine": cfg.engine, "dtype": cfg.dtype, "policy": str(policy),
-              "problems_sha256": {n: problems_sha256(df)
-                                  for n, df in ctx.eval_sets.items()}}
-    writer = ArtifactWriter(out, "eval", config, inputs={"policy": policy})
-    skipped = writer.up_to_date()
-    if not skipped:
-        ctx.start(round_, "eval", sum(df.height for df in ctx.eval_sets.values()) * cfg.eval_k)
-        evaluate(ctx.eval_sets, ctx.engine(policy), ecfg, writer, policy=str(policy), template=tmpl,
-                 progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens))
+    r = run_eval_stage(ctx.eval_sets, policy, out, ecfg, cfg.template, cfg.engine, cfg.dtype, cfg.eval_problems,
+                       tokenizer=ctx.tokenizer(policy), load=lambda: ctx.engine(policy),
+                       start=lambda total: ctx.start(round_, "eval", total),
+                       progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens))
     s = read_table(out, "eval_summary")
     samples = sum(r["rollouts"] for r in _round_sample_metrics(ctx.run_dir, round_))
     scores = ", ".join(f"{r['benchmark']} avg@{cfg.eval_k} {r['avg_at_k']:.3f}" for r in s.to_dicts())
-    ctx.display.done(round_, "eval", f"{scores}, mean tokens {s['mean_tokens'].mean():.1f}", skipped)
+    ctx.display.done(round_, "eval", f"{scores}, mean tokens {s['mean_tokens'].mean():.1f}", r.skipped)
     ctx.display.accuracy(round_, samples, float(s["avg_at_k"].mean()))
     return out
 

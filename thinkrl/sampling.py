@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
 
-from thinkrl.artifacts import ArtifactWriter
+from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.engine.base import Engine, SamplingParams
 from thinkrl.errors import ThinkrlError
 from thinkrl.grading import grade_many
@@ -101,6 +101,39 @@ def sample_part(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, templ
 def sample_stage_config(cfg: SampleConfig, engine: str, dtype: str, limit: int | None, policy: str | Path) -> dict:
     """The sample stage's resolved config (its skip key), the same for `thinkrl sample` and `thinkrl run`."""
     return {**cfg.to_dict(), "engine": engine, "dtype": dtype, "limit": limit, "policy": str(policy)}
+
+
+def resolved_template(template: str, policy: Path, tokenizer=None) -> str:
+    """The template name a stage records: `auto` resolved from the policy's thinkrl.json / tokenizer (no model)."""
+    from thinkrl.models import check_model_dir, load_tokenizer
+    from thinkrl.templates import resolve_template
+
+    check_model_dir(policy)
+    return resolve_template(template, tokenizer or load_tokenizer(policy), model_dir=policy)
+
+
+def run_sample_stage(problems: Path, policy: Path, out: Path, cfg: SampleConfig, engine: str = "hf",
+                     dtype: str = "auto", limit: int | None = None, force: bool = False, tokenizer=None,
+                     load: Callable[[], Engine] | None = None, start: Callable[[int], None] | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> StageResult:
+    """The sample stage, for `thinkrl sample` and `thinkrl run` alike: key -> skip -> sample -> finish.
+    cfg.template may be `auto`; `load()` gives the engine (default: load_engine(engine, policy, dtype)), only
+    when work remains; start(total sequences of this shard) when work begins."""
+    from thinkrl.engine import check_engine, load_engine
+
+    check_engine(engine)
+    cfg = replace(cfg, template=resolved_template(cfg.template, policy, tokenizer))
+    writer = ArtifactWriter(out, "sample", sample_stage_config(cfg, engine, dtype, limit, policy),
+                            inputs={"problems": problems, "policy": policy})
+    if writer.up_to_date() and not force:
+        return finished(writer)
+    probs = read_table(problems, "problems")
+    probs = probs if limit is None else probs.head(limit)
+    if start:
+        start(shard_problems(probs, cfg.shard).height * cfg.n)
+    eng = load() if load else load_engine(engine, policy, dtype=dtype)
+    return StageResult(out, False, sample_rollouts(probs, eng, cfg, writer, policy=str(policy), template=cfg.template,
+                                                   progress=progress))
 
 
 def sample_rollouts(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, writer: ArtifactWriter,

@@ -29,13 +29,22 @@ rollouts, unknown-label fallbacks, no-answer rollouts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from thinkrl.artifacts import JUDGMENTS, MANIFEST, ArtifactWriter, read_manifest
+from thinkrl.artifacts import (
+    JUDGMENTS,
+    MANIFEST,
+    ArtifactWriter,
+    StageResult,
+    finished,
+    read_manifest,
+    read_table,
+)
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import INCORRECT, UNKNOWN
 from thinkrl.thoughts import SCHEMES, RolloutInput, no_answer, step_labels
@@ -100,6 +109,22 @@ def segment_key(rollouts: Path, judgments: Path | None, scheme: str, alpha: floa
     use_judgments = judgments is not None and scheme != "outcome"
     inputs = {"rollouts": rollouts, **({"judgments": judgments} if use_judgments else {})}
     return {"scheme": scheme, "alpha": alpha}, inputs
+
+
+def run_segment_stage(rollouts: Path, judgments: Path | None, out: Path, scheme: str = "thought",
+                      alpha: float = 1.0, force: bool = False, start: Callable[[], None] | None = None
+                      ) -> StageResult:
+    """The segment stage, for `thinkrl segment` and `thinkrl run` alike: key -> skip -> work -> finish.
+    `start()` is called when work begins (not when the artifact is up to date)."""
+    config, inputs = segment_key(rollouts, judgments, scheme, alpha)
+    writer = ArtifactWriter(out, "segment", config, inputs=inputs)
+    if writer.up_to_date() and not force:
+        return finished(writer)
+    if start:
+        start()
+    ro = read_table(rollouts, "rollouts")
+    jd = read_table(judgments, "judgments", allow_empty=True) if "judgments" in inputs else None
+    return StageResult(out, False, segment(ro, jd, scheme, alpha, writer, rollouts_sampling(rollouts)))
 
 
 def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str, alpha: float,

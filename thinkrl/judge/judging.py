@@ -13,11 +13,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import polars as pl
 
-from thinkrl.artifacts import ArtifactWriter
+from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import UNKNOWN, Judge, JudgeRequest, Verdict
 from thinkrl.steps import (
@@ -140,6 +141,48 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
     }
     writer.finish(metrics, allow_empty=True)
     return metrics
+
+
+@dataclass(frozen=True)
+class JudgeStage:
+    """Settings of the judge stage that are no part of its key: how to reach the judge, resume granularity."""
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    retries: int = 4
+    api_key_env: str = "OPENAI_API_KEY"
+    cache_dir: Path | None = None     # default: OUT/_cache
+    part_size: int = 64
+    max_unknown: float = 0.5
+
+
+def run_judge_stage(rollouts: Path, out: Path, judge: str = "rule", splitter: str = "blank",
+                    tokenizer: Path | None = None, judge_model: str | None = None, prompt: str = "intrinsic-v1",
+                    max_tokens: int = 1024, how: JudgeStage = JudgeStage(), force: bool = False,
+                    start: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None
+                    ) -> StageResult:
+    """The judge stage, for `thinkrl judge` and `thinkrl run` alike: key -> skip -> judge -> finish, then the
+    fallback check (`check_fallbacks`, also for an artifact that was up to date). The tokenizer of the token
+    spans defaults to the rollouts' policy. start(total rollouts) when work begins; progress(k) as it goes."""
+    from thinkrl.judge import make_judge
+    from thinkrl.models import load_tokenizer
+
+    df = read_table(rollouts, "rollouts")
+    tok_path = tokenizer or Path(df["policy"][0])
+    writer = ArtifactWriter(out, "judge", judge_config(judge, splitter, str(tok_path), judge_model, prompt, max_tokens),
+                            inputs={"rollouts": rollouts})
+    if writer.up_to_date() and not force:
+        result = finished(writer)
+    else:
+        j = make_judge(judge, model=judge_model, max_tokens=max_tokens, template=prompt,
+                       cache_dir=str(how.cache_dir or out / "_cache"), concurrency=how.concurrency,
+                       timeout_s=how.timeout_s, retries=how.retries, api_key_env=how.api_key_env)
+        tok = load_tokenizer(tok_path, hint="; pass --tokenizer DIR")
+        if start:
+            start(df.height)
+        m = judge_rollouts(df, j, tok, writer, splitter=splitter, part_size=how.part_size, progress=progress)
+        result = StageResult(out, False, m)
+    check_fallbacks(result.metrics, how.max_unknown, out)
+    return result
 
 
 def fallback_report(metrics: dict) -> str:
