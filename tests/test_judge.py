@@ -288,3 +288,13 @@ def test_judge_cli_exits_2_above_max_unknown_and_reuses_the_artifact(tmp_path, t
         asked = len(srv.records)
         rc, out, err = run_cli([*args, "--max-unknown", "1.0"])
         assert rc == 0 and "up to date" in out + err and len(srv.records) == asked
+
+
+def test_judge_registry_records():
+    from thinkrl.judge import judge_kind
+
+    assert not judge_kind("rule").generative and judge_kind("rule").version() >= 1
+    assert judge_kind("hf:/m").generative and not judge_kind("hf:/m").needs_model_name
+    assert judge_kind("openai:http://h").needs_model_name and judge_kind("openai:http://h").version is None
+    with pytest.raises(ThinkrlError, match="unknown judge 'gpt'"):
+        judge_kind("gpt")

@@ -152,3 +152,12 @@ def test_step_scheme_no_answer_rollouts_do_not_erase_the_others():
     assert adv["a"].advantages == pytest.approx([3 * z1] * 2 + [2 * z1] * 2 + [z1], abs=1e-5)
     assert adv["b"].advantages == pytest.approx([2 * z1] * 2 + [z1], abs=1e-5)
     assert adv["x"].advantages == pytest.approx([-0.5 / (0.5 + 1e-4)] * 5, abs=1e-5)  # r̂: acc 1/2
+
+
+def test_scheme_registry_records():
+    from thinkrl.errors import ThinkrlError
+    from thinkrl.thoughts import SCHEMES, scheme_named
+
+    assert [n for n, s in SCHEMES.items() if not s.uses_judgments] == ["outcome"]
+    with pytest.raises(ThinkrlError, match="unknown reward scheme 'grpo'"):
+        scheme_named("grpo")

@@ -175,12 +175,12 @@ class ExperimentConfig:
         from thinkrl.judge.judging import judge_config
         from thinkrl.steps import JUDGE_SPLITTER
 
-        kind = self.judge.partition(":")[0]
-        if kind not in JUDGES:
+        kind = JUDGES.get(self.judge.partition(":")[0])
+        if kind is None:
             raise ThinkrlError(f"experiment: unknown judge {self.judge!r} (rule, oracle, hf:DIR or openai:URL)")
-        if kind == "openai" and not self.judge_model:
+        if kind.needs_model_name and not self.judge_model:
             raise ThinkrlError("experiment: judge openai:URL needs `judge_model` (the model name the server serves)")
-        if self.splitter == JUDGE_SPLITTER and kind not in ("hf", "openai"):
+        if self.splitter == JUDGE_SPLITTER and not kind.generative:
             raise ThinkrlError(f"experiment: splitter `judge` needs a generative judge (hf:DIR or openai:URL), "
                                f"not {self.judge!r}")
         judge_config(self.judge, self.splitter, "", self.judge_model, self.judge_prompt, self.judge_max_tokens)
@@ -485,7 +485,9 @@ def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path)
     from thinkrl.judge.judging import JudgeStage, run_judge_stage
 
     cfg = ctx.cfg
-    max_unknown = 1.0 if cfg.scheme == "outcome" else cfg.judge_max_unknown  # outcome ignores the labels
+    from thinkrl.thoughts import SCHEMES
+
+    max_unknown = cfg.judge_max_unknown if SCHEMES[cfg.scheme].uses_judgments else 1.0  # labels ignored
     how = JudgeStage(concurrency=cfg.judge_concurrency, part_size=cfg.judge_part_size, max_unknown=max_unknown)
     r = run_judge_stage(rollouts, out, cfg.judge, cfg.splitter, policy, cfg.judge_model, cfg.judge_prompt,
                         cfg.judge_max_tokens, how, start=lambda total: ctx.start(round_, "judge", total),

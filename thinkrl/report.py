@@ -214,6 +214,13 @@ def _incorrect_step_share(judgments_dir: Path, total_tokens: float) -> float | N
     return float((bad["token_end"] - bad["token_start"]).clip(lower_bound=0).sum()) / total_tokens
 
 
+def _uses_judgments(scheme: str | None) -> bool:
+    """Whether a run's scheme uses step labels (unknown or missing: assume it does)."""
+    from thinkrl.thoughts import SCHEMES
+
+    return scheme not in SCHEMES or SCHEMES[scheme].uses_judgments
+
+
 def _collect_round(d: Path, r: int, scheme_hint: str | None) -> RoundSummary:
     rs = RoundSummary(round=r)
     tag = d.name
@@ -231,10 +238,10 @@ def _collect_round(d: Path, r: int, scheme_hint: str | None) -> RoundSummary:
         rs.scheme = m.get("scheme") or (th.get("config") or {}).get("scheme")
         rs.dropped_rollouts, rs.kept_rollouts = _num(m, "dropped_rollouts"), _num(m, "kept_rollouts")
         rs.error_thoughts, rs.flipped_error_thoughts = _num(m, "error_thoughts"), _num(m, "flipped_error_thoughts")
-        if rs.scheme != "outcome":  # the outcome scheme makes no thoughts: its share is 0 by construction
+        if _uses_judgments(rs.scheme):  # the outcome scheme makes no thoughts: its share is 0 by construction
             rs.incorrect_thought_token_share = _num(m, "incorrect_thought_token_share")
     scheme = rs.scheme or scheme_hint
-    if (d / "judgments").exists() or scheme != "outcome":  # plain GRPO needs no judge: not "missing"
+    if (d / "judgments").exists() or _uses_judgments(scheme):  # plain GRPO needs no judge: not "missing"
         jm = _manifest(d / "judgments", rs.missing, f"{tag}/judgments")
         if jm is not None and rs.rollouts and rs.mean_tokens is not None:
             try:

@@ -4,7 +4,7 @@
                       sampling=rollouts_sampling(Path("runs/r")))
 
 Groups are the rollouts of one problem in one round. Each rollout's steps (from the judgments, joined on
-rollout_id) become `StepLabel`s; `thinkrl.thoughts.SCHEMES[scheme]` turns each group into token
+rollout_id) become `StepLabel`s; `thinkrl.thoughts.SCHEMES[scheme].advantages` turns each group into token
 advantages. A rollout with no judgment rows at all is treated as a failed judgment (outcome advantage
 everywhere). So is, for every judge, a wrong rollout with no extractable answer (cut off at max_tokens,
 or no `\boxed{}`): it has no wrong answer for a step to match, so the paper's Proposition 2 does not
@@ -47,7 +47,7 @@ from thinkrl.artifacts import (
 )
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import INCORRECT, UNKNOWN
-from thinkrl.thoughts import SCHEMES, RolloutInput, no_answer, step_labels
+from thinkrl.thoughts import RolloutInput, no_answer, scheme_named, step_labels
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def segment_key(rollouts: Path, judgments: Path | None, scheme: str, alpha: floa
     """(config, inputs) of the segment stage's skip key, the same for `thinkrl segment` and `thinkrl run`.
     The outcome scheme ignores step labels, so judgments are no input of it (a judge change does not
     retrain a GRPO run)."""
-    use_judgments = judgments is not None and scheme != "outcome"
+    use_judgments = judgments is not None and scheme_named(scheme).uses_judgments
     inputs = {"rollouts": rollouts, **({"judgments": judgments} if use_judgments else {})}
     return {"scheme": scheme, "alpha": alpha}, inputs
 
@@ -129,10 +129,9 @@ def run_segment_stage(rollouts: Path, judgments: Path | None, out: Path, scheme:
 
 def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str, alpha: float,
             writer: ArtifactWriter, sampling: Sampling) -> dict:
-    if scheme not in SCHEMES:
-        raise ThinkrlError(f"unknown reward scheme '{scheme}' (known: {', '.join(SCHEMES)})")
+    labels_used = scheme_named(scheme).uses_judgments
     if judgments is None:
-        if scheme != "outcome":
+        if labels_used:
             raise ThinkrlError(f"scheme '{scheme}' needs --judgments (only 'outcome' works without a judge)")
         judgments = pl.DataFrame(schema=JUDGMENTS.polars_schema)
     known = set(rollouts["rollout_id"])
@@ -147,10 +146,10 @@ def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str,
          "incorrect_thought_tokens": 0, "tokens": 0, "unknown_steps": int((judgments["label"] == UNKNOWN).sum())}
     for (_pid, _round), g in rollouts.group_by(["problem_id", "round"], maintain_order=True):
         group = [inputs[rid] for rid in g["rollout_id"]]
-        for ra, ri in zip(SCHEMES[scheme](group, alpha), group, strict=True):
+        for ra, ri in zip(scheme_named(scheme).advantages(group, alpha), group, strict=True):
             missing = no_answer(rows[ra.rollout_id])
             m["no_answer_rollouts"] += missing
-            m["unknown_fallbacks"] += ra.unknown_fallback and scheme != "outcome" and not missing
+            m["unknown_fallbacks"] += ra.unknown_fallback and labels_used and not missing
             m["tokens"] += ri.n_tokens
             for t in ra.thoughts:
                 thoughts.append({"rollout_id": ra.rollout_id, "thought_idx": t.idx, "token_start": t.token_start,

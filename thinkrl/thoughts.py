@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import CORRECT, INCORRECT, MATCHED, UNKNOWN, UNMATCHED
 
 EPS = 1e-4
@@ -175,14 +176,28 @@ def scheme_step(group: Sequence[RolloutInput], alpha: float) -> list[RolloutAdva
     return out
 
 
-SCHEMES: dict[str, Callable[[Sequence[RolloutInput], float], list[RolloutAdvantage]]] = {
-    "outcome": scheme_outcome,
-    "thought": _thought_scheme(lambda acc: acc),
-    "thought-static": _thought_scheme(lambda acc: 1.0),
-    "step": scheme_step,
+@dataclass(frozen=True)
+class Scheme:
+    """A reward scheme of the registry: its advantage function and the facts other code asks of it."""
+    advantages: Callable[[Sequence[RolloutInput], float], list[RolloutAdvantage]]
+    uses_judgments: bool  # False: step labels are ignored (no judgments input, no thoughts, no judge fallbacks)
+
+
+SCHEMES: dict[str, Scheme] = {
+    "outcome": Scheme(scheme_outcome, uses_judgments=False),
+    "thought": Scheme(_thought_scheme(lambda acc: acc), uses_judgments=True),
+    "thought-static": Scheme(_thought_scheme(lambda acc: 1.0), uses_judgments=True),
+    "step": Scheme(scheme_step, uses_judgments=True),
 }
+
+
+def scheme_named(name: str) -> Scheme:
+    """The registry's scheme `name`; a one-line ThinkrlError naming the known ones otherwise."""
+    if name not in SCHEMES:
+        raise ThinkrlError(f"unknown reward scheme '{name}' (known: {', '.join(SCHEMES)})")
+    return SCHEMES[name]
 
 
 def group_advantages(group: Sequence[RolloutInput], scheme: str, alpha: float = 1.0) -> list[RolloutAdvantage]:
     """Advantages of one group (the G rollouts of a problem in a round) under `scheme`."""
-    return SCHEMES[scheme](group, alpha)
+    return scheme_named(scheme).advantages(group, alpha)

@@ -8,6 +8,7 @@ reply parser), rule.py, oracle.py, generative.py, chat.py (OpenAI-compatible cli
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import Judge
@@ -50,11 +51,44 @@ def _openai(arg: str | None, model: str | None = None, max_tokens: int = 1024, t
     return GenerativeJudge(ChatClient(cfg), f"openai:{arg}#{model}", template)
 
 
-JUDGES: dict[str, Callable[..., Judge]] = {"rule": _rule, "oracle": _oracle, "hf": _hf, "openai": _openai}
+def _rule_version() -> int:
+    from thinkrl.judge.rule import RuleJudge
+
+    return RuleJudge.version
+
+
+def _oracle_version() -> int:
+    from thinkrl.judge.oracle import OracleJudge
+
+    return OracleJudge.version
+
+
+@dataclass(frozen=True)
+class JudgeKind:
+    """A judge backend of the registry: its factory and the facts other code asks of it."""
+    build: Callable[..., Judge]
+    generative: bool                          # a language model: prompt, reply length, model name are in its
+                                              # key, and it can propose the steps (splitter `judge`)
+    needs_model_name: bool = False            # openai: the server's model name is required
+    version: Callable[[], int] | None = None  # rule/oracle: their code is the judge, its version in the key
+
+
+JUDGES: dict[str, JudgeKind] = {
+    "rule": JudgeKind(_rule, generative=False, version=_rule_version),
+    "oracle": JudgeKind(_oracle, generative=False, version=_oracle_version),
+    "hf": JudgeKind(_hf, generative=True),
+    "openai": JudgeKind(_openai, generative=True, needs_model_name=True),
+}
+
+
+def judge_kind(spec: str) -> JudgeKind:
+    """The registry entry of a `NAME[:ARG]` judge spec; a one-line ThinkrlError for an unknown name."""
+    name = spec.partition(":")[0]
+    if name not in JUDGES:
+        raise ThinkrlError(f"unknown judge '{spec}' (expected one of: rule, oracle, hf:DIR, openai:URL)")
+    return JUDGES[name]
 
 
 def make_judge(spec: str, **options) -> Judge:
-    name, _, arg = spec.partition(":")
-    if name not in JUDGES:
-        raise ThinkrlError(f"unknown judge '{spec}' (expected one of: rule, oracle, hf:DIR, openai:URL)")
-    return JUDGES[name](arg or None, **options)
+    arg = spec.partition(":")[2]
+    return judge_kind(spec).build(arg or None, **options)

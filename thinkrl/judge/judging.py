@@ -39,16 +39,15 @@ def judge_config(judge: str, splitter: str, tokenizer: str, judge_model: str | N
     Prompt, reply length and model name only matter to generative judges (hf:, openai:): for rule and
     oracle they are left out, so changing them reruns nothing; those carry their code's version instead, so
     an upgraded rule judge relabels. Checks the splitter and the prompt."""
+    from thinkrl.judge import judge_kind
     from thinkrl.judge.prompts import TEMPLATES
 
     check_splitter(splitter)
+    kind = judge_kind(judge)
     config: dict = {"judge": judge, "splitter": splitter, "tokenizer": tokenizer}
-    if judge in ("rule", "oracle"):  # their code is the judge: its version is part of the key
-        from thinkrl.judge.oracle import OracleJudge
-        from thinkrl.judge.rule import RuleJudge
-
-        config["judge_version"] = {"rule": RuleJudge, "oracle": OracleJudge}[judge].version
-    if judge.split(":", 1)[0] in ("hf", "openai"):
+    if kind.version is not None:  # their code is the judge: its version is part of the key
+        config["judge_version"] = kind.version()
+    if kind.generative:
         if prompt not in TEMPLATES:
             raise ThinkrlError(f"unknown judge prompt '{prompt}' (known: {', '.join(TEMPLATES)})")
         config |= {"judge_model": judge_model, "prompt": prompt, "prompt_version": TEMPLATES[prompt].version,
