@@ -77,6 +77,15 @@ from thinkrl.artifacts import (
     validate_frame,
 )
 from thinkrl.errors import ThinkrlError
+from thinkrl.logprobs import (  # noqa: F401  (token_logprobs, plan_micro_batches: the trainer's API too)
+    autocast,
+    completion_logprobs,
+    device_of,
+    plan_micro_batches,
+    scoring_temperature,
+    token_logprobs,
+    unwrap,
+)
 from thinkrl.loss import AGGREGATIONS, ALIASES, BatchCounts, LossConfig, policy_loss
 from thinkrl.models import load_policy, n_params
 
@@ -276,11 +285,6 @@ def _rollout(row: dict, need_logprobs: bool) -> Rollout:
                    scoring_temperature(row["temperature"]))
 
 
-def scoring_temperature(t: float | None) -> float:
-    """The temperature log-probs are computed at: the sampling one; greedy (0) or unknown -> 1."""
-    return float(t) if t else 1.0
-
-
 def prepare_groups(advantages_df: pl.DataFrame, need_logprobs: bool = True) -> tuple[list[list[Rollout]], int]:
     """Validated rollouts grouped by problem_id (groups sorted by problem_id, rollouts by rollout_id: the
     order never depends on row order), and the number of rollouts dropped for all-zero advantages.
@@ -330,102 +334,6 @@ def step_rollouts(groups: Sequence[Sequence[Rollout]], step: int, per_step: int,
     return [r for gi in perm[j * per_step:(j + 1) * per_step] for r in groups[gi]]
 
 
-def plan_micro_batches(rollouts: Sequence[Rollout], budget: int) -> list[list[Rollout]]:
-    """Micro-batches with rows × longest row <= budget padded tokens (a longer row goes alone); longest
-    first, ties by input order: deterministic."""
-    order = sorted(range(len(rollouts)), key=lambda i: (-rollouts[i].length, i))
-    out: list[list[Rollout]] = []
-    for i in order:
-        if out and (len(out[-1]) + 1) * out[-1][0].length <= budget:
-            out[-1].append(rollouts[i])
-        else:
-            out.append([rollouts[i]])
-    return out
-
-
-# --------------------------------------------------------------------------------------------- log-probs
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(_unwrap(model).parameters()).device
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-                        temperatures: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(completion token | prefix) = log_softmax(logits / T_i), one right-padded forward (T_i = 1 when
-    temperatures is None). Returns (logp, mask), both (n, T), T = longest completion; logp is 0 where mask is 0."""
-    device = _device(model)
-    n, lens = len(prompts), [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
-    L, T = max(lens), max(len(c) for c in completions)
-    ids = torch.zeros((n, L), dtype=torch.long)          # (n, L) right-padded (pad id 0, masked out)
-    attn = torch.zeros((n, L), dtype=torch.long)         # (n, L)
-    pos = torch.zeros((n, T), dtype=torch.long)          # (n, T) position whose logits predict token t
-    tgt = torch.zeros((n, T), dtype=torch.long)          # (n, T) completion tokens
-    mask = torch.zeros((n, T), dtype=torch.bool)         # (n, T)
-    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-        ids[i, :lens[i]] = torch.tensor(list(p) + list(c))
-        attn[i, :lens[i]] = 1
-        pos[i] = len(p) - 1                              # padding points at a real position (finite logits)
-        pos[i, :len(c)] += torch.arange(len(c))
-        tgt[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
-        mask[i, :len(c)] = True
-    ids, attn, pos, tgt, mask = (t.to(device) for t in (ids, attn, pos, tgt, mask))
-    keep = L - (min(len(p) for p in prompts) - 1)        # logits of positions >= shortest prompt end only
-    kw = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
-    logits = model(input_ids=ids, attention_mask=attn, **kw).logits   # (n, K, V), K = keep or L
-    sel = logits[torch.arange(n, device=device)[:, None], pos - (L - logits.shape[1])]  # (n, T, V)
-    if sel.dtype not in (torch.float32, torch.float64):
-        sel = sel.float()
-    if temperatures is not None and any(t != 1.0 for t in temperatures):
-        sel = sel / torch.tensor(list(temperatures), dtype=sel.dtype, device=device)[:, None, None]
-    logp = sel.gather(-1, tgt[..., None])[..., 0] - torch.logsumexp(sel, dim=-1)        # (n, T)
-    return torch.where(mask, logp, torch.zeros_like(logp)), mask.to(logp.dtype)
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(_unwrap(model).forward).parameters
-
-
-@torch.no_grad()
-def token_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
-                   batch_tokens: int = 4096, autocast_dtype: torch.dtype | None = None,
-                   temperatures: Sequence[float] | None = None) -> list[np.ndarray]:
-    """log π(token | prefix) of every completion token, float32 arrays aligned with completion_ids.
-
-    Temperature: row i is scored at temperatures[i] (default 1, the raw model distribution); the trainer's
-    log π_θ uses the same per-row temperature, so the ratio compares like with like. Rows are batched
-    (right padding, attention mask) in groups of <= batch_tokens padded tokens; the model runs in eval mode
-    (restored afterwards). Pass the trainer's autocast dtype to match its numerics."""
-    if any(len(p) == 0 for p in prompt_ids):
-        raise ThinkrlError("token_logprobs: an empty prompt (need >= 1 token to score the first completion)")
-    inner = _unwrap(model)
-    was_training = inner.training
-    inner.eval()
-    empty = np.zeros(0, np.float32)
-    out: list[np.ndarray] = [empty] * len(completion_ids)
-    temps = [1.0] * len(completion_ids) if temperatures is None else [scoring_temperature(t) for t in temperatures]
-    rows = [Rollout(str(i), "", list(prompt_ids[i]), list(c), empty, empty, temps[i])
-            for i, c in enumerate(completion_ids) if len(c)]
-    try:
-        for mb in plan_micro_batches(rows, batch_tokens):
-            with _autocast(_device(model), autocast_dtype):
-                prompts, comps = [r.prompt_ids for r in mb], [r.completion_ids for r in mb]
-                logp, _ = completion_logprobs(inner, prompts, comps, [r.temperature for r in mb])  # (n, T)
-            for j, r in enumerate(mb):
-                out[int(r.rollout_id)] = logp[j, :len(r.completion_ids)].float().cpu().numpy()
-    finally:
-        inner.train(was_training)
-    return out
-
-
 def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
     """The autocast dtype of a resolved config: bf16 autocast over fp32 weights for `bfloat16`, else none."""
     return torch.bfloat16 if resolve_dtype(cfg.dtype) == "bfloat16" else None
@@ -451,7 +359,7 @@ def recompute_behaviour(run: _Run) -> None:
     for step in range(steps_per_pass):
         rollouts = step_rollouts(run.groups, step, cfg.prompts_per_step, cfg.seed)[dist.rank::dist.world]
         for mb in plan_micro_batches(rollouts, cfg.micro_batch_tokens):
-            with _autocast(dist.device, run.autocast_dtype):
+            with autocast(dist.device, run.autocast_dtype):
                 logp, _ = completion_logprobs(run.model, [r.prompt_ids for r in mb], [r.completion_ids for r in mb],
                                               [r.temperature for r in mb])              # (n, T)
             for j, r in enumerate(mb):
@@ -468,16 +376,16 @@ def set_behaviour(run: _Run, logprobs: dict[str, np.ndarray]) -> None:
 def micro_batch_loss(model, mb: Sequence[Rollout], counts: BatchCounts, loss_cfg: LossConfig,
                      ref_model=None, autocast_dtype: torch.dtype | None = None):
     """(loss share, stats) of one micro-batch (see thinkrl.loss)."""
-    device = _device(model)
+    device = device_of(model)
     prompts, comps = [r.prompt_ids for r in mb], [r.completion_ids for r in mb]
     temps = [r.temperature for r in mb]
-    with _autocast(device, autocast_dtype):
+    with autocast(device, autocast_dtype):
         logp, mask = completion_logprobs(model, prompts, comps, temps)          # (n, T)
     old = _pad([r.behaviour_logprobs for r in mb], logp.shape[1], logp)         # (n, T)
     adv = _pad([r.advantages for r in mb], logp.shape[1], logp)                 # (n, T)
     ref = None
     if loss_cfg.beta > 0:
-        with torch.no_grad(), _autocast(device, autocast_dtype):
+        with torch.no_grad(), autocast(device, autocast_dtype):
             ref, _ = completion_logprobs(ref_model, prompts, comps, temps)
         ref = ref.to(logp.dtype)
     return policy_loss(logp, old, adv, mask, counts, loss_cfg, ref_logp=ref)
@@ -485,7 +393,7 @@ def micro_batch_loss(model, mb: Sequence[Rollout], counts: BatchCounts, loss_cfg
 
 def _idle_backward(model) -> None:
     """A rank with no rollouts this step still joins DDP's gradient all-reduce (with zero gradients)."""
-    ids = torch.zeros((1, 2), dtype=torch.long, device=_device(model))
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device_of(model))
     (model(input_ids=ids).logits.sum() * 0.0).backward()
 
 
