@@ -9,18 +9,7 @@ takes every field as an option too (`--lr 2e-4`), and options win over the file,
 defaults. The resolved settings are saved as runs/NAME/config.toml. `python -m thinkrl.experiment` prints
 the reference of every key (data/experiments/README.md).
 
-Layout of a run directory (every leaf except policy/ and state/ is an artifact: Parquet + manifest.json):
-
-    runs/NAME/config.toml                  resolved settings (rewritten by each invocation)
-    runs/NAME/status.json                  {"round", "stage", "pid"}: where the run is (or "done")
-    runs/NAME/summary.json                 per-round and per-eval figures (thinkrl.report.collect_run)
-    runs/NAME/eval-initial/                eval of the start policy (curves start at samples = 0)
-    runs/NAME/round-000/problems/          this round's training problems
-    runs/NAME/round-000/rollouts/          G samples per problem from the round's behaviour policy
-    runs/NAME/round-000/judgments/         step labels from the judge
-    runs/NAME/round-000/thoughts/          thoughts + per-token advantages (tables thoughts, advantages)
-    runs/NAME/round-000/train/             train_metrics artifact, policy/ (checkpoint), state/ (resume)
-    runs/NAME/round-000/eval/              held-out eval of round-000/train/policy, when due that round
+Layout of a run directory: thinkrl/runs.py (every leaf except policy/ and state/ is an artifact).
 
 Round r samples with the policy trained in round r-1 (round 0 with `policy`). Training problems: with
 `problems = "arith"` fresh ArithChain problems drawn from (seed, round), skipping any whose question is in
@@ -64,6 +53,7 @@ from typing import Any
 
 import polars as pl
 
+from thinkrl import runs
 from thinkrl.artifacts import (
     MANIFEST,
     ArtifactWriter,
@@ -75,15 +65,14 @@ from thinkrl.artifacts import (
 from thinkrl.errors import ThinkrlError
 from thinkrl.problems import problems_sha256
 from thinkrl.report import RunSummary, collect_run
+from thinkrl.runs import INITIAL_EVAL, round_dir
 
 try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-ROUND_DIR = "round-{:03d}"
 HELD_OUT_ARITH = 2000
-INITIAL_EVAL = "eval-initial"
 
 
 def _f(default: Any, help: str) -> Any:
@@ -355,20 +344,16 @@ class _Ctx:
 
     def status(self, round_: int | None, stage: str) -> None:
         body = {"round": round_, "stage": stage, "pid": os.getpid(), "time": time.time()}
-        write_text_atomic(json.dumps(body) + "\n", self.run_dir / "status.json")
+        write_text_atomic(json.dumps(body) + "\n", self.run_dir / runs.STATUS)
 
     def start(self, round_: int | None, stage: str, total: int | None = None) -> None:
         self.status(round_, stage)
         self.display.stage(round_, stage, total)
 
 
-def round_dir(run_dir: Path, round_: int) -> Path:
-    return Path(run_dir) / ROUND_DIR.format(round_)
-
-
 def policy_after(run_dir: Path, cfg: ExperimentConfig, round_: int) -> Path:
     """The policy that round `round_` + 1 samples with (round -1: the start policy)."""
-    return Path(cfg.policy) if round_ < 0 else round_dir(run_dir, round_) / "train" / "policy"
+    return Path(cfg.policy) if round_ < 0 else runs.trained_policy(run_dir, round_)
 
 
 def previous_train_state(run_dir: Path, round_: int) -> Path | None:
@@ -378,7 +363,7 @@ def previous_train_state(run_dir: Path, round_: int) -> Path | None:
         return None
     from thinkrl.trainer import find_state
 
-    prev = round_dir(run_dir, round_ - 1) / "train"
+    prev = round_dir(run_dir, round_ - 1) / runs.TRAIN
     state = find_state(prev)
     if state is None and (prev / MANIFEST).is_file() and _metrics(prev).get("steps", 0) > 0:
         raise ThinkrlError(f"{prev}: trained, but its trainer state (state/) is gone, so round {round_} cannot "
@@ -557,7 +542,7 @@ def _round_sample_metrics(run_dir: Path, upto: int | None) -> list[dict]:
     """Sample-stage metrics of rounds 0..upto (none for the initial eval)."""
     if upto is None:
         return []
-    return [_metrics(round_dir(run_dir, r) / "rollouts") for r in range(upto + 1)]
+    return [_metrics(round_dir(run_dir, r) / runs.ROLLOUTS) for r in range(upto + 1)]
 
 
 # -- the loop
@@ -615,15 +600,15 @@ def _context(cfg: ExperimentConfig, run_dir: Path, display: Display) -> _Ctx:
 def run_round(ctx: _Ctx, r: int) -> None:
     rd = round_dir(ctx.run_dir, r)
     policy = policy_after(ctx.run_dir, ctx.cfg, r - 1)
-    problems = stage_problems(ctx, r, rd / "problems")
-    rollouts = stage_sample(ctx, r, policy, problems, rd / "rollouts")
-    judgments = stage_judge(ctx, r, policy, rollouts, rd / "judgments")
-    thoughts = stage_segment(ctx, r, rollouts, judgments, rd / "thoughts")
-    stage_train(ctx, r, policy, thoughts, rd / "train")
+    problems = stage_problems(ctx, r, rd / runs.PROBLEMS)
+    rollouts = stage_sample(ctx, r, policy, problems, rd / runs.ROLLOUTS)
+    judgments = stage_judge(ctx, r, policy, rollouts, rd / runs.JUDGMENTS)
+    thoughts = stage_segment(ctx, r, rollouts, judgments, rd / runs.THOUGHTS)
+    stage_train(ctx, r, policy, thoughts, rd / runs.TRAIN)
     if ctx.cfg.eval_due(r) and ctx.eval_sets:
-        stage_eval(ctx, r, policy_after(ctx.run_dir, ctx.cfg, r), rd / "eval")
+        stage_eval(ctx, r, policy_after(ctx.run_dir, ctx.cfg, r), rd / runs.EVAL)
     else:
-        shutil.rmtree(rd / "eval", ignore_errors=True)  # left by earlier settings: not part of this run
+        shutil.rmtree(rd / runs.EVAL, ignore_errors=True)  # left by earlier settings: not part of this run
 
 
 def _drop_stale_evals(run_dir: Path, cfg: ExperimentConfig) -> None:
@@ -641,7 +626,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display 
     display = display or Display()
     with _run_lock(run_dir), _torch_threads(cfg.threads):
         ctx = _context(cfg, run_dir, display)
-        write_text_atomic(cfg.to_toml(), run_dir / "config.toml")
+        write_text_atomic(cfg.to_toml(), run_dir / runs.CONFIG)
         _drop_stale_evals(run_dir, cfg)
         display.begin(run_dir.name, cfg)
         if cfg.eval_initial and ctx.eval_sets:
@@ -650,7 +635,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display 
             run_round(ctx, r)
         ctx.status(None, "done")
         summary = collect_run(run_dir)
-        write_text_atomic(json.dumps(summary.to_dict(), indent=2) + "\n", run_dir / "summary.json")
+        write_text_atomic(json.dumps(summary.to_dict(), indent=2) + "\n", run_dir / runs.SUMMARY)
     display.end(summary)
     return summary
 

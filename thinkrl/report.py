@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from thinkrl import runs as layout
 from thinkrl.artifacts import read_manifest, read_table
 from thinkrl.errors import ThinkrlError
 
@@ -47,11 +47,10 @@ try:  # Python >= 3.11
 except ImportError:  # pragma: no cover - 3.10: config.toml is skipped, manifests still give scheme and seed
     tomllib = None
 
-STAGES = ("rollouts", "judgments", "thoughts", "train")
+STAGES = layout.ROUND_STAGES
 PLOTS = {"accuracy_vs_samples.png": "held-out accuracy vs training samples consumed",
          "length.png": "mean solution length per round",
          "incorrect_thoughts.png": "share of tokens in incorrect thoughts per round"}
-_ROUND = re.compile(r"^round-(\d+)$")
 _EPS = 1e-9
 
 
@@ -224,7 +223,7 @@ def _uses_judgments(scheme: str | None) -> bool:
 def _collect_round(d: Path, r: int, scheme_hint: str | None) -> RoundSummary:
     rs = RoundSummary(round=r)
     tag = d.name
-    ro = _manifest(d / "rollouts", rs.missing, f"{tag}/rollouts")
+    ro = _manifest(d / layout.ROLLOUTS, rs.missing, f"{tag}/rollouts")
     if ro is not None:
         m = ro.get("metrics") or {}
         rows = _num(m, "rollouts")
@@ -232,7 +231,7 @@ def _collect_round(d: Path, r: int, scheme_hint: str | None) -> RoundSummary:
         rs.accuracy, rs.mean_tokens = _num(m, "accuracy"), _num(m, "mean_tokens")
         rs.truncation_rate = _num(m, "truncation_rate")
     th_missing: list[str] = []
-    th = _manifest(d / "thoughts", th_missing, f"{tag}/thoughts")
+    th = _manifest(d / layout.THOUGHTS, th_missing, f"{tag}/thoughts")
     if th is not None:
         m = th.get("metrics") or {}
         rs.scheme = m.get("scheme") or (th.get("config") or {}).get("scheme")
@@ -241,22 +240,22 @@ def _collect_round(d: Path, r: int, scheme_hint: str | None) -> RoundSummary:
         if _uses_judgments(rs.scheme):  # the outcome scheme makes no thoughts: its share is 0 by construction
             rs.incorrect_thought_token_share = _num(m, "incorrect_thought_token_share")
     scheme = rs.scheme or scheme_hint
-    if (d / "judgments").exists() or _uses_judgments(scheme):  # plain GRPO needs no judge: not "missing"
-        jm = _manifest(d / "judgments", rs.missing, f"{tag}/judgments")
+    if (d / layout.JUDGMENTS).exists() or _uses_judgments(scheme):  # plain GRPO needs no judge: not "missing"
+        jm = _manifest(d / layout.JUDGMENTS, rs.missing, f"{tag}/judgments")
         if jm is not None and rs.rollouts and rs.mean_tokens is not None:
             try:
-                rs.incorrect_share = _incorrect_step_share(d / "judgments", rs.rollouts * rs.mean_tokens)
+                rs.incorrect_share = _incorrect_step_share(d / layout.JUDGMENTS, rs.rollouts * rs.mean_tokens)
                 rs.incorrect_share_source = "judgments"
             except ThinkrlError as e:
                 rs.missing.append(f"{tag}/judgments: {e}")
     if rs.incorrect_share is None and rs.incorrect_thought_token_share is not None:
         rs.incorrect_share, rs.incorrect_share_source = rs.incorrect_thought_token_share, "thoughts"
     rs.missing += th_missing
-    tr = _manifest(d / "train", rs.missing, f"{tag}/train")
+    tr = _manifest(d / layout.TRAIN, rs.missing, f"{tag}/train")
     if tr is not None:
         rs.carried_forward = bool((tr.get("metrics") or {}).get("carried_forward"))
         try:
-            _train_metrics(d / "train", rs)
+            _train_metrics(d / layout.TRAIN, rs)
         except ThinkrlError as e:
             rs.missing.append(f"{tag}/train: {e}")
     return rs
@@ -298,10 +297,10 @@ def collect_run(run_dir: str | Path) -> RunSummary:
     d = Path(run_dir)
     if not d.is_dir():
         raise ThinkrlError(f"{d}: no such run directory (expected config.toml, eval-initial/, round-NNN/)")
-    round_dirs = sorted((int(m.group(1)), p) for p in d.iterdir() if p.is_dir() and (m := _ROUND.match(p.name)))
-    if not round_dirs and not (d / "eval-initial").is_dir() and not (d / "config.toml").is_file():
+    round_dirs = layout.round_dirs(d)
+    if not round_dirs and not (d / layout.INITIAL_EVAL).is_dir() and not (d / layout.CONFIG).is_file():
         raise ThinkrlError(f"{d}: not a run directory (no config.toml, eval-initial/ or round-NNN/ inside)")
-    cfg = _read_toml(d / "config.toml")
+    cfg = _read_toml(d / layout.CONFIG)
     scheme, seed = _find_key(cfg, "scheme"), _find_key(cfg, "seed")
     expected = _find_key(cfg, "rounds")
     if isinstance(expected, int):  # rounds left over from an earlier, longer setting are not part of the run
@@ -321,18 +320,18 @@ def collect_run(run_dir: str | Path) -> RunSummary:
     if seed is None:
         for _, rd in round_dirs:
             try:
-                seed = (read_manifest(rd / "rollouts").get("config") or {}).get("seed")
+                seed = (read_manifest(rd / layout.ROLLOUTS).get("config") or {}).get("seed")
                 break
             except ThinkrlError:
                 continue
     evals = []
-    if (d / "eval-initial").exists():
-        evals.append(_eval_point(d / "eval-initial", "eval-initial", 0, cum, missing))
+    if (d / layout.INITIAL_EVAL).exists():
+        evals.append(_eval_point(d / layout.INITIAL_EVAL, layout.INITIAL_EVAL, 0, cum, missing))
     elif _find_key(cfg, "eval_initial") is not False and _find_key(cfg, "eval_every") != 0:
         missing.append("eval-initial: not run (no accuracy at 0 samples)")
     for r, rd in round_dirs:
-        if (rd / "eval").exists():
-            evals.append(_eval_point(rd / "eval", f"{rd.name}/eval", r + 1, cum, missing))
+        if (rd / layout.EVAL).exists():
+            evals.append(_eval_point(rd / layout.EVAL, f"{rd.name}/{layout.EVAL}", r + 1, cum, missing))
     evals = sorted((e for e in evals if e is not None), key=lambda e: e.trained_rounds)
     if isinstance(expected, int) and expected > len(round_dirs):
         missing.append(f"rounds {len(round_dirs)}..{expected - 1} of {expected}: not started")
