@@ -53,7 +53,7 @@ def write_section(name: str, body: str) -> None:
 
 def policy_dir(tmp: Path) -> tuple[Path, str]:
     """The demo's warm-started tiny policy (DESIGN §5 recipe), built once into BENCH_DIR/start (~5 min)."""
-    from thinkrl.experiment import prepare_start_policy
+    from thinkrl.demo import prepare_start_policy
 
     return prepare_start_policy(BENCH_DIR, "default"), "warm-started tiny policy (the demo's default start)"
 
@@ -223,7 +223,7 @@ def eval_policy(path: Path, benches: dict, tmp: Path, k: int, temperature: float
 def bench_warmstart(tmp: Path) -> str:
     import json
 
-    from thinkrl.experiment import prepare_start_policy, warmstart_recipe
+    from thinkrl.demo import prepare_start_policy, warmstart_recipe
     from thinkrl.problems import named_problems, resolve_data_dir
     from thinkrl.tasks.arith import oracle_label, problem_from_question
     from thinkrl.warmstart import METRICS_JSON
@@ -302,7 +302,8 @@ def bench_smollm2(tmp: Path) -> str:
 
 def bench_schemes(tmp: Path) -> str:
     """Opt-in (about an hour): 3 seeds x 4 reward schemes from the demo's start, the demo's default budget."""
-    from thinkrl.experiment import DEMO_PRESETS, demo_configs, run_experiments
+    from thinkrl.demo import DEMO_PRESETS, demo_configs
+    from thinkrl.experiment import run_experiments
     from thinkrl.report import aggregate_by_scheme, collect_run, markdown_table, write_report
 
     seeds, schemes = (0, 1, 2), ("outcome", "thought", "thought-static", "step")

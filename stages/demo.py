@@ -12,7 +12,7 @@
    (GRPO) in OUT/outcome and scheme `thought` (TP-GRPO) in OUT/thought, rule judge, held-out arith eval
    after every round (every 2nd with --full); two runs at a time, one thread each, on 2+ cores;
 3. prints the comparison table and writes OUT/report.md with its plots (thinkrl.report).
-Budgets are `thinkrl.experiment.DEMO_PRESETS`. Rerunning continues where a killed demo stopped.
+Budgets are `thinkrl.demo.DEMO_PRESETS`. Rerunning continues where a killed demo stopped.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def demo(
     seeds: Annotated[str, typer.Option(help="comma-separated base seeds; each scheme runs once per seed")] = "0",
 ) -> None:
     """Warm-start the tiny policy, train it with GRPO and with TP-GRPO, compare, write a report."""
+    from thinkrl.demo import demo_configs, prepare_start_policy
     from thinkrl.errors import ThinkrlError
-    from thinkrl.experiment import demo_configs, prepare_start_policy, run_experiments
+    from thinkrl.experiment import run_experiments
     from thinkrl.report import write_report
 
     if quick and full:

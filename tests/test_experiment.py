@@ -22,10 +22,10 @@ from conftest import cli, cli_command, cli_env
 from safetensors.torch import load_file
 
 from thinkrl.artifacts import MANIFEST, read_manifest, read_table, write_artifact
+from thinkrl.demo import demo_configs
 from thinkrl.errors import ThinkrlError
 from thinkrl.experiment import (
     ExperimentConfig,
-    demo_configs,
     docs_markdown,
     held_out_arith_questions,
     round_problems,
