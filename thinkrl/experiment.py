@@ -174,10 +174,10 @@ class ExperimentConfig:
                                f"not {self.judge!r}")
         judge_config(self.judge, self.splitter, "", self.judge_model, self.judge_prompt, self.judge_max_tokens)
         from thinkrl.engine import check_engine
-        from thinkrl.models import resolve_dtype
+        from thinkrl.models import torch_dtype
 
         check_engine(self.engine)
-        resolve_dtype(self.dtype)
+        torch_dtype(self.dtype)
 
     # -- loading and saving
     @classmethod

@@ -166,7 +166,10 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "float16": torch.float16, "fp16": torch.float16}
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    """A loading dtype by name (float32/fp32, bfloat16/bf16, ...) as a torch dtype; `auto` stays `auto` (the
+    checkpoint's own), None is float32. The trainer's `training_dtype` is another question: which dtype a run
+    computes in."""
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return torch.float32 if dtype is None else dtype
     if dtype not in _DTYPES:
@@ -205,7 +208,7 @@ def load_policy(model_dir: str | Path, dtype: str | torch.dtype | None = "float3
     d = check_model_dir(model_dir)
     tok = load_tokenizer(d)
     try:
-        model = AutoModelForCausalLM.from_pretrained(d, dtype=resolve_dtype(dtype), trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch_dtype(dtype), trust_remote_code=False)
     except Exception as e:
         raise ThinkrlError(f"{d}: could not load the model ({type(e).__name__}: {e})") from None
     if tok.pad_token_id is None:  # many instruct models have none; generation needs one
@@ -245,7 +248,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str | None = 
     with open(p, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ThinkrlError(f"{p}: expected a GGUF file (magic bytes 'GGUF'), got something else")
-    kw = {} if dtype is None else {"dtype": resolve_dtype(dtype)}
+    kw = {} if dtype is None else {"dtype": torch_dtype(dtype)}
     try:
         from transformers import GgufConfig  # transformers >= 5: ask for plain dense weights
 

@@ -201,7 +201,7 @@ def related_artifacts(path: str | Path) -> Related:
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
-def load_tokenizer(policy: str) -> tuple[Any | None, str | None]:
+def tokenizer_or_reason(policy: str) -> tuple[Any | None, str | None]:
     """(tokenizer with .decode(ids, skip_special_tokens=...), None) or (None, why it did not load)."""
     d = Path(policy)
     if (d / "tokenizer.json").is_file():
@@ -390,7 +390,7 @@ def rollout_view(rollouts_dir: str | Path, judgments_dir: str | Path | None = No
         notes.append("no thoughts artifact: rewards and per-token advantages unknown")
     tok = None
     if tokenizer == "auto":
-        tok, why = load_tokenizer(group["policy"][0])
+        tok, why = tokenizer_or_reason(group["policy"][0])
         if why:
             notes.append(why)
     elif tokenizer is not None:

@@ -194,7 +194,7 @@ class TrainConfig:
         return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == name)
 
 
-def resolve_dtype(name: str) -> str:
+def training_dtype(name: str) -> str:
     """'auto' -> bfloat16 on a CUDA device with bf16, else float32."""
     if name != "auto":
         return name
@@ -237,7 +237,7 @@ def resolve_config(cfg: TrainConfig, advantages_df: pl.DataFrame) -> TrainConfig
     norm_len = cfg.norm_len
     if norm_len is None:
         norm_len = max(int(validated(advantages_df)["max_tokens"].max() or 1), 1)
-    dtype = resolve_dtype(cfg.dtype)
+    dtype = training_dtype(cfg.dtype)
     return replace(cfg, norm_len=norm_len, dtype=dtype, flops_peak=cfg.flops_peak or PEAK_FLOPS[dtype])
 
 
@@ -336,7 +336,7 @@ def step_rollouts(groups: Sequence[Sequence[Rollout]], step: int, per_step: int,
 
 def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
     """The autocast dtype of a resolved config: bf16 autocast over fp32 weights for `bfloat16`, else none."""
-    return torch.bfloat16 if resolve_dtype(cfg.dtype) == "bfloat16" else None
+    return torch.bfloat16 if training_dtype(cfg.dtype) == "bfloat16" else None
 
 
 # --------------------------------------------------------------------------------------------- one step
