@@ -18,11 +18,11 @@ rounds cycle through its rows, `prompts_per_round` at a time. Seeds: sample j of
 `derive_seed(seed, r, p, j)` (thinkrl.sampling); the trainer's seed and the arith problem seed of round r
 are hashes of (seed, r); eval uses `seed` (the same uniforms at every eval, so curves share their noise).
 
-Skip and resume. Every stage builds an `ArtifactWriter` key as the stage command does (its resolved config
-+ the sha256 of its inputs, the previous stage's artifact and the policy directory among them; built by the
-same functions the stage commands call: `sample_stage_config`, `judge_config`, `segment_key`,
-`train_inputs`) and skips itself when a finished artifact has that key. The keys of sample, judge, segment
-and train equal those of the stage commands given the same options; eval's differ (`part_size` and the
+Skip and resume. Each round runs the stages' own step functions, the ones the stage commands call
+(`run_sample_stage`, `run_judge_stage`, `run_segment_stage`, `run_train_stage`, `run_eval_stage`): key (the
+resolved config + the sha256 of its inputs, the previous stage's artifact and the policy directory among them)
+-> skip when a finished artifact has that key -> work -> finish. The keys of sample, judge, segment and train
+therefore equal those of the stage commands given the same options (tested); eval's differ (`part_size` and the
 held-out set names are the run's own), so a hand-run `thinkrl eval` recomputes. Changing a setting
 therefore reruns exactly the stages whose config or inputs change and everything downstream: `alpha` reruns segment and train of round 0 (not
 sample or judge), then every later round, since the round-0 policy changed. A killed stage resumes from
