@@ -44,7 +44,7 @@ def eval_cmd(
     bar = TokenProgress(0, "eval")
     try:
         r = run_eval_stage(benchmarks, policy, out, cfg, template, engine, dtype, limit, force,
-                           start=lambda total: bar.start(total), progress=bar.update)
+                           start=bar.start, progress=bar.update)
     finally:
         bar.stop()
     if r.skipped:

@@ -47,7 +47,7 @@ def sample(
     bar = TokenProgress(0, "sample")
     try:
         r = run_sample_stage(problems, policy, out, cfg, engine, dtype, limit, force,
-                             start=lambda total: bar.start(total), progress=bar.update)
+                             start=bar.start, progress=bar.update)
     finally:
         bar.stop()
     if r.skipped:

@@ -370,7 +370,12 @@ def recompute_behaviour(run: _Run) -> None:
 def set_behaviour(run: _Run, logprobs: dict[str, np.ndarray]) -> None:
     """Use `logprobs` (rollout_id -> log π_old) for every rollout of the run."""
     run.groups = [[replace(r, behaviour_logprobs=logprobs[r.rollout_id]) for r in g] for g in run.groups]
-    run.behaviour = logprobs
+    run.recomputed = True
+
+
+def recomputed_logprobs(run: _Run) -> dict[str, np.ndarray]:
+    """rollout_id -> the log π_old this run recomputed ({} when it uses the table's)."""
+    return {r.rollout_id: r.behaviour_logprobs for g in run.groups for r in g} if run.recomputed else {}
 
 
 def micro_batch_loss(model, mb: Sequence[Rollout], counts: BatchCounts, loss_cfg: LossConfig,
@@ -538,7 +543,7 @@ def save_state(run: _Run, step: int) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix=".state.tmp-", dir=run.out_dir))
     save_model(run.model, str(tmp / STATE_WEIGHTS))
-    behaviour = {k: torch.from_numpy(v) for k, v in (run.behaviour or {}).items()}
+    behaviour = {k: torch.from_numpy(v) for k, v in recomputed_logprobs(run).items()}
     torch.save({"step": step, "global_step": run.step_offset + step, "key": run.key,
                 "schedule_steps_set": run.cfg.schedule_steps, "optimizer": run.optimizer.state_dict(), "rng": _rng_state(),
                 "rows": run.rows, "nonfinite_in_row": run.nonfinite_in_row, "behaviour": behaviour},
@@ -595,7 +600,7 @@ class _Run:
     n_params: int
     rows: list[dict] = field(default_factory=list)
     nonfinite_in_row: int = 0
-    behaviour: dict[str, np.ndarray] | None = None   # recomputed log π_old by rollout_id (None: the table's)
+    recomputed: bool = False                         # log π_old in groups recomputed (False: the table's)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -750,7 +755,7 @@ def summary(run: _Run) -> dict[str, Any]:
             "seconds_per_step": secs / max(len(rows), 1),
             "mfu": float(np.mean([r["mfu"] for r in rows])) if rows else 0.0,
             "n_params": run.n_params, "norm_len": run.cfg.norm_len, "world_size": run.dist.world,
-            "behaviour_logprobs": "recomputed" if run.behaviour is not None else "table",
+            "behaviour_logprobs": "recomputed" if run.recomputed else "table",
             "policy": str(run.out_dir / "policy")}
 
 
@@ -791,7 +796,7 @@ def train(policy_dir: str | Path, advantages_df: pl.DataFrame, cfg: TrainConfig,
             _clean_leftovers(out_dir)
         dist.barrier()
         start = load_state(run) if resume else 0
-        if cfg.recompute_logprobs and run.behaviour is None:
+        if cfg.recompute_logprobs and not run.recomputed:
             if start:  # cannot happen for states this code wrote: the weights have moved on
                 raise ThinkrlError(f"{out_dir}/state: resumed after step {start} without the run's log pi_old")
             recompute_behaviour(run)
@@ -814,5 +819,5 @@ def _write_metrics(run: _Run, metrics: dict, writer: ArtifactWriter | None) -> N
         writer = ArtifactWriter(run.out_dir, "train", config, inputs={"policy": run.policy_dir})
     writer.set_table("train_metrics", run.rows)
     writer.set_table("behaviour", [{"rollout_id": k, "logprobs": np.asarray(v, np.float32).tolist()}
-                                   for k, v in sorted((run.behaviour or {}).items())])
+                                   for k, v in sorted(recomputed_logprobs(run).items())])
     writer.finish(metrics=metrics, tables=["train_metrics", "behaviour"], allow_empty=True)

@@ -165,7 +165,7 @@ def run_judge_stage(rollouts: Path, out: Path, judge: str = "rule", splitter: st
     from thinkrl.judge import make_judge
     from thinkrl.models import load_tokenizer
 
-    df = read_table(rollouts, "rollouts")
+    df = None if tokenizer else read_table(rollouts, "rollouts")  # read for the key only when it names the policy
     tok_path = tokenizer or Path(df["policy"][0])
     writer = ArtifactWriter(out, "judge", judge_config(judge, splitter, str(tok_path), judge_model, prompt, max_tokens),
                             inputs={"rollouts": rollouts})
@@ -176,6 +176,7 @@ def run_judge_stage(rollouts: Path, out: Path, judge: str = "rule", splitter: st
                        cache_dir=str(how.cache_dir or out / "_cache"), concurrency=how.concurrency,
                        timeout_s=how.timeout_s, retries=how.retries, api_key_env=how.api_key_env)
         tok = load_tokenizer(tok_path, hint="; pass --tokenizer DIR")
+        df = df if df is not None else read_table(rollouts, "rollouts")
         if start:
             start(df.height)
         m = judge_rollouts(df, j, tok, writer, splitter=splitter, part_size=how.part_size, progress=progress)
