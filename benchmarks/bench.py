@@ -212,23 +212,25 @@ def eval_policy(path: Path, benches: dict, tmp: Path, k: int, temperature: float
 
     engine = HFEngine.from_pretrained(path)
     tmpl = resolve_template("auto", engine.tokenizer, model_dir=path)
-    cfg = EvalConfig(k=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    cfg = EvalConfig(k=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens, template=tmpl)
     out = tmp / f"{tag}-{temperature:g}"
     t0 = time.perf_counter()
-    summary = evaluate(benches, engine, cfg, ArtifactWriter(out, "eval", {}), policy=str(path), template=tmpl)
+    summary = evaluate(benches, engine, cfg, ArtifactWriter(out, "eval", {}), policy=str(path))
     seconds = time.perf_counter() - t0
     return summary.to_dicts(), read_table(out, "eval_samples"), seconds
 
 
 def bench_warmstart(tmp: Path) -> str:
+    import dataclasses
     import json
+    import shutil
 
-    from thinkrl.demo import prepare_start_policy, warmstart_recipe
+    from thinkrl.demo import prepare_start_policy, warmstart_config
     from thinkrl.problems import named_problems, resolve_data_dir
     from thinkrl.tasks.arith import oracle_label, problem_from_question
     from thinkrl.warmstart import METRICS_JSON
 
-    (BENCH_DIR / "start.json").unlink(missing_ok=True)  # always rebuilt here: this section times it
+    shutil.rmtree(BENCH_DIR / "start", ignore_errors=True)  # always rebuilt here: this section times it
     t0 = time.perf_counter()
     path = prepare_start_policy(BENCH_DIR, "default")
     t_build = time.perf_counter() - t0
@@ -243,7 +245,7 @@ def bench_warmstart(tmp: Path) -> str:
         rows.append(f"| T = {temperature:g}, top-p {top_p:g} | {100 * summary[0]['avg_at_k']:.1f}% | "
                     f"{100 * summary[0]['pass_at_k']:.1f}% | {100 * sum(reflect) / len(reflect):.1f}% | "
                     f"{summary[0]['mean_tokens']:.1f} |")
-    ws = warmstart_recipe("default")["warmstart"]
+    ws = dataclasses.asdict(warmstart_config("default"))
     lines = [
         "## Warm start: the embedded default's start policy",
         "",
@@ -303,8 +305,8 @@ def bench_smollm2(tmp: Path) -> str:
 def bench_schemes(tmp: Path) -> str:
     """Opt-in (about an hour): 3 seeds x 4 reward schemes from the demo's start, the demo's default budget."""
     from thinkrl.demo import DEMO_PRESETS, demo_configs
-    from thinkrl.experiment import run_experiments
     from thinkrl.report import aggregate_by_scheme, collect_run, markdown_table, write_report
+    from thinkrl.workers import run_experiments
 
     seeds, schemes = (0, 1, 2), ("outcome", "thought", "thought-static", "step")
     start, _ = policy_dir(tmp)

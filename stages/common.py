@@ -1,16 +1,23 @@
-"""Shared pieces of the stage commands: error handling, common options, console.
+"""Shared pieces of the stage commands: error handling, options generated from settings, console.
 
 `guard` turns a `ThinkrlError` into `error: <one line>` on stderr and exit code 2 (no traceback);
 Ctrl-C exits 130. Every command is wrapped with it by `stages.cli`.
+
+`with_settings(cfg=SampleConfig)` gives a command one option per field of a settings dataclass (thinkrl.settings:
+help, default, flag from the field) and calls it with the built `cfg`; the command declares only its inputs
+and outputs. `setting_options(cls)` makes the same options for other uses (`thinkrl run`: default None).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import os
 import sys
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -43,6 +50,86 @@ def guard(fn):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def setting_options(cls: type, *, unset_default: bool = False, panel: str | None = None) -> list[inspect.Parameter]:
+    """One keyword-only typer option per option field of the settings dataclass `cls`. unset_default: every
+    default is None (= not given, for `thinkrl run`, where the file or the field default decides)."""
+    from thinkrl.settings import base_type, field_type
+
+    params = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("option", True):
+            continue
+        hint = field_type(cls, f.name)
+        base, optional = base_type(hint), type(None) in typing.get_args(hint)
+        flag = meta.get("flag") or f"--{f.name.replace('_', '-')}"
+        default: Any = None if unset_default else f.default
+        if meta.get("parse") or typing.get_origin(base) is tuple and typing.get_args(base)[-1:] == (Ellipsis,):
+            # text parsed by the field (k/n), or a repeatable option (tuple[str, ...]): None = the field default
+            annotation: Any = (list[str] if meta.get("parse") is None else str) | None
+            default = None
+        else:
+            annotation = (base | None) if (optional or unset_default) else base
+        decls = [f"{flag}/--no-{flag[2:]}"] if base is bool else [flag]
+        if meta.get("short"):
+            decls.append(meta["short"])
+        shown = "" if meta.get("parse") is None or f.default is None else f" (default {_text(f.default)})"
+        opt = typer.Option(*decls, help=meta["help"] + shown, show_default=not unset_default,
+                           rich_help_panel=panel)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[annotation, opt]))
+    return params
+
+
+def _text(v: Any) -> str:
+    return "/".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def settings_from(cls: type, values: dict[str, Any]) -> Any:
+    """The settings object from the options' values (parsed, repeated and unset ones resolved)."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        v = values[f.name]
+        if f.metadata.get("parse") and v is not None:
+            v = f.metadata["parse"](v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        if v is None and (f.metadata.get("parse") or isinstance(f.default, tuple)):
+            continue  # not given: the field default
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def with_settings(**settings: type):
+    """Decorator: each keyword `param=SettingsClass` replaces the command's parameter `param` by one option per
+    field of the class; the command is called with the settings object built from them."""
+
+    def deco(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        generated = {name: setting_options(cls) for name, cls in settings.items()}
+        names = [p.name for ps in generated.values() for p in ps]
+        clash = {n for n in names if names.count(n) > 1} | (set(names) & set(sig.parameters))
+        if clash:
+            raise TypeError(f"{fn.__name__}: option names used twice: {sorted(clash)}")
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for name, cls in settings.items():
+                mine = {p.name: kwargs.pop(p.name) for p in generated[name] if p.name in kwargs}
+                kwargs[name] = settings_from(cls, mine)
+            return fn(*args, **kwargs)
+
+        kept = [p.replace(kind=p.KEYWORD_ONLY) for p in sig.parameters.values() if p.name not in settings]
+        first = [p for p in kept if p.default is p.empty]  # inputs and outputs, then the settings, then the rest
+        rest = [p for p in kept if p.default is not p.empty]
+        wrapper.__signature__ = sig.replace(parameters=[*first, *(p for ps in generated.values() for p in ps), *rest])
+        return wrapper
+
+    return deco
 
 
 def skipped(out_dir: Path) -> None:

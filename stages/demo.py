@@ -42,8 +42,8 @@ def demo(
     """Warm-start the tiny policy, train it with GRPO and with TP-GRPO, compare, write a report."""
     from thinkrl.demo import demo_configs, prepare_start_policy
     from thinkrl.errors import ThinkrlError
-    from thinkrl.experiment import run_experiments
     from thinkrl.report import write_report
+    from thinkrl.workers import run_experiments
 
     if quick and full:
         raise ThinkrlError("--quick and --full exclude each other")

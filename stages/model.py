@@ -6,7 +6,8 @@
     thinkrl model import-gguf SmolLM2-135M-Instruct-Q8_0.gguf --out runs/smollm2
 
 Each writes a normal Hugging Face model directory (safetensors) with its tokenizer, chat template and a
-thinkrl.json holding the recipe that regenerates it. Option help comes from thinkrl.warmstart.WarmstartConfig.
+thinkrl.json holding the recipe that regenerates it. The warm start's options are the fields of
+thinkrl.warmstart.WarmstartConfig, where their defaults and help text are defined.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from typing import Annotated
 
 import typer
 
-from stages.common import Force, console, guard, show_progress, skipped
+from stages.common import Force, console, guard, show_progress, skipped, with_settings
 from thinkrl.models import PRESETS
 from thinkrl.warmstart import WarmstartConfig
 
 app = typer.Typer(no_args_is_help=True, help="Build the tiny policy, warm-start it, import GGUF models.")
 
-D, H = WarmstartConfig(), WarmstartConfig.help
 
 
 def _quiet_transformers() -> None:
@@ -68,25 +68,11 @@ def warmstart_bar():
     return progress, update
 
 
+@with_settings(cfg=WarmstartConfig)
 def warmstart_cmd(
     policy: Annotated[Path, typer.Option(help="policy to start from: a model directory (thinkrl model init)")],
     out: Annotated[Path, typer.Option(help="output model directory")],
-    minutes: Annotated[float | None, typer.Option(help=H("minutes"))] = D.minutes,
-    steps: Annotated[int | None, typer.Option(help=H("steps"))] = D.steps,
-    lr: Annotated[float, typer.Option(help=H("lr"))] = D.lr,
-    batch_size: Annotated[int, typer.Option(help=H("batch_size"))] = D.batch_size,
-    warmup_steps: Annotated[int, typer.Option(help=H("warmup_steps"))] = D.warmup_steps,
-    min_lr_frac: Annotated[float, typer.Option(help=H("min_lr_frac"))] = D.min_lr_frac,
-    grad_clip: Annotated[float, typer.Option(help=H("grad_clip"))] = D.grad_clip,
-    digit_weight: Annotated[float, typer.Option(help=H("digit_weight"))] = D.digit_weight,
-    group_window: Annotated[int, typer.Option(help=H("group_window"))] = D.group_window,
-    corpus_size: Annotated[int, typer.Option(help=H("corpus_size"))] = D.corpus_size,
-    corpus_seed: Annotated[int, typer.Option(help=H("corpus_seed"))] = D.corpus_seed,
-    seed: Annotated[int, typer.Option(help=H("seed"))] = D.seed,
-    p_err: Annotated[float, typer.Option(help=H("p_err"))] = D.p_err,
-    p_reflect: Annotated[float, typer.Option(help=H("p_reflect"))] = D.p_reflect,
-    p_recheck: Annotated[float, typer.Option(help=H("p_recheck"))] = D.p_recheck,
-    threads: Annotated[int, typer.Option(help=H("threads"))] = D.threads,
+    cfg: WarmstartConfig,
     force: Force = False,
 ) -> None:
     """Supervised warm start on the flawed ArithChain corpus (loss on solution tokens only)."""
@@ -95,11 +81,6 @@ def warmstart_cmd(
     from thinkrl.warmstart import METRICS_JSON, is_up_to_date, warmstart
 
     _quiet_transformers()
-    cfg = WarmstartConfig(
-        steps=steps, minutes=minutes, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps,
-        min_lr_frac=min_lr_frac, grad_clip=grad_clip, digit_weight=digit_weight, corpus_size=corpus_size,
-        corpus_seed=corpus_seed, seed=seed, p_err=p_err, p_reflect=p_reflect, p_recheck=p_recheck,
-        threads=threads, group_window=group_window)
     if not force and is_up_to_date(policy, out, cfg):
         skipped(out)
         return

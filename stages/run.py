@@ -4,26 +4,26 @@
     thinkrl run EXPERIMENT.toml --name tp --alpha 0.5      # any setting as an option; options win
     thinkrl run --name grpo --policy runs/demo/start --scheme outcome --rounds 6
 
-Outputs go to RUNS_DIR/NAME (round-000/..., eval-initial/, config.toml, summary.json; the layout is in
-thinkrl/experiment.py). Kill it at any moment and rerun the same command: finished artifacts are reused
+Outputs go to RUNS_DIR/NAME (round-000/..., eval-initial/, config.toml, summary.json; the layout is
+thinkrl/runs.py, the round loop thinkrl/rounds.py). Kill it at any moment and rerun the same command: finished artifacts are reused
 and a killed stage resumes; a changed setting reruns only the stages that depend on it. Every setting is
-an `ExperimentConfig` field, where its help text is defined; `python -m thinkrl.experiment` lists them.
+an `ExperimentConfig` field (thinkrl/experiment.py), most of them a stage's own setting with that stage's
+default and help; `python -m thinkrl.experiment` lists them.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-import typing
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from stages.common import console, show_progress
-from thinkrl.experiment import Display, ExperimentConfig
+from stages.common import console, setting_options, show_progress
+from thinkrl.experiment import ExperimentConfig
+from thinkrl.rounds import Display
 
 
 class RunRow(Display):
@@ -100,20 +100,6 @@ class Board:
             self.live.__exit__(*exc)
 
 
-def _options():
-    """One typer option per ExperimentConfig field, default None (= not given: the file or default wins)."""
-    hints = typing.get_type_hints(ExperimentConfig)
-    params = []
-    for f in fields(ExperimentConfig):
-        base = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
-        flag = f"--{f.name.replace('_', '-')}"
-        decls = [f"{flag}/--no-{flag[2:]}"] if base is bool else [flag, "-n"] if f.name == "n" else [flag]
-        opt = typer.Option(*decls, help=f.metadata["help"], show_default=False, rich_help_panel="Settings")
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated[base | None, opt]))
-    return params
-
-
 def run(
     experiment: Annotated[Path | None, typer.Argument(help="TOML experiment file (flat key = value settings)")] = None,
     name: Annotated[str | None, typer.Option(help="run name: outputs go to RUNS_DIR/NAME (default: the file's stem)")] = None,
@@ -122,7 +108,7 @@ def run(
 ) -> None:
     """Rounds of sample -> judge -> segment -> train with held-out eval; rerun to continue where it stopped."""
     from thinkrl.errors import ThinkrlError
-    from thinkrl.experiment import run_experiment
+    from thinkrl.rounds import run_experiment
 
     if name is None and experiment is None:
         raise ThinkrlError("give an experiment file or --name NAME (outputs go to RUNS_DIR/NAME)")
@@ -139,4 +125,4 @@ def run(
 
 _sig = inspect.signature(run, eval_str=True)
 run.__signature__ = _sig.replace(parameters=[p for p in _sig.parameters.values() if p.kind != p.VAR_KEYWORD]
-                                 + _options())
+                                 + setting_options(ExperimentConfig, unset_default=True, panel="Settings"))

@@ -15,22 +15,21 @@ from typing import Annotated
 
 import typer
 
-from stages.common import Force, console, skipped
-from thinkrl.segment import run_segment_stage
-from thinkrl.thoughts import SCHEMES
+from stages.common import Force, console, skipped, with_settings
+from thinkrl.segment import SegmentConfig, run_segment_stage
 
 
+@with_settings(cfg=SegmentConfig)
 def segment(
     rollouts: Annotated[Path, typer.Option(help="rollouts artifact (thinkrl sample)")],
     out: Annotated[Path, typer.Option(help="output artifact directory")],
+    cfg: SegmentConfig,
     judgments: Annotated[Path | None, typer.Option(help="judgments artifact (thinkrl judge); not needed for outcome")] = None,
-    scheme: Annotated[str, typer.Option(help=f"reward scheme: {', '.join(SCHEMES)}")] = "thought",
-    alpha: Annotated[float, typer.Option(help="α: penalty scale of incorrect thoughts (α·acc, or α for thought-static)")] = 1.0,
     force: Force = False,
 ) -> None:
     """Merge steps into thoughts and compute per-token advantages (thoughts artifact)."""
     with console.status("segment: thoughts and advantages"):
-        r = run_segment_stage(rollouts, judgments, out, scheme, alpha, force)
+        r = run_segment_stage(rollouts, judgments, out, cfg, force)
     if r.skipped:
         return skipped(out)
     m = r.metrics

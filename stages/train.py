@@ -20,15 +20,9 @@ from typing import Annotated
 
 import typer
 
-from stages.common import Force, console, show_progress, skipped
+from stages.common import Force, console, show_progress, skipped, with_settings
 from thinkrl.trainer import TrainConfig
 from thinkrl.training import run_train_stage
-
-D, H = TrainConfig(), TrainConfig.help
-
-
-def _opt(name: str):
-    return typer.Option(help=H(name))
 
 
 class _Bar:
@@ -53,45 +47,15 @@ class _Bar:
         self.progress.update(self.task, total=total, completed=done, info=info)
 
 
+@with_settings(cfg=TrainConfig)
 def train(
     policy: Annotated[Path, typer.Option(help="policy to train: a Hugging Face causal-LM directory")],
     thoughts: Annotated[Path, typer.Option(help="thoughts artifact holding the advantages table")],
     out: Annotated[Path, typer.Option(help="output directory: policy/, state/, train_metrics")],
-    prompts_per_step: Annotated[int, _opt("prompts_per_step")] = D.prompts_per_step,
-    epochs: Annotated[int, _opt("epochs")] = D.epochs,
-    lr: Annotated[float, _opt("lr")] = D.lr,
-    warmup_steps: Annotated[int, _opt("warmup_steps")] = D.warmup_steps,
-    schedule: Annotated[str, _opt("schedule")] = D.schedule,
-    schedule_steps: Annotated[int | None, _opt("schedule_steps")] = D.schedule_steps,
-    continue_from: Annotated[str | None, _opt("continue_from")] = D.continue_from,
-    weight_decay: Annotated[float, _opt("weight_decay")] = D.weight_decay,
-    betas: Annotated[tuple[float, float], _opt("betas")] = D.betas,
-    grad_clip: Annotated[float, _opt("grad_clip")] = D.grad_clip,
-    micro_batch_tokens: Annotated[int, _opt("micro_batch_tokens")] = D.micro_batch_tokens,
-    eps_low: Annotated[float, _opt("eps_low")] = D.eps_low,
-    eps_high: Annotated[float, _opt("eps_high")] = D.eps_high,
-    beta: Annotated[float, _opt("beta")] = D.beta,
-    ref_policy: Annotated[str | None, _opt("ref_policy")] = D.ref_policy,
-    aggregation: Annotated[str, _opt("aggregation")] = D.aggregation,
-    norm_len: Annotated[int | None, _opt("norm_len")] = D.norm_len,
-    dtype: Annotated[str, _opt("dtype")] = D.dtype,
-    seed: Annotated[int, _opt("seed")] = D.seed,
-    max_nonfinite_in_row: Annotated[int, _opt("max_nonfinite_in_row")] = D.max_nonfinite_in_row,
-    flops_peak: Annotated[float | None, _opt("flops_peak")] = D.flops_peak,
-    save_every: Annotated[int, _opt("save_every")] = D.save_every,
-    max_steps: Annotated[int | None, _opt("max_steps")] = D.max_steps,
-    recompute_logprobs: Annotated[bool, _opt("recompute_logprobs")] = D.recompute_logprobs,
+    cfg: TrainConfig,
     force: Force = False,
 ) -> None:
     """Train a policy on a thoughts artifact: clipped policy-gradient steps (checkpoint + train metrics)."""
-    cfg = TrainConfig(
-        prompts_per_step=prompts_per_step, epochs=epochs, lr=lr, warmup_steps=warmup_steps, schedule=schedule,
-        schedule_steps=schedule_steps, continue_from=continue_from,
-        weight_decay=weight_decay, betas=tuple(betas), grad_clip=grad_clip,
-        micro_batch_tokens=micro_batch_tokens,
-        eps_low=eps_low, eps_high=eps_high, beta=beta, ref_policy=ref_policy, aggregation=aggregation,
-        norm_len=norm_len, dtype=dtype, seed=seed, max_nonfinite_in_row=max_nonfinite_in_row,
-        flops_peak=flops_peak, save_every=save_every, max_steps=max_steps, recompute_logprobs=recompute_logprobs)
     main = os.environ.get("RANK", "0") == "0"
     bar = _Bar() if main else None
     with bar.progress if bar else nullcontext():

@@ -24,14 +24,8 @@ from safetensors.torch import load_file
 from thinkrl.artifacts import MANIFEST, read_manifest, read_table, write_artifact
 from thinkrl.demo import demo_configs
 from thinkrl.errors import ThinkrlError
-from thinkrl.experiment import (
-    ExperimentConfig,
-    docs_markdown,
-    held_out_arith_questions,
-    round_problems,
-    round_seed,
-    run_experiment,
-)
+from thinkrl.experiment import ExperimentConfig, docs_markdown, round_seed
+from thinkrl.rounds import held_out_arith_questions, round_problems, run_experiment
 from thinkrl.tasks.arith import ArithConfig, generate_problems
 
 REPO = Path(__file__).resolve().parents[1]

@@ -213,18 +213,23 @@ def test_judge_splitter_needs_a_proposing_judge(tmp_path, tokenizer):
 
 
 def test_judge_config_keys_what_the_judge_depends_on():
-    from thinkrl.judge.judging import judge_config
+    from thinkrl.judge.judging import JudgeConfig, judge_config
     from thinkrl.judge.rule import RuleJudge
 
-    rule = judge_config("rule", "blank", "tok", judge_model="m", prompt="intrinsic-v1", max_tokens=9)
+    rule = judge_config(JudgeConfig("rule", "blank", judge_model="m", prompt="intrinsic-v1", max_tokens=9,
+                                    concurrency=3), "tok")
     assert rule == {"judge": "rule", "splitter": "blank", "tokenizer": "tok", "judge_version": RuleJudge.version}
-    gen = judge_config("openai:http://h", "judge", "tok", judge_model="m", max_tokens=9)
+    gen = judge_config(JudgeConfig("openai:http://h", "judge", judge_model="m", max_tokens=9, retries=1), "tok")
     assert gen["prompt_version"] == TEMPLATES["intrinsic-v1"].version and gen["max_tokens"] == 9
-    assert gen["judge_model"] == "m" and "judge_version" not in gen
+    assert gen["judge_model"] == "m" and "judge_version" not in gen and "retries" not in gen
     with pytest.raises(ThinkrlError, match="unknown judge prompt"):
-        judge_config("hf:d", "blank", "tok", prompt="nope")
+        JudgeConfig("hf:d", "blank", prompt="nope")
     with pytest.raises(ThinkrlError, match="unknown splitter"):
-        judge_config("rule", "words", "tok")
+        JudgeConfig("rule", "words")
+    with pytest.raises(ThinkrlError, match="needs judge_model"):
+        JudgeConfig("openai:http://h")
+    with pytest.raises(ThinkrlError, match="needs a generative judge"):
+        JudgeConfig("oracle", "judge")
 
 
 def test_a_judge_that_fails_everywhere_is_loud_and_keeps_its_replies(tmp_path, tokenizer):

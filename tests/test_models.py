@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from stages.model import app
 from thinkrl.errors import ThinkrlError
 from thinkrl.models import PRESETS, init_model, load_policy, n_params, read_thinkrl_json, smollm2_gguf
+from thinkrl.settings import help_of
 from thinkrl.tasks.arith import make_corpus
 from thinkrl.tokenizer import SPECIAL_TOKENS, build_tokenizer, check_tokenizer, digit_ids
 from thinkrl.warmstart import METRICS_JSON, ThreadChooser, WarmstartConfig, encode_corpus, warmstart
@@ -234,7 +235,18 @@ def test_warmstart_config():
         WarmstartConfig(steps=0)
     with pytest.raises(ThinkrlError):
         WarmstartConfig(p_err=1.5)
-    assert "learning rate" in WarmstartConfig.help("lr")
+    assert "learning rate" in help_of(WarmstartConfig, "lr")
+
+
+def test_recipe_matches_is_the_skip_key_of_a_model_directory(init_dir, tmp_path):
+    """init and warm start (and the demo's start policy) skip when thinkrl.json records the same recipe."""
+    from thinkrl.models import init_recipe, recipe_matches
+
+    assert recipe_matches(init_dir, "init", init_recipe("tiny", 0, custom_tokenizer=True))
+    assert not recipe_matches(init_dir, "init", init_recipe("tiny", 1, custom_tokenizer=True))
+    assert not recipe_matches(init_dir, "init", init_recipe("tiny", 0))  # another tokenizer recipe
+    assert not recipe_matches(init_dir, "warmstart", {"steps": 1})
+    assert not recipe_matches(tmp_path / "none", "init", {})
 
 
 def test_warmstart_time_budget(init_dir, tmp_path):

@@ -4,17 +4,15 @@ and settings), and the warm-started start policy they share.
     cfgs = demo_configs("default", prepare_start_policy("runs/demo", "default"))   # {"outcome": ..., "thought": ...}
     run_experiments({name: (c, Path("runs/demo") / name) for name, c in cfgs.items()}, jobs=2)
 
-The start policy is rebuilt only when its recipe changes (runs/demo/start.json holds the recipe it was built
-from). Where the presets depart from the paper: rounds are smaller than the paper's ~50 optimizer steps, so the
+The start policy is rebuilt only when its recipe changes (its thinkrl.json records the recipe it was built
+from, as for `thinkrl model init` and `thinkrl model warmstart`). Where the presets depart from the paper: rounds are smaller than the paper's ~50 optimizer steps, so the
 curves have points, and held-out accuracy is read at the training temperature T = 1 (see DemoPreset).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from thinkrl.errors import ThinkrlError
@@ -31,7 +29,8 @@ class DemoPreset:
     eval_every: int
     eval_problems: int
     eval_k: int
-    max_tokens: int = 160
+    max_tokens: int = 160  # the tiny policy's solutions are 40-120 tokens
+    part_size: int = 8     # problems per part file of sample and eval (it sets the batch make-up)
     # Held-out accuracy at the training temperature T = 1: at T = 0.6 the warm-started tiny policy is already
     # near its greedy accuracy, and what GRPO moves in a few hundred steps is the sampled accuracy (the
     # warm-start figures at both temperatures: `just bench warmstart`, docs/BENCHMARKS.md).
@@ -54,6 +53,7 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
                        eval_problems=400, eval_k=4),
 }
 DEMO_SCHEMES = ("outcome", "thought")
+DEMO_MODEL = "tiny"  # the model preset (thinkrl.models.PRESETS) the demo warm-starts
 
 
 def demo_configs(preset: str, policy: str | Path, seeds: tuple[int, ...] = (0,),
@@ -68,35 +68,29 @@ def demo_configs(preset: str, policy: str | Path, seeds: tuple[int, ...] = (0,),
     p = DEMO_PRESETS[preset]
     base = ExperimentConfig(policy=str(policy), rounds=p.rounds, prompts_per_round=p.prompts_per_round,
                             n=8, prompts_per_step=5, lr=1e-4, judge="rule", max_tokens=p.max_tokens,
-                            eval_every=p.eval_every, eval_problems=p.eval_problems, eval_k=p.eval_k,
+                            part_size=p.part_size, eval_every=p.eval_every, eval_problems=p.eval_problems, eval_k=p.eval_k,
                             eval_temperature=p.eval_temperature, eval_top_p=p.eval_top_p, threads=1)
     return {(s if len(seeds) == 1 else f"{s}-s{seed}"): replace(base, scheme=s, seed=seed)
             for s in schemes for seed in seeds}
 
 
-def warmstart_recipe(preset: str) -> dict:
-    """What the demo's start policy is built from (its skip key)."""
+def warmstart_config(preset: str):
+    """The WarmstartConfig of the demo's start policy."""
     from thinkrl.warmstart import WarmstartConfig
 
-    ws = WarmstartConfig(**DEMO_PRESETS[preset].warmstart)
-    return {"model": "tiny", "init_seed": 0, "warmstart": asdict(ws)}
+    return WarmstartConfig(**DEMO_PRESETS[preset].warmstart)
 
 
 def prepare_start_policy(out_dir: str | Path, preset: str, progress: Callable[[dict], None] | None = None) -> Path:
-    """Random-init the tiny policy and warm-start it (DESIGN §5) into out_dir/start, unless a start policy
-    built from the same recipe is already there (out_dir/start.json holds the recipe it was built from)."""
-    from thinkrl.models import init_model
-    from thinkrl.warmstart import WarmstartConfig, warmstart
+    """Random-init the tiny policy (out_dir/init) and warm-start it (DESIGN §5) into out_dir/start; each step
+    skips itself when its directory's thinkrl.json records the same recipe (the skip of `thinkrl model init`
+    and `thinkrl model warmstart`: `thinkrl.models.recipe_matches`)."""
+    from thinkrl.models import init_model, init_recipe, recipe_matches
+    from thinkrl.warmstart import is_up_to_date, warmstart
 
     out_dir = Path(out_dir)
-    start, key_file = out_dir / "start", out_dir / "start.json"
-    recipe = warmstart_recipe(preset)
-    if (start / "config.json").is_file() and key_file.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            if json.loads(key_file.read_text(encoding="utf-8")) == json.loads(json.dumps(recipe)):
-                return start
-    key_file.unlink(missing_ok=True)
-    init_model(recipe["model"], out_dir / "init", seed=recipe["init_seed"], force=True)
-    warmstart(out_dir / "init", start, WarmstartConfig(**recipe["warmstart"]), progress=progress, force=True)
-    key_file.write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+    init, start, cfg = out_dir / "init", out_dir / "start", warmstart_config(preset)
+    init_model(DEMO_MODEL, init, seed=0, force=not recipe_matches(init, "init", init_recipe(DEMO_MODEL, 0)))
+    if not is_up_to_date(init, start, cfg):
+        warmstart(init, start, cfg, progress=progress, force=True)
     return start

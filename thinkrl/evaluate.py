@@ -15,28 +15,43 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import polars as pl
 
 from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_manifest
 from thinkrl.engine.base import Engine
+from thinkrl.errors import ThinkrlError
 from thinkrl.sampling import SampleConfig, sample_in_parts
+from thinkrl.settings import same_as, setting
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    k: int = field(default=16, metadata={"help": "samples per problem"})
-    temperature: float = field(default=0.6, metadata={"help": "sampling temperature"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
-    max_tokens: int = field(default=1024, metadata={"help": "maximum completion tokens"})
-    seed: int = field(default=0, metadata={"help": "base seed"})
-    part_size: int = field(default=16, metadata={"help": "problems per part file"})
+    """Every setting of the eval stage (`thinkrl eval`); the generation ones are the sample stage's."""
+
+    k: int = setting(16, "samples per held-out problem (avg@k, pass@k, maj@k)", short="-k")
+    temperature: float = setting(0.6, "eval sampling temperature (paper: 0.6)")
+    top_p: float = setting(0.95, "eval nucleus sampling mass (paper: 0.95)")
+    limit: int | None = setting(None, "problems per benchmark: the first N (a generated task: N generated; "
+                                      "default: all, arith 200)")
+    max_tokens: int = same_as(SampleConfig, "max_tokens")
+    template: str = same_as(SampleConfig, "template")
+    engine: str = same_as(SampleConfig, "engine")
+    dtype: str = same_as(SampleConfig, "dtype")
+    seed: int = same_as(SampleConfig, "seed")
+    part_size: int = same_as(SampleConfig, "part_size")
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or (self.limit is not None and self.limit < 1):
+            raise ThinkrlError(f"eval: `k` and `limit` must be >= 1, got {self.k} and {self.limit}")
+        self.sample_config()  # validates the generation settings
 
     def sample_config(self) -> SampleConfig:
-        return SampleConfig(n=self.k, temperature=self.temperature, top_p=self.top_p,
-                            max_tokens=self.max_tokens, seed=self.seed, round=-1, part_size=self.part_size)
+        return SampleConfig(n=self.k, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                            template=self.template, engine=self.engine, dtype=self.dtype, seed=self.seed,
+                            round=-1, part_size=self.part_size)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -85,40 +100,37 @@ def summarise(samples: pl.DataFrame, k: int) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def eval_stage_config(cfg: EvalConfig, benchmarks: Mapping[str, pl.DataFrame], limit: int | None, template: str,
-                      engine: str, dtype: str, policy: Path) -> dict:
+def eval_stage_config(cfg: EvalConfig, benchmarks: Mapping[str, pl.DataFrame], policy: Path) -> dict:
     """The eval stage's resolved config (its skip key): settings, benchmark names and their problems' sha256."""
     from thinkrl.problems import problems_sha256
 
-    return {**asdict(cfg), "benchmarks": list(benchmarks), "limit": limit, "template": template, "engine": engine,
-            "dtype": dtype, "policy": str(policy), "problems_sha256": {n: problems_sha256(df) for n, df in benchmarks.items()}}
+    return {**asdict(cfg), "benchmarks": list(benchmarks), "policy": str(policy),
+            "problems_sha256": {n: problems_sha256(df) for n, df in benchmarks.items()}}
 
 
 def run_eval_stage(benchmarks: Mapping[str, pl.DataFrame], policy: Path, out: Path, cfg: EvalConfig,
-                   template: str = "auto", engine: str = "hf", dtype: str = "auto", limit: int | None = None,
                    force: bool = False, tokenizer=None, load: Callable[[], Engine] | None = None,
                    start: Callable[[int], None] | None = None,
                    progress: Callable[[int, int], None] | None = None) -> StageResult:
     """The eval stage, for `thinkrl eval` and `thinkrl run` alike: key -> skip -> sample and score -> finish.
-    `load()` gives the engine (default: load_engine(engine, policy, dtype)), only when work remains."""
-    from thinkrl.engine import check_engine, load_engine
+    `benchmarks` are loaded with cfg.limit (`thinkrl.problems.problem_sets`); `load()` gives the engine
+    (default: load_engine(cfg.engine, policy, cfg.dtype)), only when work remains."""
+    from thinkrl.engine import load_engine
     from thinkrl.sampling import resolved_template
 
-    check_engine(engine)
-    template = resolved_template(template, policy, tokenizer)
-    writer = ArtifactWriter(out, "eval", eval_stage_config(cfg, benchmarks, limit, template, engine, dtype, policy),
-                            inputs={"policy": policy})
+    cfg = replace(cfg, template=resolved_template(cfg.template, policy, tokenizer))
+    writer = ArtifactWriter(out, "eval", eval_stage_config(cfg, benchmarks, policy), inputs={"policy": policy})
     if writer.up_to_date() and not force:
         return finished(writer)
     if start:
         start(sum(df.height for df in benchmarks.values()) * cfg.k)
-    eng = load() if load else load_engine(engine, policy, dtype=dtype)
-    evaluate(benchmarks, eng, cfg, writer, policy=str(policy), template=template, progress=progress)
+    eng = load() if load else load_engine(cfg.engine, policy, dtype=cfg.dtype)
+    evaluate(benchmarks, eng, cfg, writer, policy=str(policy), progress=progress)
     return StageResult(out, False, read_manifest(out).get("metrics", {}))
 
 
 def evaluate(benchmarks: Mapping[str, pl.DataFrame], engine: Engine, cfg: EvalConfig, writer: ArtifactWriter,
-             policy: str, template: str, progress: Callable[[int, int], None] | None = None) -> pl.DataFrame:
+             policy: str, progress: Callable[[int, int], None] | None = None) -> pl.DataFrame:
     """Sample cfg.k completions per problem of every benchmark (parts resume), write samples + summary."""
     scfg = cfg.sample_config()
     for bench, problems in benchmarks.items():
@@ -127,7 +139,7 @@ def evaluate(benchmarks: Mapping[str, pl.DataFrame], engine: Engine, cfg: EvalCo
                      "completion": r["completion"], "pred_answer": r["pred_answer"], "correct": r["correct"],
                      "tokens": len(r["completion_ids"]), "finish_reason": r["finish_reason"]} for r in rows]
 
-        sample_in_parts(problems, engine, scfg, template, policy, writer, "eval_samples", f"{bench}-", eval_rows,
+        sample_in_parts(problems, engine, scfg, cfg.template, policy, writer, "eval_samples", f"{bench}-", eval_rows,
                         progress)
     samples = writer.read_parts("eval_samples")
     summary = summarise(samples, cfg.k)

@@ -11,17 +11,24 @@
     Reported: accuracy on erroneous cases (exact index), accuracy on correct cases, and their harmonic mean
     F1, as in the ProcessBench paper. Published reference F1 (average of 4 subsets): GPT-4o 61.9,
     Qwen2.5-Math-PRM-7B 73.5. A reference figure: do not tune a judge to it.
+
+The stage (`thinkrl judge-eval`) is `run_judge_eval_stage`: key -> skip -> both suites -> the judge_eval table.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 
+from thinkrl.artifacts import ArtifactWriter, StageResult, read_table
+from thinkrl.errors import ThinkrlError
 from thinkrl.grading import extract_answer
-from thinkrl.judge.judging import requests_for
+from thinkrl.judge.judging import JudgeConfig, requests_for
 from thinkrl.judge.protocol import INCORRECT, MATCHED, UNKNOWN, Judge, JudgeRequest
+from thinkrl.settings import same_as, setting
 from thinkrl.steps import Step
 from thinkrl.tasks.arith import oracle_label, problem_from_question
 
@@ -90,3 +97,49 @@ def processbench_suite(cases: pl.DataFrame, judge: Judge, subset: str, progress=
     return {"suite": "processbench", "subset": subset, "items": len(rows), "precision": None, "recall": None,
             "exact_interval_rate": None, "acc_erroneous": acc_e, "acc_correct": acc_c, "f1": f1,
             "unknown_rate": unknown / max(steps, 1)}
+
+
+@dataclass(frozen=True)
+class JudgeEvalConfig:
+    """Every setting of `thinkrl judge-eval` (the judge's own are the judge stage's)."""
+
+    judge: str = same_as(JudgeConfig, "judge")
+    judge_model: str | None = same_as(JudgeConfig, "judge_model")
+    max_tokens: int = same_as(JudgeConfig, "max_tokens")
+    processbench: str | None = setting(None, "comma-separated ProcessBench subsets: gsm8k, math, olympiadbench, "
+                                             "omnimath")
+    limit: int | None = setting(None, "first N cases of each ProcessBench subset")
+
+    def subsets(self) -> list[str]:
+        return [s.strip() for s in (self.processbench or "").split(",") if s.strip()]
+
+
+def run_judge_eval_stage(out: Path, cfg: JudgeEvalConfig, rollouts: Path | None, data_dir: Path,
+                         force: bool = False, status=None) -> StageResult:
+    """The judge-eval stage: key -> skip -> the oracle suite on `rollouts` and the ProcessBench subsets -> the
+    judge_eval table (StageResult.metrics["rows"] holds its rows). status(text) is a context manager shown
+    while the judge works."""
+    import contextlib
+
+    from thinkrl.judge import make_judge
+    from thinkrl.problems import named_problems
+
+    if rollouts is None and not cfg.subsets():
+        raise ThinkrlError("give --rollouts (ArithChain, vs the oracle) and/or --processbench SUBSETS")
+    config = {"judge": cfg.judge, "processbench": cfg.subsets(), "limit": cfg.limit, "judge_model": cfg.judge_model,
+              "max_tokens": cfg.max_tokens}
+    writer = ArtifactWriter(out, "judge-eval", config, inputs={"rollouts": rollouts} if rollouts else {})
+    if writer.up_to_date() and not force:
+        return StageResult(out, True, {"rows": read_table(out, "judge_eval").to_dicts()})
+    cases = {s: named_problems(f"processbench_{s}", data_dir, limit=cfg.limit) for s in cfg.subsets()}  # fail early
+    judge = make_judge(cfg.judge, model=cfg.judge_model, max_tokens=cfg.max_tokens, cache_dir=str(out / "_cache"))
+    rows = []
+    with (status(f"judge-eval with {judge.name}") if status else contextlib.nullcontext()):
+        if rollouts is not None:
+            rows.append(oracle_suite(read_table(rollouts, "rollouts"), judge, subset=str(rollouts)))
+        rows += [processbench_suite(df, judge, s) for s, df in cases.items()]
+    writer.set_table("judge_eval", rows)
+    writer.finish({f"{r['suite']}/{r['subset']}/{k}": r[k] for r in rows
+                   for k in ("precision", "recall", "exact_interval_rate", "f1") if r[k] is not None})
+    return StageResult(out, False, {"rows": rows})
+

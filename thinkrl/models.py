@@ -100,6 +100,17 @@ def read_thinkrl_json(model_dir: str | Path) -> dict:
         raise ThinkrlError(f"{p}: expected a JSON object ({e})") from None
 
 
+def recipe_matches(model_dir: str | Path, step: str, settings: dict) -> bool:
+    """True when model_dir's thinkrl.json records that its `step` (init, warmstart) was made with these
+    settings: how a model-making command skips itself (a model directory has no manifest; its recipe is its
+    key). Settings are compared as JSON."""
+    if not (Path(model_dir) / "config.json").is_file():
+        return False
+    done = read_thinkrl_json(model_dir).get("recipe", {}).get(step)
+    want = json.loads(json.dumps(settings, default=str))
+    return bool(done) and all(done.get(k) == v for k, v in want.items())
+
+
 def prepare_out(out_dir: Path, force: bool) -> None:
     """Refuse to write a model over a file, or over a non-empty directory unless force."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -134,22 +145,28 @@ def save_policy(model, tokenizer, out_dir: str | Path, meta: dict, force: bool =
     return out_dir
 
 
+def init_recipe(preset: str, seed: int = 0, custom_tokenizer: bool = False) -> dict:
+    """What `init_model` records (and skips on): the preset, its shape, the seed and the tokenizer's recipe."""
+    from thinkrl.tokenizer import DEFAULT_CORPUS_SEED, DEFAULT_CORPUS_SIZE, DEFAULT_VOCAB_CAP
+
+    if preset not in PRESETS:
+        raise ThinkrlError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    tok_recipe = "custom" if custom_tokenizer else {
+        "source": "arith default corpus", "corpus_size": DEFAULT_CORPUS_SIZE,
+        "corpus_seed": DEFAULT_CORPUS_SEED, "vocab_cap": DEFAULT_VOCAB_CAP}
+    return {"preset": preset, "shape": asdict(PRESETS[preset]), "seed": seed, "tokenizer": tok_recipe}
+
+
 def init_model(preset: str, out_dir: str | Path, seed: int = 0, tokenizer=None, force: bool = False) -> Path:
     """Random-init a preset with the digit tokenizer (built from the default ArithChain corpus when
     tokenizer is None) and save it as a normal HF directory. Same (preset, seed) -> identical files;
     if out_dir already holds that recipe (default tokenizer) it is left as it is."""
     from transformers import LlamaForCausalLM
 
-    from thinkrl.tokenizer import DEFAULT_CORPUS_SEED, DEFAULT_CORPUS_SIZE, DEFAULT_VOCAB_CAP, build_tokenizer
+    from thinkrl.tokenizer import build_tokenizer
 
-    if preset not in PRESETS:
-        raise ThinkrlError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    tok_recipe = "custom" if tokenizer is not None else {
-        "source": "arith default corpus", "corpus_size": DEFAULT_CORPUS_SIZE,
-        "corpus_seed": DEFAULT_CORPUS_SEED, "vocab_cap": DEFAULT_VOCAB_CAP}
-    settings = {"preset": preset, "shape": asdict(PRESETS[preset]), "seed": seed, "tokenizer": tok_recipe}
-    done = read_thinkrl_json(out_dir).get("recipe", {}).get("init") if Path(out_dir).is_dir() else None
-    if not force and tok_recipe != "custom" and done and all(done.get(k) == v for k, v in settings.items()):
+    settings = init_recipe(preset, seed, custom_tokenizer=tokenizer is not None)
+    if not force and tokenizer is None and recipe_matches(out_dir, "init", settings):
         return Path(out_dir)  # the same recipe is there already: skip
     tokenizer = build_tokenizer() if tokenizer is None else tokenizer
     torch.manual_seed(seed)

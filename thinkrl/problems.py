@@ -466,3 +466,34 @@ def problems_sha256(df: pl.DataFrame) -> str:
 def named_problems(name: str, data_dir: Path, limit: int | None = None, **options: Any) -> pl.DataFrame:
     """A task, benchmark or file by name, loaded in one call (`resolve_set` + `load_problems`)."""
     return load_problems(resolve_set(name, data_dir), limit=limit, **options)
+
+
+def problem_set(name: str, data_dir: Path, limit: int | None = None) -> pl.DataFrame:
+    """`named_problems`, or a problems artifact directory (thinkrl data prepare), its first `limit` rows."""
+    from thinkrl.artifacts import MANIFEST, read_table
+
+    if (Path(name) / MANIFEST).is_file():
+        df = read_table(name, "problems")
+        return df if limit is None else df.head(limit)
+    return named_problems(name, data_dir, limit=limit)
+
+
+def set_name(name: str) -> str:
+    """How a problem set is named in results (the eval `benchmark` column): an artifact directory's name, a
+    file's stem, else the name itself."""
+    from thinkrl.artifacts import MANIFEST
+
+    p = Path(name)
+    if (p / MANIFEST).is_file():
+        return p.name
+    return p.stem if p.suffix else name
+
+
+def problem_sets(names: str, data_dir: Path, limit: int | None = None) -> dict[str, pl.DataFrame]:
+    """Comma-separated problem sets (tasks, benchmarks, files, artifact directories) by result name, the
+    first `limit` problems of each (`thinkrl eval --bench`, `thinkrl run`'s eval_bench)."""
+    sets = {set_name(b.strip()): problem_set(b.strip(), data_dir, limit) for b in names.split(",") if b.strip()}
+    if not sets:
+        raise ThinkrlError(f"no problem sets named in {names!r}")
+    return sets
+

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import polars as pl
@@ -25,6 +25,7 @@ from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.engine.base import Engine, SamplingParams
 from thinkrl.errors import ThinkrlError
 from thinkrl.grading import grade_many
+from thinkrl.settings import setting
 from thinkrl.templates import encode_prompt, render
 
 
@@ -32,28 +33,6 @@ def derive_seed(seed: int, round_: int, problem_id: str, sample_idx: int) -> int
     """A 63-bit seed from (base seed, round, problem, sample), stable across machines and runs."""
     digest = hashlib.sha256(f"{seed}/{round_}/{problem_id}/{sample_idx}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    n: int = field(default=8, metadata={"help": "completions per problem (G)"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (0 = greedy)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
-    max_tokens: int = field(default=256, metadata={"help": "maximum completion tokens"})
-    stop: tuple[str, ...] = field(default=(), metadata={"help": "stop strings"})
-    template: str = field(default="auto", metadata={"help": "prompt template name (resolved)"})
-    seed: int = field(default=0, metadata={"help": "base seed"})
-    round: int = field(default=0, metadata={"help": "training round of the behaviour policy"})
-    shard: tuple[int, int] = field(default=(0, 1), metadata={"help": "(k, n): this process takes problems i % n == k"})
-    part_size: int = field(default=16, metadata={"help": "problems per part file (resume granularity)"})
-    grade_timeout_s: float = field(default=5.0, metadata={"help": "time limit per answer comparison"})
-
-    def params(self) -> SamplingParams:
-        return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
-                              max_tokens=self.max_tokens, stop=tuple(self.stop))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -65,6 +44,48 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 0 <= k < n:
         raise ThinkrlError(f"--shard {text!r}: need 0 <= k < n")
     return k, n
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Every setting of the sample stage (`thinkrl sample`); `thinkrl eval` and `thinkrl run` share the
+    generation ones (max_tokens, template, engine, dtype, part_size)."""
+
+    n: int = setting(8, "completions per problem (group size G)", short="-n")
+    temperature: float = setting(1.0, "sampling temperature of the rollouts (0 = greedy)")
+    top_p: float = setting(1.0, "nucleus sampling mass of the rollouts")
+    max_tokens: int = setting(1024, "maximum completion tokens (the generation budget; Dr. GRPO's length constant)")
+    stop: tuple[str, ...] = setting((), "stop string (repeatable)")
+    template: str = setting("auto", "prompt template: auto (the policy's thinkrl.json), chat, chat-plain, raw, "
+                                    "raw-plain")
+    engine: str = setting("hf", "generation engine: hf (transformers) or vllm")
+    dtype: str = setting("auto", "generation dtype: auto (the checkpoint's), float32 or bfloat16")
+    seed: int = setting(0, "base seed; each sample's seed derives from (seed, round, problem, sample)")
+    round: int = setting(0, "training round recorded in the rows (that of the behaviour policy)")
+    shard: tuple[int, int] = setting((0, 1), "k/n: this process takes problems i % n == k", parse=parse_shard)
+    limit: int | None = setting(None, "use only the first N problems")
+    part_size: int = setting(16, "problems per part file: resume granularity; it sets the batch make-up, so "
+                                 "changing it resamples")
+    grade_timeout_s: float = setting(5.0, "time limit per answer comparison (math-verify), seconds")
+
+    def __post_init__(self) -> None:
+        for name in ("n", "max_tokens", "part_size"):
+            if getattr(self, name) < 1:
+                raise ThinkrlError(f"sample: `{name}` must be >= 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ThinkrlError(f"sample: `limit` must be >= 1, got {self.limit}")
+        from thinkrl.engine import check_engine
+        from thinkrl.models import torch_dtype
+
+        check_engine(self.engine)
+        torch_dtype(self.dtype)
+
+    def params(self) -> SamplingParams:
+        return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
+                              max_tokens=self.max_tokens, stop=tuple(self.stop))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def shard_problems(problems: pl.DataFrame, shard: tuple[int, int]) -> pl.DataFrame:
@@ -98,9 +119,9 @@ def sample_part(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, templ
     return rows
 
 
-def sample_stage_config(cfg: SampleConfig, engine: str, dtype: str, limit: int | None, policy: str | Path) -> dict:
+def sample_stage_config(cfg: SampleConfig, policy: str | Path) -> dict:
     """The sample stage's resolved config (its skip key), the same for `thinkrl sample` and `thinkrl run`."""
-    return {**cfg.to_dict(), "engine": engine, "dtype": dtype, "limit": limit, "policy": str(policy)}
+    return {**cfg.to_dict(), "policy": str(policy)}
 
 
 def resolved_template(template: str, policy: Path, tokenizer=None) -> str:
@@ -112,26 +133,24 @@ def resolved_template(template: str, policy: Path, tokenizer=None) -> str:
     return resolve_template(template, tokenizer or load_tokenizer(policy), model_dir=policy)
 
 
-def run_sample_stage(problems: Path, policy: Path, out: Path, cfg: SampleConfig, engine: str = "hf",
-                     dtype: str = "auto", limit: int | None = None, force: bool = False, tokenizer=None,
+def run_sample_stage(problems: Path, policy: Path, out: Path, cfg: SampleConfig, force: bool = False, tokenizer=None,
                      load: Callable[[], Engine] | None = None, start: Callable[[int], None] | None = None,
                      progress: Callable[[int, int], None] | None = None) -> StageResult:
     """The sample stage, for `thinkrl sample` and `thinkrl run` alike: key -> skip -> sample -> finish.
     cfg.template may be `auto`; `load()` gives the engine (default: load_engine(engine, policy, dtype)), only
     when work remains; start(total sequences of this shard) when work begins."""
-    from thinkrl.engine import check_engine, load_engine
+    from thinkrl.engine import load_engine
 
-    check_engine(engine)
     cfg = replace(cfg, template=resolved_template(cfg.template, policy, tokenizer))
-    writer = ArtifactWriter(out, "sample", sample_stage_config(cfg, engine, dtype, limit, policy),
+    writer = ArtifactWriter(out, "sample", sample_stage_config(cfg, policy),
                             inputs={"problems": problems, "policy": policy})
     if writer.up_to_date() and not force:
         return finished(writer)
     probs = read_table(problems, "problems")
-    probs = probs if limit is None else probs.head(limit)
+    probs = probs if cfg.limit is None else probs.head(cfg.limit)
     if start:
         start(shard_problems(probs, cfg.shard).height * cfg.n)
-    eng = load() if load else load_engine(engine, policy, dtype=dtype)
+    eng = load() if load else load_engine(cfg.engine, policy, dtype=cfg.dtype)
     return StageResult(out, False, sample_rollouts(probs, eng, cfg, writer, policy=str(policy), template=cfg.template,
                                                    progress=progress))
 

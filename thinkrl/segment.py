@@ -47,7 +47,8 @@ from thinkrl.artifacts import (
 )
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import INCORRECT, UNKNOWN
-from thinkrl.thoughts import RolloutInput, no_answer, scheme_named, step_labels
+from thinkrl.settings import setting
+from thinkrl.thoughts import SCHEMES, RolloutInput, no_answer, scheme_named, step_labels
 
 
 @dataclass(frozen=True)
@@ -102,21 +103,32 @@ def rollout_inputs(rollouts: pl.DataFrame, judgments: pl.DataFrame) -> dict[str,
     return out
 
 
-def segment_key(rollouts: Path, judgments: Path | None, scheme: str, alpha: float) -> tuple[dict, dict]:
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Every setting of the segment stage (`thinkrl segment`)."""
+
+    scheme: str = setting("thought", f"reward scheme: {', '.join(SCHEMES)} (outcome = GRPO, thought = TP-GRPO)")
+    alpha: float = setting(1.0, "penalty scale of incorrect thoughts: alpha*acc (alpha for thought-static)")
+
+    def __post_init__(self) -> None:
+        scheme_named(self.scheme)
+
+
+def segment_key(rollouts: Path, judgments: Path | None, cfg: SegmentConfig) -> tuple[dict, dict]:
     """(config, inputs) of the segment stage's skip key, the same for `thinkrl segment` and `thinkrl run`.
     The outcome scheme ignores step labels, so judgments are no input of it (a judge change does not
     retrain a GRPO run)."""
-    use_judgments = judgments is not None and scheme_named(scheme).uses_judgments
+    use_judgments = judgments is not None and scheme_named(cfg.scheme).uses_judgments
     inputs = {"rollouts": rollouts, **({"judgments": judgments} if use_judgments else {})}
-    return {"scheme": scheme, "alpha": alpha}, inputs
+    return {"scheme": cfg.scheme, "alpha": cfg.alpha}, inputs
 
 
-def run_segment_stage(rollouts: Path, judgments: Path | None, out: Path, scheme: str = "thought",
-                      alpha: float = 1.0, force: bool = False, start: Callable[[], None] | None = None
-                      ) -> StageResult:
+def run_segment_stage(rollouts: Path, judgments: Path | None, out: Path, cfg: SegmentConfig = SegmentConfig(),
+                      force: bool = False, start: Callable[[], None] | None = None) -> StageResult:
     """The segment stage, for `thinkrl segment` and `thinkrl run` alike: key -> skip -> work -> finish.
     `start()` is called when work begins (not when the artifact is up to date)."""
-    config, inputs = segment_key(rollouts, judgments, scheme, alpha)
+    config, inputs = segment_key(rollouts, judgments, cfg)
+    scheme, alpha = cfg.scheme, cfg.alpha
     writer = ArtifactWriter(out, "segment", config, inputs=inputs)
     if writer.up_to_date() and not force:
         return finished(writer)

@@ -59,7 +59,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,7 @@ from thinkrl.logprobs import (  # noqa: F401  (token_logprobs, plan_micro_batche
 )
 from thinkrl.loss import AGGREGATIONS, ALIASES, BatchCounts, LossConfig, policy_loss
 from thinkrl.models import load_policy, n_params
+from thinkrl.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -112,47 +113,43 @@ PEAK_FLOPS = {"float32": 196e9, "bfloat16": 425e9, "float64": 196e9}  # 2-thread
 DTYPES = ("auto", "float32", "bfloat16", "float64")
 
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run (group size G is read from the data)."""
 
-    prompts_per_step: int = _opt(5, "problems per optimizer step (B), each with all its G rollouts")
-    epochs: int = _opt(1, "passes K over the round's rollouts")
-    lr: float = _opt(1e-4, "peak learning rate (paper: 1e-6 on 1.5B/7B; 1e-4 suits the tiny CPU policy)")
-    warmup_steps: int = _opt(0, "linear warm-up steps (global steps: once per experiment, not per round)")
-    schedule: str = _opt("constant", f"lr schedule after warm-up: {', '.join(SCHEDULES)}")
-    schedule_steps: int | None = _opt(None, "length of a decaying lr schedule in global optimizer steps "
+    prompts_per_step: int = setting(5, "problems per optimizer step (B), each with all its G rollouts")
+    epochs: int = setting(1, "passes K over the round's rollouts")
+    lr: float = setting(1e-4, "peak learning rate (paper: 1e-6 on 1.5B/7B; 1e-4 suits the tiny CPU policy)")
+    warmup_steps: int = setting(0, "linear warm-up steps (global steps: once per experiment, not per round)")
+    schedule: str = setting("constant", f"lr schedule after warm-up: {', '.join(SCHEDULES)}")
+    schedule_steps: int | None = setting(None, "length of a decaying lr schedule in global optimizer steps "
                                             "(default: the one the continued run was given, else the steps "
                                             "done before this run plus this run's)")
-    continue_from: str | None = _opt(None, "a previous train run's directory: continue its optimizer state, "
+    continue_from: str | None = setting(None, "a previous train run's directory: continue its optimizer state, "
                                            "lr schedule and global step (thinkrl run does this every round)")
-    recompute_logprobs: bool = _opt(True, "recompute log pi_old with this run's model over the micro-batches of "
+    recompute_logprobs: bool = setting(True, "recompute log pi_old with this run's model over the micro-batches of "
                                           "the first pass (ratio exactly 1 at the first step); off: the table's "
                                           "behaviour_logprobs (the sampler's)")
-    weight_decay: float = _opt(0.0, "AdamW weight decay")
-    betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas")
-    grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0 = off)")
-    micro_batch_tokens: int = _opt(4096, "padded tokens per micro-batch (bounds memory; grads accumulate)")
-    eps_low: float = _opt(0.2, "ratio clip below: 1 - eps_low")
-    eps_high: float = _opt(0.2, "ratio clip above: 1 + eps_high (DAPO uses 0.28)")
-    beta: float = _opt(0.0, "k3 KL coefficient to the reference policy (0 = no reference model)")
-    ref_policy: str | None = _opt(None, "reference policy directory for the KL (default: the input policy)")
-    aggregation: str = _opt("seq-mean-token-mean", f"loss aggregation: {', '.join(AGGREGATIONS)}; also "
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW betas")
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0 = off)")
+    micro_batch_tokens: int = setting(4096, "padded tokens per micro-batch (bounds memory; grads accumulate)")
+    eps_low: float = setting(0.2, "ratio clip below: 1 - eps_low")
+    eps_high: float = setting(0.2, "ratio clip above: 1 + eps_high (DAPO uses 0.28)")
+    beta: float = setting(0.0, "k3 KL coefficient to the reference policy (0 = no reference model)")
+    ref_policy: str | None = setting(None, "reference policy directory for the KL (default: the input policy)")
+    aggregation: str = setting("seq-mean-token-mean", f"loss aggregation: {', '.join(AGGREGATIONS)}; also "
                                                    f"accepted: {', '.join(ALIASES)} (TRL's names; docs/PAPER.md)")
-    norm_len: int | None = _opt(None, "Dr. GRPO length constant (default: the rollouts' generation budget, "
+    norm_len: int | None = setting(None, "Dr. GRPO length constant (default: the rollouts' generation budget, "
                                       "max_tokens, recorded by segment; constant across rounds)")
-    dtype: str = _opt("auto", "auto (bf16 autocast on CUDA with bf16, else float32), float32, "
+    dtype: str = setting("auto", "auto (bf16 autocast on CUDA with bf16, else float32), float32, "
                               "bfloat16 (autocast over fp32 weights), float64")
-    seed: int = _opt(0, "seed of the batch order (per pass) and of the per-step torch RNG")
-    max_nonfinite_in_row: int = _opt(3, "stop after this many skipped (non-finite) steps in a row")
-    flops_peak: float | None = _opt(None, "peak FLOP/s per rank for MFU (default: 196e9 fp32 / 425e9 bf16, "
+    seed: int = setting(0, "seed of the batch order (per pass) and of the per-step torch RNG")
+    max_nonfinite_in_row: int = setting(3, "stop after this many skipped (non-finite) steps in a row")
+    flops_peak: float | None = setting(None, "peak FLOP/s per rank for MFU (default: 196e9 fp32 / 425e9 bf16, "
                                           "the measured 2-thread matmul peak of the dev CPU)")
-    save_every: int = _opt(50, "checkpoint every N optimizer steps (0 = only at the end)")
-    max_steps: int | None = _opt(None, "stop after this global step (default: all K passes); "
+    save_every: int = setting(50, "checkpoint every N optimizer steps (0 = only at the end)")
+    max_steps: int | None = setting(None, "stop after this global step (default: all K passes); "
                                        "a rerun with a larger value resumes")
 
     def __post_init__(self):
@@ -189,9 +186,6 @@ class TrainConfig:
         return LossConfig(eps_low=self.eps_low, eps_high=self.eps_high, beta=self.beta,
                           aggregation=self.aggregation)
 
-    @staticmethod
-    def help(name: str) -> str:
-        return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == name)
 
 
 def training_dtype(name: str) -> str:

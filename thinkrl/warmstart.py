@@ -36,14 +36,22 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from thinkrl.errors import ThinkrlError
-from thinkrl.models import check_model_dir, load_policy, prepare_out, read_thinkrl_json, save_policy
+from thinkrl.models import (
+    check_model_dir,
+    load_policy,
+    prepare_out,
+    read_thinkrl_json,
+    recipe_matches,
+    save_policy,
+)
+from thinkrl.settings import setting
 from thinkrl.tasks.arith import ArithConfig, CorpusConfig, corpus_stats, make_corpus
 from thinkrl.tokenizer import check_tokenizer, digit_ids
 
@@ -55,28 +63,27 @@ DEFAULT_MINUTES = 4.5  # with `thinkrl model init` (~10 s) inside the 5-minute t
 class WarmstartConfig:
     """Every setting of a warm start; saved as the recipe in thinkrl.json."""
 
-    steps: int | None = field(default=None, metadata={
-        "help": "optimizer steps (cosine over them; deterministic); None: as many as `minutes` allows"})
-    minutes: float | None = field(default=None, metadata={
-        "help": f"wall-clock budget of the whole call: corpus, training, saving (default {DEFAULT_MINUTES} "
-                "when steps is not given; with steps: a cap)"})
-    batch_size: int = field(default=32, metadata={"help": "examples per optimizer step"})
-    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (AdamW)"})
-    warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps before the cosine decay"})
-    min_lr_frac: float = field(default=0.05, metadata={"help": "the cosine ends at this fraction of lr"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm (0: off)"})
-    digit_weight: float = field(default=1.0, metadata={"help": "loss weight of digit tokens in the solution"})
-    group_window: int = field(default=32, metadata={
-        "help": "length grouping: sort this many batches' worth of shuffled examples by length"})
-    corpus_size: int = field(default=60000, metadata={"help": "flawed ArithChain solutions to train on"})
-    corpus_seed: int = field(default=0, metadata={"help": "seed of the corpus problems and flaws"})
-    seed: int = field(default=0, metadata={"help": "seed of the data order"})
-    p_err: float = field(default=0.15, metadata={"help": "corpus: probability that a step is wrong"})
-    p_reflect: float = field(default=0.5, metadata={"help": "corpus: probability a wrong step is caught"})
-    p_recheck: float = field(default=0.1, metadata={"help": "corpus: probability of a redundant re-check"})
-    threads: int = field(default=0, metadata={
-        "help": "torch CPU threads; 0 = auto: time 1, 2 (and 4) threads every few hundred steps and keep the "
-                "fastest (other processes on the cores can make 2 threads several times slower than 1)"})
+    steps: int | None = setting(None, "optimizer steps (cosine over them; deterministic); default: as many as "
+                                      "`minutes` allows")
+    minutes: float | None = setting(None, f"wall-clock budget of the whole call: corpus, training, saving "
+                                          f"(default {DEFAULT_MINUTES} when steps is not given; with steps: a cap)")
+    batch_size: int = setting(32, "examples per optimizer step")
+    lr: float = setting(2e-3, "peak learning rate (AdamW)")
+    warmup_steps: int = setting(50, "linear warm-up steps before the cosine decay")
+    min_lr_frac: float = setting(0.05, "the cosine ends at this fraction of lr")
+    grad_clip: float = setting(1.0, "max global gradient norm (0: off)")
+    digit_weight: float = setting(1.0, "loss weight of digit tokens in the solution")
+    group_window: int = setting(32, "length grouping: sort this many batches' worth of shuffled examples by "
+                                    "length")
+    corpus_size: int = setting(60000, "flawed ArithChain solutions to train on")
+    corpus_seed: int = setting(0, "seed of the corpus problems and flaws")
+    seed: int = setting(0, "seed of the data order")
+    p_err: float = setting(0.15, "corpus: probability that a step is wrong")
+    p_reflect: float = setting(0.5, "corpus: probability a wrong step is caught")
+    p_recheck: float = setting(0.1, "corpus: probability of a redundant re-check")
+    threads: int = setting(0, "torch CPU threads; 0 = auto: time 1, 2 (and 4) threads every few hundred steps and "
+                              "keep the fastest (other processes on the cores can make 2 threads several times "
+                              "slower than 1)")
 
     def __post_init__(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -93,11 +100,6 @@ class WarmstartConfig:
         if not self.lr > 0:
             raise ThinkrlError(f"warm start: expected lr > 0, got {self.lr}")
         CorpusConfig(p_err=self.p_err, p_reflect=self.p_reflect, p_recheck=self.p_recheck)  # validates
-
-    @staticmethod
-    def help(name: str) -> str:
-        """The help text of a field (the CLI's option help)."""
-        return next(f.metadata["help"] for f in fields(WarmstartConfig) if f.name == name)
 
     def corpus_config(self) -> CorpusConfig:
         return CorpusConfig(p_err=self.p_err, p_reflect=self.p_reflect, p_recheck=self.p_recheck)
@@ -348,8 +350,7 @@ def _settings(model_dir: str | Path, cfg: WarmstartConfig, arith_cfg: ArithConfi
 
 def up_to_date(out_dir: str | Path, settings: dict) -> bool:
     """True if out_dir already holds a warm start with these settings (a rerun skips itself)."""
-    done = read_thinkrl_json(out_dir).get("recipe", {}).get("warmstart") if Path(out_dir).is_dir() else None
-    return bool(done) and all(done.get(k) == v for k, v in settings.items())
+    return recipe_matches(out_dir, "warmstart", settings)
 
 
 def is_up_to_date(model_dir: str | Path, out_dir: str | Path, cfg: WarmstartConfig,

@@ -20,7 +20,9 @@ import polars as pl
 
 from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.errors import ThinkrlError
+from thinkrl.judge.prompts import TEMPLATES
 from thinkrl.judge.protocol import UNKNOWN, Judge, JudgeRequest, Verdict
+from thinkrl.settings import setting
 from thinkrl.steps import (
     JUDGE_SPLITTER,
     check_splitter,
@@ -33,25 +35,60 @@ from thinkrl.steps import (
 from thinkrl.thoughts import no_answer
 
 
-def judge_config(judge: str, splitter: str, tokenizer: str, judge_model: str | None = None,
-                 prompt: str = "intrinsic-v1", max_tokens: int = 1024) -> dict:
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Every setting of the judge stage (`thinkrl judge`). Only judge, splitter and (for generative judges)
+    judge_model, prompt and max_tokens are in its skip key (`judge_config`); the rest say how to reach the
+    judge and how often to save."""
+
+    judge: str = setting("rule", "judge: rule | oracle | hf:DIR | openai:URL")
+    splitter: str = setting("blank", "step splitter: blank (blank lines), line, or judge (a generative judge "
+                                     "groups the lines into steps)")
+    judge_model: str | None = setting(None, "openai judge: the model name the server serves")
+    prompt: str = setting("intrinsic-v1", f"generative judge prompt template: {', '.join(TEMPLATES)}")
+    max_tokens: int = setting(1024, "generative judges: maximum reply tokens")
+    concurrency: int = setting(8, "openai judge: requests in flight at once")
+    timeout_s: float = setting(120.0, "openai judge: per-request timeout in seconds", flag="--timeout")
+    retries: int = setting(4, "openai judge: retries on timeouts, 429 and 5xx")
+    api_key_env: str = setting("OPENAI_API_KEY", "openai judge: environment variable holding the API key (never "
+                                                 "written anywhere)")
+    cache_dir: str | None = setting(None, "openai judge: reply cache directory (default: OUT/_cache); a rerun "
+                                          "never asks twice")
+    part_size: int = setting(64, "rollouts per judge part file (resume granularity)")
+    max_unknown: float = setting(0.5, "fail (exit 2) when more than this share of the judged rollouts has no "
+                                      "usable verdict (every step unknown: they would train as plain GRPO); the "
+                                      "artifact is still written, so a rerun with a higher value reuses it")
+
+    def __post_init__(self) -> None:
+        from thinkrl.judge import judge_kind
+
+        kind = judge_kind(self.judge)
+        check_splitter(self.splitter)
+        if kind.needs_model_name and not self.judge_model:
+            raise ThinkrlError(f"judge {self.judge}: needs judge_model (--judge-model: the model name the server "
+                               "serves)")
+        if self.splitter == JUDGE_SPLITTER and not kind.generative:
+            raise ThinkrlError(f"splitter `judge` needs a generative judge (hf:DIR or openai:URL), not {self.judge!r}")
+        if kind.generative and self.prompt not in TEMPLATES:
+            raise ThinkrlError(f"unknown judge prompt '{self.prompt}' (known: {', '.join(TEMPLATES)})")
+        if self.part_size < 1 or self.concurrency < 1 or self.max_tokens < 1:
+            raise ThinkrlError("judge: part_size, concurrency and max_tokens must be >= 1")
+
+
+def judge_config(cfg: JudgeConfig, tokenizer: str) -> dict:
     """The judge stage's resolved config (its skip key), the same for `thinkrl judge` and `thinkrl run`.
     Prompt, reply length and model name only matter to generative judges (hf:, openai:): for rule and
     oracle they are left out, so changing them reruns nothing; those carry their code's version instead, so
-    an upgraded rule judge relabels. Checks the splitter and the prompt."""
+    an upgraded rule judge relabels."""
     from thinkrl.judge import judge_kind
-    from thinkrl.judge.prompts import TEMPLATES
 
-    check_splitter(splitter)
-    kind = judge_kind(judge)
-    config: dict = {"judge": judge, "splitter": splitter, "tokenizer": tokenizer}
+    kind = judge_kind(cfg.judge)
+    config: dict = {"judge": cfg.judge, "splitter": cfg.splitter, "tokenizer": tokenizer}
     if kind.version is not None:  # their code is the judge: its version is part of the key
         config["judge_version"] = kind.version()
     if kind.generative:
-        if prompt not in TEMPLATES:
-            raise ThinkrlError(f"unknown judge prompt '{prompt}' (known: {', '.join(TEMPLATES)})")
-        config |= {"judge_model": judge_model, "prompt": prompt, "prompt_version": TEMPLATES[prompt].version,
-                   "max_tokens": max_tokens}
+        config |= {"judge_model": cfg.judge_model, "prompt": cfg.prompt,
+                   "prompt_version": TEMPLATES[cfg.prompt].version, "max_tokens": cfg.max_tokens}
     return config
 
 
@@ -142,23 +179,9 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
     return metrics
 
 
-@dataclass(frozen=True)
-class JudgeStage:
-    """Settings of the judge stage that are no part of its key: how to reach the judge, resume granularity."""
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    retries: int = 4
-    api_key_env: str = "OPENAI_API_KEY"
-    cache_dir: Path | None = None     # default: OUT/_cache
-    part_size: int = 64
-    max_unknown: float = 0.5
-
-
-def run_judge_stage(rollouts: Path, out: Path, judge: str = "rule", splitter: str = "blank",
-                    tokenizer: Path | None = None, judge_model: str | None = None, prompt: str = "intrinsic-v1",
-                    max_tokens: int = 1024, how: JudgeStage = JudgeStage(), force: bool = False,
-                    start: Callable[[int], None] | None = None, progress: Callable[[int], None] | None = None
-                    ) -> StageResult:
+def run_judge_stage(rollouts: Path, out: Path, cfg: JudgeConfig = JudgeConfig(), tokenizer: Path | None = None,
+                    force: bool = False, start: Callable[[int], None] | None = None,
+                    progress: Callable[[int], None] | None = None) -> StageResult:
     """The judge stage, for `thinkrl judge` and `thinkrl run` alike: key -> skip -> judge -> finish, then the
     fallback check (`check_fallbacks`, also for an artifact that was up to date). The tokenizer of the token
     spans defaults to the rollouts' policy. start(total rollouts) when work begins; progress(k) as it goes."""
@@ -167,21 +190,20 @@ def run_judge_stage(rollouts: Path, out: Path, judge: str = "rule", splitter: st
 
     df = None if tokenizer else read_table(rollouts, "rollouts")  # read for the key only when it names the policy
     tok_path = tokenizer or Path(df["policy"][0])
-    writer = ArtifactWriter(out, "judge", judge_config(judge, splitter, str(tok_path), judge_model, prompt, max_tokens),
-                            inputs={"rollouts": rollouts})
+    writer = ArtifactWriter(out, "judge", judge_config(cfg, str(tok_path)), inputs={"rollouts": rollouts})
     if writer.up_to_date() and not force:
         result = finished(writer)
     else:
-        j = make_judge(judge, model=judge_model, max_tokens=max_tokens, template=prompt,
-                       cache_dir=str(how.cache_dir or out / "_cache"), concurrency=how.concurrency,
-                       timeout_s=how.timeout_s, retries=how.retries, api_key_env=how.api_key_env)
+        j = make_judge(cfg.judge, model=cfg.judge_model, max_tokens=cfg.max_tokens, template=cfg.prompt,
+                       cache_dir=str(cfg.cache_dir or out / "_cache"), concurrency=cfg.concurrency,
+                       timeout_s=cfg.timeout_s, retries=cfg.retries, api_key_env=cfg.api_key_env)
         tok = load_tokenizer(tok_path, hint="; pass --tokenizer DIR")
         df = df if df is not None else read_table(rollouts, "rollouts")
         if start:
             start(df.height)
-        m = judge_rollouts(df, j, tok, writer, splitter=splitter, part_size=how.part_size, progress=progress)
+        m = judge_rollouts(df, j, tok, writer, splitter=cfg.splitter, part_size=cfg.part_size, progress=progress)
         result = StageResult(out, False, m)
-    check_fallbacks(result.metrics, how.max_unknown, out)
+    check_fallbacks(result.metrics, cfg.max_unknown, out)
     return result
 
 

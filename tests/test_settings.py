@@ -1,0 +1,159 @@
+"""Tests for thinkrl.settings and the options generated from it: every setting declared once.
+
+Each TOML key of `thinkrl run` maps to one dataclass field, each stage option to the same field, with one
+default and one help text wherever it appears.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import click
+import pytest
+import typer
+
+from stages.cli import app
+from thinkrl.errors import ThinkrlError
+from thinkrl.evaluate import EvalConfig
+from thinkrl.experiment import ExperimentConfig
+from thinkrl.judge.judging import JudgeConfig
+from thinkrl.judge_eval import JudgeEvalConfig
+from thinkrl.sampling import SampleConfig
+from thinkrl.segment import SegmentConfig
+from thinkrl.settings import coerce, help_of, project, root, same_as, setting
+from thinkrl.trainer import TrainConfig
+from thinkrl.warmstart import WarmstartConfig
+
+
+@dataclass(frozen=True)
+class _Base:
+    a: int = setting(3, "the a")
+    b: str = setting("x", "the b")
+
+
+@dataclass(frozen=True)
+class _Mid:
+    a: int = same_as(_Base, "a")
+    c: float = setting(0.5, "the c")
+
+
+@dataclass(frozen=True)
+class _Top:
+    a2: int = same_as(_Mid, "a")   # a link to a link
+    c: float = same_as(_Mid, "c")
+    own: int = setting(7, "the own")
+
+
+def test_same_as_takes_the_declarations_default_and_help_and_root_follows_links():
+    assert _Top().a2 == 3 and help_of(_Top, "a2") == "the a"
+    assert root(_Top, "a2") == (_Base, "a") and root(_Top, "own") == (_Top, "own")
+    with pytest.raises(TypeError, match="no setting"):
+        same_as(_Base, "zz")
+
+
+def test_project_maps_by_declaration_not_by_name():
+    top = _Top(a2=11, c=0.25, own=1)
+    assert project(top, _Base) == _Base(a=11, b="x")  # a2 is _Base.a; b keeps its default
+    assert project(top, _Mid, c=0.75) == _Mid(a=11, c=0.75)  # fixed values win
+    with pytest.raises(TypeError, match="no settings"):
+        project(top, _Base, nope=1)
+
+
+def test_coerce_checks_types_and_names_the_key():
+    assert coerce(_Mid, "c", 1, "f.toml") == 1.0 and isinstance(coerce(_Mid, "c", 1, "f.toml"), float)
+    with pytest.raises(ThinkrlError, match="f.toml: `a` must be int, got str"):
+        coerce(_Mid, "a", "3", "f.toml")
+    with pytest.raises(ThinkrlError, match="unknown setting `zz`"):
+        coerce(_Mid, "zz", 1, "f.toml")
+    with pytest.raises(ThinkrlError, match="must be int, got bool"):
+        coerce(_Mid, "a", True, "x")
+
+
+STAGES = [SampleConfig, JudgeConfig, SegmentConfig, TrainConfig, EvalConfig, WarmstartConfig]
+
+
+def test_every_experiment_key_is_one_setting_of_its_own_or_of_one_stage():
+    roots = {}
+    for f in fields(ExperimentConfig):
+        cls, name = root(ExperimentConfig, f.name)
+        assert cls is ExperimentConfig or cls in STAGES, f.name
+        assert (cls, name) not in roots, f"{f.name} and {roots.get((cls, name))} are the same setting"
+        roots[(cls, name)] = f.name
+        declared = next(g for g in fields(cls) if g.name == name)
+        assert f.default == declared.default, f.name  # one default per setting
+        assert help_of(ExperimentConfig, f.name) == declared.metadata["help"]
+    # the stage fields that are settings of another stage point at it, with its default
+    assert root(EvalConfig, "max_tokens") == (SampleConfig, "max_tokens")
+    assert EvalConfig().max_tokens == SampleConfig().max_tokens == ExperimentConfig().max_tokens
+
+
+def _command(*path: str) -> click.Command:
+    cmd = typer.main.get_command(app)
+    for p in path:
+        cmd = cmd.commands[p]
+    return cmd
+
+
+INPUTS = {"policy", "problems", "out", "rollouts", "judgments", "thoughts", "tokenizer", "bench", "data_dir",
+          "force", "help", "experiment", "name", "runs_dir"}
+COMMANDS = {("sample",): SampleConfig, ("judge",): JudgeConfig, ("segment",): SegmentConfig,
+            ("train",): TrainConfig, ("eval",): EvalConfig, ("model", "warmstart"): WarmstartConfig,
+            ("judge-eval",): JudgeEvalConfig, ("run",): ExperimentConfig}
+
+
+@pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
+def test_every_stage_option_is_a_field_of_its_settings_with_the_fields_default_and_help(path):
+    cls = COMMANDS[path]
+    names = {f.name for f in fields(cls)}
+    options = {p.name: p for p in _command(*path).params}
+    for name, p in options.items():
+        if name in INPUTS:
+            continue
+        assert name in names, f"thinkrl {' '.join(path)} --{name}: declared in the command, not in {cls.__name__}"
+        decl_cls, decl = root(cls, name)
+        assert p.help.startswith(help_of(decl_cls, decl)), name
+        if cls is not ExperimentConfig:  # (thinkrl run's options are unset by default: the file decides)
+            f = next(f for f in fields(cls) if f.name == name)
+            given_as_text = f.metadata.get("parse") or f.default == ()  # k/n text, repeatable: None = default
+            want = None if given_as_text else f.default
+            got = tuple(p.default) if isinstance(p.default, list) else p.default
+            assert got == want, name
+    missing = {f.name for f in fields(cls) if f.metadata.get("option", True)} - set(options)
+    assert not missing, f"{cls.__name__} fields without an option: {missing}"
+
+
+def test_run_options_are_unset_by_default_so_the_file_decides(tmp_path):
+    assert all(p.default in (None, False) or p.name in INPUTS for p in _command("run").params
+               if p.name not in INPUTS)
+
+
+def test_one_setting_has_one_default_across_commands():
+    """`--max-tokens` of sample and eval, and `max_tokens` of thinkrl run, are one setting (it used to be
+    256, 1024 and 160)."""
+    defaults = {" ".join(path): {p.name: p.default for p in _command(*path).params}
+                for path in [("sample",), ("eval",)]}
+    assert defaults["sample"]["max_tokens"] == defaults["eval"]["max_tokens"] == ExperimentConfig().max_tokens
+    assert defaults["sample"]["part_size"] == defaults["eval"]["part_size"] == ExperimentConfig().part_size
+    assert ExperimentConfig().save_every == TrainConfig().save_every
+    assert ExperimentConfig().eval_k == EvalConfig().k
+
+
+def test_experiment_projects_each_stage_its_settings():
+    cfg = ExperimentConfig(policy="p", max_tokens=77, part_size=3, eval_k=5, eval_temperature=0.9,
+                           judge_max_tokens=12, judge_part_size=9, lr=3e-5, alpha=0.25, seed=4, scheme="outcome")
+    s = cfg.sample_config(2)
+    assert (s.max_tokens, s.part_size, s.seed, s.round, s.temperature) == (77, 3, 4, 2, 1.0)
+    e = cfg.eval_config()
+    assert (e.k, e.temperature, e.max_tokens, e.part_size, e.seed) == (5, 0.9, 77, 3, 4)
+    j = cfg.judge_config()
+    assert (j.max_tokens, j.part_size, j.max_unknown) == (12, 9, 1.0)  # outcome: no judge share stops it
+    assert ExperimentConfig(policy="p").judge_config().max_unknown == JudgeConfig().max_unknown
+    t = cfg.train_config(1)
+    assert t.lr == 3e-5 and t.seed != TrainConfig().seed and cfg.segment_config().alpha == 0.25
+
+
+def test_a_bad_stage_setting_fails_when_the_experiment_is_made():
+    with pytest.raises(ThinkrlError, match="experiment: .*needs judge_model"):
+        ExperimentConfig(policy="p", judge="openai:http://h")
+    with pytest.raises(ThinkrlError, match="experiment: .*engine"):
+        ExperimentConfig(policy="p", engine="nope")

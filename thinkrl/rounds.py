@@ -1,0 +1,378 @@
+"""The round loop of `thinkrl run`: rounds of sample -> judge -> segment -> train, held-out eval every N rounds.
+
+    summary = run_experiment(ExperimentConfig.load("EXPERIMENT.toml"), Path("runs/NAME"))   # `thinkrl run`
+
+The settings are thinkrl/experiment.py; the run directory's layout thinkrl/runs.py (every leaf except policy/
+and state/ is an artifact); several runs at once, in worker processes, thinkrl/workers.py.
+
+Round r samples with the policy trained in round r-1 (round 0 with `policy`). Training problems: with
+`problems = "arith"` fresh ArithChain problems drawn from (seed, round), skipping any whose question is in
+the held-out arith eval set; with a benchmark name, a problems file or a problems artifact directory, the
+rounds cycle through its rows, `prompts_per_round` at a time. Seeds: sample j of problem p in round r uses
+`derive_seed(seed, r, p, j)` (thinkrl.sampling); the trainer's seed and the arith problem seed of round r
+are hashes of (seed, r); eval uses `seed` (the same uniforms at every eval, so curves share their noise).
+
+Skip and resume. Each round runs the stages' own step functions, the ones the stage commands call
+(`run_sample_stage`, `run_judge_stage`, `run_segment_stage`, `run_train_stage`, `run_eval_stage`), with the
+stage settings that `ExperimentConfig` projects: key (the resolved config + the sha256 of its inputs, the
+previous stage's artifact and the policy directory among them) -> skip when a finished artifact has that key
+-> work -> finish. The keys of sample, judge, segment and train therefore equal those of the stage commands
+given the same options (tested); eval's differ (`part_size` and the held-out set names are the run's own), so a
+hand-run `thinkrl eval` recomputes. Changing a setting therefore reruns exactly the stages whose config or
+inputs change and everything downstream: `alpha` reruns segment and train of round 0 (not sample or judge),
+then every later round, since the round-0 policy changed. A killed stage resumes from its part files (sample,
+judge, eval) or the trainer's state/ (train); segment and problems redo their few seconds of work. A round
+whose advantages table is empty (every group all right or all wrong) trains nothing: its train/ artifact
+records `carried_forward: true` and policy/ is a copy of the input policy. The judge runs for every scheme:
+`outcome` ignores its labels (segment gets no judgments, so changing the judge does not retrain an outcome
+run), but the judged error share is reported for all schemes alike.
+
+Where this departs from or guesses at the paper: the paper's rounds hold ~50 optimizer steps of prompts;
+the demo presets use smaller rounds so the curves have points. Everything else is the stages' own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from thinkrl import runs
+from thinkrl.artifacts import (
+    MANIFEST,
+    ArtifactWriter,
+    read_manifest,
+    read_table,
+    write_artifact,
+    write_text_atomic,
+)
+from thinkrl.errors import ThinkrlError
+from thinkrl.experiment import ExperimentConfig, round_seed
+from thinkrl.problems import problem_set, problem_sets, problems_sha256
+from thinkrl.report import RunSummary, collect_run
+from thinkrl.runs import INITIAL_EVAL, round_dir
+
+HELD_OUT_ARITH = 2000
+
+
+class Display:
+    """Receives the run's events; this base ignores them (stages/run.py draws them live with rich)."""
+
+    def begin(self, name: str, cfg: ExperimentConfig) -> None: ...
+
+    def stage(self, round_: int | None, stage: str, total: int | None = None) -> None:
+        """A stage starts; total = units of progress (sequences, rollouts or optimizer steps)."""
+
+    def advance(self, units: int = 0, tokens: int = 0) -> None: ...
+
+    def done(self, round_: int | None, stage: str, text: str, skipped: bool = False) -> None:
+        """A stage ended (or was skipped: up to date), with a one-line account."""
+
+    def accuracy(self, round_: int | None, samples: int, value: float) -> None:
+        """A held-out eval finished: avg@k (mean over the held-out sets) after `samples` training samples."""
+
+    def end(self, summary: RunSummary) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------- run
+@dataclass
+class _Ctx:
+    cfg: ExperimentConfig
+    run_dir: Path
+    display: Display
+    eval_sets: dict[str, pl.DataFrame] = field(default_factory=dict)
+    train_source: pl.DataFrame | None = None
+    _engine: tuple[str, Any] | None = None
+    _tokenizers: dict[str, Any] = field(default_factory=dict)
+
+    def engine(self, policy: Path):
+        """The generation engine of `policy`, kept while consecutive stages use the same policy."""
+        from thinkrl.engine import load_engine
+
+        if self._engine is None or self._engine[0] != str(policy):
+            self._engine = None
+            self._engine = (str(policy), load_engine(self.cfg.engine, policy, dtype=self.cfg.dtype))
+        return self._engine[1]
+
+    def tokenizer(self, policy: Path):
+        from thinkrl.models import load_tokenizer
+
+        if str(policy) not in self._tokenizers:
+            self._tokenizers[str(policy)] = load_tokenizer(policy)
+        return self._tokenizers[str(policy)]
+
+    def status(self, round_: int | None, stage: str) -> None:
+        body = {"round": round_, "stage": stage, "pid": os.getpid(), "time": time.time()}
+        write_text_atomic(json.dumps(body) + "\n", self.run_dir / runs.STATUS)
+
+    def start(self, round_: int | None, stage: str, total: int | None = None) -> None:
+        self.status(round_, stage)
+        self.display.stage(round_, stage, total)
+
+
+def policy_after(run_dir: Path, cfg: ExperimentConfig, round_: int) -> Path:
+    """The policy that round `round_` + 1 samples with (round -1: the start policy)."""
+    return Path(cfg.policy) if round_ < 0 else runs.trained_policy(run_dir, round_)
+
+
+def previous_train_state(run_dir: Path, round_: int) -> Path | None:
+    """The trainer state round `round_` continues from: the previous round's train/state (None in round 0,
+    or while no round has trained yet: rounds carried forward with nothing to learn copy it on)."""
+    if round_ <= 0:
+        return None
+    from thinkrl.trainer import find_state
+
+    prev = round_dir(run_dir, round_ - 1) / runs.TRAIN
+    state = find_state(prev)
+    if state is None and (prev / MANIFEST).is_file() and _metrics(prev).get("steps", 0) > 0:
+        raise ThinkrlError(f"{prev}: trained, but its trainer state (state/) is gone, so round {round_} cannot "
+                           "continue its optimizer; remove that round's train/ directory to retrain it")
+    return state
+
+
+def _metrics(out: Path) -> dict:
+    return read_manifest(out).get("metrics", {})
+
+
+# -- problems
+def _data_dir(cfg: ExperimentConfig) -> Path:
+    from thinkrl.problems import resolve_data_dir
+
+    return resolve_data_dir(Path(cfg.data_dir) if cfg.data_dir else None)
+
+
+def round_problems(cfg: ExperimentConfig, source: pl.DataFrame | None, round_: int) -> pl.DataFrame:
+    """The training problems of one round: rows of `source` cycled through, or (source None) fresh arith
+    problems drawn from (seed, round) that are not in the held-out arith set."""
+    p = cfg.prompts_per_round
+    if source is not None:
+        if p > source.height:
+            raise ThinkrlError(f"prompts_per_round {p} is more than the {source.height} problems of {cfg.problems}")
+        start = (round_ * p) % source.height
+        return source[[(start + i) % source.height for i in range(p)]]
+    from thinkrl.problems import arith_task
+
+    seed = round_seed(cfg.seed, round_, "problems")
+    held_out = held_out_arith_questions()
+    n = p
+    while True:  # a clash with a held-out question is rare: draw a few more
+        rows = [r for r in arith_task(n=n, seed=seed) if r["question"] not in held_out][:p]
+        if len(rows) == p:
+            return pl.DataFrame(rows)
+        n *= 2
+
+
+@functools.lru_cache(maxsize=1)
+def held_out_arith_questions() -> frozenset[str]:
+    """Questions of the first HELD_OUT_ARITH problems of the held-out arith set (`eval_bench = "arith"`
+    takes a prefix of it); training problems never repeat one, whatever the eval settings."""
+    from thinkrl.problems import arith_task
+
+    return frozenset(r["question"] for r in arith_task(n=HELD_OUT_ARITH))
+
+
+def stage_problems(ctx: _Ctx, round_: int, out: Path) -> Path:
+    ctx.start(round_, "problems")
+    cfg = ctx.cfg
+    df = round_problems(cfg, ctx.train_source, round_)
+    inputs = {"problems": cfg.problems} if (Path(cfg.problems) / MANIFEST).is_file() else {}
+    config = {"source": cfg.problems, "round": round_, "prompts_per_round": cfg.prompts_per_round,
+              "seed": cfg.seed, "problems_sha256": problems_sha256(df)}
+    writer = ArtifactWriter(out, "prepare", config, inputs=inputs)
+    skipped = writer.up_to_date()
+    if not skipped:
+        write_artifact(out, "prepare", config, {"problems": df}, inputs=inputs, metrics={"rows": df.height})
+    ctx.display.done(round_, "problems", f"{df.height} problems", skipped)
+    return out
+
+
+# -- sample
+def stage_sample(ctx: _Ctx, round_: int, policy: Path, problems: Path, out: Path) -> Path:
+    from thinkrl.sampling import run_sample_stage
+
+    r = run_sample_stage(problems, policy, out, ctx.cfg.sample_config(round_), tokenizer=ctx.tokenizer(policy),
+                         load=lambda: ctx.engine(policy), start=lambda total: ctx.start(round_, "sample", total),
+                         progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens))
+    m = r.metrics
+    text = f"{m.get('rollouts')} rollouts, accuracy {m.get('accuracy', 0):.3f}"
+    if not r.skipped:
+        text += f", mean tokens {m['mean_tokens']:.1f}, {m['tokens_per_s'] or 0:.0f} tok/s"
+    ctx.display.done(round_, "sample", text, r.skipped)
+    return out
+
+
+# -- judge
+def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path) -> Path:
+    from thinkrl.judge.judging import run_judge_stage
+
+    r = run_judge_stage(rollouts, out, ctx.cfg.judge_config(), policy,
+                        start=lambda total: ctx.start(round_, "judge", total),
+                        progress=lambda k: ctx.display.advance(k))
+    m = r.metrics
+    text = f"{m.get('steps')} steps of {m.get('rollouts')} rollouts"
+    if not r.skipped:
+        text += (f", unknown {m['unknown_rate']:.3f}, no usable verdict {m['fallback_share']:.1%}, "
+                 f"{m['seconds']:.1f} s")
+    ctx.display.done(round_, "judge", text, r.skipped)
+    return out
+
+
+# -- segment
+def stage_segment(ctx: _Ctx, round_: int, rollouts: Path, judgments: Path, out: Path) -> Path:
+    from thinkrl.segment import run_segment_stage
+
+    r = run_segment_stage(rollouts, judgments, out, ctx.cfg.segment_config(), start=lambda: ctx.start(round_, "segment"))
+    m = r.metrics
+    ctx.display.done(round_, "segment", f"{m.get('kept_rollouts')}/{m.get('rollouts')} rollouts kept, "
+                                        f"incorrect-thought tokens {m.get('incorrect_thought_token_share', 0):.3f}",
+                     r.skipped)
+    return out
+
+
+# -- train
+def stage_train(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path) -> Path:
+    from thinkrl.training import run_train_stage
+
+    cfg = ctx.cfg.train_config(round_, previous_train_state(ctx.run_dir, round_))
+    r = run_train_stage(policy, thoughts, out, cfg, carry_forward=True,
+                        start=lambda total: ctx.start(round_, "train", total),
+                        progress=lambda row, done, total: ctx.display.advance(1, row["tokens"]))
+    m = r.metrics
+    if m.get("carried_forward"):
+        ctx.display.done(round_, "train", f"nothing to learn ({m.get('reason')}); policy carried forward", r.skipped)
+        return out
+    if not r.skipped:
+        ctx._engine = None  # the policy on disk changed: never reuse an engine loaded from a stale path
+    speed = "" if r.skipped else f", {m['seconds_per_step']:.2f} s/step"
+    ctx.display.done(round_, "train", f"{m.get('steps')} steps, final loss {m.get('final_loss', 0):+.4f}{speed}",
+                     r.skipped)
+    return out
+
+
+# -- eval
+def stage_eval(ctx: _Ctx, round_: int | None, policy: Path, out: Path) -> Path:
+    from thinkrl.evaluate import run_eval_stage
+
+    cfg = ctx.cfg
+    r = run_eval_stage(ctx.eval_sets, policy, out, cfg.eval_config(),
+                       tokenizer=ctx.tokenizer(policy), load=lambda: ctx.engine(policy),
+                       start=lambda total: ctx.start(round_, "eval", total),
+                       progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens))
+    s = read_table(out, "eval_summary")
+    samples = sum(r["rollouts"] for r in _round_sample_metrics(ctx.run_dir, round_))
+    scores = ", ".join(f"{r['benchmark']} avg@{cfg.eval_k} {r['avg_at_k']:.3f}" for r in s.to_dicts())
+    ctx.display.done(round_, "eval", f"{scores}, mean tokens {s['mean_tokens'].mean():.1f}", r.skipped)
+    ctx.display.accuracy(round_, samples, float(s["avg_at_k"].mean()))
+    return out
+
+
+def _round_sample_metrics(run_dir: Path, upto: int | None) -> list[dict]:
+    """Sample-stage metrics of rounds 0..upto (none for the initial eval)."""
+    if upto is None:
+        return []
+    return [_metrics(round_dir(run_dir, r) / runs.ROLLOUTS) for r in range(upto + 1)]
+
+
+# -- the loop
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """One `thinkrl run` per run directory at a time (an flock: a killed run releases it)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS: no lock
+        yield
+        return
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ThinkrlError(f"{run_dir}: another `thinkrl run` is working in this directory") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    before, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
+    torch.set_num_threads(n)
+    hf_logging.disable_progress_bar()  # transformers' bars would tear the live display
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _context(cfg: ExperimentConfig, run_dir: Path, display: Display) -> _Ctx:
+    if not cfg.policy:
+        raise ThinkrlError("experiment: set `policy` (the start policy directory) in the file or with --policy")
+    from thinkrl.models import check_model_dir
+
+    check_model_dir(cfg.policy)
+    ctx = _Ctx(cfg, run_dir, display)
+    if cfg.eval_every > 0:
+        ctx.eval_sets = problem_sets(cfg.eval_bench, _data_dir(cfg), cfg.eval_problems)
+    if cfg.problems != "arith":
+        ctx.train_source = problem_set(cfg.problems, _data_dir(cfg))
+    return ctx
+
+
+def run_round(ctx: _Ctx, r: int) -> None:
+    rd = round_dir(ctx.run_dir, r)
+    policy = policy_after(ctx.run_dir, ctx.cfg, r - 1)
+    problems = stage_problems(ctx, r, rd / runs.PROBLEMS)
+    rollouts = stage_sample(ctx, r, policy, problems, rd / runs.ROLLOUTS)
+    judgments = stage_judge(ctx, r, policy, rollouts, rd / runs.JUDGMENTS)
+    thoughts = stage_segment(ctx, r, rollouts, judgments, rd / runs.THOUGHTS)
+    stage_train(ctx, r, policy, thoughts, rd / runs.TRAIN)
+    if ctx.cfg.eval_due(r) and ctx.eval_sets:
+        stage_eval(ctx, r, policy_after(ctx.run_dir, ctx.cfg, r), rd / runs.EVAL)
+    else:
+        shutil.rmtree(rd / runs.EVAL, ignore_errors=True)  # left by earlier settings: not part of this run
+
+
+def _drop_stale_evals(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Remove an initial eval that earlier settings made and these do not ask for (round evals that are no
+    longer due go in run_round), so the summary's eval points are exactly this experiment's. Rounds past
+    `rounds` are kept (a longer rerun reuses them) and left out of the summary (collect_run)."""
+    if not (cfg.eval_initial and cfg.eval_every > 0):
+        shutil.rmtree(run_dir / INITIAL_EVAL, ignore_errors=True)
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display | None = None) -> RunSummary:
+    """Run (or continue) the experiment in run_dir; returns `thinkrl.report.collect_run(run_dir)` (also in
+    summary.json)."""
+    run_dir = Path(run_dir)
+    display = display or Display()
+    with _run_lock(run_dir), _torch_threads(cfg.threads):
+        ctx = _context(cfg, run_dir, display)
+        write_text_atomic(cfg.to_toml(), run_dir / runs.CONFIG)
+        _drop_stale_evals(run_dir, cfg)
+        display.begin(run_dir.name, cfg)
+        if cfg.eval_initial and ctx.eval_sets:
+            stage_eval(ctx, None, Path(cfg.policy), run_dir / INITIAL_EVAL)
+        for r in range(cfg.rounds):
+            run_round(ctx, r)
+        ctx.status(None, "done")
+        summary = collect_run(run_dir)
+        write_text_atomic(json.dumps(summary.to_dict(), indent=2) + "\n", run_dir / runs.SUMMARY)
+    display.end(summary)
+    return summary
+
+
