@@ -23,14 +23,14 @@ import typer
 from rich.console import Console
 
 from thinkrl.errors import ThinkrlError
+from thinkrl.problems import DATA_DIR_HELP
 
 console = Console(stderr=True)  # progress and tables for people go to stderr; stdout stays for data (--json)
 out = Console()
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="benchmark data directory; default $THINKRL_DATA_DIR, else ./data",
-                 show_default=False),
+    typer.Option("--data-dir", help=DATA_DIR_HELP, show_default=False),
 ]
 Force = Annotated[bool, typer.Option("--force", help="rerun even if an artifact with the same inputs and config exists")]
 

@@ -18,10 +18,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from stages.common import DataDir, Force, console, guard, out, skipped
-from thinkrl.artifacts import ArtifactWriter
-from thinkrl.errors import ThinkrlError
-from thinkrl.problems import list_benchmarks, load_problems, resolve_data_dir, resolve_set
+from stages.common import DataDir, Force, console, guard, out, skipped, with_settings
+from thinkrl.problems import PrepareConfig, list_benchmarks, resolve_data_dir, run_prepare_stage
 
 app = typer.Typer(no_args_is_help=True, help="List and prepare benchmark and task problem sets.")
 
@@ -49,45 +47,22 @@ def list_sets(
     out.print(table)
 
 
+@with_settings(cfg=PrepareConfig)
 def prepare(
     name: Annotated[str, typer.Argument(help="benchmark name (see `thinkrl data list`), task name, or a "
                                              ".jsonl/.json/.parquet file", show_default=False)],
     out_dir: Annotated[Path, typer.Option("--out", help="artifact directory to write (problems table)",
                                           show_default=False)],
+    cfg: PrepareConfig,
     data_dir: DataDir = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="keep only the first N problems")] = None,
-    question_col: Annotated[str | None, typer.Option(
-        "--question-col", help="FILE only: column holding the question (default: question)")] = None,
-    answer_col: Annotated[str | None, typer.Option(
-        "--answer-col", help="FILE only: column holding the gold answer (default: answer)")] = None,
-    id_col: Annotated[str | None, typer.Option(
-        "--id-col", help="FILE only: column of unique problem ids (default: {source}-{row index})")] = None,
-    source: Annotated[str | None, typer.Option(
-        "--source", help="FILE only: source name stored with each problem (default: the file name)")] = None,
-    n: Annotated[int | None, typer.Option("--n", min=1, help="TASK only: how many problems to generate")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="TASK only: generator seed")] = None,
     force: Force = False,
 ) -> None:
     """Write a problems artifact (problem_id, source, question, answer, meta) from a benchmark, task or file."""
-    d = resolve_data_dir(data_dir)
-    ps = resolve_set(name, d)
-    mapping = {"question_col": question_col, "answer_col": answer_col, "id_col": id_col, "source": source,
-               "n": n, "seed": seed}
-    config = {"set": name, "kind": ps.kind, "limit": limit, **mapping,
-              "data_dir": str(d.resolve()) if ps.kind == "benchmark" else None}
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ThinkrlError(f"{out_dir}: is a file; --out must be a directory")
-    writer = ArtifactWriter(out_dir, stage="prepare", config=config,
-                            inputs={"problems": ps.path} if ps.path is not None else {})
-    if not force and writer.up_to_date():
-        skipped(out_dir)
-        return
-    df = load_problems(ps, limit=limit, **mapping)  # reads and checks everything before a byte is written
-    writer.set_table("problems", df)
-    sources = ",".join(sorted(df["source"].unique().to_list()))
-    writer.finish(metrics={"rows": df.height, "source": sources})
-    console.print(f"wrote {df.height} problems ({ps.kind} {name}) to {out_dir}", soft_wrap=True, markup=False,
-                  highlight=False)
+    r = run_prepare_stage(name, out_dir, cfg, resolve_data_dir(data_dir), force)
+    if r.skipped:
+        return skipped(out_dir)
+    console.print(f"wrote {r.metrics['rows']} problems ({r.metrics['kind']} {name}) to {out_dir}", soft_wrap=True,
+                  markup=False, highlight=False)
 
 
 app.command("list")(guard(list_sets))

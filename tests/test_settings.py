@@ -18,6 +18,7 @@ from thinkrl.evaluate import EvalConfig
 from thinkrl.experiment import ExperimentConfig
 from thinkrl.judge.judging import JudgeConfig
 from thinkrl.judge_eval import JudgeEvalConfig
+from thinkrl.problems import DATA_DIR_HELP, PrepareConfig
 from thinkrl.sampling import SampleConfig
 from thinkrl.segment import SegmentConfig
 from thinkrl.settings import coerce, help_of, project, root, same_as, setting
@@ -94,11 +95,11 @@ def _command(*path: str) -> click.Command:
     return cmd
 
 
-INPUTS = {"policy", "problems", "out", "rollouts", "judgments", "thoughts", "tokenizer", "bench", "data_dir",
-          "force", "help", "experiment", "name", "runs_dir"}
+INPUTS = {"policy", "problems", "out", "rollouts", "judgments", "thoughts", "tokenizer", "bench",
+          "force", "help", "experiment", "name", "runs_dir", "out_dir"}
 COMMANDS = {("sample",): SampleConfig, ("judge",): JudgeConfig, ("segment",): SegmentConfig,
             ("train",): TrainConfig, ("eval",): EvalConfig, ("model", "warmstart"): WarmstartConfig,
-            ("judge-eval",): JudgeEvalConfig, ("run",): ExperimentConfig}
+            ("judge-eval",): JudgeEvalConfig, ("data", "prepare"): PrepareConfig, ("run",): ExperimentConfig}
 
 
 @pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
@@ -108,6 +109,9 @@ def test_every_stage_option_is_a_field_of_its_settings_with_the_fields_default_a
     options = {p.name: p for p in _command(*path).params}
     for name, p in options.items():
         if name in INPUTS:
+            continue
+        if name == "data_dir" and cls is not ExperimentConfig:
+            assert p.help == DATA_DIR_HELP  # the one declaration of the data directory's help
             continue
         assert name in names, f"thinkrl {' '.join(path)} --{name}: declared in the command, not in {cls.__name__}"
         decl_cls, decl = root(cls, name)

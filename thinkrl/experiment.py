@@ -34,6 +34,7 @@ from typing import Any
 from thinkrl.errors import ThinkrlError
 from thinkrl.evaluate import EvalConfig
 from thinkrl.judge.judging import JudgeConfig
+from thinkrl.problems import DATA_DIR_HELP
 from thinkrl.sampling import SampleConfig
 from thinkrl.segment import SegmentConfig
 from thinkrl.settings import (
@@ -109,7 +110,7 @@ class ExperimentConfig:
     eval_k: int = same_as(EvalConfig, "k")
     eval_temperature: float = same_as(EvalConfig, "temperature")
     eval_top_p: float = same_as(EvalConfig, "top_p")
-    data_dir: str | None = setting(None, "benchmark data directory (default $THINKRL_DATA_DIR, else ./data)")
+    data_dir: str | None = setting(None, DATA_DIR_HELP)
     threads: int = setting(1, "torch CPU threads (1 is fastest for the tiny policy on a shared 2-core machine)")
 
     def __post_init__(self) -> None:

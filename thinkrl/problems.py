@@ -33,6 +33,7 @@ field or column, corrupt Parquet, wrong row count) raises `ThinkrlError` with on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -44,8 +45,10 @@ import polars as pl
 
 from thinkrl.artifacts import PROBLEMS, sha256_json, to_frame, validate_frame
 from thinkrl.errors import ThinkrlError
+from thinkrl.settings import setting
 
 DATA_ENV = "THINKRL_DATA_DIR"
+DATA_DIR_HELP = f"benchmark data directory (default ${DATA_ENV}, else ./data)"
 
 Record = tuple[str, dict]  # (where in the file: "line 12" / "row 3" / "item 0", the record)
 
@@ -496,4 +499,46 @@ def problem_sets(names: str, data_dir: Path, limit: int | None = None) -> dict[s
     if not sets:
         raise ThinkrlError(f"no problem sets named in {names!r}")
     return sets
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Every setting of `thinkrl data prepare` besides the set's name: the row limit and the options of a
+    file (column mapping) or of a generated task."""
+
+    limit: int | None = setting(None, "keep only the first N problems")
+    question_col: str | None = setting(None, "FILE only: column holding the question (default: question)")
+    answer_col: str | None = setting(None, "FILE only: column holding the gold answer (default: answer)")
+    id_col: str | None = setting(None, "FILE only: column of unique problem ids (default: {source}-{row index})")
+    source: str | None = setting(None, "FILE only: source name stored with each problem (default: the file name)")
+    n: int | None = setting(None, "TASK only: how many problems to generate")
+    seed: int | None = setting(None, "TASK only: generator seed")
+
+    def __post_init__(self) -> None:
+        for name in ("limit", "n"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ThinkrlError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+    def options(self) -> dict[str, Any]:
+        """The loader options (column mapping, task options)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "limit"}
+
+
+def run_prepare_stage(name: str, out: Path, cfg: PrepareConfig, data_dir: Path, force: bool = False):
+    """The prepare stage (`thinkrl data prepare`): key -> skip -> read and check everything -> the problems
+    artifact. Nothing is written before the whole input has been read and checked."""
+    from thinkrl.artifacts import ArtifactWriter, StageResult, finished
+
+    ps = resolve_set(name, data_dir)
+    config = {"set": name, "kind": ps.kind, "limit": cfg.limit, **cfg.options(),
+              "data_dir": str(Path(data_dir).resolve()) if ps.kind == "benchmark" else None}
+    if out.exists() and not out.is_dir():
+        raise ThinkrlError(f"{out}: is a file; --out must be a directory")
+    writer = ArtifactWriter(out, stage="prepare", config=config, inputs={"problems": ps.path} if ps.path else {})
+    if not force and writer.up_to_date():
+        return finished(writer)
+    df = load_problems(ps, limit=cfg.limit, **cfg.options())  # reads and checks everything before a byte is written
+    writer.set_table("problems", df)
+    writer.finish(metrics={"rows": df.height, "source": ",".join(sorted(df["source"].unique().to_list()))})
+    return StageResult(out, False, {"rows": df.height, "kind": ps.kind})
 

@@ -1,4 +1,4 @@
-"""The run-directory layout of `thinkrl run`, in one place (written by thinkrl.experiment, read by thinkrl.report).
+"""The run-directory layout of `thinkrl run`, in one place (written by thinkrl.rounds, read by thinkrl.report).
 
     runs/NAME/config.toml                  resolved settings (rewritten by each invocation)
     runs/NAME/status.json                  {"round", "stage", "pid"}: where the run is (or "done")
