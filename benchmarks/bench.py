@@ -305,7 +305,8 @@ def bench_smollm2(tmp: Path) -> str:
 def bench_schemes(tmp: Path) -> str:
     """Opt-in (about an hour): 3 seeds x 4 reward schemes from the demo's start, the demo's default budget."""
     from thinkrl.demo import DEMO_PRESETS, demo_configs
-    from thinkrl.report import aggregate_by_scheme, collect_run, markdown_table, write_report
+    from thinkrl.report import aggregate_by_scheme, markdown_table, write_report
+    from thinkrl.summary import collect_run
     from thinkrl.workers import run_experiments
 
     seeds, schemes = (0, 1, 2), ("outcome", "thought", "thought-static", "step")

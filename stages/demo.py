@@ -11,7 +11,7 @@
 2. trains it twice from that start with the same seeds, budget and hyperparameters: scheme `outcome`
    (GRPO) in OUT/outcome and scheme `thought` (TP-GRPO) in OUT/thought, rule judge, held-out arith eval
    after every round (every 2nd with --full); two runs at a time, one thread each, on 2+ cores;
-3. prints the comparison table and writes OUT/report.md with its plots (thinkrl.report).
+3. prints the comparison table and writes OUT/report.md with its plots (thinkrl.report, thinkrl.plots).
 Budgets are `thinkrl.demo.DEMO_PRESETS`. Rerunning continues where a killed demo stopped.
 """
 

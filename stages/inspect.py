@@ -42,7 +42,8 @@ def inspect(
         else:
             render_summary(summary, out)
         return
-    from thinkrl.rollout_view import open_view, render_html, render_terminal
+    from thinkrl.rollout_render import render_html, render_terminal
+    from thinkrl.rollout_view import open_view
 
     view = open_view(path, judgments=judgments, thoughts=thoughts, rollout_id=rollout, problem_id=problem)
     if html is not None:

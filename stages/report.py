@@ -4,7 +4,8 @@
     thinkrl report runs/grpo-s* runs/tp-s* --out docs/fig --title "GRPO vs TP-GRPO"
 
 The first run is the baseline (samples to reach its final accuracy). Reads manifests and metrics/eval
-tables only (`thinkrl/report.py`); runs still in progress are reported as far as they got.
+tables only (`thinkrl/summary.py`; tables and report.md `thinkrl/report.py`, figures `thinkrl/plots.py`);
+runs still in progress are reported as far as they got.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def report(
     title: Annotated[str, typer.Option(help="report title")] = "thinkrl report",
 ) -> None:
     """Tables and plots comparing runs, from their manifests and metrics artifacts."""
-    from thinkrl.report import collect_run, write_report
+    from thinkrl.report import write_report
+    from thinkrl.summary import collect_run
 
     summaries = [collect_run(r) for r in runs]
     path = write_report(summaries, out_dir if out_dir is not None else runs[0].parent / "report", title=title)
@@ -54,7 +56,8 @@ def _rich_table(rows: list[dict[str, str]], title: str, text_cols: tuple[str, ..
 def print_comparison(summaries, title: str) -> None:
     """The comparison table of runs (the first is the baseline), the by-scheme table when a scheme ran with
     several seeds, and what is missing from runs still in progress."""
-    from thinkrl.report import aggregate_by_scheme, by_scheme, comparison_table, format_rows
+    from thinkrl.report import aggregate_by_scheme, comparison_table, format_rows
+    from thinkrl.summary import by_scheme
 
     out.print(_rich_table(format_rows(comparison_table(summaries)), title, ("run", "scheme", "status")))
     if any(len(runs) > 1 for _, runs in by_scheme(summaries)):

@@ -1,5 +1,5 @@
-"""thinkrl.report: run summaries from real artifacts of fake runs, comparison numbers checked by hand,
-report.md, PNGs, figure titles/labels/legends, multi-seed aggregation, runs in progress."""
+"""thinkrl.summary, thinkrl.plots and thinkrl.report: run summaries from real artifacts of fake runs, comparison
+numbers checked by hand, report.md, PNGs, figure titles/labels/legends, multi-seed aggregation, runs in progress."""
 
 from __future__ import annotations
 
@@ -8,17 +8,9 @@ from pathlib import Path
 import pytest
 
 from thinkrl.artifacts import write_artifact
-from thinkrl.report import (
-    FIGURES,
-    accuracy_figure,
-    aggregate_by_scheme,
-    collect_run,
-    comparison_table,
-    incorrect_thoughts_figure,
-    length_figure,
-    markdown_table,
-    write_report,
-)
+from thinkrl.plots import FIGURES, accuracy_figure, incorrect_thoughts_figure, length_figure
+from thinkrl.report import aggregate_by_scheme, comparison_table, markdown_table, write_report
+from thinkrl.summary import collect_run
 
 PROBLEMS, G = 4, 4  # 16 rollouts per round
 

@@ -1,5 +1,6 @@
-"""thinkrl.rollout_view and `thinkrl inspect --rollout/--problem/--html`: a real tokenizer, steps cut and mapped
-to tokens like the judge does, thoughts and advantages from the real segment stage."""
+"""thinkrl.rollout_view, thinkrl.lineage, thinkrl.rollout_render and `thinkrl inspect --rollout/--problem/--html`:
+a real tokenizer, steps cut and mapped to tokens like the judge does, thoughts and advantages from the real
+segment stage."""
 
 from __future__ import annotations
 
@@ -9,15 +10,9 @@ import pytest
 from rich.console import Console
 
 from thinkrl.artifacts import ArtifactWriter, read_table, write_artifact
-from thinkrl.rollout_view import (
-    LABEL_STYLE,
-    completion_text,
-    open_view,
-    related_artifacts,
-    render_html,
-    render_terminal,
-    rollout_view,
-)
+from thinkrl.lineage import related_artifacts
+from thinkrl.rollout_render import LABEL_STYLE, completion_text, render_html, render_terminal
+from thinkrl.rollout_view import open_view, rollout_view
 from thinkrl.segment import Sampling, segment
 from thinkrl.steps import split_steps, token_char_offsets, token_spans
 from thinkrl.tokenizer import EOS, build_tokenizer

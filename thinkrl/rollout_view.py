@@ -1,8 +1,8 @@
 """The rollout view: why one rollout (or its group of G) was rewarded as it was (`thinkrl inspect --rollout`).
 
     view = open_view("runs/x/round-000/rollouts", rollout_id="arith-s0-000017/r0/s3")  # finds judgments, thoughts
-    render_terminal(view, console)             # steps coloured by label, thought headers, per-thought table
-    Path("g.html").write_text(render_html(view))   # the G rollouts side by side, tokens coloured by advantage
+    view = rollout_view(rollouts_dir, judgments_dir, thoughts_dir, problem_id="arith-s0-000017")  # given paths
+    view.focus, view.to_dict()                 # the rollouts asked for; plain data for `--json`
 
 `rollout_view(rollouts, judgments, thoughts, rollout_id, problem_id)` gathers, for the group (problem, round)
 of the chosen rollout: the completion, its steps with labels, char and token spans and the judge's
@@ -13,17 +13,15 @@ and the tokens: completion ids decoded with the policy's tokenizer (from the rol
 `steps.token_char_offsets` (the judge's own mapping). When no tokenizer loads, the view is char-level:
 one piece per step or gap, with the mean advantage of its token span.
 
-`open_view(path, ...)` starts from any of the three artifacts: a judgments manifest's `inputs.rollouts`, a
-thoughts manifest's `inputs.rollouts` and `inputs.judgments` lead back; artifacts in sibling directories
-whose manifest inputs name this one (by sha256) lead forward (`round-NNN/{rollouts,judgments,thoughts}`).
+`open_view(path, ...)` starts from any of the three artifacts and finds the others (`thinkrl/lineage.py`).
+The view is drawn on the terminal and as an HTML page by `thinkrl/rollout_render.py`.
 
-Model output is untrusted text: the HTML page escapes every string (html.escape) and loads nothing.
+Against the paper: tooling for looking at rollouts, not part of the method (docs/PAPER.md). Without a thoughts
+table the thoughts are merged here from the judgments (`thoughts.merge_thoughts`, no rewards).
 """
 
 from __future__ import annotations
 
-import html
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,15 +29,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from thinkrl.artifacts import MANIFEST, fingerprint, read_manifest, read_table
+from thinkrl.artifacts import read_manifest, read_table
 from thinkrl.errors import ThinkrlError
+from thinkrl.lineage import related_artifacts
 from thinkrl.steps import token_char_offsets
 from thinkrl.thoughts import merge_thoughts, outcome_advantages, step_labels
-
-LABEL_STYLE = {"correct": "green", "incorrect": "bold red", "matched": "magenta", "unmatched": "grey50",
-               "unknown": "yellow"}
-LABEL_CSS = {"correct": "#16a34a", "incorrect": "#dc2626", "matched": "#c026d3", "unmatched": "#9ca3af",
-             "unknown": "#ca8a04"}
 
 
 @dataclass
@@ -128,76 +122,6 @@ class GroupView:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# --------------------------------------------------------------------------------------------- finding artifacts
-@dataclass
-class Related:
-    rollouts: Path
-    judgments: Path | None
-    thoughts: Path | None
-    notes: list[str]
-
-
-def _follow_input(art: Path, manifest: dict, name: str, notes: list[str]) -> Path | None:
-    inp = (manifest.get("inputs") or {}).get(name)
-    if not inp:
-        return None
-    p = Path(inp["path"])
-    candidates = [p, art.parent / p.name]  # as written (absolute, or relative to where the stage ran), a sibling
-    existing = [c for c in candidates if (c / MANIFEST).is_file()]
-    for c in existing:
-        if fingerprint(c) == inp.get("sha256"):
-            return c
-    if existing:
-        notes.append(f"{existing[0]}: changed since {art} was made from it (sha256 differs): shown anyway")
-        return existing[0]
-    notes.append(f"{art}: its input {name} {p} is gone")
-    return None
-
-
-def _siblings_using(target: Path, name: str) -> list[Path]:
-    """Artifacts beside `target` whose manifest input `name` is `target` (same sha256)."""
-    sha = fingerprint(target)
-    found = []
-    for d in sorted(target.parent.iterdir()):
-        if d == target or not (d / MANIFEST).is_file():
-            continue
-        try:
-            inp = (read_manifest(d).get("inputs") or {}).get(name)
-        except ThinkrlError:
-            continue
-        if inp and inp.get("sha256") == sha:
-            found.append(d)
-    return found
-
-
-def related_artifacts(path: str | Path) -> Related:
-    """The rollouts, judgments and thoughts artifacts that belong together, starting from any of them."""
-    p = Path(path)
-    m = read_manifest(p)
-    tables, notes = m["outputs"], []
-    rollouts = judgments = thoughts = None
-    if "rollouts" in tables:
-        rollouts = p
-    elif "judgments" in tables:
-        judgments, rollouts = p, _follow_input(p, m, "rollouts", notes)
-    elif "thoughts" in tables:
-        thoughts = p
-        rollouts, judgments = _follow_input(p, m, "rollouts", notes), _follow_input(p, m, "judgments", notes)
-    else:
-        raise ThinkrlError(f"{p}: a '{m.get('stage')}' artifact (tables: {', '.join(tables)}); the rollout view "
-                           "starts from a rollouts, judgments or thoughts artifact")
-    if rollouts is None:
-        raise ThinkrlError(f"{p}: cannot find the rollouts it was made from (manifest inputs.rollouts); "
-                           "pass the rollouts artifact as PATH")
-    if judgments is None:
-        found = _siblings_using(rollouts, "rollouts")
-        judgments = next((d for d in found if "judgments" in read_manifest(d)["outputs"]), None)
-    if thoughts is None:
-        found = _siblings_using(judgments, "judgments") if judgments else _siblings_using(rollouts, "rollouts")
-        thoughts = next((d for d in found if "thoughts" in read_manifest(d)["outputs"]), None)
-    return Related(rollouts, judgments, thoughts, notes)
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
@@ -419,254 +343,3 @@ def open_view(path: str | Path, judgments: str | Path | None = None, thoughts: s
                         tokenizer)
     view.notes = rel.notes + view.notes
     return view
-
-
-# --------------------------------------------------------------------------------------------- terminal
-def _fmt_adv(v: float | None) -> str:
-    return "–" if v is None else f"{v:+.3f}"
-
-
-def _adv_range(t: ThoughtView) -> str:
-    if t.adv_min is None:
-        return "–"
-    return _fmt_adv(t.adv_min) if abs(t.adv_max - t.adv_min) < 5e-4 else f"{t.adv_min:+.3f}..{t.adv_max:+.3f}"
-
-
-def render_terminal(view: GroupView, console) -> None:
-    """Group header, then each focused rollout: header, completion with steps coloured by label and a line
-    per thought, per-thought and per-step tables. Several rollouts: a group summary table at the end."""
-    from rich.rule import Rule
-    from rich.text import Text
-
-    console.print(Rule(f"problem {view.problem_id} · round {view.round}"))
-    q = view.question if len(view.question) <= 400 else view.question[:399] + "…"
-    console.print(Text.assemble(("question: ", "bold"), q))
-    console.print(Text.assemble(("gold: ", "bold"), view.answer, "   ", ("group: ", "bold"),
-                                f"{sum(r.correct for r in view.rollouts)}/{len(view.rollouts)} correct",
-                                "   ", ("scheme: ", "bold"), f"{view.scheme or '?'}"
-                                + (f" (α={view.alpha})" if view.alpha is not None else "")))
-    console.print(Text.assemble(("labels: ", "bold"), *[(f"{k} ", v) for k, v in LABEL_STYLE.items()]))
-    for note in view.notes:
-        console.print(f"[dim]note: {note}[/dim]", highlight=False)
-    for rv in view.focus:
-        _render_rollout(rv, console)
-    if len(view.focus) > 1:
-        _group_table(view, console)
-
-
-def completion_text(rv: RolloutView):
-    """The completion as a rich Text, each step styled by its label (LABEL_STYLE)."""
-    from rich.text import Text
-
-    body = Text(rv.completion)
-    for s in rv.steps:
-        body.stylize(LABEL_STYLE.get(s.label, "yellow"), s.char_start, s.char_end)
-    return body
-
-
-def _render_rollout(rv: RolloutView, console) -> None:
-    from rich.rule import Rule
-    from rich.text import Text
-
-    console.print()
-    console.print(Rule(rv.rollout_id, style="cyan"))
-    verdict = ("✓ correct", "bold green") if rv.correct else ("✗ incorrect", "bold red")
-    dropped = {None: "", True: "   DROPPED (all-zero advantages, not trained on)", False: "   kept for training"}
-    console.print(Text.assemble(verdict, "   pred ", (str(rv.pred_answer), "bold"), " vs gold ", (rv.answer, "bold"),
-                                f"   finish {rv.finish_reason}   {rv.n_tokens} tokens   outcome advantage r̂ ",
-                                (_fmt_adv(rv.outcome_advantage), "bold"), f" ({rv.outcome_source})",
-                                (dropped[rv.dropped], "bold yellow" if rv.dropped else "dim")))
-    body = completion_text(rv)
-    thought_at = {t.char_start: t for t in rv.thoughts if t.char_end > t.char_start}
-    answer_at = rv.answer_char_start if rv.steps and rv.answer_char_start < len(rv.completion) else None
-    cuts = sorted({c for c in [*thought_at, answer_at] if c is not None and 0 < c < len(rv.completion)})
-    for start, part in zip([0, *cuts], body.divide(cuts), strict=True):
-        if start in thought_at:
-            t = thought_at[start]
-            reward = f" · reward {_fmt_adv(t.reward)}" if t.reward is not None else ""
-            console.print(Text(f"‖ thought {t.idx} · {t.label}{reward} · tokens {t.token_start}–{t.token_end}",
-                               style=LABEL_STYLE.get(t.label, "yellow")))
-        elif start == answer_at:
-            console.print(Text(f"‖ answer part · advantage r̂ {_fmt_adv(rv.outcome_advantage)}", style="dim"))
-        part.rstrip()
-        part = part[len(part.plain) - len(part.plain.lstrip("\n")):]
-        if part.plain:
-            console.print(part)
-    _thought_table(rv, console)
-    _step_table(rv, console)
-
-
-def _answer_tokens(rv: RolloutView) -> tuple[int, str] | None:
-    """(first token, advantage range) of the tokens after the last thought (answer part, EOS), if any."""
-    last = max((th.token_end for th in rv.thoughts), default=rv.n_tokens)
-    if rv.advantages is None or last >= rv.n_tokens:
-        return None
-    tail = rv.advantages[last:]
-    return last, _fmt_adv(min(tail)) if max(tail) - min(tail) < 5e-4 else f"{min(tail):+.3f}..{max(tail):+.3f}"
-
-
-def _thought_table(rv: RolloutView, console) -> None:
-    from rich.table import Table
-
-    if not rv.thoughts:
-        return
-    t = Table(title=f"thoughts ({rv.thoughts_source})", title_justify="left", header_style="bold")
-    for c in ("#", "label", "steps", "tokens", "n", "reward", "token advantages", "starts with"):
-        t.add_column(c, justify="right" if c in ("#", "n", "reward", "token advantages") else "left")
-    for th in rv.thoughts:
-        steps = f"{th.steps[0]}–{th.steps[-1]}" if len(th.steps) > 1 else ",".join(map(str, th.steps))
-        text = re.sub(r"\s*\n\s*", " ⏎ ", rv.completion[th.char_start:th.char_end].strip())
-        t.add_row(str(th.idx), f"[{LABEL_STYLE.get(th.label, 'yellow')}]{th.label}[/]", steps,
-                  f"{th.token_start}–{th.token_end}", str(th.token_end - th.token_start), _fmt_adv(th.reward),
-                  _adv_range(th), text[:48] + ("…" if len(text) > 48 else ""))
-    tail = _answer_tokens(rv)
-    if tail is not None:
-        t.add_row("", "[dim]answer[/]", "", f"{tail[0]}–{rv.n_tokens}", str(rv.n_tokens - tail[0]), "", tail[1],
-                  rv.completion[rv.answer_char_start:].strip()[:48])
-    console.print()
-    console.print(t)
-
-
-def _step_table(rv: RolloutView, console) -> None:
-    from rich.table import Table
-
-    if not rv.steps:
-        return
-    t = Table(title="steps (judgments)", title_justify="left", header_style="bold")
-    for c in ("step", "label", "chars", "tokens", "text", "judge's rationale"):
-        t.add_column(c, overflow="fold", max_width=60 if c in ("text", "judge's rationale") else None)
-    for s in rv.steps:
-        t.add_row(str(s.idx), f"[{LABEL_STYLE.get(s.label, 'yellow')}]{s.label}[/]", f"{s.char_start}–{s.char_end}",
-                  f"{s.token_start}–{s.token_end}", re.sub(r"\s*\n\s*", " ⏎ ", s.text)[:120], (s.rationale or "")[:160])
-    console.print()
-    console.print(t)
-
-
-def _group_table(view: GroupView, console) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"group {view.problem_id} (round {view.round})", title_justify="left", header_style="bold")
-    for c in ("sample", "correct", "pred", "r̂", "tokens", "thoughts", "dropped"):
-        t.add_column(c)
-    for r in view.rollouts:
-        labels = " ".join(f"[{LABEL_STYLE.get(th.label, 'yellow')}]{th.label[:4]}[/]" for th in r.thoughts)
-        t.add_row(str(r.sample_idx), "[green]yes[/]" if r.correct else "[red]no[/]", str(r.pred_answer),
-                  _fmt_adv(r.outcome_advantage), str(r.n_tokens), labels or "–",
-                  {None: "?", True: "[yellow]yes[/]", False: "no"}[r.dropped])
-    console.print()
-    console.print(t)
-
-
-# --------------------------------------------------------------------------------------------- html
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px;color:#111;background:#fafafa}
-h1{font-size:18px;margin:0 0 6px} .meta{font-size:13px;color:#333;margin:2px 0}
-.q{white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:8px;border-radius:6px;font-size:13px}
-.legend{font-size:12px;margin:8px 0;display:flex;flex-wrap:wrap;gap:14px;align-items:center}
-.sw{display:inline-block;width:22px;height:14px;vertical-align:middle;border:1px solid #ccc}
-.grid{display:grid;gap:10px;overflow-x:auto;align-items:start}
-.col{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;min-width:0}
-.col.sel{border:2px solid #2563eb}
-.head{font-size:12px;border-bottom:1px solid #eee;padding-bottom:6px;margin-bottom:6px;line-height:1.5}
-.ok{color:#16a34a;font-weight:bold} .bad{color:#dc2626;font-weight:bold}
-.badge{display:inline-block;padding:0 5px;border-radius:4px;font-size:11px;background:#fef3c7;color:#92400e}
-pre.text{white-space:pre-wrap;word-break:break-word;font-family:ui-monospace,Menlo,Consolas,monospace;
- font-size:12px;line-height:1.75;margin:0}
-.t{border-bottom:3px solid transparent}
-.sp{color:#6b7280;font-style:italic}
-.tb{display:inline-block;font-size:10px;font-weight:bold;padding:0 3px;margin:0 2px;border-radius:3px;color:#fff;
- line-height:1.4;vertical-align:baseline}
-table.th{border-collapse:collapse;font-size:11px;margin-top:8px;width:100%}
-table.th td,table.th th{border-top:1px solid #eee;padding:2px 4px;text-align:right}
-table.th td:nth-child(2),table.th th:nth-child(2){text-align:left}
-.notes{font-size:12px;color:#555}
-"""
-
-
-def _adv_color(a: float | None, scale: float) -> str:
-    if a is None or abs(a) < 1e-9:
-        return "transparent"
-    alpha = 0.12 + 0.6 * min(abs(a) / scale, 1.0)
-    return f"rgba(22,163,74,{alpha:.2f})" if a > 0 else f"rgba(220,38,38,{alpha:.2f})"
-
-
-def _label_css() -> str:
-    return "".join(f".l-{k}{{border-bottom-color:{v}}} .tb.l-{k}{{background:{v}}}\n" for k, v in LABEL_CSS.items())
-
-
-def _piece_html(p: Piece, rv: RolloutView, scale: float) -> str:
-    e = html.escape
-    thought = next((t for t in rv.thoughts if t.idx == p.thought), None) if p.thought is not None else None
-    tip = [repr(p.text) if rv.token_level else f"{len(p.text)} chars",
-           f"token {p.token_start}" if p.token_end - p.token_start == 1 else f"tokens {p.token_start}–{p.token_end}",
-           f"advantage {_fmt_adv(p.advantage)}" + ("" if rv.token_level or p.advantage is None else " (mean)")]
-    if p.step is not None:
-        tip.append(f"step {p.step}: {p.label}")
-    tip.append(f"thought {thought.idx}: {thought.label}" if thought else "answer part / outside thoughts")
-    cls = "t" + (f" l-{p.label}" if p.label in LABEL_CSS else "") + (" sp" if p.special else "")
-    return (f'<span class="{cls}" style="background:{_adv_color(p.advantage, scale)}" '
-            f'title="{e(" · ".join(tip))}">{e(p.text)}</span>')
-
-
-def _column_html(rv: RolloutView, selected: bool, scale: float) -> str:
-    e = html.escape
-    verdict = '<span class="ok">✓ correct</span>' if rv.correct else '<span class="bad">✗ incorrect</span>'
-    badge = {None: "", True: ' <span class="badge">dropped: all-zero advantages</span>', False: ""}[rv.dropped]
-    head = (f'<div class="head"><b>sample {rv.sample_idx}</b> {verdict}{badge}<br>pred <b>{e(str(rv.pred_answer))}</b>'
-            f' · gold <b>{e(rv.answer)}</b><br>outcome advantage r̂ <b>{_fmt_adv(rv.outcome_advantage)}</b>'
-            f' · {rv.n_tokens} tokens · {e(rv.finish_reason)}<br><span class="notes">{e(rv.rollout_id)}</span></div>')
-    starts = {t.token_start: t for t in rv.thoughts}
-    body = []
-    seen: set[int] = set()
-    for p in rv.pieces:
-        t = starts.get(p.token_start) if rv.token_level else None
-        if not rv.token_level and p.thought is not None and p.thought not in seen:
-            t = next((x for x in rv.thoughts if x.idx == p.thought), None)
-        if t is not None and t.idx not in seen:
-            seen.add(t.idx)
-            title = f"thought {t.idx}: {t.label}, reward {_fmt_adv(t.reward)}, tokens {t.token_start}–{t.token_end}"
-            body.append(f'<span class="tb l-{e(t.label) if t.label in LABEL_CSS else "unknown"}" '
-                        f'title="{e(title)}">‖{t.idx}</span>')
-        body.append(_piece_html(p, rv, scale))
-    rows = "".join(f"<tr><td>{t.idx}</td><td style=\"color:{LABEL_CSS.get(t.label, '#555')}\">{e(t.label)}</td>"
-                   f"<td>{t.token_start}–{t.token_end}</td><td>{_fmt_adv(t.reward)}</td><td>{_adv_range(t)}</td></tr>"
-                   for t in rv.thoughts)
-    tail = _answer_tokens(rv)
-    if tail is not None:
-        rows += f"<tr><td></td><td>answer</td><td>{tail[0]}–{rv.n_tokens}</td><td></td><td>{tail[1]}</td></tr>"
-    table = (f'<table class="th"><tr><th>#</th><th>label</th><th>tokens</th><th>reward</th><th>token adv</th></tr>'
-             f"{rows}</table>") if rv.thoughts else ""
-    return (f'<section class="col{" sel" if selected else ""}" id="{e(rv.rollout_id)}">{head}'
-            f'<pre class="text">{"".join(body)}</pre>{table}</section>')
-
-
-def render_html(view: GroupView) -> str:
-    """A self-contained page (inline CSS, no scripts, no external assets) with the G rollouts side by side."""
-    e = html.escape
-    advs = [abs(p.advantage) for r in view.rollouts for p in r.pieces if p.advantage is not None]
-    scale = max(max(advs, default=0.0), 1e-6)
-    n = max(len(view.rollouts), 1)
-    level = "token" if any(r.token_level for r in view.rollouts) else "char (no tokenizer: one span per step or gap)"
-    swatches = "".join(f'<span class="sw" style="background:{_adv_color(v, scale)}" title="{v:+.2f}"></span>'
-                       for v in np.linspace(-scale, scale, 7))
-    labels = " ".join(f'<span class="t l-{k}" style="border-bottom-width:3px">{k}</span>' for k in LABEL_CSS)
-    notes = "".join(f"<li>{e(x)}</li>" for x in view.notes)
-    sources = " · ".join(f"{k}: <code>{e(str(v))}</code>" for k, v in view.sources.items() if v)
-    cols = "".join(_column_html(r, r.rollout_id == view.selected, scale) for r in view.rollouts)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>{e(view.problem_id)} · round {view.round} · thinkrl rollout view</title>
-<style>{_CSS}{_label_css()}.grid{{grid-template-columns:repeat({n},minmax(260px,1fr))}}</style></head>
-<body>
-<h1>Problem {e(view.problem_id)} · round {view.round} · {sum(r.correct for r in view.rollouts)}/{len(view.rollouts)} correct</h1>
-<div class="meta">gold answer <b>{e(view.answer)}</b> · scheme <b>{e(str(view.scheme or "?"))}</b>
-{f" (α={e(str(view.alpha))})" if view.alpha is not None else ""} · view: {e(level)}</div>
-<div class="meta">{sources}</div>
-<div class="q">{e(view.question)}</div>
-<div class="legend"><span>advantage {-scale:+.2f} {swatches} {scale:+.2f} (background)</span>
-<span>step label (underline): {labels}</span><span><span class="tb l-unknown">‖n</span> thought n begins</span>
-<span>hover a token for its text, advantage, step and thought</span></div>
-{f'<ul class="notes">{notes}</ul>' if notes else ""}
-<main class="grid">{cols}</main>
-</body></html>
-"""

@@ -58,8 +58,8 @@ from thinkrl.artifacts import (
 from thinkrl.errors import ThinkrlError
 from thinkrl.experiment import ExperimentConfig, round_seed
 from thinkrl.problems import problem_set, problem_sets, problems_sha256
-from thinkrl.report import RunSummary, collect_run
 from thinkrl.runs import INITIAL_EVAL, round_dir
+from thinkrl.summary import RunSummary, collect_run
 
 HELD_OUT_ARITH = 2000
 
@@ -356,7 +356,7 @@ def _drop_stale_evals(run_dir: Path, cfg: ExperimentConfig) -> None:
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display | None = None) -> RunSummary:
-    """Run (or continue) the experiment in run_dir; returns `thinkrl.report.collect_run(run_dir)` (also in
+    """Run (or continue) the experiment in run_dir; returns `thinkrl.summary.collect_run(run_dir)` (also in
     summary.json)."""
     run_dir = Path(run_dir)
     display = display or Display()

@@ -1,8 +1,8 @@
-"""The run-directory layout of `thinkrl run`, in one place (written by thinkrl.rounds, read by thinkrl.report).
+"""The run-directory layout of `thinkrl run`, in one place (written by thinkrl.rounds, read by thinkrl.summary).
 
     runs/NAME/config.toml                  resolved settings (rewritten by each invocation)
     runs/NAME/status.json                  {"round", "stage", "pid"}: where the run is (or "done")
-    runs/NAME/summary.json                 per-round and per-eval figures (thinkrl.report.collect_run)
+    runs/NAME/summary.json                 per-round and per-eval figures (thinkrl.summary.collect_run)
     runs/NAME/eval-initial/                eval of the start policy (curves start at samples = 0)
     runs/NAME/round-000/problems/          this round's training problems
     runs/NAME/round-000/rollouts/          G samples per problem from the round's behaviour policy
