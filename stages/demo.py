@@ -7,7 +7,7 @@
     thinkrl demo --full --schemes outcome,thought,thought-static,step --seeds 0,1,2   # the scheme comparison
 
 1. builds the tiny policy and warm-starts it on the flawed ArithChain corpus (OUT/init, OUT/start; skipped
-   when OUT/start was built from the same recipe, recorded in OUT/start.json);
+   when OUT/init and OUT/start record the same recipe in their thinkrl.json);
 2. trains it twice from that start with the same seeds, budget and hyperparameters: scheme `outcome`
    (GRPO) in OUT/outcome and scheme `thought` (TP-GRPO) in OUT/thought, rule judge, held-out arith eval
    after every round (every 2nd with --full); two runs at a time, one thread each, on 2+ cores;

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from thinkrl.artifacts import ArtifactWriter, read_table, write_artifact
 from thinkrl.lineage import related_artifacts
-from thinkrl.rollout_render import LABEL_STYLE, completion_text, render_html, render_terminal
+from thinkrl.rollout_render import LABEL_STYLE, render_html, render_terminal, styled_completion
 from thinkrl.rollout_view import open_view, rollout_view
 from thinkrl.segment import Sampling, segment
 from thinkrl.steps import split_steps, token_char_offsets, token_spans
@@ -117,7 +117,7 @@ def test_char_level_without_tokenizer(arts):
 def test_terminal_colours_steps_and_marks_thoughts(arts):
     view = rollout_view(arts["rollouts"], arts["judgments"], arts["thoughts"], rollout_id="arith-1/r0/s0")
     rv = view.focus[0]
-    text = completion_text(rv)
+    text = styled_completion(rv)
     for s in rv.steps:
         styles = {str(sp.style) for sp in text.spans if sp.start == s.char_start and sp.end == s.char_end}
         assert styles == {LABEL_STYLE[s.label]}

@@ -2,7 +2,7 @@
 
     render_terminal(view, console)             # steps coloured by label, thought headers, per-thought table
     Path("g.html").write_text(render_html(view))   # the G rollouts side by side, tokens coloured by advantage
-    completion_text(rollout)                   # the completion as rich Text, steps styled by LABEL_STYLE
+    styled_completion(rollout)                   # the completion as rich Text, steps styled by LABEL_STYLE
 
 Terminal (rich): the group header, then each focused rollout (verdict, outcome advantage, the completion with
 a line where each thought and the answer part begin), its thought and step tables; with several rollouts a
@@ -64,7 +64,7 @@ def render_terminal(view: GroupView, console) -> None:
         _group_table(view, console)
 
 
-def completion_text(rv: RolloutView):
+def styled_completion(rv: RolloutView):
     """The completion as a rich Text, each step styled by its label (LABEL_STYLE)."""
     from rich.text import Text
 
@@ -86,7 +86,7 @@ def _render_rollout(rv: RolloutView, console) -> None:
                                 f"   finish {rv.finish_reason}   {rv.n_tokens} tokens   outcome advantage r̂ ",
                                 (_fmt_adv(rv.outcome_advantage), "bold"), f" ({rv.outcome_source})",
                                 (dropped[rv.dropped], "bold yellow" if rv.dropped else "dim")))
-    body = completion_text(rv)
+    body = styled_completion(rv)
     thought_at = {t.char_start: t for t in rv.thoughts if t.char_end > t.char_start}
     answer_at = rv.answer_char_start if rv.steps and rv.answer_char_start < len(rv.completion) else None
     cuts = sorted({c for c in [*thought_at, answer_at] if c is not None and 0 < c < len(rv.completion)})

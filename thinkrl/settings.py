@@ -141,16 +141,21 @@ def coerce(cls: type, key: str, value: Any, where: str) -> Any:
     return float(value) if base is float else value
 
 
-def read_toml(path: Path, cls: type) -> dict[str, Any]:
-    """Flat `key = value` settings of `cls` from a TOML file, type-checked; tables are not allowed."""
+def load_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; a one-line ThinkrlError for a missing, non-UTF-8 or invalid file."""
     if not path.is_file():
         raise ThinkrlError(f"{path}: no such file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ThinkrlError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ThinkrlError(f"{path}: invalid TOML ({e})") from None
+
+
+def read_toml(path: Path, cls: type) -> dict[str, Any]:
+    """Flat `key = value` settings of `cls` from a TOML file, type-checked; tables are not allowed."""
+    data = load_toml(path)
     for k, v in data.items():
         if isinstance(v, dict):
             raise ThinkrlError(f"{path}: table [{k}] is not allowed: settings are flat `key = value` pairs")

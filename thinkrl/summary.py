@@ -40,12 +40,6 @@ from thinkrl import runs as layout
 from thinkrl.artifacts import read_manifest, read_table
 from thinkrl.errors import ThinkrlError
 
-try:  # Python >= 3.11
-    import tomllib
-except ImportError:  # pragma: no cover - 3.10: config.toml is skipped, manifests still give scheme and seed
-    tomllib = None
-
-STAGES = layout.ROUND_STAGES
 _EPS = 1e-9
 
 
@@ -167,12 +161,10 @@ class RunSummary:
 
 # --------------------------------------------------------------------------------------------- collecting
 def _read_toml(path: Path) -> dict:
-    if tomllib is None or not path.is_file():
-        return {}
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ThinkrlError(f"{path}: not valid TOML ({e})") from None
+    """A run's config.toml as written (keys of older versions kept: a report reads old runs too); {} if none."""
+    from thinkrl.settings import load_toml
+
+    return load_toml(path) if path.is_file() else {}
 
 
 def _find_key(cfg: dict, key: str) -> Any:
@@ -300,7 +292,7 @@ def collect_run(run_dir: str | Path) -> RunSummary:
     expected = _find_key(cfg, "rounds")
     if isinstance(expected, int):  # rounds left over from an earlier, longer setting are not part of the run
         round_dirs = [(r, p) for r, p in round_dirs if r < expected]
-    missing: list[str] = [] if cfg or tomllib is None else ["config.toml: missing (scheme and seed from manifests)"]
+    missing: list[str] = [] if cfg else ["config.toml: missing (scheme and seed from manifests)"]
     rounds: list[RoundSummary] = []
     cum: dict[int, int | None] = {}
     total: int | None = 0
