@@ -18,8 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from thinkrl.engine.base import Completion, Engine, SamplingParams
-from thinkrl.engine.hf import HFEngine
 from thinkrl.errors import ThinkrlError
+
+
+def _hf(path: str | Path, **options) -> Engine:
+    from thinkrl.engine.hf import HFEngine  # lazy: transformers' model code loads only when an engine is made
+
+    return HFEngine.from_pretrained(path, **options)
 
 
 def _vllm(path: str | Path, **options) -> Engine:
@@ -28,7 +33,15 @@ def _vllm(path: str | Path, **options) -> Engine:
     return VLLMEngine.from_pretrained(path, **options)
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {"hf": HFEngine.from_pretrained, "vllm": _vllm}
+ENGINES: dict[str, Callable[..., Engine]] = {"hf": _hf, "vllm": _vllm}
+
+
+def __getattr__(name: str):
+    if name == "HFEngine":
+        from thinkrl.engine.hf import HFEngine
+
+        return HFEngine
+    raise AttributeError(name)
 
 
 def check_engine(name: str) -> None:
