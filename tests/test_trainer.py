@@ -327,7 +327,8 @@ def test_ddp_two_processes_match_one(policy, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0/2 ok" in proc.stdout and "rank 1/2 ok" in proc.stdout
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("METRICS "))
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("METRICS ")), None)
+    assert line, proc.stdout[-2000:]
     # the ranks share stdout: another rank's line may land right after the JSON, so decode just the object
     ddp_metrics, _ = json.JSONDecoder().raw_decode(line.removeprefix("METRICS "))
     assert ddp_metrics["world_size"] == 2 and ddp_metrics["steps"] == 3
@@ -404,7 +405,7 @@ def replace_cfg(cfg: TrainConfig, **kw) -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------ (9) ratio 1
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "bfloat16-pure", "float64"])
 def test_first_step_is_on_policy_in_every_dtype(policy, tmp_path, dtype):
     """log pi_old is recomputed by the run's own model over the first pass's own micro-batches: the first step
     has ratio exactly 1 and clip fraction 0 in every dtype, with steps smaller than the round (different
@@ -423,6 +424,25 @@ def test_first_step_is_on_policy_in_every_dtype(policy, tmp_path, dtype):
         df = df.with_columns(pl.Series("behaviour_logprobs", [lp.tolist() for lp in fp32], dtype=pl.List(pl.Float32)))
         train(policy, df, replace_cfg(cfg, recompute_logprobs=False), tmp_path / "table")
         assert read_table(tmp_path / "table", "train_metrics")["ratio_mean"][0] != 1.0
+
+
+def test_chunked_logprobs_and_checkpointing_train_the_same_weights(policy, tmp_path):
+    """Three steps with the whole-logits path, with tiny LM-head chunks (3 positions: several chunks per
+    micro-batch) and with gradient checkpointing: the same losses and weights to float32 rounding."""
+    df = make_data(load(policy), problems=6, group=3, seed=21, off_policy=0.3)
+    base = TrainConfig(prompts_per_step=2, lr=1e-2, micro_batch_tokens=40, logprob_chunk=0)
+    runs = {"whole": base, "chunked": replace_cfg(base, logprob_chunk=3),
+            "checkpointed": replace_cfg(base, logprob_chunk=3, gradient_checkpointing=True)}
+    weights, losses = {}, {}
+    for name, cfg in runs.items():
+        train(policy, df, cfg, tmp_path / name)
+        weights[name] = load(tmp_path / name / "policy").state_dict()
+        losses[name] = read_table(tmp_path / name, "train_metrics")["loss"].to_list()
+    for name in ("chunked", "checkpointed"):
+        assert losses[name] == pytest.approx(losses["whole"], rel=1e-5, abs=1e-7)
+        for k, w in weights["whole"].items():
+            assert torch.allclose(weights[name][k], w, rtol=1e-5, atol=1e-5), (name, k)  # Adam: lr-scaled noise
+    assert not torch.equal(weights["whole"]["model.norm.weight"], load(policy).state_dict()["model.norm.weight"])
 
 
 def test_resumed_run_keeps_its_recomputed_logprobs(policy, tmp_path):

@@ -4,9 +4,17 @@
     lps = token_logprobs(model, prompt_ids, completion_ids, batch_tokens=4096)    # no grad, per row
 
 Convention: log π(token | prefix) = log_softmax(logits / T)[token] in float32 (float64 for float64 models),
-T the row's sampling temperature (1 by default; greedy T = 0 scores at 1). The logits of every position are
-computed once per micro-batch, only from the shortest prompt's end on (`logits_to_keep`). Micro-batches hold
-rows x longest row <= budget padded tokens, longest first: the same plan for scoring and for training.
+T the row's sampling temperature (1 by default; greedy T = 0 scores at 1). Micro-batches hold rows x longest
+row <= budget padded tokens, longest first: the same plan for scoring and for training.
+
+Memory. `chunk` > 0 (the default, 1024): the model runs without its LM head, and the log-probs of the
+completion tokens come from their final hidden states, `chunk` positions at a time through the head
+(`SelectedLogprob`, a custom autograd function whose backward recomputes each chunk's logits), so no
+(n, T, V) logits tensor ever exists: peak memory grows with tokens x hidden, not tokens x vocabulary (at
+V = 151,936 one 8k-token rollout's fp32 logits are 5 GB). `chunk` = 0: the whole-logits path (the model's own
+forward, `logits_to_keep` from the shortest prompt's end, a gather and logsumexp over (n, T, V)); it is also
+taken for models the chunked path cannot drive (no output embedding, an LM-head bias, final-logit
+softcapping). Both give the same values and gradients (to float rounding; tested).
 """
 
 from __future__ import annotations
@@ -74,10 +82,84 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+DEFAULT_CHUNK = 1024
+
+
+class SelectedLogprob(torch.autograd.Function):
+    """out[i] = log_softmax(hidden[i] @ weight^T / temperature[i])[target[i]] for N rows, with the (N, V) logits
+    made `chunk` rows at a time in forward and again in backward (never all at once). Under autocast the
+    matmuls run in the autocast dtype, as the LM head's would; the log-softmax is float32 (float64 for float64
+    inputs)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk: int):
+        dev = hidden.device.type
+        mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)            # (N,)
+        for s in range(0, hidden.shape[0], chunk):
+            logits = _chunk_logits(hidden[s:s + chunk], weight, temperature[s:s + chunk], mm, acc)  # (c, V)
+            out[s:s + chunk] = logits.gather(-1, targets[s:s + chunk, None])[:, 0] - torch.logsumexp(logits, -1)
+        ctx.save_for_backward(hidden, weight, targets, temperature)
+        ctx.chunk, ctx.mm, ctx.acc = chunk, mm, acc
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, targets, temperature = ctx.saved_tensors
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gh = torch.zeros_like(hidden) if want_h else None                                # (N, H)
+        gw = torch.zeros(weight.shape, dtype=ctx.acc, device=weight.device) if want_w else None  # (V, H)
+        mm = ctx.mm or weight.dtype
+        with torch.autocast(hidden.device.type, enabled=False):
+            for s in range(0, hidden.shape[0], ctx.chunk):
+                e = s + ctx.chunk
+                logits = _chunk_logits(hidden[s:e], weight, temperature[s:e], ctx.mm, ctx.acc)   # (c, V)
+                g = -torch.softmax(logits, -1)                                                # d(-logsumexp)
+                g.scatter_add_(-1, targets[s:e, None], torch.ones_like(g[:, :1]))             # + d(selected)
+                g *= (grad_out[s:e] / temperature[s:e])[:, None]                              # (c, V) d/d(hW^T)
+                if want_h:
+                    gh[s:e] = (g.to(mm) @ weight.to(mm)).to(gh.dtype)
+                if want_w:
+                    gw += (g.to(mm).T @ hidden[s:e].to(mm)).to(ctx.acc)
+        return gh, gw.to(weight.dtype) if want_w else None, None, None, None
+
+
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, temperature: torch.Tensor, mm: torch.dtype | None,
+                  acc: torch.dtype) -> torch.Tensor:
+    if mm is not None:
+        h, w = h.to(mm), w.to(mm)
+    return (h @ w.T).to(acc) / temperature[:, None].to(acc)
+
+
+def chunkable(model) -> bool:
+    """Can the chunked path drive this model: an output embedding without bias, no final-logit softcapping."""
+    inner = unwrap(model)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    cfg = getattr(inner, "config", None)
+    return (isinstance(head, torch.nn.Linear) and head.bias is None and hasattr(inner, "set_output_embeddings")
+            and not getattr(cfg, "final_logit_softcapping", None) and _accepts_logits_to_keep(model))
+
+
+def _final_hidden(model, ids: torch.Tensor, attn: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(final hidden states of the last `keep` positions (n, keep, H), LM-head weight (V, H)): the forward
+    goes through `model` itself (so a DDP wrapper syncs its gradients) with the head swapped for identity."""
+    inner = unwrap(model)
+    head = inner.get_output_embeddings()
+    inner.set_output_embeddings(torch.nn.Identity())
+    try:
+        hidden = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits   # (n, keep, H)
+    finally:
+        inner.set_output_embeddings(head)
+    return hidden, head.weight
+
+
 def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-                        temperatures: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        temperatures: Sequence[float] | None = None,
+                        chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(completion token | prefix) = log_softmax(logits / T_i), one right-padded forward (T_i = 1 when
-    temperatures is None). Returns (logp, mask), both (n, T), T = longest completion; logp is 0 where mask is 0."""
+    temperatures is None); `chunk` positions at a time through the LM head (0: whole logits; module doc).
+    Returns (logp, mask), both (n, T), T = longest completion; logp is 0 where mask is 0."""
     device = device_of(model)
     n, lens = len(prompts), [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
     L, T = max(lens), max(len(c) for c in completions)
@@ -95,13 +177,21 @@ def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Se
         mask[i, :len(c)] = True
     ids, attn, pos, tgt, mask = (t.to(device) for t in (ids, attn, pos, tgt, mask))
     keep = L - (min(len(p) for p in prompts) - 1)        # logits of positions >= shortest prompt end only
+    temps = torch.tensor([1.0] * n if temperatures is None else [float(t) for t in temperatures], dtype=torch.float64,
+                         device=device)
+    if chunk > 0 and chunkable(model):
+        hidden, weight = _final_hidden(model, ids, attn, keep)                          # (n, K, H), (V, H)
+        rows = hidden[torch.arange(n, device=device)[:, None], pos - (L - hidden.shape[1])][mask]  # (N, H)
+        picked = SelectedLogprob.apply(rows, weight, tgt[mask], temps[:, None].expand(n, T)[mask], chunk)  # (N,)
+        logp = torch.zeros((n, T), dtype=picked.dtype, device=device).masked_scatter(mask, picked)
+        return logp, mask.to(logp.dtype)
     kw = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
     logits = model(input_ids=ids, attention_mask=attn, **kw).logits   # (n, K, V), K = keep or L
     sel = logits[torch.arange(n, device=device)[:, None], pos - (L - logits.shape[1])]  # (n, T, V)
     if sel.dtype not in (torch.float32, torch.float64):
         sel = sel.float()
     if temperatures is not None and any(t != 1.0 for t in temperatures):
-        sel = sel / torch.tensor(list(temperatures), dtype=sel.dtype, device=device)[:, None, None]
+        sel = sel / temps.to(sel.dtype)[:, None, None]
     logp = sel.gather(-1, tgt[..., None])[..., 0] - torch.logsumexp(sel, dim=-1)        # (n, T)
     return torch.where(mask, logp, torch.zeros_like(logp)), mask.to(logp.dtype)
 
@@ -115,7 +205,7 @@ def _accepts_logits_to_keep(model) -> bool:
 @torch.no_grad()
 def token_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
                    batch_tokens: int = 4096, autocast_dtype: torch.dtype | None = None,
-                   temperatures: Sequence[float] | None = None) -> list[np.ndarray]:
+                   temperatures: Sequence[float] | None = None, chunk: int = DEFAULT_CHUNK) -> list[np.ndarray]:
     """log π(token | prefix) of every completion token, float32 arrays aligned with completion_ids.
 
     Temperature: row i is scored at temperatures[i] (default 1, the raw model distribution); the trainer's
@@ -134,7 +224,7 @@ def token_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_ids: S
         for mb in plan_micro_batches(rows, batch_tokens):
             with autocast(device_of(model), autocast_dtype):
                 prompts, comps = [r.prompt_ids for r in mb], [r.completion_ids for r in mb]
-                logp, _ = completion_logprobs(inner, prompts, comps, [r.temperature for r in mb])  # (n, T)
+                logp, _ = completion_logprobs(inner, prompts, comps, [r.temperature for r in mb], chunk)  # (n, T)
             for j, r in enumerate(mb):
                 out[r.index] = logp[j, :len(r.completion_ids)].float().cpu().numpy()
     finally:

@@ -78,6 +78,7 @@ from thinkrl.artifacts import (
 )
 from thinkrl.errors import ThinkrlError
 from thinkrl.logprobs import (  # noqa: F401  (token_logprobs, plan_micro_batches: the trainer's API too)
+    DEFAULT_CHUNK,
     autocast,
     completion_logprobs,
     device_of,
@@ -109,8 +110,8 @@ def _linear(p: float) -> float:
 
 
 SCHEDULES: dict[str, Callable[[float], float]] = {"constant": _constant, "cosine": _cosine, "linear": _linear}
-PEAK_FLOPS = {"float32": 196e9, "bfloat16": 425e9, "float64": 196e9}  # 2-thread matmul peak of the dev CPU
-DTYPES = ("auto", "float32", "bfloat16", "float64")
+PEAK_FLOPS = {"float32": 196e9, "bfloat16": 425e9, "bfloat16-pure": 425e9, "float64": 196e9}  # 2-thread dev CPU
+DTYPES = ("auto", "float32", "bfloat16", "bfloat16-pure", "float64")
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,13 @@ class TrainConfig:
                                                    f"accepted: {', '.join(ALIASES)} (TRL's names; docs/PAPER.md)")
     norm_len: int | None = setting(None, "Dr. GRPO length constant (default: the rollouts' generation budget, "
                                       "max_tokens, recorded by segment; constant across rounds)")
-    dtype: str = setting("auto", "auto (bf16 autocast on CUDA with bf16, else float32), float32, "
-                              "bfloat16 (autocast over fp32 weights), float64")
+    dtype: str = setting("auto", "training precision: auto (bf16 autocast on CUDA with bf16, else float32), "
+                              "float32, bfloat16 (autocast over fp32 master weights), bfloat16-pure (bf16 weights "
+                              "and AdamW state: half the memory, no fp32 master), float64")
+    logprob_chunk: int = setting(1024, "completion positions per chunk through the LM head: the (tokens, vocab) "
+                                       "logits never exist at once (0 = whole logits; same values)")
+    gradient_checkpointing: bool = setting(False, "recompute each layer's activations in the backward (less "
+                                                  "memory for long completions, about 1/3 more compute)")
     seed: int = setting(0, "seed of the batch order (per pass) and of the per-step torch RNG")
     max_nonfinite_in_row: int = setting(3, "stop after this many skipped (non-finite) steps in a row")
     flops_peak: float | None = setting(None, "peak FLOP/s per rank for MFU (default: 196e9 fp32 / 425e9 bf16, "
@@ -167,6 +173,7 @@ class TrainConfig:
             (self.prompts_per_step >= 1 and self.epochs >= 1, "prompts_per_step and epochs must be >= 1"),
             (self.micro_batch_tokens >= 1 and self.max_nonfinite_in_row >= 1,
              "micro_batch_tokens and max_nonfinite_in_row must be >= 1"),
+            (self.logprob_chunk >= 0, "logprob_chunk must be >= 0 (0 = whole logits)"),
             (0 <= self.eps_low < 1 and self.eps_high >= 0, "expected 0 <= eps_low < 1 and eps_high >= 0"),
             (self.beta >= 0 and self.lr >= 0 and self.seed >= 0, "beta, lr and seed must be >= 0"),
             (self.norm_len is None or self.norm_len >= 1, "norm_len must be >= 1"),
@@ -355,7 +362,7 @@ def recompute_behaviour(run: _Run) -> None:
         for mb in plan_micro_batches(rollouts, cfg.micro_batch_tokens):
             with autocast(dist.device, run.autocast_dtype):
                 logp, _ = completion_logprobs(run.model, [r.prompt_ids for r in mb], [r.completion_ids for r in mb],
-                                              [r.temperature for r in mb])              # (n, T)
+                                              [r.temperature for r in mb], chunk=cfg.logprob_chunk)  # (n, T)
             for j, r in enumerate(mb):
                 mine[r.rollout_id] = logp[j, :len(r.completion_ids)].cpu().numpy()
     set_behaviour(run, dist.all_gather_dict(mine))
@@ -373,19 +380,19 @@ def recomputed_logprobs(run: _Run) -> dict[str, np.ndarray]:
 
 
 def micro_batch_loss(model, mb: Sequence[Rollout], counts: BatchCounts, loss_cfg: LossConfig,
-                     ref_model=None, autocast_dtype: torch.dtype | None = None):
+                     ref_model=None, autocast_dtype: torch.dtype | None = None, chunk: int = DEFAULT_CHUNK):
     """(loss share, stats) of one micro-batch (see thinkrl.loss)."""
     device = device_of(model)
     prompts, comps = [r.prompt_ids for r in mb], [r.completion_ids for r in mb]
     temps = [r.temperature for r in mb]
     with autocast(device, autocast_dtype):
-        logp, mask = completion_logprobs(model, prompts, comps, temps)          # (n, T)
+        logp, mask = completion_logprobs(model, prompts, comps, temps, chunk=chunk)          # (n, T)
     old = _pad([r.behaviour_logprobs for r in mb], logp.shape[1], logp)         # (n, T)
     adv = _pad([r.advantages for r in mb], logp.shape[1], logp)                 # (n, T)
     ref = None
     if loss_cfg.beta > 0:
         with torch.no_grad(), autocast(device, autocast_dtype):
-            ref, _ = completion_logprobs(ref_model, prompts, comps, temps)
+            ref, _ = completion_logprobs(ref_model, prompts, comps, temps, chunk=chunk)
         ref = ref.to(logp.dtype)
     return policy_loss(logp, old, adv, mask, counts, loss_cfg, ref_logp=ref)
 
@@ -398,7 +405,7 @@ def _idle_backward(model) -> None:
 
 def accumulate_gradients(model, micro_batches: Sequence[Sequence[Rollout]], counts: BatchCounts,
                          loss_cfg: LossConfig, ref_model=None, loss_scale: float = 1.0,
-                         autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+                         autocast_dtype: torch.dtype | None = None, chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
     """Forward/backward each micro-batch of this rank's share of one optimizer step; gradients add up in
     .grad (DDP syncs on the last one only). loss_scale = world size undoes DDP's gradient average.
     Returns this rank's sums: loss, kl_sum, clipped_tokens, tokens, processed_tokens, ratio_sum."""
@@ -411,7 +418,7 @@ def accumulate_gradients(model, micro_batches: Sequence[Sequence[Rollout]], coun
     for k, mb in enumerate(micro_batches):
         last = k == len(micro_batches) - 1
         with model.no_sync() if ddp and not last else nullcontext():
-            loss, stats = micro_batch_loss(model, mb, counts, loss_cfg, ref_model, autocast_dtype)
+            loss, stats = micro_batch_loss(model, mb, counts, loss_cfg, ref_model, autocast_dtype, chunk)
             (loss * loss_scale).backward()
         sums["loss"] += float(loss.detach())
         sums["kl_sum"] += float(stats["kl_sum"])
@@ -621,11 +628,16 @@ def _quiet_hf():
 
 
 def _load_model(path: Path, cfg: TrainConfig, device: torch.device):
-
+    """The policy in the run's weight dtype (fp32 master weights unless float64 or bfloat16-pure), with
+    gradient checkpointing when asked for."""
     with _quiet_hf():
         model, tok = load_policy(path, dtype="float32")
-    if cfg.dtype == "float64":
-        model = model.double()
+    weights = {"float64": torch.float64, "bfloat16-pure": torch.bfloat16}.get(cfg.dtype)
+    if weights is not None:
+        model = model.to(weights)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     return model.to(device), tok
 
 
@@ -696,7 +708,8 @@ def optimizer_step(run: _Run, step: int) -> dict[str, Any]:
     mbs = plan_micro_batches(rollouts, cfg.micro_batch_tokens)
     counts = step_counts(mbs, cfg.norm_len, dist)
     local = accumulate_gradients(run.wrapped, mbs, counts, cfg.loss_config(), run.ref_model,
-                                 loss_scale=dist.world, autocast_dtype=run.autocast_dtype)
+                                 loss_scale=dist.world, autocast_dtype=run.autocast_dtype,
+                                 chunk=cfg.logprob_chunk)
     loss, kl_sum, clipped, tokens, processed, ratio_sum = dist.all_sum(
         [local[k] for k in ("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens", "ratio_sum")])
     params = [p for p in run.model.parameters() if p.grad is not None]

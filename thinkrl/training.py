@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from thinkrl.artifacts import MANIFEST, ArtifactWriter, StageResult, finished, read_table, replace_dir
-from thinkrl.trainer import NothingToTrain, TrainConfig, resolve_config, train, train_inputs
+from thinkrl.trainer import NothingToTrain, TrainConfig, default_device, resolve_config, train, train_inputs
 
 
 def run_train_stage(policy: Path, thoughts: Path, out: Path, cfg: TrainConfig, force: bool = False,
@@ -31,7 +31,7 @@ def run_train_stage(policy: Path, thoughts: Path, out: Path, cfg: TrainConfig, f
     if df.height == 0 and carry_forward:
         return carry_policy_forward(policy, thoughts, out, cfg, "every advantage of the round is zero")
     cfg = resolve_config(cfg, df)
-    writer = ArtifactWriter(out, "train", {**cfg.to_dict(), "policy": str(policy)},
+    writer = ArtifactWriter(out, "train", {**cfg.to_dict(), "policy": str(policy), "device": default_device().type},
                             inputs=train_inputs(cfg, policy, thoughts))
     if writer.up_to_date() and not force:
         return finished(writer)
