@@ -264,3 +264,49 @@ def test_vllm_is_lazy():
     except ImportError:
         with pytest.raises(ThinkrlError, match="not installed"):
             ENGINES["vllm"]("some/model")
+
+
+def test_reloaded_engine_samples_what_a_fresh_engine_samples(tok, tmp_path):
+    """`reload` (the round loop's one engine per run) gives exactly the samples of an engine built on the new
+    checkpoint, same seeds."""
+    for name, seed in (("a", 0), ("b", 1)):
+        tiny_llama(len(tok), seed=seed).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=12)
+    prompts, seeds = [enc(tok, "12+3="), enc(tok, "7*")], seeds_for(2, 3, base=5)
+    live = load_engine("hf", tmp_path / "a", dtype="float32")
+    before = live.generate(prompts, params, seeds)
+    live.reload(tmp_path / "b")
+    fresh = load_engine("hf", tmp_path / "b", dtype="float32").generate(prompts, params, seeds)
+    assert live.generate(prompts, params, seeds) == fresh != before
+
+
+def test_engine_options_of_another_engine_are_an_error():
+    from thinkrl.engine import engine_options
+    from thinkrl.sampling import SampleConfig
+
+    assert engine_options(SampleConfig(dtype="float32", device="cpu")) == {"dtype": "float32", "device": "cpu"}
+    with pytest.raises(ThinkrlError, match="--tensor-parallel-size, --enforce-eager apply to --engine vllm only"):
+        engine_options(SampleConfig(tensor_parallel_size=2, enforce_eager=True))
+    opts = engine_options(SampleConfig(engine="vllm", gpu_memory_utilization=0.5, max_model_len=512))
+    assert opts == {"dtype": "auto", "tensor_parallel_size": 1, "gpu_memory_utilization": 0.5, "max_model_len": 512,
+                    "enable_prefix_caching": True, "enforce_eager": False}
+
+
+def test_devices_and_dtypes_resolve_before_any_model_loads(tmp_path):
+    from thinkrl.engine import resolve_device, resolve_dtype
+
+    assert resolve_device("cpu") == "cpu" and resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ThinkrlError, match="expected auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ThinkrlError, match="CUDA is not available"):
+            resolve_device("cuda:1")
+    assert resolve_dtype("hf", "auto", "cpu", tmp_path) == "float32"
+    assert resolve_dtype("hf", "auto", "cuda", tmp_path) == "bfloat16"
+    (tmp_path / "config.json").write_text('{"dtype": "float16"}')
+    assert resolve_dtype("vllm", "auto", "cuda", tmp_path) == "float16"
+    (tmp_path / "config.json").write_text('{"torch_dtype": "float32"}')
+    assert resolve_dtype("vllm", "auto", "cpu", tmp_path) == "bfloat16"
+    assert resolve_dtype("vllm", "float32", "cpu", tmp_path) == "float32"
+

@@ -190,6 +190,33 @@ def test_stages_by_hand_skip_the_work_of_thinkrl_run(tiny_run, run_cli):
     assert manifests(run_dir) == before
 
 
+def test_one_engine_per_run_reloads_each_rounds_weights(easy, tmp_path, monkeypatch):
+    """The round loop builds its generation engine once and loads every new policy's weights into it (vLLM
+    is not restarted each round); the samples are those of the other run that built fresh engines."""
+    import thinkrl.engine as engines
+    from thinkrl.engine.hf import HFEngine
+
+    built, reloaded, real_load, real_reload = [], [], engines.load_engine, HFEngine.reload
+    monkeypatch.setattr(engines, "load_engine", lambda *a, **k: built.append(a[1]) or real_load(*a, **k))
+    monkeypatch.setattr(HFEngine, "reload", lambda self, p: reloaded.append(p) or real_reload(self, p))
+    cfg = ExperimentConfig(**tiny_settings(easy, eval_every=1))
+    run_experiment(cfg, tmp_path / "r")
+    assert len(built) == 1 and len(reloaded) == 2  # eval-initial + round 0 on the start; round 1, final eval
+    monkeypatch.setattr(HFEngine, "reload", lambda self, p: (_ for _ in ()).throw(AssertionError("no reload")))
+    a = read_table(tmp_path / "r" / "round-001" / "rollouts", "rollouts")
+    fresh = load_engine_rollouts(tmp_path, cfg)
+    assert a.drop("policy").equals(fresh.drop("policy"))
+
+
+def load_engine_rollouts(tmp_path: Path, cfg: ExperimentConfig):
+    """Round 1's rollouts sampled by a fresh engine on round 0's trained policy (thinkrl sample's own function)."""
+    from thinkrl.sampling import run_sample_stage
+
+    run_sample_stage(tmp_path / "r" / "round-001" / "problems", tmp_path / "r" / "round-000" / "train" / "policy",
+                     tmp_path / "fresh", cfg.sample_config(1))
+    return read_table(tmp_path / "fresh", "rollouts")
+
+
 def test_one_policy_trains_across_rounds(tiny_run):
     """Round 1 continues round 0's AdamW state, global step and lr schedule (before: a fresh AdamW per round,
     steps restarting at 1)."""

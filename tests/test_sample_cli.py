@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 from conftest import cli_command, cli_env
 
 from thinkrl.artifacts import read_table
@@ -45,6 +46,8 @@ def test_same_seed_byte_identical_and_shards_partition(setup, run_cli):
     assert df.height == 48 and df["rollout_id"].n_unique() == 48
     m = json.loads((root / "a/manifest.json").read_text())
     assert {"accuracy", "mean_tokens", "truncation_rate"} <= set(m["metrics"])
+    if not torch.cuda.is_available():  # auto resolved before the key: what the engine really ran on
+        assert (m["config"]["device"], m["config"]["dtype"]) == ("cpu", "float32")
     # shards split the problems and give the very same rows as the unsharded run
     parts = []
     for k in range(2):
@@ -53,9 +56,16 @@ def test_same_seed_byte_identical_and_shards_partition(setup, run_cli):
         parts.append(read_table(root / f"shard{k}", "rollouts"))
     both = pl.concat(parts).sort("rollout_id")
     assert both.drop("completion_ids").equals(df.sort("rollout_id").drop("completion_ids"))
-    # rerun: up to date, skipped
+    # rerun: up to date, skipped; the same device and dtype named explicitly have the same key
     rc, _, err = run_cli(sample_args(root, policy, root / "a"))
     assert rc == 0 and "up to date" in err
+    if not torch.cuda.is_available():
+        rc, _, err = run_cli(sample_args(root, policy, root / "a", "--device", "cpu", "--dtype", "float32"))
+        assert rc == 0 and "up to date" in err
+        rc, _, err = run_cli(sample_args(root, policy, root / "c", "--device", "cuda"))
+        assert rc == 2 and "CUDA is not available" in err and not (root / "c").exists()
+    rc, _, err = run_cli(sample_args(root, policy, root / "c", "--gpu-memory-utilization", "0.5"))
+    assert rc == 2 and "apply to --engine vllm only" in err
 
 
 def test_kill_9_mid_run_then_rerun_gives_the_same_rows(setup, run_cli):

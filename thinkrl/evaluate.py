@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import polars as pl
@@ -24,7 +24,7 @@ from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_manife
 from thinkrl.engine.base import Engine
 from thinkrl.errors import ThinkrlError
 from thinkrl.sampling import SampleConfig, sample_in_parts
-from thinkrl.settings import same_as, setting
+from thinkrl.settings import project, same_as, setting
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,12 @@ class EvalConfig:
     template: str = same_as(SampleConfig, "template")
     engine: str = same_as(SampleConfig, "engine")
     dtype: str = same_as(SampleConfig, "dtype")
+    device: str = same_as(SampleConfig, "device")
+    tensor_parallel_size: int = same_as(SampleConfig, "tensor_parallel_size")
+    gpu_memory_utilization: float | None = same_as(SampleConfig, "gpu_memory_utilization")
+    max_model_len: int | None = same_as(SampleConfig, "max_model_len")
+    enable_prefix_caching: bool = same_as(SampleConfig, "enable_prefix_caching")
+    enforce_eager: bool = same_as(SampleConfig, "enforce_eager")
     seed: int = same_as(SampleConfig, "seed")
     part_size: int = same_as(SampleConfig, "part_size")
 
@@ -49,9 +55,7 @@ class EvalConfig:
         self.sample_config()  # validates the generation settings
 
     def sample_config(self) -> SampleConfig:
-        return SampleConfig(n=self.k, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
-                            template=self.template, engine=self.engine, dtype=self.dtype, seed=self.seed,
-                            round=-1, part_size=self.part_size)
+        return project(self, SampleConfig, n=self.k, temperature=self.temperature, top_p=self.top_p, round=-1)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -103,8 +107,10 @@ def summarise(samples: pl.DataFrame, k: int) -> pl.DataFrame:
 def eval_stage_config(cfg: EvalConfig, benchmarks: Mapping[str, pl.DataFrame], policy: Path) -> dict:
     """The eval stage's resolved config (its skip key): settings, benchmark names and their problems' sha256."""
     from thinkrl.problems import problems_sha256
+    from thinkrl.sampling import NOT_IN_KEY
 
-    return {**asdict(cfg), "benchmarks": list(benchmarks), "policy": str(policy),
+    return {**{k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY}, "benchmarks": list(benchmarks),
+            "policy": str(policy),
             "problems_sha256": {n: problems_sha256(df) for n, df in benchmarks.items()}}
 
 
@@ -114,17 +120,17 @@ def run_eval_stage(benchmarks: Mapping[str, pl.DataFrame], policy: Path, out: Pa
                    progress: Callable[[int, int], None] | None = None) -> StageResult:
     """The eval stage, for `thinkrl eval` and `thinkrl run` alike: key -> skip -> sample and score -> finish.
     `benchmarks` are loaded with cfg.limit (`thinkrl.problems.problem_sets`); `load()` gives the engine
-    (default: load_engine(cfg.engine, policy, cfg.dtype)), only when work remains."""
-    from thinkrl.engine import load_engine
-    from thinkrl.sampling import resolved_template
+    (default: load_engine with `engine_options(cfg)`), only when work remains."""
+    from thinkrl.engine import engine_options, load_engine
+    from thinkrl.sampling import resolved_generation
 
-    cfg = replace(cfg, template=resolved_template(cfg.template, policy, tokenizer))
+    cfg = resolved_generation(cfg, policy, tokenizer)
     writer = ArtifactWriter(out, "eval", eval_stage_config(cfg, benchmarks, policy), inputs={"policy": policy})
     if writer.up_to_date() and not force:
         return finished(writer)
     if start:
         start(sum(df.height for df in benchmarks.values()) * cfg.k)
-    eng = load() if load else load_engine(cfg.engine, policy, dtype=cfg.dtype)
+    eng = load() if load else load_engine(cfg.engine, policy, **engine_options(cfg))
     evaluate(benchmarks, eng, cfg, writer, policy=str(policy), progress=progress)
     return StageResult(out, False, read_manifest(out).get("metrics", {}))
 

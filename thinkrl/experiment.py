@@ -10,7 +10,8 @@ threads), each of its fields is `same_as` a field of SampleConfig, JudgeConfig, 
 EvalConfig (thinkrl.settings), so it has that setting's one default and help text, and `project` hands it to
 the stage. A key's name is the stage field's, prefixed where two stages share a name (`judge_max_tokens` is
 JudgeConfig.max_tokens, `eval_k` EvalConfig.k). The generation settings max_tokens, template, engine, dtype
-and part_size apply to the training rollouts and the held-out eval alike (they are one setting there).
+part_size, device and the vLLM options apply to the training rollouts and the held-out eval alike (one engine
+serves both).
 
 A TOML experiment file holds flat `key = value` pairs, one per field (no tables; an unknown key is an error
 naming it); the CLI takes every field as an option too (`--lr 2e-4`), and options win over the file, which
@@ -71,6 +72,12 @@ class ExperimentConfig:
     template: str = same_as(SampleConfig, "template")
     engine: str = same_as(SampleConfig, "engine")
     dtype: str = same_as(SampleConfig, "dtype")
+    device: str = same_as(SampleConfig, "device")
+    tensor_parallel_size: int = same_as(SampleConfig, "tensor_parallel_size")
+    gpu_memory_utilization: float | None = same_as(SampleConfig, "gpu_memory_utilization")
+    max_model_len: int | None = same_as(SampleConfig, "max_model_len")
+    enable_prefix_caching: bool = same_as(SampleConfig, "enable_prefix_caching")
+    enforce_eager: bool = same_as(SampleConfig, "enforce_eager")
     part_size: int = same_as(SampleConfig, "part_size")
     # judge and advantages
     judge: str = same_as(JudgeConfig, "judge")
@@ -191,8 +198,8 @@ def docs_markdown() -> str:
              "`--eval-every 2`), and options override the file, which overrides the defaults below. The "
              "resolved settings are saved in `runs/NAME/config.toml`. A key declared by a stage is that stage's "
              "setting: the same default and meaning as the stage command's option (column `setting`). The "
-             "generation settings (`max_tokens`, `template`, `engine`, `dtype`, `part_size`) apply to the "
-             "training rollouts and the held-out eval alike.", "",
+             "generation settings (`max_tokens`, `template`, `engine`, `dtype`, `device`, the vLLM options, "
+             "`part_size`) apply to the training rollouts and the held-out eval alike: one engine serves both.", "",
              "Example: [arith-grpo-vs-tp.toml](arith-grpo-vs-tp.toml).", "",
              "| key | type | default | setting | meaning |", "|---|---|---|---|---|"]
     for f in fields(ExperimentConfig):

@@ -59,6 +59,7 @@ from thinkrl.errors import ThinkrlError
 from thinkrl.experiment import ExperimentConfig, round_seed
 from thinkrl.problems import problem_set, problem_sets, problems_sha256
 from thinkrl.runs import INITIAL_EVAL, round_dir
+from thinkrl.sampling import resolved_generation
 from thinkrl.summary import RunSummary, collect_run
 
 HELD_OUT_ARITH = 2000
@@ -91,16 +92,20 @@ class _Ctx:
     display: Display
     eval_sets: dict[str, pl.DataFrame] = field(default_factory=dict)
     train_source: pl.DataFrame | None = None
-    _engine: tuple[str, Any] | None = None
+    _engine: tuple[str | None, Any] | None = None   # (the policy its weights are from, None: stale; engine)
     _tokenizers: dict[str, Any] = field(default_factory=dict)
 
     def engine(self, policy: Path):
-        """The generation engine of `policy`, kept while consecutive stages use the same policy."""
-        from thinkrl.engine import load_engine
+        """The run's one generation engine, holding `policy`'s weights: built once, then each new policy's
+        weights are loaded into it (`Engine.reload`: vLLM reloads in place instead of starting again)."""
+        from thinkrl.engine import engine_options, load_engine
 
-        if self._engine is None or self._engine[0] != str(policy):
-            self._engine = None
-            self._engine = (str(policy), load_engine(self.cfg.engine, policy, dtype=self.cfg.dtype))
+        if self._engine is None:
+            options = engine_options(resolved_generation(self.cfg.sample_config(0), Path(self.cfg.policy)))
+            self._engine = (str(policy), load_engine(self.cfg.engine, policy, **options))
+        elif self._engine[0] != str(policy):
+            self._engine[1].reload(policy)
+            self._engine = (str(policy), self._engine[1])
         return self._engine[1]
 
     def tokenizer(self, policy: Path):
@@ -250,8 +255,8 @@ def stage_train(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path)
     if m.get("carried_forward"):
         ctx.display.done(round_, "train", f"nothing to learn ({m.get('reason')}); policy carried forward", r.skipped)
         return out
-    if not r.skipped:
-        ctx._engine = None  # the policy on disk changed: never reuse an engine loaded from a stale path
+    if not r.skipped and ctx._engine is not None:
+        ctx._engine = (None, ctx._engine[1])  # the policy on disk changed: its weights are reloaded before use
     speed = "" if r.skipped else f", {m['seconds_per_step']:.2f} s/step"
     ctx.display.done(round_, "train", f"{m.get('steps')} steps, final loss {m.get('final_loss', 0):+.4f}{speed}",
                      r.skipped)

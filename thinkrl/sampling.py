@@ -59,7 +59,17 @@ class SampleConfig:
     template: str = setting("auto", "prompt template: auto (the policy's thinkrl.json), chat, chat-plain, raw, "
                                     "raw-plain")
     engine: str = setting("hf", "generation engine: hf (transformers) or vllm")
-    dtype: str = setting("auto", "generation dtype: auto (the checkpoint's), float32 or bfloat16")
+    dtype: str = setting("auto", "generation dtype: auto (hf: float32 on CPU, bfloat16 on CUDA; vllm: the "
+                                 "checkpoint's bf16/fp16, else bf16), float32 or bfloat16; the manifest records "
+                                 "the resolved one")
+    device: str = setting("auto", "hf engine: auto (CUDA when present), cpu, cuda or cuda:N; the manifest records "
+                                  "the resolved one")
+    tensor_parallel_size: int = setting(1, "vllm: GPUs one model is split over")
+    gpu_memory_utilization: float | None = setting(None, "vllm: share of GPU memory (on CPU: of RAM) it may take "
+                                                         "for weights and KV cache (default: vLLM's, 0.9)")
+    max_model_len: int | None = setting(None, "vllm: longest prompt + completion (default: the model's)")
+    enable_prefix_caching: bool = setting(True, "vllm: share the KV cache of a prompt among its G samples")
+    enforce_eager: bool = setting(False, "vllm: no CUDA graphs (slower; quicker start, less memory)")
     seed: int = setting(0, "base seed; each sample's seed derives from (seed, round, problem, sample)")
     round: int = setting(0, "training round recorded in the rows (that of the behaviour policy)")
     shard: tuple[int, int] = setting((0, 1), "k/n: this process takes problems i % n == k", parse=parse_shard)
@@ -74,11 +84,14 @@ class SampleConfig:
                 raise ThinkrlError(f"sample: `{name}` must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise ThinkrlError(f"sample: `limit` must be >= 1, got {self.limit}")
-        from thinkrl.engine import check_engine
+        from thinkrl.engine import check_device, check_engine
         from thinkrl.models import torch_dtype
 
         check_engine(self.engine)
+        check_device(self.device)
         torch_dtype(self.dtype)
+        if self.tensor_parallel_size < 1 or not 0 < (self.gpu_memory_utilization or 0.5) <= 1:
+            raise ThinkrlError("sample: tensor_parallel_size must be >= 1 and gpu_memory_utilization in (0, 1]")
 
     def params(self) -> SamplingParams:
         return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
@@ -119,9 +132,27 @@ def sample_part(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, templ
     return rows
 
 
+NOT_IN_KEY = ("gpu_memory_utilization",)  # how much memory vLLM may take changes no token: no rerun for it
+
+
 def sample_stage_config(cfg: SampleConfig, policy: str | Path) -> dict:
     """The sample stage's resolved config (its skip key), the same for `thinkrl sample` and `thinkrl run`."""
-    return {**cfg.to_dict(), "policy": str(policy)}
+    return {**{k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_KEY}, "policy": str(policy)}
+
+
+def resolved_generation(cfg, policy: Path, tokenizer=None):
+    """`cfg` (SampleConfig, EvalConfig) with its template, device and dtype resolved, as manifests record them."""
+    from thinkrl.engine import resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.device) if cfg.engine == "hf" else ("cuda" if _cuda() else "cpu")
+    return replace(cfg, template=resolved_template(cfg.template, policy, tokenizer), device=device,
+                   dtype=resolve_dtype(cfg.engine, cfg.dtype, device, policy))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def resolved_template(template: str, policy: Path, tokenizer=None) -> str:
@@ -137,11 +168,11 @@ def run_sample_stage(problems: Path, policy: Path, out: Path, cfg: SampleConfig,
                      load: Callable[[], Engine] | None = None, start: Callable[[int], None] | None = None,
                      progress: Callable[[int, int], None] | None = None) -> StageResult:
     """The sample stage, for `thinkrl sample` and `thinkrl run` alike: key -> skip -> sample -> finish.
-    cfg.template may be `auto`; `load()` gives the engine (default: load_engine(engine, policy, dtype)), only
+    cfg.template/device/dtype may be `auto` (resolved first); `load()` gives the engine (default: load_engine), only
     when work remains; start(total sequences of this shard) when work begins."""
-    from thinkrl.engine import load_engine
+    from thinkrl.engine import engine_options, load_engine
 
-    cfg = replace(cfg, template=resolved_template(cfg.template, policy, tokenizer))
+    cfg = resolved_generation(cfg, policy, tokenizer)
     writer = ArtifactWriter(out, "sample", sample_stage_config(cfg, policy),
                             inputs={"problems": problems, "policy": policy})
     if writer.up_to_date() and not force:
@@ -150,7 +181,7 @@ def run_sample_stage(problems: Path, policy: Path, out: Path, cfg: SampleConfig,
     probs = probs if cfg.limit is None else probs.head(cfg.limit)
     if start:
         start(shard_problems(probs, cfg.shard).height * cfg.n)
-    eng = load() if load else load_engine(cfg.engine, policy, dtype=cfg.dtype)
+    eng = load() if load else load_engine(cfg.engine, policy, **engine_options(cfg))
     return StageResult(out, False, sample_rollouts(probs, eng, cfg, writer, policy=str(policy), template=cfg.template,
                                                    progress=progress))
 

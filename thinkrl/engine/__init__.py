@@ -14,6 +14,7 @@ The interface and the conventions every engine keeps (log-probs, stop strings, f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,10 +50,64 @@ def check_engine(name: str) -> None:
         raise ThinkrlError(f"unknown engine {name!r}; expected one of: {', '.join(ENGINES)}")
 
 
+def check_device(device: str) -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ThinkrlError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(device: str) -> str:
+    """auto -> cuda where CUDA is available, else cpu; cuda asked for without CUDA is an error."""
+    import torch
+
+    check_device(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ThinkrlError(f"device {device!r} asked for, but CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(engine: str, dtype: str, device: str, policy: str | Path) -> str:
+    """The dtype an engine will really run in (what manifests record; no model is loaded):
+    hf: auto = float32 on CPU, bfloat16 on CUDA. vllm: auto = the checkpoint's bfloat16/float16, else
+    bfloat16 (an fp32 checkpoint runs in bf16: vLLM's CPU backend has no fp32 kernels for it, and on a GPU bf16 is
+    what one wants)."""
+    if dtype != "auto":
+        return dtype
+    if engine == "hf":
+        return "float32" if device == "cpu" else "bfloat16"
+    import json
+
+    try:
+        cfg = json.loads((Path(policy) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cfg = {}
+    stored = cfg.get("dtype") or cfg.get("torch_dtype")
+    return stored if stored in ("bfloat16", "float16") else "bfloat16"
+
+
+VLLM_ONLY = {"tensor_parallel_size": 1, "gpu_memory_utilization": None, "max_model_len": None,
+             "enable_prefix_caching": True, "enforce_eager": False}  # option -> the value that means "not set"
+
+
+def engine_options(cfg) -> dict:
+    """What load_engine(cfg.engine, ...) gets from a generation config (SampleConfig, EvalConfig, ...): dtype and
+    device, and vLLM's own options (those set on an hf engine are an error naming them)."""
+    options = {"dtype": cfg.dtype}
+    if cfg.engine == "vllm":
+        options |= {k: getattr(cfg, k) for k in VLLM_ONLY if getattr(cfg, k) is not None}
+        return options
+    bad = [k for k, unset in VLLM_ONLY.items() if getattr(cfg, k) != unset]
+    if bad:
+        raise ThinkrlError(f"engine {cfg.engine}: {', '.join('--' + k.replace('_', '-') for k in bad)} apply to "
+                           "--engine vllm only")
+    return options | {"device": cfg.device}
+
+
 def load_engine(name: str, path: str | Path, **options) -> Engine:
     """The engine `name` loaded from the checkpoint at `path` (options: dtype, device, ...)."""
     check_engine(name)
     return ENGINES[name](path, **options)
 
 
-__all__ = ["ENGINES", "check_engine", "Completion", "Engine", "HFEngine", "SamplingParams", "load_engine"]
+__all__ = ["ENGINES", "check_device", "check_engine", "engine_options", "resolve_device", "resolve_dtype", "Completion", "Engine", "HFEngine", "SamplingParams", "load_engine"]

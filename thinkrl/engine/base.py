@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -73,6 +74,11 @@ class Engine(Protocol):
     def generate(self, prompts: list[list[int]], params: SamplingParams, seeds: list[list[int]],
                  progress: Progress | None = None) -> list[list[Completion]]:
         """prompts: token ids per prompt; seeds[i][j] seeds sample j of prompt i; returns [prompt][n]."""
+        ...
+
+    def reload(self, path: str | Path) -> None:
+        """Take the weights of the checkpoint at `path` (same architecture and tokenizer); afterwards the engine
+        samples exactly what a fresh engine on `path` would."""
         ...
 
 

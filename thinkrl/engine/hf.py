@@ -129,6 +129,17 @@ class HFEngine:
             raise ThinkrlError(f"hf engine: cannot load a causal LM from {path}: {e}") from e
         return cls(model.to(device), tokenizer, batch_tokens=batch_tokens)
 
+    def reload(self, path: str | Path) -> None:
+        """The weights of `path`, in this engine's dtype and device (a small model loads in the time a weight
+        copy would take, so it is loaded and swapped in)."""
+        dtype = next(self.model.parameters()).dtype
+        fresh = HFEngine.from_pretrained(path, dtype=next(k for k, v in DTYPES.items() if v == dtype),
+                                         device=str(self.device), batch_tokens=self.batch_tokens)
+        if len(fresh.tokenizer) != len(self.tokenizer):
+            raise ThinkrlError(f"hf engine: {path} has another tokenizer ({len(fresh.tokenizer)} tokens, this "
+                               f"engine {len(self.tokenizer)}); build a new engine for it")
+        self.model, self.eos_ids = fresh.model, fresh.eos_ids
+
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: SamplingParams, seeds: list[list[int]],
                  progress: Progress | None = None) -> list[list[Completion]]:

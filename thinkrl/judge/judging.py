@@ -22,7 +22,8 @@ from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.prompts import TEMPLATES
 from thinkrl.judge.protocol import UNKNOWN, Judge, JudgeRequest, Verdict
-from thinkrl.settings import setting
+from thinkrl.sampling import SampleConfig
+from thinkrl.settings import same_as, setting
 from thinkrl.steps import (
     JUDGE_SPLITTER,
     check_splitter,
@@ -47,6 +48,7 @@ class JudgeConfig:
     judge_model: str | None = setting(None, "openai judge: the model name the server serves")
     prompt: str = setting("intrinsic-v1", f"generative judge prompt template: {', '.join(TEMPLATES)}")
     max_tokens: int = setting(1024, "generative judges: maximum reply tokens")
+    device: str = same_as(SampleConfig, "device")
     concurrency: int = setting(8, "openai judge: requests in flight at once")
     timeout_s: float = setting(120.0, "openai judge: per-request timeout in seconds", flag="--timeout")
     retries: int = setting(4, "openai judge: retries on timeouts, 429 and 5xx")
@@ -89,6 +91,10 @@ def judge_config(cfg: JudgeConfig, tokenizer: str) -> dict:
     if kind.generative:
         config |= {"judge_model": cfg.judge_model, "prompt": cfg.prompt,
                    "prompt_version": TEMPLATES[cfg.prompt].version, "max_tokens": cfg.max_tokens}
+    if kind.local_model:  # where it runs changes its numerics: the resolved device is part of the key
+        from thinkrl.engine import resolve_device
+
+        config["device"] = resolve_device(cfg.device)
     return config
 
 
@@ -194,7 +200,10 @@ def run_judge_stage(rollouts: Path, out: Path, cfg: JudgeConfig = JudgeConfig(),
     if writer.up_to_date() and not force:
         result = finished(writer)
     else:
+        from thinkrl.engine import resolve_device
+
         j = make_judge(cfg.judge, model=cfg.judge_model, max_tokens=cfg.max_tokens, template=cfg.prompt,
+                       device=resolve_device(cfg.device),
                        cache_dir=str(cfg.cache_dir or out / "_cache"), concurrency=cfg.concurrency,
                        timeout_s=cfg.timeout_s, retries=cfg.retries, api_key_env=cfg.api_key_env)
         tok = load_tokenizer(tok_path, hint="; pass --tokenizer DIR")
