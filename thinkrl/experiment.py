@@ -36,7 +36,7 @@ from thinkrl.errors import ThinkrlError
 from thinkrl.evaluate import EvalConfig
 from thinkrl.judge.judging import JudgeConfig
 from thinkrl.problems import DATA_DIR_HELP
-from thinkrl.sampling import SampleConfig
+from thinkrl.sampling import GenerationSettings, SampleConfig
 from thinkrl.segment import SegmentConfig
 from thinkrl.settings import (
     coerce,
@@ -54,8 +54,9 @@ from thinkrl.trainer import TrainConfig
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
-    """Every setting of a `thinkrl run` experiment (flat keys of the TOML file, options of the CLI)."""
+class ExperimentConfig(GenerationSettings):
+    """Every setting of a `thinkrl run` experiment (flat keys of the TOML file, options of the CLI); the
+    generation settings (GenerationSettings, first) serve its training rollouts and its evals alike."""
 
     policy: str = setting("", "start policy: a Hugging Face causal-LM directory (required)")
     rounds: int = setting(4, "rounds of sample -> judge -> segment -> train")
@@ -68,17 +69,6 @@ class ExperimentConfig:
     n: int = same_as(SampleConfig, "n")
     temperature: float = same_as(SampleConfig, "temperature")
     top_p: float = same_as(SampleConfig, "top_p")
-    max_tokens: int = same_as(SampleConfig, "max_tokens")
-    template: str = same_as(SampleConfig, "template")
-    engine: str = same_as(SampleConfig, "engine")
-    dtype: str = same_as(SampleConfig, "dtype")
-    device: str = same_as(SampleConfig, "device")
-    tensor_parallel_size: int = same_as(SampleConfig, "tensor_parallel_size")
-    gpu_memory_utilization: float | None = same_as(SampleConfig, "gpu_memory_utilization")
-    max_model_len: int | None = same_as(SampleConfig, "max_model_len")
-    enable_prefix_caching: bool = same_as(SampleConfig, "enable_prefix_caching")
-    enforce_eager: bool = same_as(SampleConfig, "enforce_eager")
-    part_size: int = same_as(SampleConfig, "part_size")
     # judge and advantages
     judge: str = same_as(JudgeConfig, "judge")
     judge_model: str | None = same_as(JudgeConfig, "judge_model")

@@ -25,7 +25,7 @@ from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.engine.base import Engine, SamplingParams
 from thinkrl.errors import ThinkrlError
 from thinkrl.grading import grade_many
-from thinkrl.settings import setting
+from thinkrl.settings import same_as, setting
 from thinkrl.templates import encode_prompt, render
 
 
@@ -130,6 +130,24 @@ def sample_part(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, templ
             "pred_answer": g.pred_answer, "correct": g.correct, "seed": seeds[i][j],
         })
     return rows
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """The generation settings of the other stages that sample (eval, thinkrl run): the sample stage's own,
+    inherited so that a new engine option is declared in SampleConfig and listed here once."""
+
+    max_tokens: int = same_as(SampleConfig, "max_tokens")
+    template: str = same_as(SampleConfig, "template")
+    engine: str = same_as(SampleConfig, "engine")
+    dtype: str = same_as(SampleConfig, "dtype")
+    device: str = same_as(SampleConfig, "device")
+    tensor_parallel_size: int = same_as(SampleConfig, "tensor_parallel_size")
+    gpu_memory_utilization: float | None = same_as(SampleConfig, "gpu_memory_utilization")
+    max_model_len: int | None = same_as(SampleConfig, "max_model_len")
+    enable_prefix_caching: bool = same_as(SampleConfig, "enable_prefix_caching")
+    enforce_eager: bool = same_as(SampleConfig, "enforce_eager")
+    part_size: int = same_as(SampleConfig, "part_size")
 
 
 NOT_IN_KEY = ("gpu_memory_utilization",)  # how much memory vLLM may take changes no token: no rerun for it

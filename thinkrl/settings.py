@@ -90,9 +90,7 @@ def field_type(cls: type, name: str) -> Any:
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    import sys
-
-    return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    return typing.get_type_hints(cls)  # each base's annotations in its own module
 
 
 def base_type(t: Any) -> Any:
