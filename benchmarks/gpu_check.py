@@ -72,6 +72,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("-n", type=int, default=8, help="samples per problem")
     ap.add_argument("--max-tokens", type=int, default=1024, help="completion budget")
     ap.add_argument("--out", type=Path, default=None, help="work directory (default: a temporary one)")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=None,
+                    help="vLLM's memory share (default: vLLM's; 0.3 on a small CPU machine)")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                     help="cpu: run the same check on a CPU (to test the script; bf16 autocast on CPU)")
     args = ap.parse_args(argv)
@@ -111,7 +113,9 @@ def main(argv: list[str]) -> int:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "stages.cli", "sample", "--policy", str(policy), "--problems",
                         str(out / "problems"), "--engine", "vllm", "-n", str(args.n), "--max-tokens",
-                        str(args.max_tokens), "--part-size", str(args.problems), "--out", str(out / "rollouts-vllm")],
+                        str(args.max_tokens), "--part-size", str(args.problems), "--out", str(out / "rollouts-vllm"),
+                        *(["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+                          if args.gpu_memory_utilization else [])],
                        check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         tokens = int(read_table(out / "rollouts-vllm", "rollouts")["completion_ids"].list.len().sum())
         rows.append({"stage": "sample vllm (incl. start-up)", "seconds": round(time.perf_counter() - t0, 1),
@@ -134,7 +138,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"first_step_ratio_mean": first["ratio_mean"], "clip_frac": first["clip_frac"]}))
     trained = out / "train" / "policy"
     ecfg = EvalConfig(k=4, max_tokens=args.max_tokens, device=args.device, part_size=args.problems)
-    rows.append(_stage("eval", lambda: run_eval_stage({args.bench: problems}, trained, out / "eval", ecfg)))
+    rows.append(_stage("eval", lambda: run_eval_stage({args.bench: problems}, trained, out / "eval", ecfg),
+                       lambda r: int(read_table(out / "eval", "eval_samples")["tokens"].sum())))
     print(f"gpu-check: done, artifacts in {out}")
     return 0
 
