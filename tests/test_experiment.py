@@ -293,6 +293,19 @@ def test_round_with_nothing_to_learn_carries_the_policy(easy, tmp_path):
     assert summary.evals == []
 
 
+def test_a_run_never_writes_into_a_model_directory(easy, tmp_path):
+    """runs/NAME that is a model (or an artifact) directory is refused before anything is written: the name
+    of a run that shares its policy's name must not turn the model directory into a run."""
+    import shutil
+
+    model = tmp_path / "runs" / "m"
+    shutil.copytree(easy["policy"], model)
+    before = sorted(p.name for p in model.iterdir())
+    with pytest.raises(ThinkrlError, match="holds a model or an artifact, not a run"):
+        run_experiment(ExperimentConfig(**tiny_settings(easy, policy=str(model))), model)
+    assert sorted(p.name for p in model.iterdir()) == before
+
+
 def test_missing_policy_is_one_line_error(tmp_path, run_cli):
     with pytest.raises(ThinkrlError, match="set `policy`"):
         run_experiment(ExperimentConfig(), tmp_path / "r")

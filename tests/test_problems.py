@@ -225,3 +225,16 @@ def test_task_limit_generates_that_many_and_keeps_the_prefix(tmp_path):
     assert big.height == 500 and default.height == 200
     assert big.head(200)["question"].to_list() == default["question"].to_list()
     assert P.named_problems("arith", tmp_path, limit=10).height == 10
+
+
+def test_arith_task_chain_lengths():
+    """min_ops/max_ops choose the chain lengths (a small real model solves 1-2 operations); the default set,
+    the held-out eval set, is unchanged; bad lengths are a one-line error."""
+    short = P.arith_task(n=20, seed=3, min_ops=1, max_ops=2)
+    assert {len(json.loads(r["meta"])["ops"]) for r in short} <= {1, 2}
+    assert P.arith_task(n=5) == P.arith_task(n=5, min_ops=None, max_ops=None)
+    assert {len(json.loads(r["meta"])["ops"]) for r in P.arith_task(n=50)} <= set(range(2, 7))
+    with pytest.raises(ThinkrlError, match="min_ops <= max_ops"):
+        P.arith_task(n=2, min_ops=3, max_ops=2)
+    df = P.load_problems(P.resolve_set("arith", Path(".")), limit=4, min_ops=1, max_ops=1)
+    assert df.height == 4 and all(len(json.loads(m)["ops"]) == 1 for m in df["meta"])

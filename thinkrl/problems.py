@@ -384,13 +384,22 @@ def list_benchmarks(data_dir: Path) -> list[dict]:
 ARITH_EVAL_SEED = 1_000_003  # held-out ArithChain problems for `eval --bench arith` (training sets use other seeds)
 
 
-def arith_task(n: int = 200, seed: int = ARITH_EVAL_SEED) -> list[dict]:
-    """ArithChain problems (thinkrl.tasks.arith) as problems rows; the default is the held-out eval set."""
-    from thinkrl.tasks.arith import generate_problems
+def arith_task(n: int = 200, seed: int = ARITH_EVAL_SEED, min_ops: int | None = None,
+               max_ops: int | None = None) -> list[dict]:
+    """ArithChain problems (thinkrl.tasks.arith) as problems rows; the default is the held-out eval set.
+    min_ops/max_ops change the chain lengths (default 2-6): e.g. 1-2 operations for a model that solves
+    little else."""
+    from dataclasses import replace
 
+    from thinkrl.tasks.arith import ArithConfig, generate_problems
+
+    lengths = {k: v for k, v in (("min_ops", min_ops), ("max_ops", max_ops)) if v is not None}
+    config = replace(ArithConfig(), **lengths)
+    if config.min_ops < 1 or config.max_ops < config.min_ops:
+        raise ThinkrlError(f"arith: expected 1 <= min_ops <= max_ops, got {config.min_ops} and {config.max_ops}")
     return [{"problem_id": p.problem_id, "source": "arith", "question": p.question, "answer": str(p.answer),
              "meta": json.dumps({"start": p.start, "ops": [list(o) for o in p.ops], "seed": seed})}
-            for p in generate_problems(n, seed)]
+            for p in generate_problems(n, seed, config)]
 
 
 TASKS: dict[str, Callable[..., pl.DataFrame | list[dict]]] = {"arith": arith_task}
@@ -442,7 +451,7 @@ LOADERS: dict[str, Callable[..., pl.DataFrame]] = {
 }
 
 FILE_OPTIONS = ("question_col", "answer_col", "id_col", "source")
-TASK_OPTIONS = ("n", "seed")
+TASK_OPTIONS = ("n", "seed", "min_ops", "max_ops")
 
 
 def load_problems(ps: ProblemSet, limit: int | None = None, **options: Any) -> pl.DataFrame:
@@ -513,6 +522,8 @@ class PrepareConfig:
     source: str | None = setting(None, "FILE only: source name stored with each problem (default: the file name)")
     n: int | None = setting(None, "TASK only: how many problems to generate")
     seed: int | None = setting(None, "TASK only: generator seed")
+    min_ops: int | None = setting(None, "TASK arith only: fewest operations per chain (default 2)")
+    max_ops: int | None = setting(None, "TASK arith only: most operations per chain (default 6)")
 
     def __post_init__(self) -> None:
         for name in ("limit", "n"):

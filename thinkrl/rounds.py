@@ -365,6 +365,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display 
     summary.json)."""
     run_dir = Path(run_dir)
     display = display or Display()
+    if (run_dir / "config.json").is_file() or (run_dir / MANIFEST).is_file():
+        raise ThinkrlError(f"{run_dir}: holds a model or an artifact, not a run; give the run another name "
+                           "(--name) or another --runs-dir")
     with _run_lock(run_dir), _torch_threads(cfg.threads):
         ctx = _context(cfg, run_dir, display)
         write_text_atomic(cfg.to_toml(), run_dir / runs.CONFIG)
