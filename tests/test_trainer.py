@@ -443,6 +443,8 @@ def test_chunked_logprobs_and_checkpointing_train_the_same_weights(policy, tmp_p
         for k, w in weights["whole"].items():
             assert torch.allclose(weights[name][k], w, rtol=1e-5, atol=1e-5), (name, k)  # Adam: lr-scaled noise
     assert not torch.equal(weights["whole"]["model.norm.weight"], load(policy).state_dict()["model.norm.weight"])
+    exported = json.loads((tmp_path / "checkpointed" / "policy" / "config.json").read_text())
+    assert exported.get("use_cache", True) is True  # checkpointing turned the cache off for training only
 
 
 def test_resumed_run_keeps_its_recomputed_logprobs(policy, tmp_path):

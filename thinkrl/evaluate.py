@@ -41,7 +41,7 @@ class EvalConfig(GenerationSettings):
     def __post_init__(self) -> None:
         if self.k < 1 or (self.limit is not None and self.limit < 1):
             raise ThinkrlError(f"eval: `k` and `limit` must be >= 1, got {self.k} and {self.limit}")
-        self.sample_config()  # validates the generation settings
+        object.__setattr__(self, "dtype", self.sample_config().dtype)  # validated, and its one name (bf16 -> bfloat16)
 
     def sample_config(self) -> SampleConfig:
         return project(self, SampleConfig, n=self.k, temperature=self.temperature, top_p=self.top_p, round=-1)

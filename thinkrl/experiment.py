@@ -98,6 +98,9 @@ class ExperimentConfig(GenerationSettings):
     beta: float = same_as(TrainConfig, "beta")
     aggregation: str = same_as(TrainConfig, "aggregation")
     save_every: int = same_as(TrainConfig, "save_every")
+    train_dtype: str = same_as(TrainConfig, "dtype")
+    gradient_checkpointing: bool = same_as(TrainConfig, "gradient_checkpointing")
+    logprob_chunk: int = same_as(TrainConfig, "logprob_chunk")
     # eval
     eval_every: int = setting(1, "held-out eval after every N-th round and after the last (0 = no eval)")
     eval_initial: bool = setting(True, "also evaluate the start policy (eval-initial/), when eval_every > 0")

@@ -114,6 +114,15 @@ class JudgeEvalConfig:
         return [s.strip() for s in (self.processbench or "").split(",") if s.strip()]
 
 
+def judge_eval_key(cfg: JudgeEvalConfig) -> dict:
+    """The stage's skip key: the judge's own key (its version for rule/oracle, prompt and reply length for
+    generative judges: `judging.judge_config`), the subsets and the limit."""
+    from thinkrl.judge.judging import judge_config
+
+    judge = judge_config(JudgeConfig(cfg.judge, judge_model=cfg.judge_model, max_tokens=cfg.max_tokens), "")
+    return {**judge, "processbench": cfg.subsets(), "limit": cfg.limit}
+
+
 def run_judge_eval_stage(out: Path, cfg: JudgeEvalConfig, rollouts: Path | None, data_dir: Path,
                          force: bool = False, status=None) -> StageResult:
     """The judge-eval stage: key -> skip -> the oracle suite on `rollouts` and the ProcessBench subsets -> the
@@ -126,9 +135,7 @@ def run_judge_eval_stage(out: Path, cfg: JudgeEvalConfig, rollouts: Path | None,
 
     if rollouts is None and not cfg.subsets():
         raise ThinkrlError("give --rollouts (ArithChain, vs the oracle) and/or --processbench SUBSETS")
-    config = {"judge": cfg.judge, "processbench": cfg.subsets(), "limit": cfg.limit, "judge_model": cfg.judge_model,
-              "max_tokens": cfg.max_tokens}
-    writer = ArtifactWriter(out, "judge-eval", config, inputs={"rollouts": rollouts} if rollouts else {})
+    writer = ArtifactWriter(out, "judge-eval", judge_eval_key(cfg), inputs={"rollouts": rollouts} if rollouts else {})
     if writer.up_to_date() and not force:
         return StageResult(out, True, {"rows": read_table(out, "judge_eval").to_dicts()})
     cases = {s: named_problems(f"processbench_{s}", data_dir, limit=cfg.limit) for s in cfg.subsets()}  # fail early

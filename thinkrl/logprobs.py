@@ -97,8 +97,9 @@ class SelectedLogprob(torch.autograd.Function):
         mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)            # (N,)
+        w = weight.to(mm) if mm is not None else weight                               # cast once, not per chunk
         for s in range(0, hidden.shape[0], chunk):
-            logits = _chunk_logits(hidden[s:s + chunk], weight, temperature[s:s + chunk], mm, acc)  # (c, V)
+            logits = _chunk_logits(hidden[s:s + chunk], w, temperature[s:s + chunk], mm, acc)  # (c, V)
             out[s:s + chunk] = logits.gather(-1, targets[s:s + chunk, None])[:, 0] - torch.logsumexp(logits, -1)
         ctx.save_for_backward(hidden, weight, targets, temperature)
         ctx.chunk, ctx.mm, ctx.acc = chunk, mm, acc
@@ -111,15 +112,16 @@ class SelectedLogprob(torch.autograd.Function):
         gh = torch.zeros_like(hidden) if want_h else None                                # (N, H)
         gw = torch.zeros(weight.shape, dtype=ctx.acc, device=weight.device) if want_w else None  # (V, H)
         mm = ctx.mm or weight.dtype
+        w = weight.to(mm)                                                             # cast once, not per chunk
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, hidden.shape[0], ctx.chunk):
                 e = s + ctx.chunk
-                logits = _chunk_logits(hidden[s:e], weight, temperature[s:e], ctx.mm, ctx.acc)   # (c, V)
+                logits = _chunk_logits(hidden[s:e], w, temperature[s:e], ctx.mm, ctx.acc)        # (c, V)
                 g = -torch.softmax(logits, -1)                                                # d(-logsumexp)
                 g.scatter_add_(-1, targets[s:e, None], torch.ones_like(g[:, :1]))             # + d(selected)
                 g *= (grad_out[s:e] / temperature[s:e])[:, None]                              # (c, V) d/d(hW^T)
                 if want_h:
-                    gh[s:e] = (g.to(mm) @ weight.to(mm)).to(gh.dtype)
+                    gh[s:e] = (g.to(mm) @ w).to(gh.dtype)
                 if want_w:
                     gw += (g.to(mm).T @ hidden[s:e].to(mm)).to(ctx.acc)
         return gh, gw.to(weight.dtype) if want_w else None, None, None, None

@@ -324,13 +324,24 @@ def _torch_threads(n: int) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _generation_dtype_fixed(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` with its generation dtype resolved once, from the start policy: the run's one engine keeps it for
+    every round, so every round's key records the dtype that engine really runs (a trained policy saved in fp32
+    would otherwise resolve to another `auto` than an fp16 start checkpoint)."""
+    from dataclasses import replace
+
+    from thinkrl.engine import engine_device, resolve_dtype
+
+    return replace(cfg, dtype=resolve_dtype(cfg.engine, cfg.dtype, engine_device(cfg.engine, cfg.device), cfg.policy))
+
+
 def _context(cfg: ExperimentConfig, run_dir: Path, display: Display) -> _Ctx:
     if not cfg.policy:
         raise ThinkrlError("experiment: set `policy` (the start policy directory) in the file or with --policy")
     from thinkrl.models import check_model_dir
 
     check_model_dir(cfg.policy)
-    ctx = _Ctx(cfg, run_dir, display)
+    ctx = _Ctx(_generation_dtype_fixed(cfg), run_dir, display)
     if cfg.eval_every > 0:
         ctx.eval_sets = problem_sets(cfg.eval_bench, _data_dir(cfg), cfg.eval_problems)
     if cfg.problems != "arith":

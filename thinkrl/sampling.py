@@ -90,7 +90,10 @@ class SampleConfig:
         check_engine(self.engine)
         check_device(self.device)
         torch_dtype(self.dtype)
-        if self.tensor_parallel_size < 1 or not 0 < (self.gpu_memory_utilization or 0.5) <= 1:
+        object.__setattr__(self, "dtype", {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(
+            self.dtype, self.dtype))  # one name per dtype: the same outputs, the same key
+        mem = self.gpu_memory_utilization
+        if self.tensor_parallel_size < 1 or (mem is not None and not 0 < mem <= 1):
             raise ThinkrlError("sample: tensor_parallel_size must be >= 1 and gpu_memory_utilization in (0, 1]")
 
     def params(self) -> SamplingParams:
@@ -160,17 +163,11 @@ def sample_stage_config(cfg: SampleConfig, policy: str | Path) -> dict:
 
 def resolved_generation(cfg, policy: Path, tokenizer=None):
     """`cfg` (SampleConfig, EvalConfig) with its template, device and dtype resolved, as manifests record them."""
-    from thinkrl.engine import resolve_device, resolve_dtype
+    from thinkrl.engine import engine_device, resolve_dtype
 
-    device = resolve_device(cfg.device) if cfg.engine == "hf" else ("cuda" if _cuda() else "cpu")
+    device = engine_device(cfg.engine, cfg.device)
     return replace(cfg, template=resolved_template(cfg.template, policy, tokenizer), device=device,
                    dtype=resolve_dtype(cfg.engine, cfg.dtype, device, policy))
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def resolved_template(template: str, policy: Path, tokenizer=None) -> str:

