@@ -10,6 +10,7 @@ and outputs. `setting_options(cls)` makes the same options for other uses (`thin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -143,6 +144,17 @@ def env_flag(name: str) -> bool:
 def show_progress() -> bool:
     """Progress bars are drawn unless THINKRL_NO_PROGRESS is set (1/true/yes)."""
     return not env_flag("THINKRL_NO_PROGRESS")
+
+
+@contextlib.contextmanager
+def token_bar(description: str):
+    """A TokenProgress that a stage function starts (`start=bar.start`, once it knows its total and has work)
+    and that is stopped however the stage ends."""
+    bar = TokenProgress(0, description)
+    try:
+        yield bar
+    finally:
+        bar.stop()
 
 
 class TokenProgress:

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from stages.common import DataDir, Force, TokenProgress, console, skipped, with_settings
+from stages.common import DataDir, Force, console, skipped, token_bar, with_settings
 from thinkrl.artifacts import read_manifest, read_table
 from thinkrl.evaluate import EvalConfig
 from thinkrl.problems import problem_sets, resolve_data_dir
@@ -34,11 +34,8 @@ def eval_cmd(
     from thinkrl.evaluate import run_eval_stage  # heavy: imported when the stage runs
 
     benchmarks = problem_sets(bench, resolve_data_dir(data_dir), cfg.limit)
-    bar = TokenProgress(0, "eval")
-    try:
+    with token_bar("eval") as bar:
         r = run_eval_stage(benchmarks, policy, out, cfg, force, start=bar.start, progress=bar.update)
-    finally:
-        bar.stop()
     if r.skipped:
         skipped(out)
     summary = read_table(out, "eval_summary")

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from stages.common import Force, TokenProgress, console, skipped, with_settings
+from stages.common import Force, console, skipped, token_bar, with_settings
 from thinkrl.sampling import SampleConfig
 
 
@@ -29,11 +29,8 @@ def sample(
     """Sample completions with a policy and grade them (rollouts artifact)."""
     from thinkrl.sampling import run_sample_stage  # heavy: imported when the stage runs
 
-    bar = TokenProgress(0, "sample")
-    try:
+    with token_bar("sample") as bar:
         r = run_sample_stage(problems, policy, out, cfg, force, start=bar.start, progress=bar.update)
-    finally:
-        bar.stop()
     if r.skipped:
         return skipped(out)
     metrics = r.metrics

@@ -59,7 +59,6 @@ from thinkrl.errors import ThinkrlError
 from thinkrl.experiment import ExperimentConfig, round_seed
 from thinkrl.problems import problem_set, problem_sets, problems_sha256
 from thinkrl.runs import INITIAL_EVAL, round_dir
-from thinkrl.sampling import resolved_generation
 from thinkrl.summary import RunSummary, collect_run
 
 HELD_OUT_ARITH = 2000
@@ -98,10 +97,13 @@ class _Ctx:
     def engine(self, policy: Path):
         """The run's one generation engine, holding `policy`'s weights: built once, then each new policy's
         weights are loaded into it (`Engine.reload`: vLLM reloads in place instead of starting again)."""
-        from thinkrl.engine import engine_options, load_engine
+        from dataclasses import replace
 
-        if self._engine is None:
-            options = engine_options(resolved_generation(self.cfg.sample_config(0), Path(self.cfg.policy)))
+        from thinkrl.engine import engine_device, engine_options, load_engine
+
+        if self._engine is None:  # the dtype is the run's (_generation_dtype_fixed); only the device to resolve
+            sample = self.cfg.sample_config(0)
+            options = engine_options(replace(sample, device=engine_device(sample.engine, sample.device)))
             self._engine = (str(policy), load_engine(self.cfg.engine, policy, **options))
         elif self._engine[0] != str(policy):
             self._engine[1].reload(policy)

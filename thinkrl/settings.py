@@ -114,11 +114,6 @@ def project(cfg: Any, cls: type, **fixed: Any) -> Any:
     return cls(**{**values, **fixed})
 
 
-def key_dict(cfg: Any) -> dict[str, Any]:
-    """A settings object as plain data for a skip key or a manifest (tuples as lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-
-
 # --------------------------------------------------------------------------------------------- values
 def coerce(cls: type, key: str, value: Any, where: str) -> Any:
     """A TOML or option value checked against the type of `cls.key`; a one-line error naming the key."""
