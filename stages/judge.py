@@ -4,7 +4,9 @@
     thinkrl judge --rollouts runs/r --judge hf:runs/judge-model --out runs/j
     thinkrl judge --rollouts runs/r --judge openai:http://127.0.0.1:8000 --judge-model Qwen3-32B --out runs/j
 
-One judge call per rollout. The API key of an `openai:` judge is read from $OPENAI_API_KEY (or the
+One judge call per rollout. A request that fails for good (server down, timeouts, HTTP errors, a reply
+that is no full verdict after --parse-retries) leaves the artifact unfinished, exit 3: rerun the same
+command to ask again for just those, or pass --allow-failed. The API key of an `openai:` judge is read from $OPENAI_API_KEY (or the
 variable named by --api-key-env) and never written anywhere. Every option is a JudgeConfig field
 (thinkrl.judge.judging), where its default and help text are defined.
 """
@@ -18,7 +20,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stages.common import Force, console, show_progress, skipped, with_settings
-from thinkrl.judge.judging import JudgeConfig, fallback_report, run_judge_stage
+from thinkrl.judge.judging import JudgeConfig, cause_list, fallback_report, run_judge_stage
 
 
 @with_settings(cfg=JudgeConfig)
@@ -42,5 +44,9 @@ def judge(
     mix = ", ".join(f"{k[6:]} {v:.2f}" for k, v in metrics.items() if k.startswith("label_"))
     console.print(f"{out}: {metrics['steps']} steps of {metrics['rollouts']} rollouts ({mix}); "
                   f"unknown {metrics['unknown_rate']:.3f}; {metrics['seconds']:.1f} s")
+    if metrics.get("failed_rollouts"):
+        console.print(f"[bold yellow]judge: {metrics['failed_rollouts']} rollouts have no verdict "
+                      f"({cause_list(metrics.get('failed_causes', {}))}); finished anyway (--allow-failed): their "
+                      "steps are `unknown`[/bold yellow]")
     if fallback_report(metrics):
         console.print(f"[bold yellow]judge: {fallback_report(metrics)}[/bold yellow]")

@@ -310,3 +310,34 @@ def test_malformed_conversation_is_a_config_error(server):
 def test_empty_batch(server):
     with ChatClient(make_cfg(server)) as client:
         assert client.complete_many([]) == []
+
+
+def test_validate_asks_again_with_a_reminder_and_caches_only_usable_replies(server, tmp_path):
+    """A reply `validate` refuses is asked again (reply + format reminder appended) up to parse_retries times;
+    the usable one is cached under the original request, so a rerun asks nothing; one refused to the end is an
+    `unusable reply` failure that keeps its last reply and is never cached."""
+    server.reply_fn = lambda messages: "good" if len(messages) > 2 else "bad"   # only a reminded request is good
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
+
+    def validate(i, text):
+        return "" if text == "good" or i == 2 else "no labels"   # conversation 2 accepts anything
+
+    cfg = make_cfg(server, cache_dir=str(tmp_path / "c"), parse_retries=1)
+    with ChatClient(cfg) as c:
+        res = c.complete_many(convs, validate=validate)
+    assert [r.text for r in res] == ["good", "good", "bad"] and all(r.error is None for r in res)
+    reminded = [r.body["messages"] for r in server.records if len(r.body["messages"]) == 3]
+    assert len(reminded) == 2 and reminded[0][1] == {"role": "assistant", "content": "bad"}
+    assert "could not be used: no labels" in reminded[0][2]["content"]
+    asked = len(server.records)
+    with ChatClient(cfg) as c:
+        again = c.complete_many(convs, validate=validate)
+    assert len(server.records) == asked and [r.text for r in again] == ["good", "good", "bad"]
+    assert all(r.cached for r in again)
+    # refused to the end: a failure, never cached; with validate the old cached "bad" of conversation 2 is a miss
+    server.reply_fn = lambda messages: "bad"
+    with ChatClient(dataclasses.replace(cfg, parse_retries=2)) as c:
+        res = c.complete_many([convs[2]], validate=lambda i, t: "" if t == "good" else "no labels")
+        assert c.stats["failures"] == {"unusable reply": 1}
+    assert res[0].text == "bad" and res[0].error == "unusable reply (no labels) after 3 replies"
+    assert len(server.records) == asked + 3

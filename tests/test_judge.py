@@ -11,7 +11,7 @@ import pytest
 from fault_server import FaultServer
 
 from thinkrl.artifacts import ArtifactWriter, read_table, write_artifact
-from thinkrl.errors import ThinkrlError
+from thinkrl.errors import IncompleteError, ThinkrlError
 from thinkrl.judge import make_judge
 from thinkrl.judge.judging import check_fallbacks, fallback_report, judge_rollouts
 from thinkrl.judge.prompts import TEMPLATES, parse_reply, parse_steps_reply
@@ -70,7 +70,7 @@ def test_prompt_names_protocol_and_steps():
 
 def judge_reply(messages: list[dict]) -> str:
     """A well-behaved judge: labels every step of the request, in prose + a fenced JSON block."""
-    user = messages[-1]["content"]
+    user = next(m["content"] for m in messages if m["role"] == "user")  # the request (a reminder may follow)
     n = len(re.findall(r"^\[Step \d+\]$", user, flags=re.M))
     label = "correct" if "CORRECT final answer" in user else "matched"
     return "Let me look.\n```json\n" + json.dumps({"labels": [{"step": i, "label": label} for i in range(n)]}) + "\n```"
@@ -94,6 +94,9 @@ def rollouts_frame(tokenizer, n: int = 12) -> pl.DataFrame:
 
 
 def test_openai_judge_stage_with_faults_loses_nothing_and_caches(tmp_path, tokenizer, monkeypatch):
+    """Transient faults are retried away; a request that fails for good leaves its part unwritten and the
+    artifact unfinished (IncompleteError, no manifest). The same run again, with the server healthy, asks only
+    for the failed rollout and finishes."""
     monkeypatch.setenv("JUDGE_KEY", "sk-secret-123")
     ro = rollouts_frame(tokenizer)
     with FaultServer() as srv:
@@ -111,25 +114,38 @@ def test_openai_judge_stage_with_faults_loses_nothing_and_caches(tmp_path, token
         judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"),
                            timeout_s=0.5, retries=3, concurrency=4, api_key_env="JUDGE_KEY", backoff_s=0.01)
         w = ArtifactWriter(tmp_path / "j", "judge", {"judge": "openai"})
-        m = judge_rollouts(ro, judge, tokenizer, w, part_size=5)
-        first_requests = len(srv.records)
-        df = read_table(tmp_path / "j", "judgments")
-        assert set(df["rollout_id"]) == set(ids)                      # no rollout lost
-        failed = df.filter(pl.col("rollout_id") == ids[3])
-        assert set(failed["label"]) == {"unknown"} and "503" in failed["rationale"][0]
-        ok = df.filter(pl.col("rollout_id") != ids[3])
-        assert "unknown" not in set(ok["label"])
-        assert m["failed_rollouts_this_run"] == 1
+        with pytest.raises(IncompleteError, match=r"1 of 12 rollouts got no verdict \(http 503: 1\)"):
+            judge_rollouts(ro, judge, tokenizer, w, part_size=5)
+        assert not (tmp_path / "j" / "manifest.json").exists()
+        parts = sorted(p.name for p in (tmp_path / "j" / "_parts" / "judgments").glob("*.parquet"))
+        assert parts == ["000001.parquet", "000002.parquet"]           # ids[3] is in part 0: not written
         assert all("Bearer sk-secret-123" == r.headers.get("Authorization") for r in srv.records)
-        # a rerun of the same work asks the server again only for the failed rollout
-        w2 = ArtifactWriter(tmp_path / "j2", "judge", {"judge": "openai"})
-        judge_rollouts(ro, judge, tokenizer, w2, part_size=5)
+        first_requests = len(srv.records)
+        srv.script(contents[ids[3]], [], then="ok")                   # the server is healthy again
+        m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {"judge": "openai"}),
+                           part_size=5)
         new = srv.records[first_requests:]
-        assert {r.content for r in new} == {contents[ids[3]]}
+        assert {r.content for r in new} == {contents[ids[3]]} and len(new) == 1  # only what had failed
+        df = read_table(tmp_path / "j", "judgments")
+        assert set(df["rollout_id"]) == set(ids) and "unknown" not in set(df["label"])  # real verdicts
+        assert df["error"].null_count() == df.height and m["failed_rollouts"] == 0
     for f in (tmp_path / "cache").rglob("*"):
         if f.is_file():
             assert "sk-secret-123" not in f.read_text()
     assert "sk-secret-123" not in (tmp_path / "j" / "manifest.json").read_text()
+
+
+def test_allow_failed_finishes_with_the_failures_recorded(tmp_path, tokenizer):
+    ro = rollouts_frame(tokenizer, 4)
+    with FaultServer() as srv:
+        srv.mode = "500"
+        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"), timeout_s=5,
+                           retries=1, backoff_s=0.01)
+        m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}), allow_failed=True)
+    df = read_table(tmp_path / "j", "judgments")
+    assert set(df["label"]) == {"unknown"} and set(df["error"]) == {"http 500 after 2 attempts"}
+    assert m["failed_rollouts"] == 4 and m["failed_causes"] == {"http 500": 4}
+    assert json.loads((tmp_path / "j" / "manifest.json").read_text())["metrics"]["failed_rollouts"] == 4
 
 
 def test_judge_spans_and_tokens_line_up(tmp_path, tokenizer):
@@ -232,15 +248,43 @@ def test_judge_config_keys_what_the_judge_depends_on():
         JudgeConfig("oracle", "judge")
 
 
-def test_a_judge_that_fails_everywhere_is_loud_and_keeps_its_replies(tmp_path, tokenizer):
-    """Before: 93/93 steps `unknown` ("unparseable reply") and exit 0, training silently plain GRPO. Now the
-    share is reported, the raw reply sits beside each verdict, and more than --max-unknown fails (exit 2)
-    with the artifact written, so a rerun with a higher threshold reuses it."""
+def test_useless_replies_are_asked_again_never_cached_and_never_finish_the_judgments(tmp_path, tokenizer):
+    """Before: valid JSON or prose without a full verdict was cached as a success: 93/93 steps `unknown`, exit
+    0, and a healthy --force rerun never asked again. Now each such reply is asked again with a format reminder
+    (parse_retries), is never cached, and leaves the judgments unfinished; with the judge fixed, the same run
+    asks again and finishes with real verdicts."""
     ro = rollouts_frame(tokenizer, 6)
     with FaultServer() as srv:
         srv.reply_fn = lambda messages: "I think step 1 is wrong."      # valid HTTP, useless text
-        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"), timeout_s=5)
+        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"), timeout_s=5,
+                           parse_retries=2)
+        with pytest.raises(IncompleteError, match=r"6 of 6 rollouts got no verdict \(unusable reply "
+                                                  r"\(unparseable reply\): 6\)"):
+            judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {"judge": "openai"}))
+        assert len(srv.records) == 18                                    # 6 requests x (1 + 2 parse retries)
+        retry = srv.records[-1].body["messages"]
+        assert retry[-2] == {"role": "assistant", "content": "I think step 1 is wrong."}
+        assert "could not be used: unparseable reply" in retry[-1]["content"]
+        assert not list((tmp_path / "cache").rglob("*.json")) and not (tmp_path / "j" / "manifest.json").exists()
+        srv.reply_fn = lambda messages: ('{"labels": []}' if len(messages) == 2 else judge_reply(messages))
         m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {"judge": "openai"}))
+        assert len(srv.records) == 18 + 12            # no labels, then the reminder gets a full verdict
+        assert m["failed_rollouts"] == 0 and "unknown" not in set(read_table(tmp_path / "j", "judgments")["label"])
+        asked = len(srv.records)
+        judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j2", "judge", {"judge": "openai"}))
+        assert len(srv.records) == asked              # the good replies are cached under the original requests
+
+
+def test_a_judge_that_fails_everywhere_is_loud_and_keeps_its_replies(tmp_path, tokenizer):
+    """With --allow-failed the share is reported, the raw reply sits beside each verdict, and more than
+    --max-unknown fails (exit 2) with the artifact written, so a rerun with a higher threshold reuses it."""
+    ro = rollouts_frame(tokenizer, 6)
+    with FaultServer() as srv:
+        srv.reply_fn = lambda messages: "I think step 1 is wrong."      # valid HTTP, useless text
+        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"), timeout_s=5,
+                           parse_retries=0)
+        m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {"judge": "openai"}),
+                           allow_failed=True)
     df = read_table(tmp_path / "j", "judgments")
     assert set(df["label"]) == {"unknown"} and set(df["reply"]) == {"I think step 1 is wrong."}
     assert m["fallback_rollouts"] == 6 and m["judged_rollouts"] == 6 and m["fallback_share"] == 1.0
@@ -258,8 +302,10 @@ def test_wrong_rollouts_without_answer_do_not_count_as_fallbacks(tmp_path, token
         pl.when(pl.col("correct")).then(pl.col("pred_answer")).otherwise(None).alias("pred_answer"))
     with FaultServer() as srv:
         srv.reply_fn = lambda messages: "no labels here"
-        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"), timeout_s=5)
-        m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {"judge": "openai"}))
+        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"), timeout_s=5,
+                           parse_retries=0)
+        m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {"judge": "openai"}),
+                           allow_failed=True)
     assert m["judged_rollouts"] == 4 and m["fallback_rollouts"] == 4  # rollouts 0 and 3 are wrong: not counted
 
 
@@ -271,9 +317,11 @@ def test_rule_judge_has_no_reply_and_no_fallbacks(tmp_path, tokenizer):
     check_fallbacks(m, 0.0, tmp_path / "j")
 
 
-def test_judge_cli_exits_2_above_max_unknown_and_reuses_the_artifact(tmp_path, tokenizer, run_cli):
-    """Through the real command: exit 2 with the share on stderr, the artifact written; a rerun with a higher
-    --max-unknown reuses it (up to date, no request) and exits 0."""
+def test_judge_cli_never_finishes_on_a_failing_judge_without_allow_failed(tmp_path, tokenizer, run_cli):
+    """Through the real command, the server down then useless then healthy: exit 3 and no manifest while
+    requests fail; --allow-failed finishes (and more than --max-unknown still exits 2, the artifact written);
+    a run that allows failures and a higher --max-unknown reuses it; the plain command asks again for every
+    failed rollout once the server is healthy and finishes with real verdicts."""
     tok_dir = tmp_path / "tok"
     tokenizer.save_pretrained(tok_dir)
     ro = rollouts_frame(tokenizer, 4).with_columns(
@@ -283,16 +331,30 @@ def test_judge_cli_exits_2_above_max_unknown_and_reuses_the_artifact(tmp_path, t
         pl.lit(0).alias("seed"))
     write_artifact(tmp_path / "r", "sample", {}, {"rollouts": ro})
     with FaultServer() as srv:
-        srv.reply_fn = lambda messages: "I think step 1 is wrong."
+        srv.mode = "close"                                               # down: every connection dropped
         args = ["judge", "--rollouts", tmp_path / "r", "--out", tmp_path / "j", "--judge", f"openai:{srv.url}",
-                "--judge-model", "m", "--timeout", "5"]
+                "--judge-model", "m", "--timeout", "5", "--retries", "1", "--parse-retries", "0"]
         rc, out, err = run_cli(args)
+        assert rc == 3, (out, err)
+        assert "4 of 4 rollouts got no verdict" in err and "--allow-failed" in err
+        assert not (tmp_path / "j" / "manifest.json").exists()
+        srv.mode = "ok"
+        srv.reply_fn = lambda messages: "I think step 1 is wrong."
+        rc, out, err = run_cli([*args, "--allow-failed"])
         assert rc == 2, (out, err)
         assert "4 of 4 judged rollouts (100.0%) have no usable verdict" in out + err
         assert "--max-unknown 0.5" in err and (tmp_path / "j" / "manifest.json").is_file()
         asked = len(srv.records)
-        rc, out, err = run_cli([*args, "--max-unknown", "1.0"])
+        rc, out, err = run_cli([*args, "--allow-failed", "--max-unknown", "1.0"])
         assert rc == 0 and "up to date" in out + err and len(srv.records) == asked
+        srv.reply_fn = judge_reply                                       # healthy
+        rc, out, err = run_cli(args)
+        assert rc == 0, (out, err)
+        assert len(srv.records) == asked + 4 and "up to date" not in out + err
+        df = read_table(tmp_path / "j", "judgments")
+        assert "unknown" not in set(df["label"]) and df["error"].null_count() == df.height
+        rc, out, err = run_cli(args)
+        assert rc == 0 and "up to date" in out + err and len(srv.records) == asked + 4
 
 
 def test_judge_registry_records():
@@ -303,3 +365,26 @@ def test_judge_registry_records():
     assert judge_kind("openai:http://h").needs_model_name and judge_kind("openai:http://h").version is None
     with pytest.raises(ThinkrlError, match="unknown judge 'gpt'"):
         judge_kind("gpt")
+
+
+def test_hf_judge_asks_again_with_the_reminder_until_the_reply_is_usable(tmp_path):
+    """The local-model backend's parse retries (a real tiny model, greedy): refused replies are asked again in
+    one batch with the reminder appended (a longer prompt), at most parse_retries times; one refused to the end
+    is an `unusable reply` failure."""
+    from thinkrl.judge.generative import HFChat
+    from thinkrl.models import init_model
+
+    chat = HFChat(init_model("tiny", tmp_path / "m"), max_tokens=4, parse_retries=1)
+    seen: list[int] = []
+
+    def validate(i: int, text: str) -> str:
+        seen.append(i)
+        return "" if i == 2 or (i == 0 and seen.count(0) == 2) else "no labels"   # 0: the reminded reply is good
+
+    convs = [[{"role": "user", "content": f"What is {k} + 1?"}] for k in range(3)]
+    plain = chat.complete_many(convs)
+    res = chat.complete_many(convs, validate=validate)
+    assert sorted(seen) == [0, 0, 1, 1, 2]                       # only refused replies are asked (and read) again
+    assert res[0].error is None and res[0].prompt_tokens > 2 * plain[0].prompt_tokens  # original + reminded prompt
+    assert res[1].error == "unusable reply (no labels) after 2 replies" and res[1].text is not None
+    assert res[2] == plain[2]

@@ -285,9 +285,9 @@ def test_oracle_judge_reproduces_oracle_label(corpus_requests):
 
 def test_oracle_judge_failures_and_overlap():
     v = OracleJudge().judge_many([request("2 + 2 = 4\n\n\\boxed{4}", True, question=GSM_Q)])[0]
-    assert not v.ok and v.reason == "not an ArithChain problem" and v.labels == (UNKNOWN,)
+    assert v.ok and v.reason == "not an ArithChain problem" and v.labels == (UNKNOWN,)  # an answer, not a failure
     v = OracleJudge().judge_many([request(steps_text("17 + 28 = 45", answer=45), True)])[0]
-    assert not v.ok and "outcome mismatch" in v.reason
+    assert v.ok and "outcome mismatch" in v.reason
     text = "17 + 28 = 45\n45 * 3 = 125\n\n125 - 9 = 116\n\nThe answer is \\boxed{116}."
     v = OracleJudge().judge_many([request(text, False, pred="116", splitter="line")])[0]
     assert v.ok and v.labels == (U, U, M)  # the oracle's own chunk 0 holds two lines (an `other` step)

@@ -103,7 +103,7 @@ ROLLOUTS = Schema(
 )
 
 JUDGMENTS = Schema(
-    "judgments", 2, "One row per reasoning step of each judged rollout, with the judge's label.",
+    "judgments", 3, "One row per reasoning step of each judged rollout, with the judge's label.",
     ("rollout_id", "step_idx"),
     (
         Column("rollout_id", S, "joins rollouts.rollout_id"),
@@ -118,6 +118,9 @@ JUDGMENTS = Schema(
         Column("rationale", S, "judge's reason or the parse failure reason"),
         Column("reply", S, "the generative judge's raw reply for this rollout (the same on each of its steps); "
                            "null for rule/oracle judges and failed calls", nullable=True),
+        Column("error", S, "why the judge gave this rollout no verdict (connection error, http 500, timeout, "
+                           "unusable reply...): its steps are `unknown`. Null for a real verdict; only an artifact "
+                           "finished with --allow-failed has any (manifest metrics.failed_rollouts)", nullable=True),
     ),
 )
 

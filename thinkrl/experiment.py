@@ -77,6 +77,8 @@ class ExperimentConfig(GenerationSettings):
     judge_concurrency: int = same_as(JudgeConfig, "concurrency")
     judge_timeout: float = same_as(JudgeConfig, "timeout_s")
     judge_retries: int = same_as(JudgeConfig, "retries")
+    judge_parse_retries: int = same_as(JudgeConfig, "parse_retries")
+    judge_allow_failed: bool = same_as(JudgeConfig, "allow_failed")
     judge_api_key_env: str = same_as(JudgeConfig, "api_key_env")
     judge_part_size: int = same_as(JudgeConfig, "part_size")
     judge_max_unknown: float = same_as(JudgeConfig, "max_unknown")

@@ -229,6 +229,8 @@ def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path)
     if not r.skipped:
         text += (f", unknown {m['unknown_rate']:.3f}, no usable verdict {m['fallback_share']:.1%}, "
                  f"{m['seconds']:.1f} s")
+    if m.get("failed_rollouts"):
+        text += f", {m['failed_rollouts']} failed requests allowed ({m.get('failed_causes')})"
     ctx.display.done(round_, "judge", text, r.skipped)
     return out
 

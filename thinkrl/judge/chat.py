@@ -24,7 +24,7 @@ that sends one. So one request takes at most about (attempts) * 2 * timeout_s + 
 loop is bounded in count and in time. After the last attempt the result is
 `ChatResult(text=None, error="<reason> after <n> attempts")`; reasons are the keys of `stats["failures"]`
 (`timeout`, `connection error`, `truncated body`, `http 500`, `http 429`, `bad json`, `no choices`,
-`empty content`, ...). `complete_many` never raises for a per-request problem and returns one result per
+`empty content`, `unusable reply`, ...). `complete_many` never raises for a per-request problem and returns one result per
 conversation, in input order. `ThinkrlError` is raised only for configuration problems (bad URL scheme,
 non-positive limits, malformed conversations, an API key with characters a header cannot carry).
 
@@ -32,7 +32,14 @@ Cache (`cache_dir`): the key is the sha256 of the canonical JSON of the request 
 temperature, max_tokens and any sampling parameter sent (top_p, seed); never the base URL nor the API key.
 Each successful reply is one small JSON file `<cache_dir>/<key[:2]>/<key>.json`, written to a temp name and
 renamed, so a run killed with kill -9 leaves only whole entries, and a rerun makes zero HTTP calls for the
-requests already answered. Failures are not cached. An unreadable entry counts as a miss. Note: with
+requests already answered. Failures are not cached. An unreadable entry counts as a miss.
+
+Usable replies (`validate`): a caller that needs a reply in a given format (the judge: one label per step)
+passes `validate(i, text) -> problem`. A reply it refuses is not a success: the client asks again with the
+bad reply and a format reminder appended (`reminded`), up to `parse_retries` times, then gives up with
+`error="unusable reply (<problem>) after <n> replies"` and the last reply in `text`. Only a usable reply is
+cached, under the key of the original request; a cached entry that `validate` refuses (an older run's) is a
+miss. Note: with
 temperature > 0 the cache pins one sample per distinct request (identical conversations share it).
 
 The API key comes from the `api_key` argument, else from the environment variable named by
@@ -60,7 +67,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -75,6 +82,18 @@ RETRY_STATUS = frozenset({408, 409, 425, 429})  # plus every 5xx
 MAX_BODY_BYTES = 32 * 2**20                      # a reply larger than this is treated as garbage
 CACHE_VERSION = 1                                # bump to invalidate every cache entry
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+UNUSABLE = "unusable reply"                      # the failure reason of a reply `validate` refused to the end
+REMINDER = ("Your reply could not be used: {problem}. Answer again, exactly in the format asked for, covering "
+            "every item.")
+
+Validate = Callable[[int, str], str]
+"""validate(i, text) -> '' when the reply to conversation i is usable, else what is wrong with it (one line)."""
+
+
+def reminded(conversation: list[dict], reply: str, problem: str) -> list[dict]:
+    """The conversation asked again after an unusable reply: the reply and a format reminder appended."""
+    return [*conversation, {"role": "assistant", "content": reply},
+            {"role": "user", "content": REMINDER.format(problem=problem)}]
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,9 @@ class ChatConfig:
     seed: int | None = field(default=None, metadata={"help": "sampling seed sent to the server, if set"})
     cache_dir: str | None = field(default=None, metadata={
         "help": "directory caching successful replies by request hash (none: no cache)"})
+    parse_retries: int = field(default=2, metadata={
+        "help": "with a `validate` function: ask again, with a format reminder, up to this many times when a "
+                "reply cannot be used"})
 
     def __post_init__(self) -> None:
         url = urlsplit(self.base_url or "")
@@ -106,7 +128,7 @@ class ChatConfig:
                                f"got {self.base_url!r}")
         if not self.model:
             raise ThinkrlError("chat model name is empty: expected the model name the server serves")
-        for name, lo in (("max_concurrency", 1), ("max_tokens", 1), ("max_retries", 0)):
+        for name, lo in (("max_concurrency", 1), ("max_tokens", 1), ("max_retries", 0), ("parse_retries", 0)):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < lo:
                 raise ThinkrlError(f"chat {name} must be an integer >= {lo}, got {getattr(self, name)!r}")
         for name in ("timeout_s", "backoff_s", "backoff_max_s", "temperature"):
@@ -126,8 +148,9 @@ class ChatConfig:
 
 @dataclass(frozen=True)
 class ChatResult:
-    text: str | None              # the assistant message content, None on failure
-    error: str | None             # one-line reason after all retries, None on success
+    text: str | None              # the assistant message content, None when no reply came
+    error: str | None             # one-line reason after all retries, None on success (an `unusable reply`
+                                  # failure keeps its last reply in `text`)
     prompt_tokens: int            # from the reply's `usage`, else 0
     completion_tokens: int
     attempts: int                 # HTTP attempts made for this request (0 when served from the cache)
@@ -202,13 +225,17 @@ class ChatClient:
     # ---- public ----
 
     def complete_many(self, conversations: list[list[dict]],
-                      progress: Callable[[int], None] | None = None) -> list[ChatResult]:
+                      progress: Callable[[int], None] | None = None,
+                      validate: Validate | None = None) -> list[ChatResult]:
         """One result per conversation, in input order; progress(done) is called from the calling thread
-        with the cumulative count of finished conversations (cache hits first)."""
+        with the cumulative count of finished conversations (cache hits first). `validate(i, text)` says what
+        makes reply i unusable ('' when it is usable): see `Validate`."""
         t0 = time.monotonic()
         bodies = [self._body(i, conv) for i, conv in enumerate(conversations)]
         keys = [self._cache_key(b) for b in bodies]
         results: list[ChatResult | None] = [self._cache_get(k) for k in keys]
+        if validate is not None:  # an entry an older thinkrl cached without validating is a miss
+            results = [r if r is None or not validate(i, r.text or "") else None for i, r in enumerate(results)]
         todo = [i for i, r in enumerate(results) if r is None]
         done = len(conversations) - len(todo)
         with self._lock:
@@ -220,7 +247,8 @@ class ChatClient:
             pool = ThreadPoolExecutor(max_workers=min(self.cfg.max_concurrency, len(todo)),
                                       thread_name_prefix="thinkrl-chat")
             try:
-                futures = {pool.submit(self._complete_one, bodies[i], keys[i]): i for i in todo}
+                futures = {pool.submit(self._complete_valid, i, conversations[i], bodies[i], keys[i], validate): i
+                           for i in todo}
                 for fut in as_completed(futures):
                     results[futures[fut]] = fut.result()
                     done += 1
@@ -250,16 +278,43 @@ class ChatClient:
         except (TypeError, ValueError) as e:
             raise ThinkrlError(f"conversation {i} is not JSON-serialisable: {e}") from None
 
-    def _complete_one(self, body: bytes, key: str) -> ChatResult:
+    def _complete_valid(self, i: int, conv: list[dict], body: bytes, key: str,
+                        validate: Validate | None) -> ChatResult:
+        """`_complete_one`, then while `validate` finds the reply unusable and parse retries are left, the same
+        conversation again with the bad reply and a format reminder appended. A usable reply is cached under the
+        key of the original request (a rerun finds it at once); an unusable one never is."""
+        res = self._complete_one(body)
+        tokens = [0, 0]
+        for retry in range(self.cfg.parse_retries + 1):
+            if res.error is not None:
+                break
+            tokens[0] += res.prompt_tokens
+            tokens[1] += res.completion_tokens
+            problem = validate(i, res.text or "") if validate is not None else ""
+            if not problem:
+                self._cache_put(key, res)
+                return replace(res, prompt_tokens=tokens[0], completion_tokens=tokens[1])
+            if retry == self.cfg.parse_retries:
+                with self._lock:
+                    self._stats["failures"][UNUSABLE] += 1
+                n = retry + 1
+                return replace(res, error=f"{UNUSABLE} ({problem}) after {n} repl{'ies' if n > 1 else 'y'}",
+                               prompt_tokens=tokens[0], completion_tokens=tokens[1])
+            with self._lock:
+                self._stats["retry_reasons"][UNUSABLE] += 1
+            res = self._complete_one(self._body(i, reminded(conv, res.text or "", problem)))
+        return res
+
+    def _complete_one(self, body: bytes) -> ChatResult:
         n_attempts = self.cfg.max_retries + 1
         a = _Attempt(reason="not attempted")
+        key = self._cache_key(body)
         for attempt in range(n_attempts):
             with self._slots:
                 with self._lock:
                     self._stats["requests"] += 1
                 a = self._attempt(body)
             if a.reason is None:
-                self._cache_put(key, a)
                 with self._lock:
                     self._stats["prompt_tokens"] += a.prompt_tokens
                     self._stats["completion_tokens"] += a.completion_tokens
@@ -351,7 +406,7 @@ class ChatClient:
         except (OSError, ValueError, TypeError, AttributeError):
             return None
 
-    def _cache_put(self, key: str, a: _Attempt) -> None:
+    def _cache_put(self, key: str, a: ChatResult) -> None:
         path = self._cache_path(key)
         if path is None:
             return

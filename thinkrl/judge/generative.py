@@ -5,17 +5,20 @@ conversation becomes a reply:
 - `hf:DIR`     a local Hugging Face causal LM on the sample stage's engine (greedy, chat template);
 - `openai:URL` any OpenAI-compatible /v1/chat/completions server, through `thinkrl.judge.chat.ChatClient`
                (bounded concurrency, timeouts, retries with backoff, on-disk reply cache).
-A failed call gives a failed Verdict (every step `unknown`, with the reason); an unreadable reply gives
-`unknown` labels with the parse problem as rationale.
+A reply counts only when the parser turns it into a full verdict (a label for every step): the backend asks
+again with a format reminder up to `parse_retries` times (`thinkrl.judge.chat.reminded`); a call that still
+fails (transport, HTTP, timeout, or no usable reply) gives a failed Verdict (`ok=False`, every step
+`unknown`, the reason as rationale), which the judge stage never passes as a finished judgment.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from thinkrl.engine.base import SamplingParams
-from thinkrl.judge.chat import ChatResult
+from thinkrl.judge.chat import UNUSABLE, ChatResult, Validate, reminded
 from thinkrl.judge.prompts import TEMPLATES, parse_reply, parse_steps_reply
 from thinkrl.judge.protocol import UNKNOWN, JudgeRequest, Verdict
 
@@ -24,14 +27,14 @@ class HFChat:
     """Conversations -> replies with a local model: chat template, greedy decoding, one batched call."""
 
     def __init__(self, path: str | Path, max_tokens: int = 1024, dtype: str = "auto", engine: str = "hf",
-                 device: str = "cpu"):
+                 device: str = "cpu", parse_retries: int = 2):
         from thinkrl.engine import load_engine
 
         self.engine = load_engine(engine, path, dtype=dtype, device=device)
-        self.max_tokens = max_tokens
+        self.max_tokens, self.parse_retries = max_tokens, parse_retries
 
-    def complete_many(self, conversations: list[list[dict]], progress: Callable[[int], None] | None = None
-                      ) -> list[ChatResult]:
+    def _generate(self, conversations: list[list[dict]], progress: Callable[[int], None] | None
+                  ) -> list[ChatResult]:
         tok = self.engine.tokenizer
         prompts = [list(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False))
                    for c in conversations]
@@ -46,6 +49,29 @@ class HFChat:
         outs = self.engine.generate(prompts, params, [[0]] * len(prompts), progress=report)
         return [ChatResult(o[0].text, None, len(p), len(o[0].token_ids), 1, False, o[0].finish_reason)
                 for p, o in zip(prompts, outs, strict=True)]
+
+    def complete_many(self, conversations: list[list[dict]], progress: Callable[[int], None] | None = None,
+                      validate: Validate | None = None) -> list[ChatResult]:
+        """One batched greedy call; then the replies `validate` refuses are asked again, in one batch per
+        retry, with the format reminder (as ChatClient does per request)."""
+        results = self._generate(conversations, progress)
+        todo = list(range(len(results))) if validate else []
+        for retry in range(self.parse_retries + 1):
+            problems = {i: p for i in todo if (p := validate(i, results[i].text or ""))}  # type: ignore[misc]
+            if not problems:
+                break
+            if retry == self.parse_retries:
+                n = retry + 1
+                for i, p in problems.items():
+                    results[i] = replace(results[i], error=f"{UNUSABLE} ({p}) after {n} repl{'ies' if n > 1 else 'y'}")
+                break
+            todo = list(problems)
+            again = self._generate([reminded(conversations[i], results[i].text or "", problems[i]) for i in todo],
+                                   None)
+            for i, r in zip(todo, again, strict=True):
+                results[i] = replace(r, prompt_tokens=results[i].prompt_tokens + r.prompt_tokens,
+                                     completion_tokens=results[i].completion_tokens + r.completion_tokens)
+        return results
 
 
 class GenerativeJudge:
@@ -64,7 +90,13 @@ class GenerativeJudge:
                 progress(total - last[0])
             last[0] = total
 
-        results = self.backend.complete_many([self.template.messages(r) for r in todo], progress=report)
+        def validate(i: int, text: str) -> str:  # '' for a full verdict, else what keeps it from being one
+            req = todo[i]
+            labels, _, problem, *_ = (parse_steps_reply if req.propose_steps else parse_reply)(text, req)
+            return (problem or "unknown labels") if UNKNOWN in labels else ""
+
+        results = self.backend.complete_many([self.template.messages(r) for r in todo], progress=report,
+                                             validate=validate)
         if progress and len(requests) > len(todo):
             progress(len(requests) - len(todo))
         by_id = dict(zip((r.rollout_id for r in todo), results, strict=True))
@@ -75,8 +107,8 @@ class GenerativeJudge:
                 continue
             res = by_id[req.rollout_id]
             tokens = res.prompt_tokens + res.completion_tokens
-            if res.text is None:
-                out.append(Verdict.failed(req, res.error or "no reply", tokens))
+            if res.error is not None or res.text is None:
+                out.append(Verdict.failed(req, res.error or "no reply", tokens, reply=res.text))
                 continue
             extra = {}
             if req.propose_steps:
@@ -86,7 +118,7 @@ class GenerativeJudge:
                 labels, reasons, problem = parse_reply(res.text, req)
             if res.finish_reason == "length":
                 problem = ", ".join(p for p in (problem, "reply cut at max tokens") if p)
-            ok = any(lab != UNKNOWN for lab in labels)
-            out.append(Verdict(req.rollout_id, labels, reasons, ok=ok, reason=problem, judge_tokens=tokens,
+            out.append(Verdict(req.rollout_id, labels, reasons, ok=UNKNOWN not in labels, reason=problem,
+                               judge_tokens=tokens,
                                extra=extra, reply=res.text))
         return out

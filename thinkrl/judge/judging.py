@@ -6,6 +6,13 @@ Steps come from `thinkrl.steps.split_steps` (exact char spans), token spans from
 incremental offsets over `completion_ids`. With splitter `judge` a generative judge is shown the lines and
 proposes the steps (`Verdict.extra["step_starts"]`); the rows are then its steps, each spanning its lines. Parts of `part_size` rollouts make a killed run resume where it
 stopped (a caching backend such as `openai:` also never asks twice).
+
+A failed request (transport error, HTTP error, timeout, or a reply the parser cannot turn into a full verdict
+after the client's parse retries) is not a judgment: its part is not written and the artifact is not finished
+(IncompleteError, exit 3, with the failures per cause), so a rerun asks again exactly for what failed and
+reuses every finished part and cached reply. `allow_failed` finishes anyway: the failed rollouts' steps are
+`unknown` with the cause in the `error` column, and the manifest counts them (`failed_rollouts`); such an
+artifact is up to date only for runs that allow failures.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
-from thinkrl.errors import ThinkrlError
+from thinkrl.errors import IncompleteError, ThinkrlError
 from thinkrl.judge.prompts import TEMPLATES
 from thinkrl.judge.protocol import UNKNOWN, Judge, JudgeRequest, Verdict
 from thinkrl.sampling import SampleConfig
@@ -52,6 +59,11 @@ class JudgeConfig:
     concurrency: int = setting(8, "openai judge: requests in flight at once")
     timeout_s: float = setting(120.0, "openai judge: per-request timeout in seconds", flag="--timeout")
     retries: int = setting(4, "openai judge: retries on timeouts, 429 and 5xx")
+    parse_retries: int = setting(2, "generative judges: ask again with a format reminder when a reply cannot be "
+                                    "read as a full verdict (a label for every step), up to this many times")
+    allow_failed: bool = setting(False, "finish the judgments although some requests failed for good (their steps "
+                                        "`unknown`, counted in the manifest); without it a failed request leaves "
+                                        "the artifact unfinished (exit 3) and a rerun retries just those")
     api_key_env: str = setting("OPENAI_API_KEY", "openai judge: environment variable holding the API key (never "
                                                  "written anywhere)")
     cache_dir: str | None = setting(None, "openai judge: reply cache directory (default: OUT/_cache); a rerun "
@@ -75,6 +87,8 @@ class JudgeConfig:
             raise ThinkrlError(f"unknown judge prompt '{self.prompt}' (known: {', '.join(TEMPLATES)})")
         if self.part_size < 1 or self.concurrency < 1 or self.max_tokens < 1:
             raise ThinkrlError("judge: part_size, concurrency and max_tokens must be >= 1")
+        if self.parse_retries < 0 or self.retries < 0:
+            raise ThinkrlError("judge: retries and parse_retries must be >= 0")
 
 
 def judge_config(cfg: JudgeConfig, tokenizer: str) -> dict:
@@ -128,13 +142,18 @@ def verdict_rows(req: JudgeRequest, v: Verdict, completion_ids: list[int], token
     spans = token_spans(req.steps, offsets)
     return [{"rollout_id": req.rollout_id, "step_idx": s.idx, "char_start": s.char_start, "char_end": s.char_end,
              "token_start": a, "token_end": b, "text": s.text, "label": lab, "judge": judge, "rationale": why,
-             "reply": v.reply}
+             "reply": v.reply, "error": None if v.ok else (v.reason or "failed")}
             for s, (a, b), lab, why in zip(req.steps, spans, v.labels, v.rationales, strict=True)]
+
+
+def failure_cause(reason: str) -> str:
+    """The cause of a failed request, without its attempt count: `http 500 after 5 attempts` -> `http 500`."""
+    return reason.split(" after ")[0].strip() or "failed"
 
 
 def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
                    writer: ArtifactWriter, splitter: str = "blank", part_size: int = 64,
-                   progress: Callable[[int], None] | None = None) -> dict:
+                   progress: Callable[[int], None] | None = None, allow_failed: bool = False) -> dict:
     check_splitter(splitter)
     if splitter == JUDGE_SPLITTER and not getattr(judge, "proposes_steps", False):
         raise ThinkrlError(f"splitter '{JUDGE_SPLITTER}' needs a judge that proposes steps (hf:DIR or openai:URL); "
@@ -142,6 +161,7 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
     t0 = time.perf_counter()
     stats = Counter()
     reasons: Counter = Counter()
+    failed_now: Counter = Counter()  # cause -> rollouts whose request failed for good in this run
     for start in range(0, rollouts.height, part_size):
         part = f"{start // part_size:06d}"
         chunk = rollouts.slice(start, part_size)
@@ -160,10 +180,21 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
             rows += verdict_rows(req, v, ids, tokenizer, judge.name)
             stats["judge_tokens"] += v.judge_tokens
             stats["failed"] += not v.ok
+            if not v.ok:
+                failed_now[failure_cause(v.reason)] += 1
             if v.reason:
                 reasons[v.reason] += 1
-        writer.write_part("judgments", part, rows)
+        if allow_failed or all(r["error"] is None for r in rows):
+            writer.write_part("judgments", part, rows)
+    if failed_now and not allow_failed:
+        n = sum(failed_now.values())
+        raise IncompleteError(
+            f"{writer.out}: {n} of {rollouts.height} rollouts got no verdict ({cause_list(failed_now)}); the "
+            "judgments are not finished. Rerun the same command to ask again for just those (finished parts "
+            "and good replies are kept), or pass --allow-failed to finish with their steps `unknown`")
     df = writer.read_parts("judgments")
+    failed_ids = df.filter(pl.col("error").is_not_null()).unique("rollout_id")
+    failed_causes = Counter(failure_cause(e) for e in failed_ids["error"].to_list())
     n_steps = max(df.height, 1)
     mix = {f"label_{k}": v / n_steps for k, v in Counter(df["label"].to_list()).items()}
     # rollouts whose verdict is used: with steps, and not wrong with no answer (those get r̂ whatever it says)
@@ -178,11 +209,17 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
         "fallback_share": fallbacks / judged.height if judged.height else 0.0,
         "unknown_rate": float((df["label"] == UNKNOWN).sum()) / n_steps,
         "judge_tokens_per_rollout": stats["judge_tokens"] / max(rollouts.height, 1),
+        "failed_rollouts": failed_ids.height, "failed_causes": dict(failed_causes.most_common()),
         "failed_rollouts_this_run": stats["failed"], "reasons_this_run": dict(reasons.most_common(10)),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     writer.finish(metrics, allow_empty=True)
     return metrics
+
+
+def cause_list(causes: Counter | dict) -> str:
+    """`http 500: 3, timeout: 1`, most frequent first."""
+    return ", ".join(f"{k}: {v}" for k, v in sorted(causes.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def run_judge_stage(rollouts: Path, out: Path, cfg: JudgeConfig = JudgeConfig(), tokenizer: Path | None = None,
@@ -197,7 +234,8 @@ def run_judge_stage(rollouts: Path, out: Path, cfg: JudgeConfig = JudgeConfig(),
     df = None if tokenizer else read_table(rollouts, "rollouts")  # read for the key only when it names the policy
     tok_path = tokenizer or Path(df["policy"][0])
     writer = ArtifactWriter(out, "judge", judge_config(cfg, str(tok_path)), inputs={"rollouts": rollouts})
-    if writer.up_to_date() and not force:
+    # finished with failed requests (--allow-failed): up to date only while failures are allowed; else ask again
+    if writer.up_to_date() and not force and (cfg.allow_failed or not finished(writer).metrics.get("failed_rollouts")):
         result = finished(writer)
     else:
         from thinkrl.engine import resolve_device
@@ -205,12 +243,14 @@ def run_judge_stage(rollouts: Path, out: Path, cfg: JudgeConfig = JudgeConfig(),
         j = make_judge(cfg.judge, model=cfg.judge_model, max_tokens=cfg.max_tokens, template=cfg.prompt,
                        device=resolve_device(cfg.device),
                        cache_dir=str(cfg.cache_dir or out / "_cache"), concurrency=cfg.concurrency,
-                       timeout_s=cfg.timeout_s, retries=cfg.retries, api_key_env=cfg.api_key_env)
+                       timeout_s=cfg.timeout_s, retries=cfg.retries, api_key_env=cfg.api_key_env,
+                       parse_retries=cfg.parse_retries)
         tok = load_tokenizer(tok_path, hint="; pass --tokenizer DIR")
         df = df if df is not None else read_table(rollouts, "rollouts")
         if start:
             start(df.height)
-        m = judge_rollouts(df, j, tok, writer, splitter=cfg.splitter, part_size=cfg.part_size, progress=progress)
+        m = judge_rollouts(df, j, tok, writer, splitter=cfg.splitter, part_size=cfg.part_size, progress=progress,
+                           allow_failed=cfg.allow_failed)
         result = StageResult(out, False, m)
     check_fallbacks(result.metrics, cfg.max_unknown, out)
     return result

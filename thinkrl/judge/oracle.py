@@ -85,10 +85,10 @@ class OracleJudge:
     def judge_one(req: JudgeRequest) -> Verdict:
         problem = problem_from_question(req.question)
         if problem is None:
-            return Verdict.failed(req, "not an ArithChain problem")
+            return Verdict.unknown(req, "not an ArithChain problem")
         oracle = oracle_label(problem, req.completion if isinstance(req.completion, str) else "")
         if oracle.final_correct != bool(req.correct):
-            return Verdict.failed(req, f"outcome mismatch: the request says correct={bool(req.correct)}, the "
+            return Verdict.unknown(req, f"outcome mismatch: the request says correct={bool(req.correct)}, the "
                                        f"oracle reads the boxed answer {oracle.pred_value} as "
                                        f"{'right' if oracle.final_correct else 'wrong'} ({problem.answer})")
         labels, why = map_labels(oracle, tuple(req.steps), bool(req.correct))

@@ -37,11 +37,20 @@ class Verdict:
     rollout_id: str
     labels: tuple[str, ...]       # one per request step, from LABELS_FOR[correct] or `unknown`
     rationales: tuple[str, ...]   # one per step: the judge's reason, or why the label is unknown
-    ok: bool = True               # False: the call failed as a whole (every label unknown)
+    ok: bool = True               # False: the request failed (transport, timeout, no usable reply; every label
+                                  # unknown): not a judgment, the stage asks again (a code judge that cannot
+                                  # judge a rollout answers `Verdict.unknown`, which is one)
     reason: str = ""              # failure reason (timeout, http 500, unparseable reply, ...)
     judge_tokens: int = 0         # tokens the judge read + wrote for this rollout (0 for rule judges)
     extra: dict = field(default_factory=dict)
     reply: str | None = None      # the raw reply of a generative judge (None for rule judges, failed calls)
+
+    @staticmethod
+    def unknown(req: JudgeRequest, reason: str) -> Verdict:
+        """A judge's real answer that it cannot label this rollout (every step `unknown`, the reason given): a
+        code judge asked about a problem it does not know, say. Asking again gives the same answer."""
+        n = len(req.steps)
+        return Verdict(req.rollout_id, (UNKNOWN,) * n, (reason,) * n, reason=reason)
 
     @staticmethod
     def failed(req: JudgeRequest, reason: str, judge_tokens: int = 0, reply: str | None = None) -> Verdict:

@@ -589,7 +589,7 @@ class RuleJudge:
             try:
                 out.append(judge_one(req))
             except Exception as e:  # a bug must not break a judging run: the outcome advantage stands
-                out.append(Verdict.failed(req, f"rule judge internal error: {type(e).__name__}: {e}"[:300]))
+                out.append(Verdict.unknown(req, f"rule judge internal error: {type(e).__name__}: {e}"[:300]))
             if progress is not None:
                 progress(1)
         return out
