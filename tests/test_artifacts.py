@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from artifact_edit import rehash, rewrite_table
 
 from thinkrl import artifacts as A
 from thinkrl.errors import ThinkrlError
@@ -15,14 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 SAMPLE_VALUES = {
     pl.String(): "x", pl.Int32(): 3, pl.Int64(): 7, pl.Float32(): 0.5, pl.Float64(): 1.25, pl.Boolean(): True,
-    pl.List(pl.Int32()): [1, 2, 3], pl.List(pl.Float32()): [-0.5, 0.25],
+    pl.List(pl.Int32()): [1, 2, 3], pl.List(pl.Float32()): [-0.5, 0.25, 0.0],
 }
 
 
 def make_rows(schema: A.Schema, n: int = 3) -> list[dict]:
     rows = []
     for i in range(n):
-        r = {c.name: SAMPLE_VALUES[c.dtype] for c in schema.columns}
+        r = {c.name: c.values[0] if c.values else SAMPLE_VALUES[c.dtype] for c in schema.columns}
         for k in schema.key:  # unique keys
             r[k] = f"id-{i}" if schema.column(k).dtype == pl.String() else i
         rows.append(r)
@@ -109,7 +110,7 @@ def test_wrong_schema_version(tmp_path):
 
 def test_missing_column(tmp_path):
     p = _good(tmp_path)
-    pl.read_parquet(p / "problems.parquet").drop("answer").write_parquet(p / "problems.parquet")
+    rewrite_table(p, "problems", pl.read_parquet(p / "problems.parquet").drop("answer"))
     with pytest.raises(ThinkrlError) as e:
         A.read_table(p, "problems")
     msg = _one_line(e)
@@ -119,7 +120,7 @@ def test_missing_column(tmp_path):
 def test_wrong_column_type(tmp_path):
     p = _good(tmp_path)
     df = pl.read_parquet(p / "problems.parquet").with_columns(pl.lit(1).alias("answer"))
-    df.write_parquet(p / "problems.parquet")
+    rewrite_table(p, "problems", df)
     with pytest.raises(ThinkrlError) as e:
         A.read_table(p, "problems")
     assert "'answer'" in _one_line(e) and "expected String" in _one_line(e)
@@ -138,6 +139,10 @@ def test_empty_table(tmp_path):
 def test_corrupt_parquet(tmp_path):
     p = _good(tmp_path)
     (p / "problems.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(ThinkrlError) as e:
+        A.read_table(p, "problems")
+    assert "changed after its manifest was written" in _one_line(e)   # refused before it is parsed
+    rehash(p, "problems")                                              # a writer that hashed garbage
     with pytest.raises(ThinkrlError) as e:
         A.read_table(p, "problems")
     assert "not a readable Parquet file" in _one_line(e)
@@ -218,3 +223,63 @@ def test_failed_rewrite_keeps_old_artifact(tmp_path):
 def test_artifacts_doc_is_fresh():
     doc = (REPO / "docs" / "ARTIFACTS.md").read_text(encoding="utf-8")
     assert doc == A.docs_markdown(), "docs/ARTIFACTS.md is stale: run `just docs`"
+
+
+def _written(tmp_path: Path, name: str, n: int = 3) -> tuple[Path, pl.DataFrame]:
+    A.write_artifact(tmp_path / "a", "t", {}, {name: make_rows(A.SCHEMAS[name], n)})
+    return tmp_path / "a", pl.read_parquet(tmp_path / "a" / f"{name}.parquet")
+
+
+BAD_VALUES = {  # table -> (edit of a good table, what the one-line error must say)
+    "duplicate-key": ("rollouts", lambda df: df.with_columns(pl.lit("id-0").alias("rollout_id")),
+                      "3 rows share a key (rollout_id), e.g. rollout_id=id-0"),
+    "nan-in-list": ("advantages", lambda df: df.with_columns(
+        pl.when(pl.col("rollout_id") == "id-1").then(pl.lit([0.1, float("nan"), 0.2], dtype=pl.List(pl.Float32)))
+        .otherwise(pl.col("advantages")).alias("advantages")),
+        "column 'advantages' has non-finite values (NaN or inf) in 1 rows, e.g. rollout_id=id-1"),
+    "inf-scalar": ("thoughts", lambda df: df.with_columns(pl.lit(float("inf"), dtype=pl.Float32).alias("reward")),
+                   "column 'reward' has non-finite values"),
+    "bad-label": ("judgments", lambda df: df.with_columns(pl.lit("wrongish").alias("label")),
+                  "column 'label' holds 'wrongish' in 3 rows; expected one of correct, incorrect"),
+    "bad-finish": ("rollouts", lambda df: df.with_columns(pl.lit("abort").alias("finish_reason")),
+                   "column 'finish_reason' holds 'abort'"),
+    "length-mismatch": ("rollouts", lambda df: df.with_columns(pl.lit([-0.5], dtype=pl.List(pl.Float32))
+                                                                 .alias("logprobs")),
+                        "3 rows break the rule 'completion_ids, logprobs have the same length'"),
+    "span-order": ("judgments", lambda df: df.with_columns(pl.lit(9, dtype=pl.Int32).alias("token_start")),
+                   "break the rule '0 <= token_start <= token_end'"),
+    "zero-temperature": ("advantages", lambda df: df.with_columns(pl.lit(0.0, dtype=pl.Float32).alias("temperature")),
+                         "break the rule 'temperature > 0'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_read_refuses_values_no_type_check_catches(tmp_path, case):
+    """Inputs are never trusted because thinkrl wrote them: values that pass the types are still checked."""
+    name, edit, message = BAD_VALUES[case]
+    art, df = _written(tmp_path, name)
+    assert A.read_table(art, name).height == 3
+    rewrite_table(art, name, edit(df))
+    with pytest.raises(ThinkrlError) as e:
+        A.read_table(art, name)
+    assert message in _one_line(e) and f"{name}.parquet" in _one_line(e)
+
+
+def test_non_finite_training_metrics_are_allowed(tmp_path):
+    """A skipped step records its NaN loss: that is the record, not a broken input."""
+    art, df = _written(tmp_path, "train_metrics")
+    rewrite_table(art, "train_metrics", df.with_columns(pl.lit(float("nan")).alias("loss")))
+    assert A.read_table(art, "train_metrics")["loss"].is_nan().all()
+
+
+def test_an_input_changed_after_its_manifest_is_never_up_to_date(tmp_path):
+    """Before: the manifest alone keyed an input, so a downstream artifact stayed `up to date` after its input's
+    table was swapped. Now keying the input checks its tables' sha256 and refuses the changed one."""
+    src, df = _written(tmp_path, "rollouts")
+    w = A.ArtifactWriter(tmp_path / "out", "judge", {}, inputs={"rollouts": src})
+    w.set_table("judgments", make_rows(A.JUDGMENTS))
+    w.finish()
+    assert A.ArtifactWriter(tmp_path / "out", "judge", {}, inputs={"rollouts": src}).up_to_date()
+    df.with_columns(pl.lit("changed").alias("completion")).write_parquet(src / "rollouts.parquet")
+    with pytest.raises(ThinkrlError, match="rollouts.parquet: changed after its manifest was written"):
+        A.ArtifactWriter(tmp_path / "out", "judge", {}, inputs={"rollouts": src})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from artifact_edit import rewrite_table
 
 
 def assert_one_line_error(rc: int, stderr: str, *words: str) -> None:
@@ -153,10 +154,10 @@ def _damage_version(art: Path) -> None:
 
 
 def _damage_column(art: Path) -> None:
-    pl.read_parquet(art / "problems.parquet").drop("answer").write_parquet(art / "problems.parquet")
+    rewrite_table(art, "problems", pl.read_parquet(art / "problems.parquet").drop("answer"))
 
 
-DAMAGE = {"corrupt-parquet": (_damage_parquet, "not a readable Parquet file"),
+DAMAGE = {"corrupt-parquet": (_damage_parquet, "changed after its manifest was written"),
           "schema-version": (_damage_version, "schema version 99, expected problems v1"),
           "missing-column": (_damage_column, "missing column 'answer'")}
 

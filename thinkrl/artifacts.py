@@ -13,8 +13,13 @@ Writing (`ArtifactWriter`):
             w.write_part("rollouts", part, rows)
     w.finish(metrics={...})                     # parts -> rollouts.parquet, then manifest.json
 
-Reading (`read_table`) checks the manifest, the schema name and version, every column and its type,
-and fails with one line naming the file, the column and what was expected (`ThinkrlError`).
+Reading (`read_table`) never trusts a file because thinkrl wrote it. It checks the manifest, the file's
+sha256 against it (a table changed after its manifest is refused), the schema name and version, every column
+and its type, that no two rows share the key, that float values are finite, string columns with a fixed
+vocabulary hold only its values, and each schema's row rules (`Rule`: list lengths that must agree, spans
+that must be ordered). It fails with one line naming the file, the column and what was expected
+(`ThinkrlError`). An artifact given as a stage's input is verified the same way (`fingerprint`), so a stage
+never reports "up to date" from a manifest whose tables were changed.
 
 `python -m thinkrl.artifacts` prints docs/ARTIFACTS.md (a test fails when the file is stale).
 """
@@ -36,6 +41,7 @@ import polars as pl
 
 from thinkrl import __version__
 from thinkrl.errors import ThinkrlError
+from thinkrl.judge.protocol import LABELS as JUDGE_LABELS
 
 MANIFEST = "manifest.json"
 PARTS = "_parts"
@@ -47,6 +53,27 @@ class Column:
     dtype: pl.DataType
     doc: str
     nullable: bool = False
+    finite: bool = True                    # float values (or list elements) must be finite: no NaN, no inf
+    values: tuple[str, ...] | None = None  # the only values a string column may hold
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check on every row of a table, as a polars expression that is True on a good row."""
+    expr: pl.Expr
+    doc: str               # what a good row satisfies, shown in errors and docs/ARTIFACTS.md
+
+
+def _same_length(*cols: str) -> Rule:
+    first, *rest = cols
+    expr = pl.lit(True)
+    for c in rest:
+        expr = expr & (pl.col(first).list.len() == pl.col(c).list.len())
+    return Rule(expr, f"{', '.join(cols)} have the same length")
+
+
+def _ordered(lo: str, hi: str) -> Rule:
+    return Rule((pl.col(lo) >= 0) & (pl.col(lo) <= pl.col(hi)), f"0 <= {lo} <= {hi}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +83,7 @@ class Schema:
     doc: str
     key: tuple[str, ...]  # unique row id; rows join on these, never on row order
     columns: tuple[Column, ...]
+    rules: tuple[Rule, ...] = ()
 
     @property
     def polars_schema(self) -> dict[str, pl.DataType]:
@@ -66,6 +94,8 @@ class Schema:
 
 
 S, I32, I64, F32, F64, B = pl.String(), pl.Int32(), pl.Int64(), pl.Float32(), pl.Float64(), pl.Boolean()
+FINISH_REASONS = ("stop", "length")
+LABELS = JUDGE_LABELS
 LI32, LF32 = pl.List(pl.Int32()), pl.List(pl.Float32())
 
 PROBLEMS = Schema(
@@ -94,12 +124,14 @@ ROLLOUTS = Schema(
         Column("prompt_ids", LI32, "token ids of the prompt"),
         Column("completion_ids", LI32, "token ids of the completion"),
         Column("logprobs", LF32, "sampler's log-probs of completion_ids (behaviour log-probs)"),
-        Column("finish_reason", S, "`stop` (EOS or stop string) or `length` (hit max tokens)"),
+        Column("finish_reason", S, "`stop` (EOS or stop string) or `length` (hit max tokens)",
+               values=FINISH_REASONS),
         Column("answer", S, "gold answer (copied from problems)"),
         Column("pred_answer", S, "extracted final answer, null if none", nullable=True),
         Column("correct", B, "pred_answer equals the gold answer (math-verify)"),
         Column("seed", I64, "sampling seed derived from (round, problem, sample)"),
     ),
+    rules=(_same_length("completion_ids", "logprobs"), Rule(pl.col("sample_idx") >= 0, "sample_idx >= 0")),
 )
 
 JUDGMENTS = Schema(
@@ -113,7 +145,7 @@ JUDGMENTS = Schema(
         Column("token_start", I32, "first completion token overlapping the step"),
         Column("token_end", I32, "exclusive end token index"),
         Column("text", S, "the step text"),
-        Column("label", S, "correct | incorrect | matched | unmatched | unknown"),
+        Column("label", S, "correct | incorrect | matched | unmatched | unknown", values=LABELS),
         Column("judge", S, "judge backend and model, e.g. `rule`, `hf:/models/q`"),
         Column("rationale", S, "judge's reason or the parse failure reason"),
         Column("reply", S, "the generative judge's raw reply for this rollout (the same on each of its steps); "
@@ -122,6 +154,7 @@ JUDGMENTS = Schema(
                            "unusable reply...): its steps are `unknown`. Null for a real verdict; only an artifact "
                            "finished with --allow-failed has any (manifest metrics.failed_rollouts)", nullable=True),
     ),
+    rules=(_ordered("char_start", "char_end"), _ordered("token_start", "token_end")),
 )
 
 THOUGHTS = Schema(
@@ -132,9 +165,10 @@ THOUGHTS = Schema(
         Column("thought_idx", I32, "0-based thought index within the rollout"),
         Column("token_start", I32, "first completion token of the thought"),
         Column("token_end", I32, "exclusive end token"),
-        Column("label", S, "label shared by the thought's steps"),
+        Column("label", S, "label shared by the thought's steps", values=LABELS),
         Column("reward", F32, "advantage given to every token of the thought"),
     ),
+    rules=(_ordered("token_start", "token_end"),),
 )
 
 ADVANTAGES = Schema(
@@ -157,6 +191,8 @@ ADVANTAGES = Schema(
         Column("outcome_advantage", F32, "standardised outcome r_hat"),
         Column("correct", B, "outcome r == 1"),
     ),
+    rules=(_same_length("completion_ids", "advantages", "behaviour_logprobs"),
+           Rule(pl.col("temperature") > 0, "temperature > 0"), Rule(pl.col("max_tokens") >= 1, "max_tokens >= 1")),
 )
 
 TRAIN_METRICS = Schema(
@@ -164,12 +200,12 @@ TRAIN_METRICS = Schema(
     (
         Column("step", I64, "global optimizer step (1-based), counted across the rounds of an experiment"),
         Column("round", I32, "training round of the step's data"),
-        Column("loss", F64, "total loss"),
-        Column("kl", F64, "mean k3 KL to the reference (0 when beta = 0)"),
-        Column("clip_frac", F64, "share of tokens whose ratio was clipped"),
+        Column("loss", F64, "total loss", finite=False),
+        Column("kl", F64, "mean k3 KL to the reference (0 when beta = 0)", finite=False),
+        Column("clip_frac", F64, "share of tokens whose ratio was clipped", finite=False),
         Column("ratio_mean", F64, "mean ratio pi_theta / pi_old over the step's tokens (exactly 1 at a run's first "
-                                  "step when log pi_old is recomputed)"),
-        Column("grad_norm", F64, "gradient norm before clipping"),
+                                  "step when log pi_old is recomputed)", finite=False),
+        Column("grad_norm", F64, "gradient norm before clipping", finite=False),
         Column("lr", F64, "learning rate used"),
         Column("tokens", I64, "completion tokens in the step"),
         Column("dropped_rollouts", I64, "rollouts dropped for all-zero advantages"),
@@ -199,8 +235,9 @@ EVAL_SAMPLES = Schema(
         Column("pred_answer", S, "extracted answer, null if none", nullable=True),
         Column("correct", B, "graded against the gold answer"),
         Column("tokens", I32, "completion tokens"),
-        Column("finish_reason", S, "`stop` or `length`"),
+        Column("finish_reason", S, "`stop` or `length`", values=FINISH_REASONS),
     ),
+    rules=(Rule(pl.col("tokens") >= 0, "tokens >= 0"),),
 )
 
 EVAL_SUMMARY = Schema(
@@ -256,7 +293,20 @@ def finished(writer: ArtifactWriter) -> StageResult:
 
 
 # --------------------------------------------------------------------------------------------- hashing
+_SHA_MEMO: dict[tuple, str] = {}
+
+
 def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes, remembered in this process while its inode, size and mtime stay the same (a
+    stage hashes its inputs when it keys its work and again when it reads them)."""
+    st = os.stat(path)
+    memo = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if memo not in _SHA_MEMO:
+        _SHA_MEMO[memo] = _sha256_bytes(path)
+    return _SHA_MEMO[memo]
+
+
+def _sha256_bytes(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -273,6 +323,7 @@ def fingerprint(path: str | Path) -> str:
     by its bytes, any other directory (a model) by the sorted relative paths and hashes of its files."""
     p = Path(path)
     if (p / MANIFEST).is_file():
+        verify_artifact(p)  # a manifest whose tables were changed identifies nothing
         return sha256_file(p / MANIFEST)
     if p.is_file():
         return sha256_file(p)
@@ -334,8 +385,43 @@ def validate_frame(df: pl.DataFrame, schema: Schema, where: str, allow_empty: bo
     return df.select([c.name for c in schema.columns] + extra)
 
 
+def _example(df: pl.DataFrame, bad: pl.Series, schema: Schema) -> str:
+    """`, e.g. rollout_id=abc/r0/s1` for the first bad row."""
+    row = df.filter(bad).row(0, named=True)
+    return ", e.g. " + ", ".join(f"{k}={row[k]}" for k in schema.key)
+
+
+def check_values(df: pl.DataFrame, schema: Schema, where: str) -> None:
+    """The checks of values that types cannot express: a unique key, finite floats, fixed vocabularies and
+    the schema's row rules. One ThinkrlError naming the file, the column and the first offending row."""
+    dup = df.select(schema.key).is_duplicated()
+    if dup.any():
+        raise ThinkrlError(f"{where}: {int(dup.sum())} rows share a key ({', '.join(schema.key)}){_example(df, dup, schema)}"
+                           "; a table's key must be unique")
+    for col in schema.columns:
+        dtype = col.dtype.inner if isinstance(col.dtype, pl.List) else col.dtype
+        if col.finite and dtype.is_float():
+            values = pl.col(col.name).list.eval(pl.element().is_finite().not_()).list.any() \
+                if isinstance(col.dtype, pl.List) else pl.col(col.name).is_finite().not_()
+            bad = df.select(values.fill_null(False)).to_series()
+            if bad.any():
+                raise ThinkrlError(f"{where}: column '{col.name}' has non-finite values (NaN or inf) in "
+                                   f"{int(bad.sum())} rows{_example(df, bad, schema)}")
+        if col.values is not None:
+            bad = df.select(pl.col(col.name).is_in(col.values).not_().fill_null(False)).to_series()
+            if bad.any():
+                value = df.filter(bad)[col.name][0]
+                raise ThinkrlError(f"{where}: column '{col.name}' holds {value!r} in {int(bad.sum())} rows; expected "
+                                   f"one of {', '.join(col.values)}{_example(df, bad, schema)}")
+    for rule in schema.rules:
+        bad = df.select(rule.expr.not_().fill_null(False)).to_series()
+        if bad.any():
+            raise ThinkrlError(f"{where}: {int(bad.sum())} rows break the rule '{rule.doc}'{_example(df, bad, schema)}")
+
+
 def read_table(path: str | Path, table: str, allow_empty: bool = False) -> pl.DataFrame:
-    """Read table `table` of the artifact at `path`, validated against its schema."""
+    """Read table `table` of the artifact at `path`, validated against its schema and checked (`check_values`);
+    the file must be the one its manifest hashed."""
     schema = SCHEMAS[table]
     manifest = read_manifest(path)
     out = manifest["outputs"].get(table)
@@ -345,13 +431,32 @@ def read_table(path: str | Path, table: str, allow_empty: bool = False) -> pl.Da
     f = Path(path) / out.get("file", f"{table}.parquet")
     if out.get("schema_version") != schema.version:
         raise ThinkrlError(f"{f}: schema version {out.get('schema_version')}, expected {table} v{schema.version}")
-    if not f.is_file():
-        raise ThinkrlError(f"{f}: missing; the manifest lists it (artifact damaged, rerun the stage)")
+    check_output(Path(path), out)
     try:
         df = pl.read_parquet(f)
     except Exception as e:  # polars raises several error types for damaged files
         raise ThinkrlError(f"{f}: not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-    return validate_frame(df, schema, str(f), allow_empty=allow_empty)
+    df = validate_frame(df, schema, str(f), allow_empty=allow_empty)
+    check_values(df, schema, str(f))
+    return df
+
+
+def check_output(path: Path, out: Mapping[str, Any]) -> None:
+    """The table file `out` of the manifest at `path` is there and is the file the manifest hashed."""
+    f = path / out["file"]
+    if not f.is_file():
+        raise ThinkrlError(f"{f}: missing; the manifest lists it (artifact damaged, rerun the stage)")
+    if out.get("sha256") != sha256_file(f):
+        raise ThinkrlError(f"{f}: changed after its manifest was written (its sha256 is not the manifest's); "
+                           "rerun the stage that wrote it")
+
+
+def verify_artifact(path: str | Path) -> dict:
+    """The manifest of the artifact at `path` after checking that every table it lists is the file it hashed."""
+    manifest = read_manifest(path)
+    for out in manifest["outputs"].values():
+        check_output(Path(path), out)
+    return manifest
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -516,20 +621,33 @@ def write_artifact(out_dir: str | Path, stage: str, config: Mapping[str, Any], t
 
 
 # --------------------------------------------------------------------------------------------- docs
+def _column_doc(c: Column) -> str:
+    extra = [f"one of {', '.join(f'`{v}`' for v in c.values)}"] if c.values else []
+    dtype = c.dtype.inner if isinstance(c.dtype, pl.List) else c.dtype
+    if dtype.is_float():
+        extra.append("finite" if c.finite else "may be NaN")
+    return c.doc + (f" ({'; '.join(extra)})" if extra else "")
+
+
 def docs_markdown() -> str:
     lines = ["# Artifacts", "",
              "Generated from `thinkrl/artifacts.py` by `python -m thinkrl.artifacts > docs/ARTIFACTS.md`; "
              "a test fails when this file is stale.", "",
              "An artifact is a directory with one `<table>.parquet` per table and `manifest.json`, written last "
              "(stage, created, thinkrl_version, git_commit, key, config, inputs with sha256, outputs with "
-             "file/schema/schema_version/rows/bytes/sha256, metrics).", ""]
+             "file/schema/schema_version/rows/bytes/sha256, metrics).", "",
+             "Reading a table checks its sha256 against the manifest, its columns and types, that its key is "
+             "unique, that float values are finite (unless marked `may be NaN`), fixed vocabularies, and the "
+             "row rules below; a table that fails is refused with one line naming the file.", ""]
     for s in SCHEMAS.values():
         lines += [f"## `{s.name}` (schema version {s.version})", "", s.doc, "",
                   f"Key: {', '.join(f'`{k}`' for k in s.key)}", "",
                   "| column | type | nullable | meaning |", "|---|---|---|---|"]
-        lines += [f"| `{c.name}` | {c.dtype} | {'yes' if c.nullable else 'no'} | {c.doc.replace('|', '/')} |"
+        lines += [f"| `{c.name}` | {c.dtype} | {'yes' if c.nullable else 'no'} | {_column_doc(c).replace('|', '/')} |"
                   for c in s.columns]
         lines.append("")
+        if s.rules:
+            lines += ["Every row: " + "; ".join(r.doc for r in s.rules) + ".", ""]
     return "\n".join(lines)
 
 
