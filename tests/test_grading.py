@@ -1,14 +1,15 @@
 """Tests for thinkrl.grading: answer extraction, equivalence, the hard time limit, threads, real gold answers.
 
-Run: `.venv/bin/python -m pytest tests/test_grading.py -q`. Takes about 15 s (a math-verify worker starts a
-few times). The data test needs the benchmark files (THINKRL_DATA_DIR or ../shared/data) and skips
-without them.
+Run: `.venv/bin/python -m pytest tests/test_grading.py -q`. Takes about 30 s on 2 busy cores (a math-verify
+worker starts a few times; each hostile answer costs its time limit). The data test needs the benchmark
+files (THINKRL_DATA_DIR or ../shared/data) and skips without them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import FrozenInstanceError
@@ -226,6 +227,124 @@ def test_close_then_reuse():
     _warm()
     grading.close()
     assert answers_match("2\\sqrt{3}", "\\sqrt{12}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Several workers for one batch (hostile answers cost the limit about once per worker, not per answer)
+
+HOSTILE = f"\\boxed{{{HANG}}}"
+# pairs that reach math-verify (no fast path decides them), with their verdicts
+SLOW_EASY = [
+    ("\\sqrt{12}", "2\\sqrt{3}", T), ("(2,1)", "(1,2)", F), ("2(k+1)", "2k+2", T), ("\\tan x", "\\cot x", F),
+    ("\\frac{1}{\\sqrt{3}}", "\\frac{\\sqrt{3}}{3}", T), ("x^3+3x+6", "x^3+3x-6", F), ("3.14", "\\pi", F),
+    ("(b+2)(a+5)", "(a+5)(b+2)", T),
+]  # fmt: skip
+
+
+def _fresh_pool(n: int = 0) -> None:
+    """Kill the pool's workers, then start `n` of them (idle and running: a batch may use them at once).
+
+    Each grades one pair first: a fresh worker's first pair costs ~0.2 s more (math-verify's parser loads).
+    """
+    grading.close()
+    workers = [grading._POOL.acquire() for _ in range(n)]
+    for w in workers:
+        assert w.run([("\\sqrt{12}", "2\\sqrt{3}")], 60.0) == [True]
+    for w in workers:
+        grading._POOL.release(w)
+
+
+def _record_pids(monkeypatch) -> list[int]:
+    """The pid of the worker process behind every chunk a worker is given, in the order they are given."""
+    pids: list[int] = []
+    run = grading._Worker.run
+
+    def recording(self, pairs, timeout_s):
+        pids.append(self.proc.pid if self.proc is not None else -1)
+        return run(self, pairs, timeout_s)
+
+    monkeypatch.setattr(grading._Worker, "run", recording)
+    return pids
+
+
+def _mixed(n_hostile: int) -> list[tuple[str, str, bool]]:
+    """SLOW_EASY with `n_hostile` hostile answers (gold 1, verdict False) at 1, 2, 6, 9: two of them adjacent."""
+    items = list(SLOW_EASY)
+    for at in [1, 2, 6, 9][:n_hostile]:
+        items.insert(at, (HANG, "1", F))
+    return items
+
+
+# timeout_s 1.0 where easy answers must come out right: 0.5 s is near an easy pair's time on a loaded machine
+@pytest.mark.parametrize(("soft", "n_hostile"), [(0.8, 3), (0.0, 2)], ids=["soft-timer", "killed"])
+def test_hostile_batch_agrees_with_one_by_one(monkeypatch, soft, n_hostile):
+    monkeypatch.setattr(grading, "SOFT_TIMEOUT_FRACTION", soft)  # 0: only the parent's SIGKILL stops them
+    monkeypatch.setattr(grading, "MAX_WORKERS", 2)
+    monkeypatch.setattr(grading, "FANOUT_DELAY_S", 0.0)  # a helper restarts a killed worker at once
+    _fresh_pool(2)  # both running: the chunks finish out of order
+    items = _mixed(n_hostile)
+    expected = [e for _, _, e in items]
+    if soft:  # one by one, a killed worker restarts after each hostile answer: a second each, skipped
+        assert [answers_match(p, g, timeout_s=1.0) for p, g, _ in items] == expected
+    grades = grade_many([f"\\boxed{{{p}}}" for p, _, _ in items], [g for _, g, _ in items], timeout_s=1.0)
+    assert [x.correct for x in grades] == expected
+    assert [x.pred_answer for x in grades] == [p for p, _, _ in items]
+    assert len(grading._POOL._all) <= 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hostile_batch_spreads_over_workers(monkeypatch, workers):
+    monkeypatch.setattr(grading, "MAX_WORKERS", workers)
+    _fresh_pool(workers)
+    pids = _record_pids(monkeypatch)
+    grades = grade_many([HOSTILE] * 6, ["1"] * 6, timeout_s=0.5)
+    assert [x.correct for x in grades] == [False] * 6
+    assert len(pids) == 6  # small batches go one pair per message, so every worker can take a share
+    assert len(set(pids)) == workers
+    assert len(grading._POOL._all) == workers
+
+
+def test_a_quick_batch_starts_no_second_worker(monkeypatch):
+    monkeypatch.setattr(grading, "MAX_WORKERS", 2)
+    monkeypatch.setattr(grading, "FANOUT_DELAY_S", 60.0)
+    _fresh_pool()
+    pids = _record_pids(monkeypatch)
+    verdicts = grading._verify_many([(p, g) for p, g, _ in SLOW_EASY], 5.0)
+    assert verdicts == [e for _, _, e in SLOW_EASY]
+    assert len(set(pids)) == 1 and len(grading._POOL._all) == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_concurrent_hostile_batches_do_not_deadlock(monkeypatch, workers):
+    monkeypatch.setattr(grading, "MAX_WORKERS", workers)
+    monkeypatch.setattr(grading, "FANOUT_DELAY_S", 0.0)
+    _fresh_pool()  # none running: the callers and their helpers race to start them
+    items = _mixed(1)
+    completions, golds = [f"\\boxed{{{p}}}" for p, _, _ in items], [g for _, g, _ in items]
+    out: dict[int, list[bool]] = {}
+
+    def caller(k: int) -> None:
+        out[k] = [x.correct for x in grade_many(completions, golds, timeout_s=1.0)]
+
+    threads = [threading.Thread(target=caller, args=(k,), daemon=True) for k in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a grading call is stuck"
+    assert out == {k: [e for _, _, e in items] for k in range(2)}
+    assert len(grading._POOL._all) <= workers
+
+
+def test_try_acquire_never_waits(monkeypatch):
+    monkeypatch.setattr(grading, "MAX_WORKERS", 1)
+    pool = grading._Pool()  # its own pool: no process is started here
+    worker = pool.acquire()
+    assert pool.try_acquire(start=True) is None  # the only one is out
+    pool.release(worker)
+    assert pool.try_acquire(start=False) is None  # idle, but not running: starting one costs a second
+    assert pool.try_acquire(start=True) is worker
 
 
 def _data_dir() -> Path:

@@ -23,16 +23,30 @@ The time limit works in any thread. math-verify's own timeout uses `signal.alarm
 so it is off and the limit is enforced from outside: math-verify runs in a worker subprocess started
 with `subprocess` (`python -c`), not `multiprocessing`, so the caller's `__main__` and its heavy imports
 are not re-run. A worker starts lazily on the first pair that reaches step 3 (about a second) and is
-kept. A batch of pairs goes to it as one JSON line; it answers one line per pair; the parent waits at
-most `timeout_s` for each answer (counted from the previous one) and on a miss SIGKILLs the worker,
-marks that pair wrong and sends the rest to a fresh worker. Inside the worker a soft timer
-(SOFT_TIMEOUT_FRACTION x timeout_s, `setitimer`) interrupts slow pure-Python sympy work, so the worker
-usually survives; the kill is the backstop for work stuck in C. Workers run under a 2 GiB RLIMIT_AS.
-Threads: a pool of at most MAX_WORKERS workers; each call checks one out for its whole batch, so
-callers in a ThreadPoolExecutor never share a pipe and one caller's timeout never delays another.
-Waiting for a free worker, or for one to start (bounded by WORKER_START_TIMEOUT_S), is not counted
-in the per-answer limit. `close()` (also registered with atexit) kills the workers; later calls start
-new ones. POSIX only (select.poll, setitimer, resource).
+kept. A chunk of pairs goes to it as one JSON line; it answers one line per pair; the parent waits at
+most `timeout_s` for each answer (counted from the previous one of that worker) and on a miss SIGKILLs
+the worker, marks that pair wrong and sends the rest of the chunk to a fresh worker. Inside the worker a
+soft timer (SOFT_TIMEOUT_FRACTION x timeout_s, `setitimer`) interrupts slow pure-Python sympy work, so
+the worker usually survives; the kill is the backstop for work stuck in C. Workers run under a 2 GiB
+RLIMIT_AS.
+Threads: a pool of at most MAX_WORKERS workers (min(4, cores)) shared by all callers; a worker is
+checked out by one thread at a time, so threads never share a pipe. A call checks out its own worker
+(waiting if all are out) and may add up to MAX_WORKERS - 1 helper threads, each with a worker taken
+without waiting; all of them take the batch's next chunk from a shared index under a lock, so a worker
+stuck on a hostile answer (one that costs the whole limit) holds back only the rest of its own chunk and
+a batch of k hostile answers costs about k / workers limits, not k. Chunks are small (at most CHUNK_SIZE
+pairs; a small batch is cut into at least 4 chunks per worker) so that the work spreads. Cheap batches
+stay cheap: a helper uses an idle worker that is already running at once, but starts a new one (about a
+second of CPU, importing sympy) only if the batch is still running FANOUT_DELAY_S after it began, so a
+batch one worker finishes within that delay never starts another process, and a slow batch pays at most
+one start-up per extra worker (kept for later calls). Helpers never wait for a worker: a caller that
+holds one and waited for a second could deadlock with another caller doing the same; with the pool
+exhausted a batch runs on the workers it has (at least its own). A helper also gives its worker back,
+between chunks, as soon as another caller waits for one, so no caller waits more than one chunk for a
+worker that another caller's batch only borrowed. Waiting for a free worker, or for one to start
+(bounded by WORKER_START_TIMEOUT_S), is not counted in the per-answer limit. `close()` (also registered
+with atexit) kills the workers; later calls start new ones. POSIX only (select.poll, setitimer,
+resource).
 
 Model output is untrusted: nothing here evals, execs or sympifies text. math-verify's LaTeX parser
 (an ANTLR grammar) is the only parser; its plain-expression extractor, which calls sympy's
@@ -65,11 +79,14 @@ from pathlib import Path
 
 from thinkrl.errors import ThinkrlError
 
+_log = logging.getLogger(__name__)
+
 MAX_ANSWER_CHARS = 2000  # longer predicted or gold answers are refused unparsed
 MAX_NESTING = 50  # deeper nesting of {[( is refused unparsed
 MAX_POWER_DEPTH = 2  # 10^{10^x} is parsed (and may time out); 10^{10^{10^x}} is refused unparsed
-MAX_WORKERS = max(1, min(4, os.cpu_count() or 1))  # worker subprocesses, one per concurrent caller
-BATCH_SIZE = 256  # pairs sent to a worker in one message
+MAX_WORKERS = max(1, min(4, os.cpu_count() or 1))  # worker subprocesses in all, shared by all callers
+CHUNK_SIZE = 8  # at most this many pairs go to a worker in one message (fewer in a small batch)
+FANOUT_DELAY_S = 1.0  # a batch still running after this long may start more workers (about one's start-up)
 WORKER_START_TIMEOUT_S = 120.0  # importing sympy on a loaded machine can take a while
 WORKER_MEMORY_BYTES = 2 << 30  # RLIMIT_AS of a worker
 SOFT_TIMEOUT_FRACTION = 0.8  # the worker interrupts itself at this fraction of timeout_s; 0 turns that off
@@ -386,6 +403,16 @@ class _Worker:
             why = msg["error"] if msg else f"no answer within {WORKER_START_TIMEOUT_S:.0f}s"
             raise ThinkrlError(f"the grading worker (math-verify in a subprocess) did not start: {why}")
 
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ensure_started(self) -> None:
+        """Start the subprocess unless it is running (after a kill, or on first use)."""
+        if not self.alive:
+            self.kill()
+            self._start()
+
     def _read(self, deadline: float) -> dict | None:
         """The next message, or None if the deadline passes or the worker dies first."""
         assert self.proc is not None and self.proc.stdout is not None
@@ -420,9 +447,7 @@ class _Worker:
         results = [False] * len(pairs)
         pos, broken = 0, 0
         while pos < len(pairs):
-            if self.proc is None or self.proc.poll() is not None:
-                self.kill()
-                self._start()
+            self.ensure_started()
             try:
                 assert self.proc is not None and self.proc.stdin is not None
                 soft = max(0.05, SOFT_TIMEOUT_FRACTION * timeout_s) if SOFT_TIMEOUT_FRACTION > 0 else 0.0
@@ -448,25 +473,56 @@ class _Worker:
 
 
 class _Pool:
-    """At most MAX_WORKERS workers; a caller checks one out for a whole batch."""
+    """At most MAX_WORKERS workers; each one is checked out by one thread at a time."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._idle: list[_Worker] = []
         self._all: list[_Worker] = []
+        self._waiting = 0  # threads blocked in acquire()
         self._pid = os.getpid()
 
-    def acquire(self) -> _Worker:
-        with self._cond:
-            if self._pid != os.getpid():  # forked: the parent's pipes are not ours
-                self._idle, self._all, self._pid = [], [], os.getpid()
-            while not self._idle and len(self._all) >= MAX_WORKERS:
-                self._cond.wait()
-            if self._idle:
-                return self._idle.pop()
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's pipes are not ours
+            self._idle, self._all, self._waiting, self._pid = [], [], 0, os.getpid()
+
+    def _take(self, start: bool) -> _Worker | None:
+        """An idle worker, a running one first; else, with `start` and room left, a new (unstarted) one."""
+        for i in range(len(self._idle) - 1, -1, -1):
+            if self._idle[i].alive:
+                return self._idle.pop(i)
+        if self._idle and start:
+            return self._idle.pop()
+        if start and len(self._all) < MAX_WORKERS:
             worker = _Worker()
             self._all.append(worker)
             return worker
+        return None
+
+    def acquire(self) -> _Worker:
+        """A worker, waiting for one to come back if all MAX_WORKERS are checked out."""
+        with self._cond:
+            self._check_fork()
+            self._waiting += 1
+            try:
+                while (worker := self._take(start=True)) is None:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            return worker
+
+    def try_acquire(self, start: bool) -> _Worker | None:
+        """A worker without waiting, or None: an idle running one, or with `start` any idle or new one.
+
+        None also while a thread waits in acquire(): a caller's first worker goes before a batch's extra one.
+        """
+        with self._cond:
+            self._check_fork()
+            return None if self._waiting else self._take(start)
+
+    def has_waiters(self) -> bool:
+        with self._cond:
+            return self._waiting > 0
 
     def release(self, worker: _Worker) -> None:
         with self._cond:
@@ -502,16 +558,120 @@ atexit.register(close)
 # Public API
 
 
+class _Batch:
+    """The pairs of one `_verify_many` call, handed out in chunks to the threads that work on it.
+
+    A thread takes the next chunk under the lock, so one stuck on a hostile pair holds back only the rest
+    of its own chunk. A chunk whose helper failed is given back and taken again.
+    """
+
+    def __init__(self, pairs: list[tuple[str, str]], timeout_s: float, chunk: int) -> None:
+        self.pairs, self.timeout_s, self.chunk = pairs, timeout_s, chunk
+        self.results = [False] * len(pairs)
+        self.done = threading.Event()  # set when the caller is finished with the batch (or gave up)
+        self._cond = threading.Condition()
+        self._next = 0  # the first pair not yet handed out
+        self._returned: list[tuple[int, int]] = []  # chunks given back by a failed helper
+        self._in_flight = 0
+
+    @property
+    def chunks(self) -> int:
+        return -(-len(self.pairs) // self.chunk)
+
+    def pending(self) -> bool:
+        with self._cond:
+            return not self.done.is_set() and (bool(self._returned) or self._next < len(self.pairs))
+
+    def _take(self) -> tuple[int, int] | None:
+        with self._cond:
+            if self.done.is_set():
+                return None
+            if self._returned:
+                span = self._returned.pop()
+            elif self._next < len(self.pairs):
+                span = (self._next, min(len(self.pairs), self._next + self.chunk))
+                self._next = span[1]
+            else:
+                return None
+            self._in_flight += 1
+            return span
+
+    def _put(self, span: tuple[int, int], verdicts: list[bool] | None) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            if verdicts is None:
+                self._returned.append(span)
+            else:
+                self.results[span[0] : span[1]] = verdicts
+            self._cond.notify_all()
+
+    def work(self, worker: _Worker, helper: bool) -> None:
+        """Take chunks and grade them on `worker` until none is left (a helper also stops for a waiting caller)."""
+        while True:
+            if helper:
+                if _POOL.has_waiters() or not self.pending():
+                    return
+                worker.ensure_started()  # outside a chunk: the caller never waits for a helper's start-up
+            span = self._take()
+            if span is None:
+                return
+            try:
+                verdicts = worker.run(self.pairs[span[0] : span[1]], self.timeout_s)
+            except BaseException:
+                self._put(span, None)
+                raise
+            self._put(span, verdicts)
+
+    def wait_in_flight(self) -> bool:
+        """Wait until no chunk is out; True if a failed helper gave one back (there is work again)."""
+        with self._cond:
+            while self._in_flight and not self._returned:
+                self._cond.wait()
+            return bool(self._returned)
+
+
+def _helper(batch: _Batch) -> None:
+    """Work on `batch` with an extra worker: an idle running one now, else a new one after FANOUT_DELAY_S.
+
+    Never waits for a worker (its caller holds one already: waiting could deadlock two callers).
+    """
+    worker = _POOL.try_acquire(start=False)
+    if worker is None:
+        if batch.done.wait(FANOUT_DELAY_S) or not batch.pending():
+            return
+        worker = _POOL.try_acquire(start=True)
+        if worker is None:
+            return
+    try:
+        batch.work(worker, helper=True)
+    except Exception as e:  # its chunk was given back; the caller's own worker carries on (or fails itself)
+        _log.debug("a grading helper stopped: %s", e)
+    finally:
+        _POOL.release(worker)
+
+
+def _chunk_size(n: int) -> int:
+    """Pairs per message: at least 4 chunks per worker, so the work spreads; at most CHUNK_SIZE."""
+    return max(1, min(CHUNK_SIZE, n // (4 * MAX_WORKERS)))
+
+
 def _verify_many(pairs: list[tuple[str, str]], timeout_s: float) -> list[bool]:
-    """math-verify verdicts for (pred, gold) pairs, in batches, on one pooled worker."""
+    """math-verify verdicts for (pred, gold) pairs, in order: the caller's worker, plus helpers if slow."""
     if not pairs:
         return []
     worker = _POOL.acquire()
     try:
-        results: list[bool] = []
-        for i in range(0, len(pairs), BATCH_SIZE):
-            results += worker.run(pairs[i : i + BATCH_SIZE], timeout_s)
-        return results
+        worker.ensure_started()  # FANOUT_DELAY_S counts from here, not from this worker's start-up
+        batch = _Batch(pairs, timeout_s, _chunk_size(len(pairs)))
+        for _ in range(min(MAX_WORKERS, batch.chunks) - 1):
+            threading.Thread(target=_helper, args=(batch,), name="thinkrl-grading", daemon=True).start()
+        try:
+            batch.work(worker, helper=False)
+            while batch.wait_in_flight():
+                batch.work(worker, helper=False)
+        finally:
+            batch.done.set()
+        return batch.results
     finally:
         _POOL.release(worker)
 
@@ -554,7 +714,7 @@ def grade(completion: str, gold: str, timeout_s: float = 5.0) -> Grade:
 
 
 def grade_many(completions: list[str], golds: list[str], timeout_s: float = 5.0) -> list[Grade]:
-    """`grade` over aligned lists; the math-verify work goes to one worker in batches, `timeout_s` per pair."""
+    """`grade` over aligned lists; the math-verify work goes to pooled workers in chunks, `timeout_s` per pair."""
     preds = [extract_answer(c) for c in completions]
     if len(preds) != len(golds):
         raise ThinkrlError(
