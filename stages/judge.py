@@ -20,7 +20,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stages.common import Force, console, show_progress, skipped, with_settings
-from thinkrl.judge.judging import JudgeConfig, cause_list, fallback_report, run_judge_stage
+from thinkrl.judge.judging import JudgeConfig, failed_report, fallback_report, run_judge_stage
 
 
 @with_settings(cfg=JudgeConfig)
@@ -44,9 +44,7 @@ def judge(
     mix = ", ".join(f"{k[6:]} {v:.2f}" for k, v in metrics.items() if k.startswith("label_"))
     console.print(f"{out}: {metrics['steps']} steps of {metrics['rollouts']} rollouts ({mix}); "
                   f"unknown {metrics['unknown_rate']:.3f}; {metrics['seconds']:.1f} s")
-    if metrics.get("failed_rollouts"):
-        console.print(f"[bold yellow]judge: {metrics['failed_rollouts']} rollouts have no verdict "
-                      f"({cause_list(metrics.get('failed_causes', {}))}); finished anyway (--allow-failed): their "
-                      "steps are `unknown`[/bold yellow]")
+    if failed_report(metrics):
+        console.print(f"[bold yellow]judge: {failed_report(metrics)}[/bold yellow]")
     if fallback_report(metrics):
         console.print(f"[bold yellow]judge: {fallback_report(metrics)}[/bold yellow]")

@@ -67,9 +67,31 @@ def test_inputs_are_fingerprinted(tmp_path):
 def test_duplicate_keys_rejected(tmp_path):
     rows = make_rows(A.PROBLEMS, 2)
     rows[1]["problem_id"] = rows[0]["problem_id"]
-    with pytest.raises(ValueError, match="share a key"):
+    with pytest.raises(ThinkrlError, match="stage t produced a table its readers would refuse: .* share a key"):
         A.write_artifact(tmp_path / "a", "t", {}, {"problems": rows})
     assert not (tmp_path / "a/manifest.json").exists()
+
+
+def test_a_writer_never_finishes_what_its_readers_refuse(tmp_path):
+    """Before: -inf behaviour log-probs were written and the stage said "up to date" ever after, while every
+    reader refused the table. Now `finish` runs the readers' checks."""
+    rows = make_rows(A.ROLLOUTS, 2)
+    rows[1]["logprobs"] = [-0.5, float("-inf"), -0.1]
+    with pytest.raises(ThinkrlError, match="stage sample produced a table its readers would refuse: .*'logprobs' "
+                                           "has non-finite values"):
+        A.write_artifact(tmp_path / "a", "sample", {}, {"rollouts": rows})
+    assert not (tmp_path / "a/manifest.json").exists()
+
+
+def test_sha256_memo_sees_a_same_size_rewrite_with_its_mtime_restored(tmp_path):
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"aaaa")
+    before, st = A.sha256_file(f), f.stat()
+    f.write_bytes(b"bbbb")
+    import os
+
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))                  # as cp -p / rsync -t / touch -r leave it
+    assert A.sha256_file(f) != before
 
 
 # ------------------------------------------------------------------------------------------ read errors

@@ -44,6 +44,10 @@ GOOD = {"labels": [{"step": 0, "label": "correct"}, {"step": 1, "label": "incorr
     ('{"labels": [{"step": "x", "label": "correct"}]}', ("unknown",) * 3, "bad step index, missing steps"),
     ('{"labels": [{"step": 0, "label": "matched"}]}', ("unknown",) * 3, "invalid label"),
     ("I think step 1 is wrong.", ("unknown",) * 3, "unparseable reply"),
+    ('{"labels": ["correct", "incorrect", "incorrect", "correct"]}', ("correct", "incorrect", "incorrect"),
+     "step index out of range"),                                       # one label too many: not a full verdict
+    ('{"labels": [{"step": 0, "label": "correct"}, {"step": 0, "label": "incorrect"}, {"step": 1, "label": '
+     '"correct"}, {"step": 2, "label": "correct"}]}', ("incorrect", "correct", "correct"), "duplicate step index"),
     ('{"labels": [', ("unknown",) * 3, "unparseable reply"),
     (None, ("unknown",) * 3, "no reply"),
     ('{"reflections": []} then {"labels": ["correct", "correct", "correct"]}', ("correct",) * 3, ""),
@@ -367,14 +371,37 @@ def test_judge_registry_records():
         judge_kind("gpt")
 
 
+def _eos_first_judge(path) -> None:
+    """A tiny model that answers every chat prompt with EOS at once (an empty reply that stops): the layers'
+    output projections are zeroed, so the last hidden state depends only on the last prompt token (the
+    template's assistant marker, the same for every conversation), and the EOS row of the head points at it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thinkrl.models import init_model
+
+    init_model("tiny", path)
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    last = tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=True,
+                                   return_dict=False)[-1]
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        h = model.model.norm(model.model.embed_tokens.weight[last])
+        model.lm_head.weight[tok.eos_token_id] = 100 * h / h.norm() ** 2
+    model.save_pretrained(path)
+
+
 def test_hf_judge_asks_again_with_the_reminder_until_the_reply_is_usable(tmp_path):
     """The local-model backend's parse retries (a real tiny model, greedy): refused replies are asked again in
     one batch with the reminder appended (a longer prompt), at most parse_retries times; one refused to the end
-    is an `unusable reply` failure."""
+    is an `unusable reply` failure; a reply cut at max tokens is not asked again (it would be cut again)."""
     from thinkrl.judge.generative import HFChat
     from thinkrl.models import init_model
 
-    chat = HFChat(init_model("tiny", tmp_path / "m"), max_tokens=4, parse_retries=1)
+    _eos_first_judge(tmp_path / "eos")
+    chat = HFChat(tmp_path / "eos", max_tokens=4, parse_retries=1)
     seen: list[int] = []
 
     def validate(i: int, text: str) -> str:
@@ -383,8 +410,85 @@ def test_hf_judge_asks_again_with_the_reminder_until_the_reply_is_usable(tmp_pat
 
     convs = [[{"role": "user", "content": f"What is {k} + 1?"}] for k in range(3)]
     plain = chat.complete_many(convs)
+    assert {r.finish_reason for r in plain} == {"stop"}
     res = chat.complete_many(convs, validate=validate)
     assert sorted(seen) == [0, 0, 1, 1, 2]                       # only refused replies are asked (and read) again
     assert res[0].error is None and res[0].prompt_tokens > 2 * plain[0].prompt_tokens  # original + reminded prompt
     assert res[1].error == "unusable reply (no labels) after 2 replies" and res[1].text is not None
     assert res[2] == plain[2]
+    cut = HFChat(init_model("tiny", tmp_path / "m"), max_tokens=4, parse_retries=2)   # never stops in 4 tokens
+    seen.clear()
+    res = cut.complete_many(convs, validate=lambda i, t: seen.append(i) or "no labels")
+    assert sorted(seen) == [0, 1, 2] and all(r.error == "unusable reply (no labels; reply cut at max tokens)"
+                                             for r in res)
+
+
+def test_too_many_labels_are_a_failed_request_not_a_verdict(tmp_path, tokenizer):
+    """Before: a reply with a label for every step plus extra ones passed as a full verdict and was cached."""
+    ro = rollouts_frame(tokenizer, 3)
+
+    def too_many(messages):
+        reply = json.loads(judge_reply(messages).split("```json\n")[1].split("\n```")[0])
+        reply["labels"].append({"step": len(reply["labels"]), "label": "correct"})
+        return json.dumps(reply)
+
+    with FaultServer() as srv:
+        srv.reply_fn = too_many
+        judge = make_judge(f"openai:{srv.url}", model="m", cache_dir=str(tmp_path / "c"), timeout_s=5, parse_retries=1)
+        with pytest.raises(IncompleteError, match=r"3 of 3 rollouts got no verdict \(unusable reply \(step index "
+                                                  r"out of range\): 3\)"):
+            judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}))
+    assert not list((tmp_path / "c").rglob("*.json"))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAfter:
+    """A judge that delegates to another and is interrupted (like kill -9) when asked for part `n`."""
+
+    def __init__(self, judge, n: int):
+        self.judge, self.n, self.calls, self.name = judge, n, 0, judge.name
+
+    def judge_many(self, requests, progress=None):
+        if self.calls == self.n:
+            raise _Interrupt
+        self.calls += 1
+        return self.judge.judge_many(requests, progress)
+
+
+def test_parts_an_interrupted_allow_failed_run_wrote_are_asked_again_without_it(tmp_path, tokenizer):
+    """Before: resuming without --allow-failed skipped the parts an interrupted --allow-failed run had written
+    with failures in them, and finished with them (exit 0)."""
+    ro = rollouts_frame(tokenizer, 6)
+    with FaultServer() as srv:
+        srv.mode = "500"
+        judge = make_judge(f"openai:{srv.url}", model="m", cache_dir=str(tmp_path / "c"), timeout_s=5, retries=0)
+        with pytest.raises(_Interrupt):
+            judge_rollouts(ro, _StopAfter(judge, 1), tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}),
+                           part_size=3, allow_failed=True)
+        srv.mode, srv.reply_fn = "ok", judge_reply
+        asked = len(srv.records)
+        m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}), part_size=3)
+    assert len(srv.records) == asked + 6 and m["failed_rollouts"] == 0
+    assert read_table(tmp_path / "j", "judgments")["error"].null_count() == m["steps"]
+
+
+class _BuggyJudge:
+    """A judge with a bug: labels for a rollout that has no steps (a request the stage must not pass)."""
+
+    name = "buggy"
+
+    def judge_many(self, requests, progress=None):
+        from thinkrl.judge.protocol import Verdict
+
+        return [Verdict(r.rollout_id, ("correct",) * (len(r.steps) or 1), ("",) * (len(r.steps) or 1))
+                for r in requests]
+
+
+def test_a_failed_rollout_without_steps_still_holds_its_part_back(tmp_path, tokenizer):
+    ro = rollouts_frame(tokenizer, 2).with_columns(pl.lit("").alias("completion"))   # no steps at all
+    with pytest.raises(IncompleteError, match="2 of 2 rollouts got no verdict"):
+        judge_rollouts(ro, _BuggyJudge(), tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}))
+    assert not list((tmp_path / "j").rglob("*.parquet"))

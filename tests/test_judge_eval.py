@@ -229,3 +229,29 @@ def test_oracle_suite_perfect_judge_and_no_error_labels():
     assert silent["precision"] is None and silent["recall"] == 0.0
     assert silent["exact_interval_rate"] == approx(Fraction(1, 3))  # only a
     assert silent["unknown_rate"] == approx(Fraction(3, 10))  # 3 unknown of 3 + 4 + 3 = 10 steps
+
+
+def test_failed_requests_are_not_scored_and_do_not_finish_the_evaluation(tmp_path, monkeypatch):
+    """Before: with the server answering 500, every label `unknown` meant "no error found" and ProcessBench
+    scored acc_correct 1.0 on a finished artifact. Now failed requests are counted, left out of every figure,
+    and the stage does not finish without --allow-failed."""
+    from fault_server import FaultServer
+
+    from thinkrl.errors import IncompleteError
+    from thinkrl.judge import make_judge
+    from thinkrl.judge_eval import JudgeEvalConfig, run_judge_eval_stage
+
+    cases = pb_table(pb_case("a", ["1 + 1 = 2", "so 2"], -1, True), pb_case("b", ["1 + 1 = 3", "so 3"], 0, False))
+    with FaultServer() as srv:
+        srv.mode = "500"
+        judge = make_judge(f"openai:{srv.url}", model="m", timeout_s=5, retries=0)
+        row = processbench_suite(cases, judge, "gsm8k")
+        assert row["failed"] == 2 and row["items"] == 0 and row["acc_correct"] is None and row["f1"] is None
+        monkeypatch.setattr("thinkrl.problems.named_problems", lambda name, data_dir, limit=None: cases)
+        cfg = JudgeEvalConfig(judge=f"openai:{srv.url}", judge_model="m", processbench="gsm8k", retries=0)
+        with pytest.raises(IncompleteError, match="2 judge requests got no verdict"):
+            run_judge_eval_stage(tmp_path / "je", cfg, None, tmp_path)
+        assert not (tmp_path / "je" / "manifest.json").exists()
+        m = run_judge_eval_stage(tmp_path / "je", JudgeEvalConfig(**{**cfg.__dict__, "allow_failed": True}), None,
+                                 tmp_path)
+        assert m.metrics["rows"][0]["failed"] == 2 and (tmp_path / "je" / "manifest.json").exists()

@@ -255,7 +255,7 @@ EVAL_SUMMARY = Schema(
 )
 
 JUDGE_EVAL = Schema(
-    "judge_eval", 1, "A judge measured against the ArithChain oracle or ProcessBench's first-error labels.",
+    "judge_eval", 2, "A judge measured against the ArithChain oracle or ProcessBench's first-error labels.",
     ("suite", "subset"),
     (
         Column("suite", S, "`oracle` (ArithChain rollouts vs exact step truth) or `processbench`"),
@@ -268,6 +268,8 @@ JUDGE_EVAL = Schema(
         Column("acc_correct", F64, "processbench: no error predicted, on cases without one", nullable=True),
         Column("f1", F64, "processbench: harmonic mean of the two accuracies", nullable=True),
         Column("unknown_rate", F64, "share of steps labelled unknown"),
+        Column("failed", I64, "judge requests that failed for good (left out of every figure; only with "
+                              "--allow-failed)"),
     ),
 )
 
@@ -300,8 +302,10 @@ def sha256_file(path: Path) -> str:
     """sha256 of a file's bytes, remembered in this process while its inode, size and mtime stay the same (a
     stage hashes its inputs when it keys its work and again when it reads them)."""
     st = os.stat(path)
-    memo = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    memo = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # ctime: no one sets it
     if memo not in _SHA_MEMO:
+        if len(_SHA_MEMO) > 10_000:
+            _SHA_MEMO.clear()
         _SHA_MEMO[memo] = _sha256_bytes(path)
     return _SHA_MEMO[memo]
 
@@ -560,6 +564,10 @@ class ArtifactWriter:
         df = validate_frame(to_frame(rows, SCHEMAS[table]), SCHEMAS[table], f"{self.out}:{table}/{part}", allow_empty=True)
         _write_parquet_atomic(df, self._parts_dir(table) / f"{part}.parquet")
 
+    def read_part(self, table: str, part: str) -> pl.DataFrame:
+        """One finished part of a table."""
+        return pl.read_parquet(self._parts_dir(table) / f"{part}.parquet")
+
     def read_parts(self, table: str) -> pl.DataFrame:
         files = sorted(self._parts_dir(table).glob("*.parquet"))
         if not files:
@@ -587,9 +595,10 @@ class ArtifactWriter:
             schema = SCHEMAS[name]
             df = self._tables[name] if name in self._tables else self.read_parts(name)
             df = validate_frame(to_frame(df, schema), schema, f"{self.out}:{name}", allow_empty=allow_empty)
-            dup = df.select(schema.key).is_duplicated()
-            if dup.any():
-                raise ValueError(f"{name}: {int(dup.sum())} rows share a key {schema.key}")
+            try:   # never finish what a reader would refuse
+                check_values(df, schema, f"{self.out}:{name}")
+            except ThinkrlError as e:
+                raise ThinkrlError(f"stage {self.stage} produced a table its readers would refuse: {e}") from None
             tmp = self.out / f".{name}.parquet.new-{os.getpid()}"
             df.write_parquet(tmp, compression="zstd", statistics=True)
             staged[name] = (tmp, df)

@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from thinkrl.artifacts import ArtifactWriter, StageResult, read_table
-from thinkrl.errors import ThinkrlError
+from thinkrl.errors import IncompleteError, ThinkrlError
 from thinkrl.grading import extract_answer
 from thinkrl.judge.judging import JudgeConfig, requests_for
 from thinkrl.judge.protocol import INCORRECT, MATCHED, UNKNOWN, Judge, JudgeRequest
@@ -36,11 +36,15 @@ ERROR = (INCORRECT, MATCHED)
 
 
 def oracle_suite(rollouts: pl.DataFrame, judge: Judge, subset: str = "arith", progress=None) -> dict:
-    """Judge ArithChain rollouts and compare with the oracle, step by step."""
+    """Judge ArithChain rollouts and compare with the oracle, step by step. Failed requests are not judgments:
+    they are counted (`failed`) and left out of every figure."""
     reqs = requests_for(rollouts, "blank")
     verdicts = judge.judge_many(reqs, progress=progress)
-    tp = fp = fn = exact = steps = unknown = items = 0
+    tp = fp = fn = exact = steps = unknown = items = failed = 0
     for req, v in zip(reqs, verdicts, strict=True):
+        if not v.ok:
+            failed += 1
+            continue
         problem = problem_from_question(req.question)
         if problem is None:
             continue
@@ -57,7 +61,8 @@ def oracle_suite(rollouts: pl.DataFrame, judge: Judge, subset: str = "arith", pr
     return {"suite": "oracle", "subset": subset, "items": items,
             "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
             "exact_interval_rate": exact / items if items else None,
-            "acc_erroneous": None, "acc_correct": None, "f1": None, "unknown_rate": unknown / max(steps, 1)}
+            "acc_erroneous": None, "acc_correct": None, "f1": None, "unknown_rate": unknown / max(steps, 1),
+            "failed": failed}
 
 
 def processbench_request(row: dict) -> JudgeRequest:
@@ -81,8 +86,11 @@ def processbench_suite(cases: pl.DataFrame, judge: Judge, subset: str, progress=
     rows = cases.to_dicts()
     reqs = [processbench_request(r) for r in rows]
     verdicts = judge.judge_many(reqs, progress=progress)
-    err_hit = err_n = ok_hit = ok_n = steps = unknown = 0
+    err_hit = err_n = ok_hit = ok_n = steps = unknown = failed = 0
     for r, v in zip(rows, verdicts, strict=True):
+        if not v.ok:  # no verdict: "no error found" would score it
+            failed += 1
+            continue
         label = int(json.loads(r["meta"])["label"])
         pred = first_error(v.labels)
         if label == -1:
@@ -94,9 +102,9 @@ def processbench_suite(cases: pl.DataFrame, judge: Judge, subset: str, progress=
     acc_e = err_hit / err_n if err_n else None
     acc_c = ok_hit / ok_n if ok_n else None
     f1 = 2 * acc_e * acc_c / (acc_e + acc_c) if acc_e is not None and acc_c is not None and acc_e + acc_c else None
-    return {"suite": "processbench", "subset": subset, "items": len(rows), "precision": None, "recall": None,
-            "exact_interval_rate": None, "acc_erroneous": acc_e, "acc_correct": acc_c, "f1": f1,
-            "unknown_rate": unknown / max(steps, 1)}
+    return {"suite": "processbench", "subset": subset, "items": len(rows) - failed, "precision": None,
+            "recall": None, "exact_interval_rate": None, "acc_erroneous": acc_e, "acc_correct": acc_c, "f1": f1,
+            "unknown_rate": unknown / max(steps, 1), "failed": failed}
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,12 @@ class JudgeEvalConfig:
     judge: str = same_as(JudgeConfig, "judge")
     judge_model: str | None = same_as(JudgeConfig, "judge_model")
     max_tokens: int = same_as(JudgeConfig, "max_tokens")
+    concurrency: int = same_as(JudgeConfig, "concurrency")
+    timeout_s: float = same_as(JudgeConfig, "timeout_s")
+    retries: int = same_as(JudgeConfig, "retries")
+    parse_retries: int = same_as(JudgeConfig, "parse_retries")
+    api_key_env: str = same_as(JudgeConfig, "api_key_env")
+    allow_failed: bool = same_as(JudgeConfig, "allow_failed")
     processbench: str | None = setting(None, "comma-separated ProcessBench subsets: gsm8k, math, olympiadbench, "
                                              "omnimath")
     limit: int | None = setting(None, "first N cases of each ProcessBench subset")
@@ -139,12 +153,19 @@ def run_judge_eval_stage(out: Path, cfg: JudgeEvalConfig, rollouts: Path | None,
     if writer.up_to_date() and not force:
         return StageResult(out, True, {"rows": read_table(out, "judge_eval").to_dicts()})
     cases = {s: named_problems(f"processbench_{s}", data_dir, limit=cfg.limit) for s in cfg.subsets()}  # fail early
-    judge = make_judge(cfg.judge, model=cfg.judge_model, max_tokens=cfg.max_tokens, cache_dir=str(out / "_cache"))
+    judge = make_judge(cfg.judge, model=cfg.judge_model, max_tokens=cfg.max_tokens, cache_dir=str(out / "_cache"),
+                       concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries,
+                       parse_retries=cfg.parse_retries, api_key_env=cfg.api_key_env)
     rows = []
     with (status(f"judge-eval with {judge.name}") if status else contextlib.nullcontext()):
         if rollouts is not None:
             rows.append(oracle_suite(read_table(rollouts, "rollouts"), judge, subset=str(rollouts)))
         rows += [processbench_suite(df, judge, s) for s, df in cases.items()]
+    failed = sum(r["failed"] for r in rows)
+    if failed and not cfg.allow_failed:
+        raise IncompleteError(f"{out}: {failed} judge requests got no verdict (server errors, timeouts or unusable "
+                              "replies); nothing is written. Rerun to ask again (good replies are cached), or pass "
+                              "--allow-failed to score without them")
     writer.set_table("judge_eval", rows)
     writer.finish({f"{r['suite']}/{r['subset']}/{k}": r[k] for r in rows
                    for k in ("precision", "recall", "exact_interval_rate", "f1") if r[k] is not None})

@@ -230,7 +230,9 @@ def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path)
         text += (f", unknown {m['unknown_rate']:.3f}, no usable verdict {m['fallback_share']:.1%}, "
                  f"{m['seconds']:.1f} s")
     if m.get("failed_rollouts"):
-        text += f", {m['failed_rollouts']} failed requests allowed ({m.get('failed_causes')})"
+        from thinkrl.judge.judging import cause_list
+
+        text += f", {m['failed_rollouts']} failed requests allowed ({cause_list(m.get('failed_causes', {}))})"
     ctx.display.done(round_, "judge", text, r.skipped)
     return out
 

@@ -37,7 +37,8 @@ requests already answered. Failures are not cached. An unreadable entry counts a
 Usable replies (`validate`): a caller that needs a reply in a given format (the judge: one label per step)
 passes `validate(i, text) -> problem`. A reply it refuses is not a success: the client asks again with the
 bad reply and a format reminder appended (`reminded`), up to `parse_retries` times, then gives up with
-`error="unusable reply (<problem>) after <n> replies"` and the last reply in `text`. Only a usable reply is
+`error="unusable reply (<problem>) after <n> replies"` and the last reply in `text`; a reply cut at
+max_tokens is not asked again (it would be cut again). Only a usable reply is
 cached, under the key of the original request; a cached entry that `validate` refuses (an older run's) is a
 miss. Note: with
 temperature > 0 the cache pins one sample per distinct request (identical conversations share it).
@@ -83,6 +84,7 @@ MAX_BODY_BYTES = 32 * 2**20                      # a reply larger than this is t
 CACHE_VERSION = 1                                # bump to invalidate every cache entry
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 UNUSABLE = "unusable reply"                      # the failure reason of a reply `validate` refused to the end
+CUT = "reply cut at max tokens"                  # such a reply is not asked again: it would be cut again
 REMINDER = ("Your reply could not be used: {problem}. Answer again, exactly in the format asked for, covering "
             "every item.")
 
@@ -290,17 +292,22 @@ class ChatClient:
                 break
             tokens[0] += res.prompt_tokens
             tokens[1] += res.completion_tokens
-            problem = validate(i, res.text or "") if validate is not None else ""
+            try:
+                problem = validate(i, res.text or "") if validate is not None else ""
+            except Exception as e:  # noqa: BLE001 - a validator bug is this request's failure, never a crash
+                problem = f"validate failed: {type(e).__name__}: {e}"[:200]
             if not problem:
                 self._cache_put(key, res)
                 return replace(res, prompt_tokens=tokens[0], completion_tokens=tokens[1])
-            if retry == self.cfg.parse_retries:
+            if retry == self.cfg.parse_retries or res.finish_reason == "length":
                 with self._lock:
                     self._stats["failures"][UNUSABLE] += 1
                 n = retry + 1
-                return replace(res, error=f"{UNUSABLE} ({problem}) after {n} repl{'ies' if n > 1 else 'y'}",
+                why = f"{problem}; {CUT}" if res.finish_reason == "length" else problem
+                return replace(res, error=f"{UNUSABLE} ({why}) after {n} repl{'ies' if n > 1 else 'y'}",
                                prompt_tokens=tokens[0], completion_tokens=tokens[1])
             with self._lock:
+                self._stats["retries"] += 1
                 self._stats["retry_reasons"][UNUSABLE] += 1
             res = self._complete_one(self._body(i, reminded(conv, res.text or "", problem)))
         return res

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from thinkrl.engine.base import SamplingParams
-from thinkrl.judge.chat import UNUSABLE, ChatResult, Validate, reminded
+from thinkrl.judge.chat import CUT, UNUSABLE, ChatResult, Validate, reminded
 from thinkrl.judge.prompts import TEMPLATES, parse_reply, parse_steps_reply
 from thinkrl.judge.protocol import UNKNOWN, JudgeRequest, Verdict
 
@@ -58,6 +58,8 @@ class HFChat:
         todo = list(range(len(results))) if validate else []
         for retry in range(self.parse_retries + 1):
             problems = {i: p for i in todo if (p := validate(i, results[i].text or ""))}  # type: ignore[misc]
+            for i in [i for i in problems if results[i].finish_reason == "length"]:  # a reminder cannot help
+                results[i] = replace(results[i], error=f"{UNUSABLE} ({problems.pop(i)}; {CUT})")
             if not problems:
                 break
             if retry == self.parse_retries:
@@ -90,10 +92,10 @@ class GenerativeJudge:
                 progress(total - last[0])
             last[0] = total
 
-        def validate(i: int, text: str) -> str:  # '' for a full verdict, else what keeps it from being one
+        def validate(i: int, text: str) -> str:  # '' for a reply read in full, else what was wrong with it
             req = todo[i]
             labels, _, problem, *_ = (parse_steps_reply if req.propose_steps else parse_reply)(text, req)
-            return (problem or "unknown labels") if UNKNOWN in labels else ""
+            return problem or ("unknown labels" if UNKNOWN in labels else "")
 
         results = self.backend.complete_many([self.template.messages(r) for r in todo], progress=report,
                                              validate=validate)
@@ -116,9 +118,9 @@ class GenerativeJudge:
                 extra["step_starts"] = starts
             else:
                 labels, reasons, problem = parse_reply(res.text, req)
+            ok = not problem and UNKNOWN not in labels  # a full verdict (the backends refuse other replies)
             if res.finish_reason == "length":
-                problem = ", ".join(p for p in (problem, "reply cut at max tokens") if p)
-            out.append(Verdict(req.rollout_id, labels, reasons, ok=UNKNOWN not in labels, reason=problem,
-                               judge_tokens=tokens,
+                problem = ", ".join(p for p in (problem, CUT) if p)
+            out.append(Verdict(req.rollout_id, labels, reasons, ok=ok, reason=problem, judge_tokens=tokens,
                                extra=extra, reply=res.text))
         return out

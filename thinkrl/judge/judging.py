@@ -165,13 +165,14 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
     for start in range(0, rollouts.height, part_size):
         part = f"{start // part_size:06d}"
         chunk = rollouts.slice(start, part_size)
-        if writer.part_done("judgments", part):
-            if progress:
+        if writer.part_done("judgments", part) and (allow_failed or not writer.read_part("judgments", part)
+                                                    ["error"].is_not_null().any()):
+            if progress:   # (a part an interrupted --allow-failed run wrote with failures is asked again)
                 progress(chunk.height)
             continue
         reqs = requests_for(chunk, splitter)
         verdicts = judge.judge_many(reqs, progress=progress)
-        rows = []
+        rows, part_ok = [], True
         for req, v, ids in zip(reqs, verdicts, chunk["completion_ids"].to_list(), strict=True):
             if len(v.labels) != len(req.steps):  # a judge bug must not shift labels onto the wrong steps
                 v = Verdict.failed(req, f"judge returned {len(v.labels)} labels for {len(req.steps)} steps",
@@ -180,18 +181,20 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
             rows += verdict_rows(req, v, ids, tokenizer, judge.name)
             stats["judge_tokens"] += v.judge_tokens
             stats["failed"] += not v.ok
+            part_ok &= v.ok
             if not v.ok:
                 failed_now[failure_cause(v.reason)] += 1
             if v.reason:
                 reasons[v.reason] += 1
-        if allow_failed or all(r["error"] is None for r in rows):
+        if allow_failed or part_ok:
             writer.write_part("judgments", part, rows)
     if failed_now and not allow_failed:
         n = sum(failed_now.values())
         raise IncompleteError(
             f"{writer.out}: {n} of {rollouts.height} rollouts got no verdict ({cause_list(failed_now)}); the "
-            "judgments are not finished. Rerun the same command to ask again for just those (finished parts "
-            "and good replies are kept), or pass --allow-failed to finish with their steps `unknown`")
+            "judgments are not finished by this run (an artifact an earlier --allow-failed run finished is left as "
+            "it was). Rerun the same command to ask again for just those (finished parts and good replies are "
+            "kept), or pass --allow-failed to finish with their steps `unknown`")
     df = writer.read_parts("judgments")
     failed_ids = df.filter(pl.col("error").is_not_null()).unique("rollout_id")
     failed_causes = Counter(failure_cause(e) for e in failed_ids["error"].to_list())
@@ -217,6 +220,16 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
     return metrics
 
 
+def failed_report(metrics: dict) -> str:
+    """One line on the failed requests an --allow-failed run kept; '' if none."""
+    n = metrics.get("failed_rollouts", 0)
+    if not n:
+        return ""
+    return (f"{n} rollouts have no verdict ({cause_list(metrics.get('failed_causes', {}))}); finished anyway "
+            "(--allow-failed): their steps are `unknown`. Rerun without --allow-failed (or with --force) to ask "
+            "again for just those")
+
+
 def cause_list(causes: Counter | dict) -> str:
     """`http 500: 3, timeout: 1`, most frequent first."""
     return ", ".join(f"{k}: {v}" for k, v in sorted(causes.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -231,7 +244,7 @@ def run_judge_stage(rollouts: Path, out: Path, cfg: JudgeConfig = JudgeConfig(),
     from thinkrl.judge import make_judge
     from thinkrl.models import load_tokenizer
 
-    df = None if tokenizer else read_table(rollouts, "rollouts")  # read for the key only when it names the policy
+    df = read_table(rollouts, "rollouts")  # checked before anything else happens
     tok_path = tokenizer or Path(df["policy"][0])
     writer = ArtifactWriter(out, "judge", judge_config(cfg, str(tok_path)), inputs={"rollouts": rollouts})
     # finished with failed requests (--allow-failed): up to date only while failures are allowed; else ask again
@@ -246,7 +259,6 @@ def run_judge_stage(rollouts: Path, out: Path, cfg: JudgeConfig = JudgeConfig(),
                        timeout_s=cfg.timeout_s, retries=cfg.retries, api_key_env=cfg.api_key_env,
                        parse_retries=cfg.parse_retries)
         tok = load_tokenizer(tok_path, hint="; pass --tokenizer DIR")
-        df = df if df is not None else read_table(rollouts, "rollouts")
         if start:
             start(df.height)
         m = judge_rollouts(df, j, tok, writer, splitter=cfg.splitter, part_size=cfg.part_size, progress=progress,

@@ -128,7 +128,7 @@ def parse_reply(text: str | None, req: JudgeRequest) -> tuple[tuple[str, ...], t
         return (UNKNOWN,) * n, ("unparseable reply: no JSON object with 'labels'",) * n, "unparseable reply"
     allowed = LABELS_FOR[req.correct]
     labels, reasons = [UNKNOWN] * n, ["judge gave no label for this step"] * n
-    issues = set()
+    issues, seen = set(), set()
     for idx, label, reason in _entries(container):
         try:
             i = int(idx)
@@ -138,6 +138,9 @@ def parse_reply(text: str | None, req: JudgeRequest) -> tuple[tuple[str, ...], t
         if not 0 <= i < n:
             issues.add("step index out of range")
             continue
+        if i in seen:
+            issues.add("duplicate step index")
+        seen.add(i)
         lab = str(label).strip().lower() if label is not None else ""
         lab = _SYNONYMS.get(lab, lab)
         if lab not in allowed:
