@@ -78,7 +78,7 @@ def setting_options(cls: type, *, unset_default: bool = False, panel: str | None
             decls.append(meta["short"])
         shown = "" if meta.get("parse") is None or f.default is None else f" (default {_text(f.default)})"
         if bounds_of(cls, f.name):
-            shown += f" [{bounds_text(bounds_of(cls, f.name))}]"
+            shown += f"; {bounds_text(bounds_of(cls, f.name))}"  # (no square brackets: rich markup)
         opt = typer.Option(*decls, help=meta["help"] + shown, show_default=not unset_default,
                            rich_help_panel=panel)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,

@@ -249,6 +249,6 @@ def test_bounds_read_as_intervals_in_messages_and_help():
     assert bounds_text((("gt", 0), ("le", 1))) == "in (0, 1]" and bounds_text((("ge", 1),)) == ">= 1"
     assert bounds_text((("ge", 0), ("lt", 1))) == "in [0, 1)"
     top_p = next(p for p in _command("sample").params if p.name == "top_p")
-    assert top_p.help.endswith("[in (0, 1]]")
+    assert top_p.help.endswith("; in (0, 1]")
     with pytest.raises(ThinkrlError, match=r"^--max-tokens must be >= 1, got 0$"):
         SampleConfig(max_tokens=0)
