@@ -56,7 +56,7 @@ def guard(fn):
 def setting_options(cls: type, *, unset_default: bool = False, panel: str | None = None) -> list[inspect.Parameter]:
     """One keyword-only typer option per option field of the settings dataclass `cls`. unset_default: every
     default is None (= not given, for `thinkrl run`, where the file or the field default decides)."""
-    from thinkrl.settings import base_type, field_type
+    from thinkrl.settings import base_type, bounds_of, bounds_text, field_type, flag_of
 
     params = []
     for f in dataclasses.fields(cls):
@@ -65,7 +65,7 @@ def setting_options(cls: type, *, unset_default: bool = False, panel: str | None
             continue
         hint = field_type(cls, f.name)
         base, optional = base_type(hint), type(None) in typing.get_args(hint)
-        flag = meta.get("flag") or f"--{f.name.replace('_', '-')}"
+        flag = flag_of(cls, f.name)
         default: Any = None if unset_default else f.default
         if meta.get("parse") or typing.get_origin(base) is tuple and typing.get_args(base)[-1:] == (Ellipsis,):
             # text parsed by the field (k/n), or a repeatable option (tuple[str, ...]): None = the field default
@@ -77,6 +77,8 @@ def setting_options(cls: type, *, unset_default: bool = False, panel: str | None
         if meta.get("short"):
             decls.append(meta["short"])
         shown = "" if meta.get("parse") is None or f.default is None else f" (default {_text(f.default)})"
+        if bounds_of(cls, f.name):
+            shown += f"; {bounds_text(bounds_of(cls, f.name))}"  # (no square brackets: rich markup)
         opt = typer.Option(*decls, help=meta["help"] + shown, show_default=not unset_default,
                            rich_help_panel=panel)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,

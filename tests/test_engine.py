@@ -249,7 +249,7 @@ def test_from_pretrained_and_registry(tmp_path, tok):
     assert set(ENGINES) == {"hf", "vllm"}
     with pytest.raises(ThinkrlError, match="hf, vllm"):
         load_engine("nope", tmp_path)
-    with pytest.raises(ThinkrlError, match="cannot load"):
+    with pytest.raises(ThinkrlError, match="missing: expected a model directory .* found nothing there"):
         load_engine("hf", tmp_path / "missing")
 
 

@@ -311,6 +311,26 @@ def test_missing_policy_is_one_line_error(tmp_path, run_cli):
         run_experiment(ExperimentConfig(), tmp_path / "r")
     rc, _, err = run_cli(["run", "--name", "x", "--runs-dir", tmp_path, "--policy", tmp_path / "nope"])
     assert rc == 2 and err.startswith("error:") and "Traceback" not in err
+    assert not (tmp_path / "x").exists()  # the inputs are checked before the run directory (and its lock) is made
+
+
+def test_run_lock_excludes_a_second_run_and_is_removed_however_the_run_ends(tmp_path):
+    from thinkrl.rounds import _run_lock
+
+    d = tmp_path / "r"
+    with _run_lock(d):
+        assert (d / ".lock").is_file()
+        with pytest.raises(ThinkrlError, match="another `thinkrl run` is working"), _run_lock(d):
+            pass
+        assert (d / ".lock").is_file()  # the refused run leaves the holder's lock alone
+    assert not (d / ".lock").exists()
+    with pytest.raises(ThinkrlError, match="boom"), _run_lock(d):
+        raise ThinkrlError("boom")
+    assert not (d / ".lock").exists()
+    (d / ".lock").write_text("")  # left by a run killed with -9: taken over, then removed
+    with _run_lock(d):
+        pass
+    assert list(d.iterdir()) == []
 
 
 # --------------------------------------------------------------------------------------------- kill -9

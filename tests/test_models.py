@@ -193,8 +193,9 @@ def test_load_policy_errors(tmp_path, init_dir):
     for f in init_dir.iterdir():
         (bad / f.name).write_bytes(f.read_bytes())
     (bad / "config.json").write_text("{not json")
-    with pytest.raises(ThinkrlError, match="could not load"):
+    with pytest.raises(ThinkrlError, match="bad: config.json: not valid JSON"):
         load_policy(bad)
+    # the rest of the broken directories are cases of tests/test_bad_input.py (through the CLI)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def test_a_bad_stage_setting_fails_when_the_experiment_is_made():
 
 def test_review_fixes_dtype_names_memory_share_and_training_memory_keys(tmp_path):
     assert SampleConfig(dtype="bf16").dtype == "bfloat16" == EvalConfig(dtype="bf16").dtype  # one key per dtype
-    with pytest.raises(ThinkrlError, match="gpu_memory_utilization"):
+    with pytest.raises(ThinkrlError, match="--gpu-memory-utilization must be in \\(0, 1\\], got 0"):
         SampleConfig(engine="vllm", gpu_memory_utilization=0.0)
     cfg = ExperimentConfig(policy="p", train_dtype="bfloat16", gradient_checkpointing=True, logprob_chunk=256)
     t = cfg.train_config(0)
@@ -195,3 +195,60 @@ def test_judge_eval_key_carries_the_judges_version(tmp_path):
     assert "prompt_version" in judge_eval_key(JudgeEvalConfig(judge="hf:some/dir"))
     with pytest.raises(ThinkrlError, match="give --rollouts"):
         run_judge_eval_stage(tmp_path / "je", JudgeEvalConfig(), None, tmp_path)
+
+
+# --------------------------------------------------------------------------------------------- bounds
+SETTINGS = [*STAGES, JudgeEvalConfig, PrepareConfig, ExperimentConfig]
+UNBOUNDED = {(SampleConfig, "round")}  # the eval stage records round -1 (not a training round)
+
+
+def _numeric(cls: type, name: str) -> bool:
+    from thinkrl.settings import base_type, field_type
+
+    t = base_type(field_type(cls, name))
+    return t in (int, float) or t == tuple[float, float]
+
+
+def _outside(bounds) -> list:
+    """A value just outside each declared bound."""
+    return [{"ge": v - 1, "gt": v, "le": v + 1, "lt": v}[op] for op, v in bounds]
+
+
+@pytest.mark.parametrize("cls", SETTINGS, ids=lambda c: c.__name__)
+def test_every_number_setting_declares_its_bounds_and_each_class_enforces_them(cls):
+    """A count >= 1, a probability in [0, 1], a rate > 0, ...: declared once with the setting, checked by the
+    class (every stage and thinkrl run) and by `coerce` (TOML files, run options), naming the option."""
+    from thinkrl.settings import bounds_of, coerce, flag_of
+
+    for f in fields(cls):
+        if not _numeric(cls, f.name):
+            continue
+        bounds = bounds_of(cls, f.name)
+        assert bounds or (cls, f.name) in UNBOUNDED or root(cls, f.name) in UNBOUNDED, \
+            f"{cls.__name__}.{f.name}: a number setting with no bounds (setting(..., ge=/gt=/le=/lt=))"
+        for bad in _outside(bounds):
+            value = (0.9, bad) if f.name == "betas" else bad
+            if isinstance(f.default, float) or f.name == "betas":
+                value = tuple(map(float, value)) if f.name == "betas" else float(value)
+            name = f.metadata.get("short") or flag_of(cls, f.name)
+            with pytest.raises(ThinkrlError, match=f"^{name} must be "):
+                cls(**{f.name: value})
+            if f.name != "betas":
+                with pytest.raises(ThinkrlError, match=f"^x.toml: `{f.name}` must be "):
+                    coerce(cls, f.name, value, "x.toml")
+                with pytest.raises(ThinkrlError, match=f"^{flag_of(cls, f.name)} must be "):
+                    coerce(cls, f.name, value, "option")
+        if isinstance(f.default, float):
+            with pytest.raises(ThinkrlError, match="must be a finite number, got nan"):
+                cls(**{f.name: float("nan")})
+
+
+def test_bounds_read_as_intervals_in_messages_and_help():
+    from thinkrl.settings import bounds_text
+
+    assert bounds_text((("gt", 0), ("le", 1))) == "in (0, 1]" and bounds_text((("ge", 1),)) == ">= 1"
+    assert bounds_text((("ge", 0), ("lt", 1))) == "in [0, 1)"
+    top_p = next(p for p in _command("sample").params if p.name == "top_p")
+    assert top_p.help.endswith("; in (0, 1]")
+    with pytest.raises(ThinkrlError, match=r"^--max-tokens must be >= 1, got 0$"):
+        SampleConfig(max_tokens=0)

@@ -22,25 +22,23 @@ import polars as pl
 
 from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_manifest
 from thinkrl.engine.base import Engine
-from thinkrl.errors import ThinkrlError
 from thinkrl.sampling import GenerationSettings, SampleConfig, sample_in_parts
-from thinkrl.settings import project, same_as, setting
+from thinkrl.settings import check_settings, project, same_as, setting
 
 
 @dataclass(frozen=True)
 class EvalConfig(GenerationSettings):
     """Every setting of the eval stage (`thinkrl eval`); the generation ones are the sample stage's."""
 
-    k: int = setting(16, "samples per held-out problem (avg@k, pass@k, maj@k)", short="-k")
-    temperature: float = setting(0.6, "eval sampling temperature (paper: 0.6)")
-    top_p: float = setting(0.95, "eval nucleus sampling mass (paper: 0.95)")
+    k: int = setting(16, "samples per held-out problem (avg@k, pass@k, maj@k)", short="-k", ge=1)
+    temperature: float = setting(0.6, "eval sampling temperature (paper: 0.6)", ge=0)
+    top_p: float = setting(0.95, "eval nucleus sampling mass (paper: 0.95)", gt=0, le=1)
     limit: int | None = setting(None, "problems per benchmark: the first N (a generated task: N generated; "
-                                      "default: all, arith 200)")
+                                      "default: all, arith 200)", ge=1)
     seed: int = same_as(SampleConfig, "seed")
 
     def __post_init__(self) -> None:
-        if self.k < 1 or (self.limit is not None and self.limit < 1):
-            raise ThinkrlError(f"eval: `k` and `limit` must be >= 1, got {self.k} and {self.limit}")
+        check_settings(self)
         object.__setattr__(self, "dtype", self.sample_config().dtype)  # validated, and its one name (bf16 -> bfloat16)
 
     def sample_config(self) -> SampleConfig:

@@ -39,6 +39,7 @@ from thinkrl.problems import DATA_DIR_HELP
 from thinkrl.sampling import GenerationSettings, SampleConfig
 from thinkrl.segment import SegmentConfig
 from thinkrl.settings import (
+    check_settings,
     coerce,
     field_type,
     help_of,
@@ -59,13 +60,14 @@ class ExperimentConfig(GenerationSettings):
     generation settings (GenerationSettings, first) serve its training rollouts and its evals alike."""
 
     policy: str = setting("", "start policy: a Hugging Face causal-LM directory (required)")
-    rounds: int = setting(4, "rounds of sample -> judge -> segment -> train")
-    seed: int = setting(0, "base seed: sampling, eval, training order and arith problems derive from (seed, round)")
+    rounds: int = setting(4, "rounds of sample -> judge -> segment -> train", ge=1)
+    seed: int = setting(0, "base seed: sampling, eval, training order and arith problems derive from (seed, round)",
+                         ge=0)
     # problems and sampling
     problems: str = setting("arith", "training problems: `arith` (fresh ArithChain problems each round), a "
                                      "benchmark name, a problems file or a problems artifact directory (cycled)")
     prompts_per_round: int = setting(40, "problems sampled per round (the round's optimizer steps: this / "
-                                         "prompts_per_step x epochs)")
+                                         "prompts_per_step x epochs)", ge=1)
     n: int = same_as(SampleConfig, "n")
     temperature: float = same_as(SampleConfig, "temperature")
     top_p: float = same_as(SampleConfig, "top_p")
@@ -104,7 +106,7 @@ class ExperimentConfig(GenerationSettings):
     gradient_checkpointing: bool = same_as(TrainConfig, "gradient_checkpointing")
     logprob_chunk: int = same_as(TrainConfig, "logprob_chunk")
     # eval
-    eval_every: int = setting(1, "held-out eval after every N-th round and after the last (0 = no eval)")
+    eval_every: int = setting(1, "held-out eval after every N-th round and after the last (0 = no eval)", ge=0)
     eval_initial: bool = setting(True, "also evaluate the start policy (eval-initial/), when eval_every > 0")
     eval_bench: str = setting("arith", "held-out sets, comma-separated: arith, benchmark names, files or problems "
                                        "artifact directories")
@@ -113,14 +115,11 @@ class ExperimentConfig(GenerationSettings):
     eval_temperature: float = same_as(EvalConfig, "temperature")
     eval_top_p: float = same_as(EvalConfig, "top_p")
     data_dir: str | None = setting(None, DATA_DIR_HELP)
-    threads: int = setting(1, "torch CPU threads (1 is fastest for the tiny policy on a shared 2-core machine)")
+    threads: int = setting(1, "torch CPU threads (1 is fastest for the tiny policy on a shared 2-core machine)",
+                           ge=1)
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "prompts_per_round", "threads"):
-            if getattr(self, name) < 1:
-                raise ThinkrlError(f"experiment: `{name}` must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0 or self.seed < 0:
-            raise ThinkrlError("experiment: `eval_every` and `seed` must be >= 0")
+        check_settings(self)  # the bounds of every key, its own and the stages' (same_as carries them)
         try:  # every stage's own checks, before any work (not at the first round that needs them)
             self.sample_config(0), self.judge_config(), self.segment_config(), self.train_config(0)
             self.eval_config()

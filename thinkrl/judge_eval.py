@@ -28,7 +28,7 @@ from thinkrl.errors import IncompleteError, ThinkrlError
 from thinkrl.grading import extract_answer
 from thinkrl.judge.judging import JudgeConfig, requests_for
 from thinkrl.judge.protocol import INCORRECT, MATCHED, UNKNOWN, Judge, JudgeRequest
-from thinkrl.settings import same_as, setting
+from thinkrl.settings import check_settings, same_as, setting
 from thinkrl.steps import Step
 from thinkrl.tasks.arith import oracle_label, problem_from_question
 
@@ -122,7 +122,10 @@ class JudgeEvalConfig:
     allow_failed: bool = same_as(JudgeConfig, "allow_failed")
     processbench: str | None = setting(None, "comma-separated ProcessBench subsets: gsm8k, math, olympiadbench, "
                                              "omnimath")
-    limit: int | None = setting(None, "first N cases of each ProcessBench subset")
+    limit: int | None = setting(None, "first N cases of each ProcessBench subset", ge=1)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def subsets(self) -> list[str]:
         return [s.strip() for s in (self.processbench or "").split(",") if s.strip()]

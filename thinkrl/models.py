@@ -194,40 +194,144 @@ def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
     return _DTYPES[dtype]
 
 
+# Every model and tokenizer thinkrl loads (policies, the trainer's reference, warm start, the hf engine, a judge's
+# hf:DIR) goes through check_model_dir and the loaders below, so a broken directory is one line naming it and what
+# is wrong, never a safetensors/transformers traceback. The checks read headers only (no weights).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
+_JSON_KIND = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+              type(None): "null"}
+
+
+def _json_file(d: Path, name: str) -> Any:
+    try:
+        return json.loads((d / name).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ThinkrlError(f"{d}: {name}: not valid UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ThinkrlError(f"{d}: {name}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except OSError as e:
+        raise ThinkrlError(f"{d}: cannot read {name} ({e.strerror})") from None
+
+
+def _json_object(d: Path, name: str) -> dict:
+    value = _json_file(d, name)
+    if not isinstance(value, dict):
+        raise ThinkrlError(f"{d}: {name}: expected a JSON object, got {_JSON_KIND.get(type(value), 'a value')}")
+    return value
+
+
+def check_safetensors(d: Path, name: str) -> None:
+    """The safetensors file d/name is whole: an 8-byte header length, a JSON header, and exactly the bytes its
+    tensors' offsets describe (what safetensors itself requires); else a ThinkrlError naming it."""
+    import struct
+
+    path = d / name
+    size = path.stat().st_size
+
+    def bad(why: str) -> ThinkrlError:
+        return ThinkrlError(f"{d}: cannot load {name} (truncated or corrupt: {why})")
+
+    if size < 8:
+        raise bad(f"{size} bytes, not even a header")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8:
+            raise bad(f"its header claims {n} bytes, the file has {size}")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise bad("its header is not a safetensors header") from None
+    want = 8 + n + max(ends, default=0)
+    if want != size:
+        raise bad(f"{size} bytes, its header describes {want}")
+
+
 def check_model_dir(model_dir: str | Path) -> Path:
-    """A directory holding a HF checkpoint (config.json + weights), else a one-line ThinkrlError."""
+    """A directory holding a HF checkpoint that looks whole: config.json a JSON object, weights beside it (every
+    safetensors file whole, every shard an index names present), tokenizer files (their JSON valid); else a
+    one-line ThinkrlError naming the directory and what is wrong. Reads only headers."""
     d = Path(model_dir)
-    if not d.is_dir():
+    if not d.exists():
         raise ThinkrlError(f"{d}: expected a model directory (config.json + weights), found nothing there")
+    if not d.is_dir():
+        raise ThinkrlError(f"{d}: is a file; expected a model directory (config.json + weights)")
     if not (d / "config.json").is_file():
         raise ThinkrlError(f"{d}: expected a Hugging Face model directory with config.json; it has none")
-    if not any(d.glob("*.safetensors")) and not any(d.glob("*.bin")):
+    _json_object(d, "config.json")
+    weights = sorted(p.name for p in d.glob("*.safetensors"))
+    if not weights and not any(d.glob("*.bin")):
         raise ThinkrlError(f"{d}: expected weights (*.safetensors) beside config.json; found none")
+    for name in weights:
+        check_safetensors(d, name)
+    for index in sorted(p.name for p in d.glob("*.index.json")):
+        weight_map = _json_object(d, index).get("weight_map")
+        shards = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
+        missing = [s for s in shards if not (d / str(s)).is_file()]
+        if missing:
+            raise ThinkrlError(f"{d}: {index} names {len(missing)} missing weight file(s), e.g. {missing[0]}")
+    if not any((d / n).is_file() for n in TOKENIZER_FILES):
+        raise ThinkrlError(f"{d}: no tokenizer files (expected tokenizer.json or tokenizer_config.json beside "
+                           "config.json)")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (d / name).is_file():
+            _json_object(d, name)
     return d
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:limit]}"
 
 
 def load_tokenizer(model_dir: str | Path, hint: str = ""):
     """The tokenizer of a HF model directory (trust_remote_code off); a one-line error otherwise."""
     from transformers import AutoTokenizer
 
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ThinkrlError(f"{d}: expected a model or tokenizer directory, found "
+                           f"{'a file' if d.exists() else 'nothing'} there{hint}")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (d / name).is_file():
+            _json_object(d, name)
     try:
-        return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(str(d), trust_remote_code=False)
     except Exception as e:  # transformers raises many kinds for a broken directory
-        first = (str(e).splitlines() or [""])[0][:120]
-        raise ThinkrlError(f"{model_dir}: could not load the tokenizer ({type(e).__name__}: {first}){hint}") from None
+        if not any((d / n).is_file() for n in TOKENIZER_FILES):
+            raise ThinkrlError(f"{d}: no tokenizer files (expected tokenizer.json or tokenizer_config.json){hint}"
+                               ) from None
+        raise ThinkrlError(f"{d}: could not load the tokenizer ({_first_line(e, 120)}){hint}") from None
+
+
+def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | str = torch.float32):
+    """The causal LM of a checked model directory (trust_remote_code off), on the CPU; a one-line ThinkrlError
+    for a checkpoint that does not load or does not fit its config.json (a weight missing or of another shape:
+    transformers would otherwise start that weight from random values)."""
+    from transformers import AutoModelForCausalLM
+
+    d = check_model_dir(model_dir)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(d, dtype=torch_dtype(dtype), trust_remote_code=False,
+                                                           output_loading_info=True)
+    except Exception as e:  # transformers raises many kinds for a broken checkpoint
+        if "mismatched" in str(e) or "size mismatch" in str(e):
+            raise ThinkrlError(f"{d}: the weights do not fit config.json (tensors of other shapes)") from None
+        raise ThinkrlError(f"{d}: could not load the model ({_first_line(e)})") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ThinkrlError(f"{d}: the weights lack {len(missing)} tensor(s) of the model, e.g. {missing[0]} "
+                           "(truncated, or for another config.json)")
+    return model
 
 
 def load_policy(model_dir: str | Path, dtype: str | torch.dtype | None = "float32",
                 device: str | torch.device = "cpu"):
     """(model in eval mode, tokenizer) from a HF causal-LM directory; trust_remote_code stays off."""
-    from transformers import AutoModelForCausalLM
-
     d = check_model_dir(model_dir)
     tok = load_tokenizer(d)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch_dtype(dtype), trust_remote_code=False)
-    except Exception as e:
-        raise ThinkrlError(f"{d}: could not load the model ({type(e).__name__}: {e})") from None
+    model = load_causal_lm(d, torch_dtype(dtype))
     if tok.pad_token_id is None:  # many instruct models have none; generation needs one
         tok.pad_token = tok.eos_token
     return model.to(device).eval(), tok

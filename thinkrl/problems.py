@@ -45,7 +45,7 @@ import polars as pl
 
 from thinkrl.artifacts import PROBLEMS, sha256_json, to_frame, validate_frame
 from thinkrl.errors import ThinkrlError
-from thinkrl.settings import setting
+from thinkrl.settings import check_settings, setting
 
 DATA_ENV = "THINKRL_DATA_DIR"
 DATA_DIR_HELP = f"benchmark data directory (default ${DATA_ENV}, else ./data)"
@@ -515,20 +515,20 @@ class PrepareConfig:
     """Every setting of `thinkrl data prepare` besides the set's name: the row limit and the options of a
     file (column mapping) or of a generated task."""
 
-    limit: int | None = setting(None, "keep only the first N problems")
+    limit: int | None = setting(None, "keep only the first N problems", ge=1)
     question_col: str | None = setting(None, "FILE only: column holding the question (default: question)")
     answer_col: str | None = setting(None, "FILE only: column holding the gold answer (default: answer)")
     id_col: str | None = setting(None, "FILE only: column of unique problem ids (default: {source}-{row index})")
     source: str | None = setting(None, "FILE only: source name stored with each problem (default: the file name)")
-    n: int | None = setting(None, "TASK only: how many problems to generate")
-    seed: int | None = setting(None, "TASK only: generator seed")
-    min_ops: int | None = setting(None, "TASK arith only: fewest operations per chain (default 2)")
-    max_ops: int | None = setting(None, "TASK arith only: most operations per chain (default 6)")
+    n: int | None = setting(None, "TASK only: how many problems to generate", ge=1)
+    seed: int | None = setting(None, "TASK only: generator seed", ge=0)
+    min_ops: int | None = setting(None, "TASK arith only: fewest operations per chain (default 2)", ge=1)
+    max_ops: int | None = setting(None, "TASK arith only: most operations per chain (default 6)", ge=1)
 
     def __post_init__(self) -> None:
-        for name in ("limit", "n"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ThinkrlError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        check_settings(self)
+        if self.min_ops is not None and self.max_ops is not None and self.min_ops > self.max_ops:
+            raise ThinkrlError(f"--min-ops {self.min_ops} is more than --max-ops {self.max_ops}")
 
     def options(self) -> dict[str, Any]:
         """The loader options (column mapping, task options)."""

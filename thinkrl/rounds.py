@@ -296,22 +296,35 @@ def _round_sample_metrics(run_dir: Path, upto: int | None) -> list[dict]:
 # -- the loop
 @contextlib.contextmanager
 def _run_lock(run_dir: Path) -> Iterator[None]:
-    """One `thinkrl run` per run directory at a time (an flock: a killed run releases it)."""
+    """One `thinkrl run` per run directory at a time: an flock on run_dir/.lock, which a killed run releases
+    too. The file is removed while still locked when the run ends, however it ends; a run that opened it
+    meanwhile finds, once it holds the lock, that the path no longer names its file, and takes a new one."""
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on Linux/macOS: no lock
         yield
         return
-    with open(run_dir / ".lock", "a+") as f:
+    path = run_dir / ".lock"
+    while True:
+        f = open(path, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            f.close()
             raise ThinkrlError(f"{run_dir}: another `thinkrl run` is working in this directory") from None
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()  # the run that held it removed this file as it ended: lock the new one
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 @contextlib.contextmanager
@@ -342,11 +355,15 @@ def _generation_dtype_fixed(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def _context(cfg: ExperimentConfig, run_dir: Path, display: Display) -> _Ctx:
+    """The run's context, every input checked (policy and judge directories, problem sets); it writes nothing,
+    so a bad input fails before the run directory is touched."""
     if not cfg.policy:
         raise ThinkrlError("experiment: set `policy` (the start policy directory) in the file or with --policy")
     from thinkrl.models import check_model_dir
 
     check_model_dir(cfg.policy)
+    if cfg.judge.startswith("hf:"):
+        check_model_dir(cfg.judge[3:])
     ctx = _Ctx(_generation_dtype_fixed(cfg), run_dir, display)
     if cfg.eval_every > 0:
         ctx.eval_sets = problem_sets(cfg.eval_bench, _data_dir(cfg), cfg.eval_problems)
@@ -385,8 +402,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display 
     if (run_dir / "config.json").is_file() or (run_dir / MANIFEST).is_file():
         raise ThinkrlError(f"{run_dir}: holds a model or an artifact, not a run; give the run another name "
                            "(--name) or another --runs-dir")
+    ctx = _context(cfg, run_dir, display)  # every input checked before the run directory is touched
     with _run_lock(run_dir), _torch_threads(cfg.threads):
-        ctx = _context(cfg, run_dir, display)
         write_text_atomic(cfg.to_toml(), run_dir / runs.CONFIG)
         _drop_stale_evals(run_dir, cfg)
         display.begin(run_dir.name, cfg)

@@ -25,7 +25,7 @@ from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.engine.base import Engine, SamplingParams
 from thinkrl.errors import ThinkrlError
 from thinkrl.grading import grade_many
-from thinkrl.settings import same_as, setting
+from thinkrl.settings import check_settings, same_as, setting
 from thinkrl.templates import encode_prompt, render
 
 
@@ -51,10 +51,11 @@ class SampleConfig:
     """Every setting of the sample stage (`thinkrl sample`); `thinkrl eval` and `thinkrl run` share the
     generation ones (max_tokens, template, engine, dtype, part_size)."""
 
-    n: int = setting(8, "completions per problem (group size G)", short="-n")
-    temperature: float = setting(1.0, "sampling temperature of the rollouts (0 = greedy)")
-    top_p: float = setting(1.0, "nucleus sampling mass of the rollouts")
-    max_tokens: int = setting(1024, "maximum completion tokens (the generation budget; Dr. GRPO's length constant)")
+    n: int = setting(8, "completions per problem (group size G)", short="-n", ge=1)
+    temperature: float = setting(1.0, "sampling temperature of the rollouts (0 = greedy)", ge=0)
+    top_p: float = setting(1.0, "nucleus sampling mass of the rollouts", gt=0, le=1)
+    max_tokens: int = setting(1024, "maximum completion tokens (the generation budget; Dr. GRPO's length constant)",
+                              ge=1)
     stop: tuple[str, ...] = setting((), "stop string (repeatable)")
     template: str = setting("auto", "prompt template: auto (the policy's thinkrl.json), chat, chat-plain, raw, "
                                     "raw-plain")
@@ -64,26 +65,23 @@ class SampleConfig:
                                  "the resolved one")
     device: str = setting("auto", "hf engine: auto (CUDA when present), cpu, cuda or cuda:N; the manifest records "
                                   "the resolved one")
-    tensor_parallel_size: int = setting(1, "vllm: GPUs one model is split over")
+    tensor_parallel_size: int = setting(1, "vllm: GPUs one model is split over", ge=1)
     gpu_memory_utilization: float | None = setting(None, "vllm: share of GPU memory (on CPU: of RAM) it may take "
-                                                         "for weights and KV cache (default: vLLM's, 0.9)")
-    max_model_len: int | None = setting(None, "vllm: longest prompt + completion (default: the model's)")
+                                                         "for weights and KV cache (default: vLLM's, 0.9)",
+                                                 gt=0, le=1)
+    max_model_len: int | None = setting(None, "vllm: longest prompt + completion (default: the model's)", ge=1)
     enable_prefix_caching: bool = setting(True, "vllm: share the KV cache of a prompt among its G samples")
     enforce_eager: bool = setting(False, "vllm: no CUDA graphs (slower; quicker start, less memory)")
-    seed: int = setting(0, "base seed; each sample's seed derives from (seed, round, problem, sample)")
+    seed: int = setting(0, "base seed; each sample's seed derives from (seed, round, problem, sample)", ge=0)
     round: int = setting(0, "training round recorded in the rows (that of the behaviour policy)")
     shard: tuple[int, int] = setting((0, 1), "k/n: this process takes problems i % n == k", parse=parse_shard)
-    limit: int | None = setting(None, "use only the first N problems")
+    limit: int | None = setting(None, "use only the first N problems", ge=1)
     part_size: int = setting(16, "problems per part file: resume granularity; it sets the batch make-up, so "
-                                 "changing it resamples")
-    grade_timeout_s: float = setting(5.0, "time limit per answer comparison (math-verify), seconds")
+                                 "changing it resamples", ge=1)
+    grade_timeout_s: float = setting(5.0, "time limit per answer comparison (math-verify), seconds", gt=0)
 
     def __post_init__(self) -> None:
-        for name in ("n", "max_tokens", "part_size"):
-            if getattr(self, name) < 1:
-                raise ThinkrlError(f"sample: `{name}` must be >= 1, got {getattr(self, name)}")
-        if self.limit is not None and self.limit < 1:
-            raise ThinkrlError(f"sample: `limit` must be >= 1, got {self.limit}")
+        check_settings(self)  # the bounds declared above
         from thinkrl.engine import check_device, check_engine
         from thinkrl.models import torch_dtype
 
@@ -92,9 +90,6 @@ class SampleConfig:
         torch_dtype(self.dtype)
         object.__setattr__(self, "dtype", {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(
             self.dtype, self.dtype))  # one name per dtype: the same outputs, the same key
-        mem = self.gpu_memory_utilization
-        if self.tensor_parallel_size < 1 or (mem is not None and not 0 < mem <= 1):
-            raise ThinkrlError("sample: tensor_parallel_size must be >= 1 and gpu_memory_utilization in (0, 1]")
 
     def params(self) -> SamplingParams:
         return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,

@@ -47,7 +47,7 @@ from thinkrl.artifacts import (
 )
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import INCORRECT, UNKNOWN
-from thinkrl.settings import setting
+from thinkrl.settings import check_settings, setting
 from thinkrl.thoughts import SCHEMES, RolloutInput, no_answer, scheme_named, step_labels
 
 
@@ -108,9 +108,11 @@ class SegmentConfig:
     """Every setting of the segment stage (`thinkrl segment`)."""
 
     scheme: str = setting("thought", f"reward scheme: {', '.join(SCHEMES)} (outcome = GRPO, thought = TP-GRPO)")
-    alpha: float = setting(1.0, "penalty scale of incorrect thoughts: alpha*acc (alpha for thought-static)")
+    alpha: float = setting(1.0, "penalty scale of incorrect thoughts: alpha*acc (alpha for thought-static)",
+                           ge=0)
 
     def __post_init__(self) -> None:
+        check_settings(self)
         scheme_named(self.scheme)
 
 

@@ -12,14 +12,18 @@
     project(experiment_cfg, SegmentConfig)                   # SegmentConfig(alpha=cfg.alpha, ...)
 
 Every setting is a field of one frozen dataclass (one per stage: SampleConfig, JudgeConfig, SegmentConfig,
-TrainConfig, EvalConfig, WarmstartConfig, JudgeEvalConfig, PrepareConfig), declared with `setting(default, help)`. A field of another class that
+TrainConfig, EvalConfig, WarmstartConfig, JudgeEvalConfig, PrepareConfig), declared with `setting(default, help)`
+and, for a number, its bounds (`ge=`, `gt=`, `le=`, `lt=`: `setting(8, "...", ge=1)`). A field of another class that
 is the same setting is declared `same_as(Class, "name")`: it takes that field's default and help, so each
 setting has one default and one help text wherever it appears (the eval stage's `max_tokens` is the sample
 stage's; `thinkrl run`'s `lr` is the trainer's). `root` follows these links to the declaration.
 
 The stage commands' options are generated from these fields (stages/common.py `with_settings`), and so are
 the flat TOML keys and options of `thinkrl run` (thinkrl/experiment.py); `project` builds a stage's settings
-from an experiment's. `coerce` and `read_toml` check TOML and option values against the fields' types.
+from an experiment's. `coerce` and `read_toml` check TOML and option values against the fields' types and
+bounds; `check_settings(self)`, first in every settings class's `__post_init__`, checks the bounds of every field
+(and that no float is NaN or infinite), so an option is refused, naming its flag (`--max-tokens must be >= 1,
+got 0`), before a stage reads an input or touches its output. Checks across fields stay in the classes.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
+import operator
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, field, fields
@@ -42,11 +48,14 @@ except ImportError:  # Python 3.10
 
 
 def setting(default: Any, help: str, *, flag: str | None = None, short: str | None = None,
-            parse: Callable[[str], Any] | None = None, option: bool = True) -> Any:
+            parse: Callable[[str], Any] | None = None, option: bool = True, ge: float | None = None,
+            gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
     """A settings field. flag: the option name when it is not --field-name (e.g. "--timeout"); short: a
     one-letter alias ("-n"); parse: the option is text and this turns it into the value ("k/n" -> (k, n));
-    option=False: not an option of the stage command (set by the code that runs the stage)."""
-    meta = {"help": help, "flag": flag, "short": short, "parse": parse, "option": option}
+    option=False: not an option of the stage command (set by the code that runs the stage). ge/gt/le/lt: the
+    value's bounds (>=, >, <=, <; None is always allowed for an optional field; a tuple's every element)."""
+    bounds = tuple((op, v) for op, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None)
+    meta = {"help": help, "flag": flag, "short": short, "parse": parse, "option": option, "bounds": bounds}
     return field(default=default, metadata=meta)
 
 
@@ -83,6 +92,56 @@ def help_of(cls: type, name: str) -> str:
     return _field(cls, name).metadata["help"]
 
 
+def flag_of(cls: type, name: str) -> str:
+    """The option that sets `cls.name`: its declared flag, else --field-name."""
+    return _field(cls, name).metadata.get("flag") or f"--{name.replace('_', '-')}"
+
+
+# --------------------------------------------------------------------------------------------- bounds
+_OPS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
+
+
+def bounds_text(bounds: tuple[tuple[str, float], ...]) -> str:
+    """(("gt", 0), ("le", 1)) -> 'in (0, 1]'; (("ge", 1),) -> '>= 1'."""
+    ops = dict(bounds)
+    low = next(((k, ops[k]) for k in ("ge", "gt") if k in ops), None)
+    high = next(((k, ops[k]) for k in ("le", "lt") if k in ops), None)
+    if low and high:
+        return f"in {'[' if low[0] == 'ge' else '('}{low[1]:g}, {high[1]:g}{']' if high[0] == 'le' else ')'}"
+    return " and ".join(f"{_OPS[k][0]} {v:g}" for k, v in bounds)
+
+
+def bounds_of(cls: type, name: str) -> tuple[tuple[str, float], ...]:
+    return _field(cls, name).metadata.get("bounds", ())
+
+
+def bound_problem(cls: type, name: str, value: Any) -> str | None:
+    """What is wrong with `value` as the setting `cls.name` ('must be >= 1, got 0'), or None when nothing is:
+    outside its declared bounds, or a float that is NaN or infinite."""
+    bounds = bounds_of(cls, name)
+    for v in value if isinstance(value, tuple) else (value,):
+        if v is None or isinstance(v, (bool, str)) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"must be a finite number, got {v}"
+        if not all(_OPS[op][1](v, limit) for op, limit in bounds):
+            got = f"{v:g}" if isinstance(v, float) else str(v)
+            return f"must be {bounds_text(bounds)}, got {got}"
+    return None
+
+
+def check_settings(obj: Any) -> None:
+    """Every field of the settings object within its declared bounds, else a one-line ThinkrlError naming the
+    option (`--max-tokens must be >= 1, got 0`). Call it first in each settings class's __post_init__."""
+    cls = type(obj)
+    for f in fields(obj):
+        problem = bound_problem(cls, f.name, getattr(obj, f.name))
+        if problem is not None:
+            meta = f.metadata
+            name = (meta.get("short") or flag_of(cls, f.name)) if meta.get("option", True) else f"`{f.name}`"
+            raise ThinkrlError(f"{name} {problem}")
+
+
 def field_type(cls: type, name: str) -> Any:
     """The annotated type of `cls.name` (strings resolved)."""
     return _hints(cls)[name]
@@ -116,7 +175,8 @@ def project(cfg: Any, cls: type, **fixed: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------- values
 def coerce(cls: type, key: str, value: Any, where: str) -> Any:
-    """A TOML or option value checked against the type of `cls.key`; a one-line error naming the key."""
+    """A TOML or option value checked against the type and bounds of `cls.key`; a one-line error naming the key
+    (where="option": naming the option's flag)."""
     if key not in _fields_of(cls):
         raise ThinkrlError(f"{where}: unknown setting `{key}` (known: {', '.join(_fields_of(cls))})")
     want = field_type(cls, key)
@@ -131,7 +191,11 @@ def coerce(cls: type, key: str, value: Any, where: str) -> Any:
         raise ThinkrlError(f"{where}: `{key}` cannot be set here")
     if not checks[base](value):
         raise ThinkrlError(f"{where}: `{key}` must be {base.__name__}, got {type(value).__name__} {value!r}")
-    return float(value) if base is float else value
+    value = float(value) if base is float else value
+    problem = bound_problem(cls, key, value)
+    if problem is not None:
+        raise ThinkrlError(f"{flag_of(cls, key)} {problem}" if where == "option" else f"{where}: `{key}` {problem}")
+    return value
 
 
 def load_toml(path: Path) -> dict[str, Any]:

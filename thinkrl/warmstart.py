@@ -51,7 +51,7 @@ from thinkrl.models import (
     recipe_matches,
     save_policy,
 )
-from thinkrl.settings import setting
+from thinkrl.settings import check_settings, setting
 from thinkrl.tasks.arith import ArithConfig, CorpusConfig, corpus_stats, make_corpus
 from thinkrl.tokenizer import check_tokenizer, digit_ids
 
@@ -64,42 +64,32 @@ class WarmstartConfig:
     """Every setting of a warm start; saved as the recipe in thinkrl.json."""
 
     steps: int | None = setting(None, "optimizer steps (cosine over them; deterministic); default: as many as "
-                                      "`minutes` allows")
+                                      "`minutes` allows", ge=1)
     minutes: float | None = setting(None, f"wall-clock budget of the whole call: corpus, training, saving "
-                                          f"(default {DEFAULT_MINUTES} when steps is not given; with steps: a cap)")
-    batch_size: int = setting(32, "examples per optimizer step")
-    lr: float = setting(2e-3, "peak learning rate (AdamW)")
-    warmup_steps: int = setting(50, "linear warm-up steps before the cosine decay")
-    min_lr_frac: float = setting(0.05, "the cosine ends at this fraction of lr")
-    grad_clip: float = setting(1.0, "max global gradient norm (0: off)")
-    digit_weight: float = setting(1.0, "loss weight of digit tokens in the solution")
+                                          f"(default {DEFAULT_MINUTES} when steps is not given; with steps: a cap)",
+                                    gt=0)
+    batch_size: int = setting(32, "examples per optimizer step", ge=1)
+    lr: float = setting(2e-3, "peak learning rate (AdamW)", gt=0)
+    warmup_steps: int = setting(50, "linear warm-up steps before the cosine decay", ge=0)
+    min_lr_frac: float = setting(0.05, "the cosine ends at this fraction of lr", ge=0, le=1)
+    grad_clip: float = setting(1.0, "max global gradient norm (0: off)", ge=0)
+    digit_weight: float = setting(1.0, "loss weight of digit tokens in the solution", ge=0)
     group_window: int = setting(32, "length grouping: sort this many batches' worth of shuffled examples by "
-                                    "length")
-    corpus_size: int = setting(60000, "flawed ArithChain solutions to train on")
-    corpus_seed: int = setting(0, "seed of the corpus problems and flaws")
-    seed: int = setting(0, "seed of the data order")
-    p_err: float = setting(0.15, "corpus: probability that a step is wrong")
-    p_reflect: float = setting(0.5, "corpus: probability a wrong step is caught")
-    p_recheck: float = setting(0.1, "corpus: probability of a redundant re-check")
+                                    "length", ge=1)
+    corpus_size: int = setting(60000, "flawed ArithChain solutions to train on", ge=1)
+    corpus_seed: int = setting(0, "seed of the corpus problems and flaws", ge=0)
+    seed: int = setting(0, "seed of the data order", ge=0)
+    p_err: float = setting(0.15, "corpus: probability that a step is wrong", ge=0, le=1)
+    p_reflect: float = setting(0.5, "corpus: probability a wrong step is caught", ge=0, le=1)
+    p_recheck: float = setting(0.1, "corpus: probability of a redundant re-check", ge=0, le=1)
     threads: int = setting(0, "torch CPU threads; 0 = auto: time 1, 2 (and 4) threads every few hundred steps and "
                               "keep the fastest (other processes on the cores can make 2 threads several times "
-                              "slower than 1)")
+                              "slower than 1)", ge=0)
 
     def __post_init__(self) -> None:
+        check_settings(self)  # the bounds declared above
         if self.steps is None and self.minutes is None:
             object.__setattr__(self, "minutes", DEFAULT_MINUTES)
-        if self.steps is not None and self.steps < 1:
-            raise ThinkrlError(f"warm start: expected steps >= 1, got {self.steps}")
-        if self.minutes is not None and self.minutes <= 0:
-            raise ThinkrlError(f"warm start: expected minutes > 0, got {self.minutes}")
-        if self.threads < 0:
-            raise ThinkrlError(f"warm start: expected threads >= 0 (0 = auto), got {self.threads}")
-        for name in ("batch_size", "corpus_size", "group_window"):
-            if getattr(self, name) < 1:
-                raise ThinkrlError(f"warm start: expected {name} >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ThinkrlError(f"warm start: expected lr > 0, got {self.lr}")
-        CorpusConfig(p_err=self.p_err, p_reflect=self.p_reflect, p_recheck=self.p_recheck)  # validates
 
     def corpus_config(self) -> CorpusConfig:
         return CorpusConfig(p_err=self.p_err, p_reflect=self.p_reflect, p_recheck=self.p_recheck)

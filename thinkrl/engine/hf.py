@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from thinkrl.engine.base import (
     Completion,
@@ -121,18 +121,20 @@ class HFEngine:
             raise ThinkrlError(f"hf engine: device {device!r} asked for, but CUDA is not available")
         if dtype == "auto":
             dtype = "float32" if device == "cpu" else "bfloat16"
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype],
-                                                         trust_remote_code=False)
-        except (OSError, ValueError) as e:
-            raise ThinkrlError(f"hf engine: cannot load a causal LM from {path}: {e}") from e
+        from thinkrl.models import check_model_dir, load_causal_lm, load_tokenizer
+
+        check_model_dir(path)  # one line naming the directory and what is wrong with it, before any load
+        tokenizer = load_tokenizer(path)
+        model = load_causal_lm(path, DTYPES[dtype])
         return cls(model.to(device), tokenizer, batch_tokens=batch_tokens)
 
     def reload(self, path: str | Path) -> None:
         """The weights of `path`, in this engine's dtype and device (a small model loads in the time a weight
         copy would take, so it is loaded and swapped in)."""
-        tokens = len(AutoTokenizer.from_pretrained(str(path)))
+        from thinkrl.models import check_model_dir, load_tokenizer
+
+        check_model_dir(path)  # a broken directory fails here, with the engine's weights still in place
+        tokens = len(load_tokenizer(path))
         if tokens != len(self.tokenizer):
             raise ThinkrlError(f"hf engine: {path} has another tokenizer ({tokens} tokens, this engine "
                                f"{len(self.tokenizer)}); build a new engine for it")

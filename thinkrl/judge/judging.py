@@ -30,7 +30,7 @@ from thinkrl.errors import IncompleteError, ThinkrlError
 from thinkrl.judge.prompts import TEMPLATES
 from thinkrl.judge.protocol import UNKNOWN, Judge, JudgeRequest, Verdict
 from thinkrl.sampling import SampleConfig
-from thinkrl.settings import same_as, setting
+from thinkrl.settings import check_settings, same_as, setting
 from thinkrl.steps import (
     JUDGE_SPLITTER,
     check_splitter,
@@ -54,13 +54,13 @@ class JudgeConfig:
                                      "groups the lines into steps)")
     judge_model: str | None = setting(None, "openai judge: the model name the server serves")
     prompt: str = setting("intrinsic-v1", f"generative judge prompt template: {', '.join(TEMPLATES)}")
-    max_tokens: int = setting(1024, "generative judges: maximum reply tokens")
+    max_tokens: int = setting(1024, "generative judges: maximum reply tokens", ge=1)
     device: str = same_as(SampleConfig, "device")
-    concurrency: int = setting(8, "openai judge: requests in flight at once")
-    timeout_s: float = setting(120.0, "openai judge: per-request timeout in seconds", flag="--timeout")
-    retries: int = setting(4, "openai judge: retries on timeouts, 429 and 5xx")
+    concurrency: int = setting(8, "openai judge: requests in flight at once", ge=1)
+    timeout_s: float = setting(120.0, "openai judge: per-request timeout in seconds", flag="--timeout", gt=0)
+    retries: int = setting(4, "openai judge: retries on timeouts, 429 and 5xx", ge=0)
     parse_retries: int = setting(2, "generative judges: ask again with a format reminder when a reply cannot be "
-                                    "read as a full verdict (a label for every step), up to this many times")
+                                    "read as a full verdict (a label for every step), up to this many times", ge=0)
     allow_failed: bool = setting(False, "finish the judgments although some requests failed for good (their steps "
                                         "`unknown`, counted in the manifest); without it a failed request leaves "
                                         "the artifact unfinished (exit 3) and a rerun retries just those")
@@ -68,14 +68,16 @@ class JudgeConfig:
                                                  "written anywhere)")
     cache_dir: str | None = setting(None, "openai judge: reply cache directory (default: OUT/_cache); a rerun "
                                           "never asks twice")
-    part_size: int = setting(64, "rollouts per judge part file (resume granularity)")
+    part_size: int = setting(64, "rollouts per judge part file (resume granularity)", ge=1)
     max_unknown: float = setting(0.5, "fail (exit 2) when more than this share of the judged rollouts has no "
                                       "usable verdict (every step unknown: they would train as plain GRPO); the "
-                                      "artifact is still written, so a rerun with a higher value reuses it")
+                                      "artifact is still written, so a rerun with a higher value reuses it",
+                                  ge=0, le=1)
 
     def __post_init__(self) -> None:
         from thinkrl.judge import judge_kind
 
+        check_settings(self)  # the bounds declared above
         kind = judge_kind(self.judge)
         check_splitter(self.splitter)
         if kind.needs_model_name and not self.judge_model:
@@ -85,10 +87,6 @@ class JudgeConfig:
             raise ThinkrlError(f"splitter `judge` needs a generative judge (hf:DIR or openai:URL), not {self.judge!r}")
         if kind.generative and self.prompt not in TEMPLATES:
             raise ThinkrlError(f"unknown judge prompt '{self.prompt}' (known: {', '.join(TEMPLATES)})")
-        if self.part_size < 1 or self.concurrency < 1 or self.max_tokens < 1:
-            raise ThinkrlError("judge: part_size, concurrency and max_tokens must be >= 1")
-        if self.parse_retries < 0 or self.retries < 0:
-            raise ThinkrlError("judge: retries and parse_retries must be >= 0")
 
 
 def judge_config(cfg: JudgeConfig, tokenizer: str) -> dict:
