@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -40,9 +40,14 @@ class Inputs:
     thoughts: Path
     models: dict[str, Path]      # broken model directories by what is wrong with them (`model(name)`)
     outputs: dict[str, Path]     # prepared outputs a case can start from (`Case.existing`)
+    judgments: Path | None = None
+    artifacts: dict[str, Path] = field(default_factory=dict)  # broken artifacts by what is wrong (`art(name)`)
 
     def model(self, name: str) -> Path:
         return self.models[name]
+
+    def art(self, name: str) -> Path:
+        return self.artifacts[name]
 
 
 # where a prepared output goes in a case's tmp directory (default: out)
@@ -119,6 +124,55 @@ def _broken_models(policy: Path, root: Path) -> dict[str, Path]:
     m["a-file"].write_text("not a model\n")
     m["missing"] = root / "missing"
     return m
+
+
+def _broken_artifacts(inp: Inputs, root: Path) -> dict[str, Path]:
+    """Copies of good artifacts, each broken one way. Most are edited as a buggy writer would leave them (the
+    manifest hashes the edited file: `rewrite_table`), so the read gets past the sha256 check to what the table
+    holds; `*-changed` is edited behind its manifest's back."""
+    import polars as pl
+    from artifact_edit import rehash, rewrite_table
+
+    def copy(src: Path, name: str) -> Path:
+        d = root / name
+        shutil.copytree(src, d)
+        return d
+
+    def edit(src: Path, table: str, name: str, change: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
+        d = a[name] = copy(src, name)
+        rewrite_table(d, table, change(pl.read_parquet(d / f"{table}.parquet")))
+
+    f32 = pl.Float32
+    a: dict[str, Path] = {}
+    ro, th, ju, pr = inp.rollouts, inp.thoughts, inp.judgments, inp.problems
+    edit(ro, "rollouts", "rollouts-dup-ids", lambda df: df.with_columns(pl.lit(df["rollout_id"][0]).alias("rollout_id")))
+    edit(ro, "rollouts", "rollouts-nan-logprobs", lambda df: df.with_columns(pl.col("logprobs").list.eval(
+        pl.element() * float("nan"))))
+    edit(ro, "rollouts", "rollouts-bad-finish", lambda df: df.with_columns(pl.lit("abort").alias("finish_reason")))
+    edit(ro, "rollouts", "rollouts-logprobs-length", lambda df: df.with_columns(
+        pl.concat_list([pl.col("logprobs"), pl.lit(-1.0, dtype=f32)]).alias("logprobs")))
+    d = a["rollouts-changed"] = copy(ro, "rollouts-changed")      # edited behind its manifest's back
+    pl.read_parquet(d / "rollouts.parquet").with_columns(pl.lit(True).alias("correct")).write_parquet(
+        d / "rollouts.parquet")
+    d = a["rollouts-no-manifest"] = copy(ro, "rollouts-no-manifest")
+    (d / "manifest.json").unlink()
+    edit(ju, "judgments", "judgments-bad-label", lambda df: df.with_columns(pl.lit("wrongish").alias("label")))
+    edit(ju, "judgments", "judgments-dup", lambda df: pl.concat([df, df.head(1)]))
+    edit(th, "advantages", "thoughts-nan", lambda df: df.with_columns(pl.col("advantages").list.eval(
+        pl.element() * float("nan"))))
+    edit(th, "advantages", "thoughts-inf", lambda df: df.with_columns(
+        pl.lit([float("inf")] * 3, dtype=pl.List(f32)).alias("advantages")))
+    edit(th, "advantages", "thoughts-length", lambda df: df.with_columns(
+        pl.lit([1.0], dtype=pl.List(f32)).alias("advantages")))
+    edit(th, "advantages", "thoughts-temperature-zero", lambda df: df.with_columns(
+        pl.lit(0.0, dtype=f32).alias("temperature")))
+    edit(th, "advantages", "thoughts-dup-ids", lambda df: df.with_columns(pl.lit("p0/s0").alias("rollout_id")))
+    edit(pr, "problems", "problems-dup-ids", lambda df: df.with_columns(pl.lit("arith-x").alias("problem_id")))
+    edit(pr, "problems", "problems-missing-column", lambda df: df.drop("answer"))
+    d = a["problems-corrupt"] = copy(pr, "problems-corrupt")
+    (d / "problems.parquet").write_bytes(b"PAR1 not parquet at all PAR1")
+    rehash(d, "problems")
+    return a
 
 
 def _interrupt_after(calls: int, fn: Callable) -> Callable:
@@ -198,6 +252,11 @@ def inputs(tmp_path_factory, one_thread) -> Inputs:
     write_artifact(thoughts, "segment", {}, {"advantages": rows})
     inp = Inputs(root, policy, problems, rollouts, thoughts, _broken_models(policy, root / "models"), {})
     inp.outputs = _interrupted_outputs(inp, root / "outputs")
+    from thinkrl.judge.judging import JudgeConfig, run_judge_stage
+
+    inp.judgments = root / "judgments"
+    run_judge_stage(rollouts, inp.judgments, JudgeConfig(max_unknown=1.0))
+    inp.artifacts = _broken_artifacts(inp, root / "artifacts")
     return inp
 
 
@@ -210,9 +269,10 @@ class Case:
     existing: str | None = None              # a prepared output put where the case writes (Inputs.outputs)
 
 
-def sample(*extra, policy: str | None = None):
-    return lambda i, t: ["sample", "--policy", i.model(policy) if policy else i.policy, "--problems", i.problems,
-                         "--out", t / "out", *SAMPLE, *extra]
+def sample(*extra, policy: str | None = None, problems: str | None = None):
+    return lambda i, t: ["sample", "--policy", i.model(policy) if policy else i.policy,
+                         "--problems", i.art(problems) if problems else i.problems, "--out", t / "out", *SAMPLE,
+                         *extra]
 
 
 def eval_(*extra, policy: str | None = None):
@@ -220,13 +280,20 @@ def eval_(*extra, policy: str | None = None):
                          *extra]
 
 
-def judge(*extra, judge_model: str | None = None):
-    return lambda i, t: ["judge", "--rollouts", i.rollouts, "--out", t / "out", *JUDGE,
-                         *(["--judge", f"hf:{i.model(judge_model)}"] if judge_model else []), *extra]
+def judge(*extra, judge_model: str | None = None, rollouts: str | None = None):
+    return lambda i, t: ["judge", "--rollouts", i.art(rollouts) if rollouts else i.rollouts, "--out", t / "out",
+                         *JUDGE, *(["--judge", f"hf:{i.model(judge_model)}"] if judge_model else []), *extra]
 
 
-def train(*extra, policy: str | None = None, ref: str | None = None):
-    return lambda i, t: ["train", "--policy", i.model(policy) if policy else i.policy, "--thoughts", i.thoughts,
+def segment(rollouts: str | None = None, judgments: str | None = None, scheme: str = "thought"):
+    return lambda i, t: ["segment", "--rollouts", i.art(rollouts) if rollouts else i.rollouts,
+                         "--judgments", i.art(judgments) if judgments else i.judgments, "--scheme", scheme,
+                         "--out", t / "out"]
+
+
+def train(*extra, policy: str | None = None, ref: str | None = None, thoughts: str | None = None):
+    return lambda i, t: ["train", "--policy", i.model(policy) if policy else i.policy,
+                         "--thoughts", i.art(thoughts) if thoughts else i.thoughts,
                          "--out", t / "out", *TRAIN,
                          *(["--beta", "0.1", "--ref-policy", i.model(ref)] if ref else []), *extra]
 
@@ -240,8 +307,8 @@ def prepare(*extra):
     return lambda i, t: ["data", "prepare", "arith", "--out", t / "out", "--n", "4", *extra]
 
 
-def judge_eval(*extra, judge_model: str | None = None):
-    return lambda i, t: ["judge-eval", "--rollouts", i.rollouts, "--out", t / "out",
+def judge_eval(*extra, judge_model: str | None = None, rollouts: str | None = None):
+    return lambda i, t: ["judge-eval", "--rollouts", i.art(rollouts) if rollouts else i.rollouts, "--out", t / "out",
                          *(["--judge", f"hf:{i.model(judge_model)}"] if judge_model else []), *extra]
 
 
@@ -388,6 +455,51 @@ CASES = [
     Case("judge-tokenizer-missing",
          lambda i, t: ["judge", "--rollouts", i.rollouts, "--out", t / "out", *JUDGE, "--tokenizer", t / "nope"],
          "nope: expected a model or tokenizer directory, found nothing there", "judge-interrupted"),
+    # -- broken artifacts: never trusted because thinkrl wrote them; refused before any work or output
+    Case("artifact-rollouts-duplicate-ids", judge(rollouts="rollouts-dup-ids"),
+         "rollouts.parquet: 8 rows share a key (rollout_id)", "judge-interrupted"),
+    Case("artifact-rollouts-changed-after-manifest", judge(rollouts="rollouts-changed"),
+         "rollouts.parquet: changed after its manifest was written", "judge-interrupted"),
+    Case("artifact-rollouts-unfinished", judge(rollouts="rollouts-no-manifest"),
+         "no manifest.json; the stage that writes it never finished"),
+    Case("artifact-rollouts-bad-finish-reason", judge(rollouts="rollouts-bad-finish"),
+         "column 'finish_reason' holds 'abort'"),
+    Case("artifact-rollouts-nan-logprobs", segment(rollouts="rollouts-nan-logprobs", scheme="outcome"),
+         "column 'logprobs' has non-finite values (NaN or inf)"),
+    Case("artifact-rollouts-logprobs-length", segment(rollouts="rollouts-logprobs-length"),
+         "break the rule 'completion_ids, logprobs have the same length'"),
+    Case("artifact-rollouts-changed-segment", segment(rollouts="rollouts-changed"),
+         "changed after its manifest was written"),
+    Case("artifact-judgments-bad-label", segment(judgments="judgments-bad-label"),
+         "column 'label' holds 'wrongish'"),
+    Case("artifact-judgments-duplicate-steps", segment(judgments="judgments-dup"),
+         "2 rows share a key (rollout_id, step_idx)"),
+    Case("artifact-judgments-of-another-kind", lambda i, t: ["segment", "--rollouts", i.rollouts, "--judgments",
+                                                             i.rollouts, "--out", t / "out"],
+         "has no 'judgments' table"),
+    Case("artifact-advantages-nan", train(thoughts="thoughts-nan"),
+         "column 'advantages' has non-finite values (NaN or inf) in 8 rows", "train-interrupted"),
+    Case("artifact-advantages-inf", train(thoughts="thoughts-inf"), "column 'advantages' has non-finite values",
+         "train-interrupted"),
+    Case("artifact-advantages-length", train(thoughts="thoughts-length"),
+         "break the rule 'completion_ids, advantages, behaviour_logprobs have the same length'"),
+    Case("artifact-advantages-temperature-zero", train(thoughts="thoughts-temperature-zero"),
+         "break the rule 'temperature > 0'", "train-interrupted"),
+    Case("artifact-advantages-duplicate-ids", train(thoughts="thoughts-dup-ids"), "share a key (rollout_id)"),
+    Case("artifact-advantages-of-another-kind", lambda i, t: ["train", "--policy", i.policy, "--thoughts",
+                                                              i.rollouts, "--out", t / "out", *TRAIN],
+         "has no 'advantages' table", "train-interrupted"),
+    Case("artifact-problems-duplicate-ids", sample(problems="problems-dup-ids"), "share a key (problem_id)",
+         "sample-interrupted"),
+    Case("artifact-problems-corrupt-parquet", sample(problems="problems-corrupt"), "not a readable Parquet file",
+         "sample-interrupted"),
+    Case("artifact-problems-missing-column", lambda i, t: ["eval", "--policy", i.policy, "--out", t / "out",
+                                                           *EVAL[:-2], "--bench", i.art("problems-missing-column")],
+         "missing column 'answer'", "eval-interrupted"),
+    Case("artifact-judge-eval-rollouts-duplicate-ids", judge_eval(rollouts="rollouts-dup-ids"),
+         "share a key (rollout_id)"),
+    Case("artifact-inspect-changed", lambda i, t: ["inspect", i.art("rollouts-changed")],
+         "changed after its manifest was written"),
 ]
 
 
