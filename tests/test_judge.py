@@ -13,7 +13,7 @@ from fault_server import FaultServer
 from thinkrl.artifacts import ArtifactWriter, read_table, write_artifact
 from thinkrl.errors import IncompleteError, ThinkrlError
 from thinkrl.judge import make_judge
-from thinkrl.judge.judging import check_fallbacks, fallback_report, judge_rollouts
+from thinkrl.judge.judging import check_fallbacks, fallback_report, judge_rollouts, requests_for
 from thinkrl.judge.prompts import TEMPLATES, parse_reply, parse_steps_reply
 from thinkrl.judge.protocol import JudgeRequest
 from thinkrl.steps import split_steps
@@ -492,3 +492,50 @@ def test_a_failed_rollout_without_steps_still_holds_its_part_back(tmp_path, toke
     with pytest.raises(IncompleteError, match="2 of 2 rollouts got no verdict"):
         judge_rollouts(ro, _BuggyJudge(), tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}))
     assert not list((tmp_path / "j").rglob("*.parquet"))
+
+
+def _no_labels(messages):
+    return '{"verdict": "looks fine"}'
+
+
+def _one_label_short(messages):
+    reply = json.loads(judge_reply(messages).split("```json\n")[1].split("\n```")[0])
+    return json.dumps({"labels": reply["labels"][:-1]})
+
+
+FAULTS = {  # how the server fails one rollout's request: a scripted fault, or a reply function for every request
+    "http-500": "500", "hangs-past-timeout": "slow", "malformed-json": "garbage", "cut-body": "truncated",
+    "no-choices": "no_choices", "empty-content": "empty", "connection-closed": "close",
+    "no-labels": _no_labels, "wrong-label-count": _one_label_short,
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_no_judge_fault_ever_finishes_the_judgments_and_the_healed_rerun_asks_only_for_it(fault, tmp_path, tokenizer):
+    """The issue's done-means, fault by fault: one rollout's request fails for good (every attempt and parse
+    retry); the judgments stay unfinished; with the server healed the same call asks only for that rollout and
+    finishes with real verdicts."""
+    ro = rollouts_frame(tokenizer, 4)
+    target = ro["rollout_id"][1]
+    with FaultServer(slow_s=1.0) as srv:
+        srv.reply_fn = judge_reply
+        req = requests_for(ro.filter(pl.col("rollout_id") == target), "blank")[0]
+        content = TEMPLATES["intrinsic-v1"].messages(req)[-1]["content"]
+        how = FAULTS[fault]
+        if callable(how):
+            srv.reply_fn = lambda m: how(m) if any(x["content"] == content for x in m) else judge_reply(m)
+        else:
+            srv.script(content, [], then=how)
+        judge = make_judge(f"openai:{srv.url}", model="m", cache_dir=str(tmp_path / "c"), timeout_s=0.5, retries=1,
+                           backoff_s=0.01, parse_retries=1)
+        with pytest.raises(IncompleteError, match="1 of 4 rollouts got no verdict"):
+            judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}), part_size=2)
+        assert not (tmp_path / "j" / "manifest.json").exists()
+        asked = len(srv.records)
+        srv.reply_fn = judge_reply
+        srv.script(content, [], then="ok")
+        m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}), part_size=2)
+        new = srv.records[asked:]
+    assert len(new) == 1 and new[0].content == content                 # only the failed request, once
+    df = read_table(tmp_path / "j", "judgments")
+    assert m["failed_rollouts"] == 0 and "unknown" not in set(df["label"]) and set(df["rollout_id"]) == set(ro["rollout_id"])
