@@ -94,6 +94,9 @@ def _broken_models(policy: Path, root: Path) -> dict[str, Path]:
     os.truncate(weights, weights.stat().st_size // 2)  # a copy cut short (full disk, killed download)
     d = m["garbage"] = copy("garbage")
     (d / "model.safetensors").write_bytes(os.urandom(4096))
+    d = m["header-offsets"] = copy("header-offsets")  # a header whose offsets are not numbers
+    header = json.dumps({"model.norm.weight": {"dtype": "F32", "shape": [32], "data_offsets": [0, "128"]}}).encode()
+    (d / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(128))
     d = m["config-corrupt"] = copy("config-corrupt")
     (d / "config.json").write_text('{"model_type": "llama",')
     d = m["config-list"] = copy("config-list")
@@ -330,6 +333,20 @@ def run(toml: str | bytes | None = None, *extra):
     return argv
 
 
+def after(prepare: Callable[[Path], object], argv: Callable[[Inputs, Path], list]) -> Callable[[Inputs, Path], list]:
+    """argv, once prepare(tmp) has made in the case's tmp directory what the case needs."""
+    def build(i: Inputs, t: Path) -> list:
+        prepare(t)
+        return argv(i, t)
+
+    return build
+
+
+def _file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("a file, not a directory\n")
+
+
 CASES = [
     # -- invalid options: refused before anything is read or written (an interrupted run's parts stay)
     Case("sample-n-zero", sample("-n", "0"), "-n must be >= 1, got 0", "sample-interrupted"),
@@ -364,8 +381,8 @@ CASES = [
     Case("segment-alpha-negative",
          lambda i, t: ["segment", "--rollouts", i.rollouts, "--scheme", "outcome", "--out", t / "out", "--alpha", "-1"],
          "--alpha must be >= 0, got -1"),
-    Case("train-lr-zero", train("--lr", "0"), "--lr must be > 0, got 0", "train-interrupted"),
-    Case("train-lr-negative", train("--lr", "-1e-4"), "--lr must be > 0, got -0.0001"),
+    Case("train-lr-nan", train("--lr", "nan"), "--lr must be a finite number", "train-interrupted"),
+    Case("train-lr-negative", train("--lr", "-1e-4"), "--lr must be >= 0, got -0.0001"),
     Case("train-epochs-zero", train("--epochs", "0"), "--epochs must be >= 1, got 0", "train-interrupted"),
     Case("train-prompts-per-step-zero", train("--prompts-per-step", "0"), "--prompts-per-step must be >= 1, got 0"),
     Case("train-eps-low-one", train("--eps-low", "1"), "--eps-low must be in [0, 1), got 1", "train-interrupted"),
@@ -397,7 +414,7 @@ CASES = [
     Case("warmstart-p-err-above-one", warmstart("--p-err", "1.5"), "--p-err must be in [0, 1], got 1.5"),
     Case("warmstart-threads-negative", warmstart("--threads", "-1"), "--threads must be >= 0, got -1"),
     Case("run-rounds-zero-option", run(None, "--rounds", "0"), "--rounds must be >= 1, got 0", "run-interrupted"),
-    Case("run-lr-negative-option", run(None, "--lr", "-1"), "--lr must be > 0, got -1", "run-interrupted"),
+    Case("run-lr-negative-option", run(None, "--lr", "-1"), "--lr must be >= 0, got -1", "run-interrupted"),
     Case("run-eval-k-zero-option", run(None, "--eval-k", "0"), "--eval-k must be >= 1, got 0"),
     # -- a bad experiment file: parsed and checked before the run directory is made or locked
     Case("run-toml-syntax", run('policy = "POLICY\n'), "invalid TOML", "run-interrupted"),
@@ -411,7 +428,14 @@ CASES = [
          "`temperature` must be >= 0, got -1", "run-interrupted"),
     Case("run-toml-max-unknown-above-one", run('policy = "POLICY"\njudge_max_unknown = 2.0\n'),
          "`judge_max_unknown` must be in [0, 1], got 2"),
-    Case("run-toml-lr-zero", run('policy = "POLICY"\nlr = 0.0\n'), "`lr` must be > 0, got 0"),
+    Case("run-toml-lr-negative", run('policy = "POLICY"\nlr = -0.5\n'), "`lr` must be >= 0, got -0.5"),
+    Case("run-toml-missing-tensor-policy", run('policy = "MODELS/missing-tensor"\n'),
+         "the weights lack 1 tensor(s) of the model, e.g. model.layers.0.mlp.up_proj.weight", "run-interrupted"),
+    Case("run-toml-wrong-shapes-policy", run('policy = "MODELS/wrong-shapes"\n'),
+         "the weights do not fit config.json", "run-interrupted"),
+    Case("run-toml-unknown-architecture-judge", run('policy = "POLICY"\njudge = "hf:MODELS/unknown-architecture"\n'),
+         "could not build the model of its config.json", "run-interrupted"),
+    Case("run-dir-is-a-file", after(lambda t: _file(t / "runs" / "x"), run(None)), "x: is a file; a run is a directory"),
     Case("run-toml-missing-policy", run('policy = "MODELS/missing"\n'), "missing: expected a model directory"),
     Case("run-toml-truncated-policy", run('policy = "MODELS/truncated"\n'),
          "cannot load model.safetensors (truncated or corrupt"),
@@ -422,6 +446,9 @@ CASES = [
     # -- broken model directories: one line naming the directory, before the output is touched
     Case("model-truncated-safetensors", sample(policy="truncated"),
          "truncated: cannot load model.safetensors (truncated or corrupt:", "sample-interrupted"),
+    Case("model-safetensors-offsets-not-numbers", sample(policy="header-offsets"),
+         "header-offsets: cannot load model.safetensors (truncated or corrupt: its header is not a safetensors header)",
+         "sample-interrupted"),
     Case("model-garbage-safetensors", eval_(policy="garbage"),
          "garbage: cannot load model.safetensors (truncated or corrupt:", "eval-interrupted"),
     Case("model-corrupt-config", train(policy="config-corrupt"), "config-corrupt: config.json: not valid JSON",
@@ -455,6 +482,13 @@ CASES = [
     Case("judge-tokenizer-missing",
          lambda i, t: ["judge", "--rollouts", i.rollouts, "--out", t / "out", *JUDGE, "--tokenizer", t / "nope"],
          "nope: expected a model or tokenizer directory, found nothing there", "judge-interrupted"),
+    # -- an output path that is a file; the trainer's own state damaged
+    Case("sample-out-is-a-file", after(lambda t: _file(t / "out"), sample()),
+         "out: is a file; the output of a stage is a directory"),
+    Case("train-out-is-a-file", after(lambda t: _file(t / "out"), train()),
+         "out: is a file; the output of a stage is a directory"),
+    Case("train-state-damaged", after(lambda t: (t / "out" / "state" / "trainer.pt").write_bytes(b"PK\x03\x04 cut"),
+                                      train()), "trainer.pt: the interrupted run's state is damaged", "train-interrupted"),
     # -- broken artifacts: never trusted because thinkrl wrote them; refused before any work or output
     Case("artifact-rollouts-duplicate-ids", judge(rollouts="rollouts-dup-ids"),
          "rollouts.parquet: 8 rows share a key (rollout_id)", "judge-interrupted"),

@@ -437,3 +437,21 @@ def test_kill9_in_each_stage_then_rerun_equals_uninterrupted(stage, easy, refere
     assert got.keys() == reference.keys()
     for k in reference:
         assert got[k] == reference[k], f"{k} differs after kill -9 in {stage} and a rerun"
+
+
+def test_a_run_ending_never_removes_another_runs_lock(tmp_path):
+    """Before: the run that ended unlinked whatever `.lock` was there, so after someone deleted its file and a
+    second run locked a new one, a third run got in beside the second."""
+    from thinkrl.rounds import _run_lock
+
+    a = _run_lock(tmp_path)
+    a.__enter__()
+    (tmp_path / ".lock").unlink()                 # someone deletes A's lock file while A holds it
+    b = _run_lock(tmp_path)
+    b.__enter__()                                 # B locks a new file
+    a.__exit__(None, None, None)
+    assert (tmp_path / ".lock").exists()          # A left B's file alone
+    with pytest.raises(ThinkrlError, match="another `thinkrl run` is working"), _run_lock(tmp_path):
+        pass                                      # so a third run is refused
+    b.__exit__(None, None, None)
+    assert not (tmp_path / ".lock").exists()

@@ -513,6 +513,8 @@ class ArtifactWriter:
     def __init__(self, out_dir: str | Path, stage: str, config: Mapping[str, Any],
                  inputs: Mapping[str, str | Path] | None = None):
         self.out = Path(out_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise ThinkrlError(f"{self.out}: is a file; the output of a stage is a directory (--out)")
         self.stage = stage
         self.config = json.loads(json.dumps(dict(config), default=str))  # resolved, JSON-safe
         self.inputs = {k: {"path": str(v), "sha256": fingerprint(v)} for k, v in (inputs or {}).items()}

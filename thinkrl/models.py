@@ -197,6 +197,7 @@ def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
 # Every model and tokenizer thinkrl loads (policies, the trainer's reference, warm start, the hf engine, a judge's
 # hf:DIR) goes through check_model_dir and the loaders below, so a broken directory is one line naming it and what
 # is wrong, never a safetensors/transformers traceback. The checks read headers only (no weights).
+SAFETENSORS_MAX_HEADER = 100 * 2**20  # the header size limit safetensors itself enforces
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
                    "spiece.model")
 _JSON_KIND = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean",
@@ -236,17 +237,65 @@ def check_safetensors(d: Path, name: str) -> None:
         raise bad(f"{size} bytes, not even a header")
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        if n > size - 8:
+        if n > min(size - 8, SAFETENSORS_MAX_HEADER):
             raise bad(f"its header claims {n} bytes, the file has {size}")
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
         ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        if not all(type(e) is int and e >= 0 for e in ends):
+            raise ValueError("offsets")
     except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError):
         raise bad("its header is not a safetensors header") from None
     want = 8 + n + max(ends, default=0)
     if want != size:
         raise bad(f"{size} bytes, its header describes {want}")
+
+
+def safetensors_shapes(d: Path) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor in the directory's safetensors files (headers only)."""
+    import struct
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in sorted(d.glob("*.safetensors")):
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n).decode("utf-8"))
+        shapes |= {k: tuple(t["shape"]) for k, t in header.items() if k != "__metadata__"}
+    return shapes
+
+
+def check_weights_fit(model_dir: str | Path) -> Path:
+    """`check_model_dir`, then the checkpoint's tensor names and shapes (safetensors headers) against the model
+    its config.json builds on the meta device, so no weight is loaded: a tensor of another shape, or (where the
+    checkpoint uses the model's own names) one missing, is a one-line ThinkrlError. For a caller that must fail
+    before it writes anything (`thinkrl run`); `load_causal_lm` checks the same for real when it loads."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d = check_model_dir(model_dir)
+    try:
+        config = AutoConfig.from_pretrained(d, trust_remote_code=False)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as e:  # transformers raises many kinds for an unknown or broken config
+        raise ThinkrlError(f"{d}: could not build the model of its config.json ({_first_line(e)})") from None
+    have = safetensors_shapes(d)
+    if not have or getattr(config, "quantization_config", None):
+        return d  # .bin weights or packed quantized tensors: left to the load
+    aliases: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):  # tied weights: one tensor, several names
+        aliases.setdefault(id(p), []).append(name)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for names in aliases.values():
+        for name in names:
+            if name in have and have[name] != tuple(params[name].shape):
+                raise ThinkrlError(f"{d}: the weights do not fit config.json ({name} is {list(have[name])}, the "
+                                   f"model's is {list(params[name].shape)})")
+    missing = [names[0] for names in aliases.values() if not any(n in have for n in names)]
+    if missing and len(missing) < len(aliases) / 2:  # else the checkpoint names tensors its own way: the load decides
+        raise ThinkrlError(f"{d}: the weights lack {len(missing)} tensor(s) of the model, e.g. {missing[0]} "
+                           "(truncated, or for another config.json)")
+    return d
 
 
 def check_model_dir(model_dir: str | Path) -> Path:
@@ -319,7 +368,7 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | str = torch.float
         if "mismatched" in str(e) or "size mismatch" in str(e):
             raise ThinkrlError(f"{d}: the weights do not fit config.json (tensors of other shapes)") from None
         raise ThinkrlError(f"{d}: could not load the model ({_first_line(e)})") from None
-    missing = sorted(info.get("missing_keys") or [])
+    missing = sorted(info.get("missing_keys") or []) or [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise ThinkrlError(f"{d}: the weights lack {len(missing)} tensor(s) of the model, e.g. {missing[0]} "
                            "(truncated, or for another config.json)")

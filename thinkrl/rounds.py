@@ -322,7 +322,11 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)
+        try:  # only our own file: one that replaced it (after someone deleted ours) belongs to another run
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                path.unlink()
+        except FileNotFoundError:
+            pass
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
 
@@ -359,11 +363,11 @@ def _context(cfg: ExperimentConfig, run_dir: Path, display: Display) -> _Ctx:
     so a bad input fails before the run directory is touched."""
     if not cfg.policy:
         raise ThinkrlError("experiment: set `policy` (the start policy directory) in the file or with --policy")
-    from thinkrl.models import check_model_dir
+    from thinkrl.models import check_weights_fit, load_tokenizer
 
-    check_model_dir(cfg.policy)
-    if cfg.judge.startswith("hf:"):
-        check_model_dir(cfg.judge[3:])
+    for model in [cfg.policy] + ([cfg.judge[3:]] if cfg.judge.startswith("hf:") else []):
+        check_weights_fit(model)  # names and shapes of its tensors, without loading them
+        load_tokenizer(model)
     ctx = _Ctx(_generation_dtype_fixed(cfg), run_dir, display)
     if cfg.eval_every > 0:
         ctx.eval_sets = problem_sets(cfg.eval_bench, _data_dir(cfg), cfg.eval_problems)
@@ -399,6 +403,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display 
     summary.json)."""
     run_dir = Path(run_dir)
     display = display or Display()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ThinkrlError(f"{run_dir}: is a file; a run is a directory (give another --name or --runs-dir)")
     if (run_dir / "config.json").is_file() or (run_dir / MANIFEST).is_file():
         raise ThinkrlError(f"{run_dir}: holds a model or an artifact, not a run; give the run another name "
                            "(--name) or another --runs-dir")

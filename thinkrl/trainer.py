@@ -120,8 +120,8 @@ class TrainConfig:
 
     prompts_per_step: int = setting(5, "problems per optimizer step (B), each with all its G rollouts", ge=1)
     epochs: int = setting(1, "passes K over the round's rollouts", ge=1)
-    lr: float = setting(1e-4, "peak learning rate (paper: 1e-6 on 1.5B/7B; 1e-4 suits the tiny CPU policy)",
-                       gt=0)
+    lr: float = setting(1e-4, "peak learning rate (paper: 1e-6 on 1.5B/7B; 1e-4 suits the tiny CPU policy; 0 "
+                              "runs the pipeline with a frozen policy)", ge=0)
     warmup_steps: int = setting(0, "linear warm-up steps (global steps: once per experiment, not per round)",
                                 ge=0)
     schedule: str = setting("constant", f"lr schedule after warm-up: {', '.join(SCHEDULES)}")
@@ -558,6 +558,18 @@ def checkpoint(run: _Run, step: int) -> None:
     save_state(run, step)
 
 
+def _read_state(d: Path, what: str) -> dict:
+    """The trainer state in d (torch.load, weights only), or a one-line ThinkrlError when it is damaged."""
+    try:
+        s = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several kinds for a damaged archive
+        raise ThinkrlError(f"{d / STATE_FILE}: {what} is damaged ({type(e).__name__}: "
+                           f"{(str(e).splitlines() or [''])[0][:120]}); remove it (or rerun with --force)") from None
+    if not isinstance(s, dict) or "step" not in s:
+        raise ThinkrlError(f"{d / STATE_FILE}: {what} is not a thinkrl trainer state")
+    return s
+
+
 def load_state(run: _Run) -> int:
     """Restore a matching state; returns the step to continue from (0 when starting fresh)."""
     from safetensors.torch import load_model
@@ -565,11 +577,15 @@ def load_state(run: _Run) -> int:
     d = find_state(run.out_dir)
     if d is None:
         return 0
-    s = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+    s = _read_state(d, "the interrupted run's state")
     if s.get("key") != run.key:
         log.warning("%s: state of another config, data or policy; starting fresh", d)
         return 0
-    load_model(run.model, str(d / STATE_WEIGHTS), device=str(run.dist.device))
+    try:
+        load_model(run.model, str(d / STATE_WEIGHTS), device=str(run.dist.device))
+    except Exception as e:  # safetensors raises its own error kinds
+        raise ThinkrlError(f"{d / STATE_WEIGHTS}: the interrupted run's weights are damaged ({type(e).__name__}); "
+                           "remove the state (or rerun with --force)") from None
     run.optimizer.load_state_dict(s["optimizer"])
     _set_rng_state(s["rng"])
     if s.get("behaviour"):  # the log π_old computed before the run's first update
@@ -661,7 +677,7 @@ def _continue(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> tuple[int, 
     if not cfg.continue_from:
         return 0, None, None
     d = continued_state(cfg)
-    s = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+    s = _read_state(d, "the --continue-from state")
     try:
         optimizer.load_state_dict(s["optimizer"])
     except (ValueError, KeyError) as e:
