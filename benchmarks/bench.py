@@ -622,7 +622,8 @@ TRL_VENV = REPO / ".bench" / "trl-venv"
 
 def trl_python() -> Path:
     """The TRL virtualenv's python: $THINKRL_TRL_VENV (an existing venv) when set, else .bench/trl-venv, built
-    on first use. TRL needs a newer transformers than thinkrl pins, so it never shares thinkrl's venv."""
+    on first use (again when `import trl` fails there: a build that was cut short). TRL needs a newer
+    transformers than thinkrl pins, so it never shares thinkrl's venv."""
     import subprocess
 
     given = os.environ.get("THINKRL_TRL_VENV")
@@ -630,11 +631,12 @@ def trl_python() -> Path:
     py = venv / "bin" / "python"
     if given and not py.is_file():
         sys.exit(f"THINKRL_TRL_VENV={given}: no bin/python there")
-    if not py.is_file():
-        print(f"building the TRL virtualenv {venv} ({', '.join(TRL_PINS)}; a few minutes)", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        for pin in TRL_PINS:
-            subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q", pin], check=True)
+    if given or (py.is_file() and subprocess.run([str(py), "-c", "import trl"], capture_output=True).returncode == 0):
+        return py
+    print(f"building the TRL virtualenv {venv} ({', '.join(TRL_PINS)}; a few minutes)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    for pin in TRL_PINS:
+        subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q", pin], check=True)
     return py
 
 
