@@ -898,7 +898,7 @@ def _trl_compare(case: TrlCase, name: str) -> str:
                "of each equals thinkrl's ids (checked by benchmarks/trl_grpo.py against the ids thinkrl's rollouts "
                "were sampled with). Whole processes (`thinkrl run FILE` and `benchmarks/trl_grpo.py` in the TRL "
                "venv), alternated "
-               f"({reps} repetition{'s' if reps > 1 else ''}, the order of each pair swapped every repetition), medians; wall includes "
+               f"({f'{reps} repetitions, the order of each pair swapped every repetition' if reps > 1 else '1 repetition, thinkrl first'}), medians; wall includes "
                f"interpreter start, imports and model loading. Machine: {machine().rsplit(',', 1)[0]}; load "
                f"average {min(r['load'] for rs in [*thinkrl_runs.values(), *trl_runs.values()] for r in rs):.1f}–"
                f"{max(r['load'] for rs in [*thinkrl_runs.values(), *trl_runs.values()] for r in rs):.1f} "
@@ -906,7 +906,7 @@ def _trl_compare(case: TrlCase, name: str) -> str:
                f"{min(r['others'] for rs in [*thinkrl_runs.values(), *trl_runs.values()] for r in rs):.2f}–"
                f"{max(r['others'] for rs in [*thinkrl_runs.values(), *trl_runs.values()] for r in rs):.2f} "
                f"cores during them (/proc/stat minus the run's own CPU; {len(discarded)} runs during which others used more "
-               f"than {busy_max:g} cores were discarded and run again, up to {retries} times); {minutes:.1f} min in all.")
+               f"than {busy_max:g} cores were discarded and run again, at most {retries} times each); {minutes:.1f} min in all.")
     optim = next(iter(trl_runs.values()))[0]["raw"]["optim"].rsplit(".", 1)[-1].lower()
     lines += [setting, "", "Left as each tool does it: TRL generates each generation batch in one `model.generate` call "
               "(left-padded; finished rows stay in the batch until the last one ends), computes the per-token entropy "
@@ -923,6 +923,7 @@ def _trl_compare(case: TrlCase, name: str) -> str:
     shared = (f" The TRL column of {', '.join(shared)} is the TRL run of the outcome row with the same "
               "steps_per_generation (TRL has no thought-level scheme: its work is plain GRPO either way)."
               if shared else "")
+    fewer = ""
     for row in case.rows:
         a, b = thinkrl_runs[row.name], trl_runs[row.trl]
         ta, tb = med(r["wall"] for r in a), med(r["wall"] for r in b)
@@ -931,12 +932,16 @@ def _trl_compare(case: TrlCase, name: str) -> str:
         per_gen = (tb / wb["generated"]) / (ta / wa["generated"])
         per_train = (tb / wb["trained"]) / (ta / wa["trained"]) if wa["trained"] else float("nan")
         summary[row.name] = (ta, tb, wa, wb)
+        if wa["steps"] < wb["steps"]:
+            fewer += (f" In \"{row.label}\" thinkrl took {wa['steps']:.0f} of the {wb['steps']:.0f} optimizer steps "
+                      "(whole groups dropped): its wall holds less training than TRL's, so compare the splits there "
+                      "(sample against generate, train steps per step).")
         desc = trl_desc.get(row.trl, f"`steps_per_generation = {row.trl}`").format(
             pp=case.prompts_per_step, n=case.n, s=case.steps, all=len(prompts))
         lines.append(f"| {row.label} | {desc} | {tb:.1f} | {ta:.1f} | **{tb / ta:.2f}x** | {per_gen:.2f}x | "
                      f"{per_train:.2f}x | {_walls(b)} / {_walls(a)} |")
     lines += ["", "TRL / thinkrl > 1: thinkrl is faster. Per generated (trained) token: each tool's seconds divided by "
-              "the completion tokens it generated (trained on), TRL's over thinkrl's." + shared, "",
+              "the completion tokens it generated (trained on), TRL's over thinkrl's." + shared + fewer, "",
               "### What differs between the two tools' work (medians)", "",
               "| work | tool | rollouts | dropped / zero-advantage | optimizer steps | generated tokens | "
               "trained tokens (nonzero advantage) | correct | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|"]
