@@ -222,9 +222,10 @@ def _json_object(d: Path, name: str) -> dict:
     return value
 
 
-def check_safetensors(d: Path, name: str) -> None:
-    """The safetensors file d/name is whole: an 8-byte header length, a JSON header, and exactly the bytes its
-    tensors' offsets describe (what safetensors itself requires); else a ThinkrlError naming it."""
+def check_safetensors(d: Path, name: str) -> dict:
+    """The header ({tensor name: dtype, shape, data_offsets}) of the safetensors file d/name after checking that
+    the file is whole: an 8-byte header length, a JSON header, and exactly the bytes its tensors' offsets
+    describe (what safetensors itself requires); else a ThinkrlError naming it."""
     import struct
 
     path = d / name
@@ -242,26 +243,24 @@ def check_safetensors(d: Path, name: str) -> None:
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
-        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
-        if not all(type(e) is int and e >= 0 for e in ends):
-            raise ValueError("offsets")
+        tensors = {k: t for k, t in header.items() if k != "__metadata__"}
+        ends = [t["data_offsets"][1] for t in tensors.values()]
+        if not all(type(e) is int and e >= 0 for e in ends) or not all(
+                isinstance(t["shape"], list) for t in tensors.values()):
+            raise ValueError("offsets or shapes")
     except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError):
         raise bad("its header is not a safetensors header") from None
     want = 8 + n + max(ends, default=0)
     if want != size:
         raise bad(f"{size} bytes, its header describes {want}")
+    return tensors
 
 
 def safetensors_shapes(d: Path) -> dict[str, tuple[int, ...]]:
-    """name -> shape of every tensor in the directory's safetensors files (headers only)."""
-    import struct
-
+    """name -> shape of every tensor in the directory's safetensors files (checked headers only)."""
     shapes: dict[str, tuple[int, ...]] = {}
     for path in sorted(d.glob("*.safetensors")):
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n).decode("utf-8"))
-        shapes |= {k: tuple(t["shape"]) for k, t in header.items() if k != "__metadata__"}
+        shapes |= {k: tuple(t["shape"]) for k, t in check_safetensors(d, path.name).items()}
     return shapes
 
 

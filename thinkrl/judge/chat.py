@@ -92,6 +92,11 @@ Validate = Callable[[int, str], str]
 """validate(i, text) -> '' when the reply to conversation i is usable, else what is wrong with it (one line)."""
 
 
+def unusable(problem: str, replies: int) -> str:
+    """The error of a request whose replies `validate` refused to the end."""
+    return f"{UNUSABLE} ({problem}) after {replies} repl{'ies' if replies > 1 else 'y'}"
+
+
 def reminded(conversation: list[dict], reply: str, problem: str) -> list[dict]:
     """The conversation asked again after an unusable reply: the reply and a format reminder appended."""
     return [*conversation, {"role": "assistant", "content": reply},
@@ -302,10 +307,9 @@ class ChatClient:
             if retry == self.cfg.parse_retries or res.finish_reason == "length":
                 with self._lock:
                     self._stats["failures"][UNUSABLE] += 1
-                n = retry + 1
                 why = f"{problem}; {CUT}" if res.finish_reason == "length" else problem
-                return replace(res, error=f"{UNUSABLE} ({why}) after {n} repl{'ies' if n > 1 else 'y'}",
-                               prompt_tokens=tokens[0], completion_tokens=tokens[1])
+                return replace(res, error=unusable(why, retry + 1), prompt_tokens=tokens[0],
+                               completion_tokens=tokens[1])
             with self._lock:
                 self._stats["retries"] += 1
                 self._stats["retry_reasons"][UNUSABLE] += 1

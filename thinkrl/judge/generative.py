@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from thinkrl.engine.base import SamplingParams
-from thinkrl.judge.chat import CUT, UNUSABLE, ChatResult, Validate, reminded
+from thinkrl.judge.chat import CUT, UNUSABLE, ChatResult, Validate, reminded, unusable
 from thinkrl.judge.prompts import TEMPLATES, parse_reply, parse_steps_reply
 from thinkrl.judge.protocol import UNKNOWN, JudgeRequest, Verdict
 
@@ -63,9 +63,8 @@ class HFChat:
             if not problems:
                 break
             if retry == self.parse_retries:
-                n = retry + 1
                 for i, p in problems.items():
-                    results[i] = replace(results[i], error=f"{UNUSABLE} ({p}) after {n} repl{'ies' if n > 1 else 'y'}")
+                    results[i] = replace(results[i], error=unusable(p, retry + 1))
                 break
             todo = list(problems)
             again = self._generate([reminded(conversations[i], results[i].text or "", problems[i]) for i in todo],
