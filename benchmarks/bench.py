@@ -747,7 +747,7 @@ def _thinkrl_figures(run_dir: Path, proc: dict) -> dict:
                           "correct"), 0)
     prev, rounds = proc["start"], runs.round_dirs(run_dir)
     for r, rd in rounds:
-        t = {s: (rd / s / "manifest.json").stat().st_mtime
+        t = {s: (rd / s / "_manifest.json").stat().st_mtime
              for s in (runs.PROBLEMS, runs.ROLLOUTS, runs.JUDGMENTS, runs.THOUGHTS, runs.TRAIN)}
         split["start-up" if r == 0 else "between"] += t[runs.PROBLEMS] - prev
         split["sample"] += t[runs.ROLLOUTS] - t[runs.PROBLEMS]

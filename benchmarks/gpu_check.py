@@ -132,7 +132,7 @@ def main(argv: list[str]) -> int:
                                                                          tcfg, carry_forward=True),
                    lambda r: r.metrics.get("tokens"))
     rows.append(train)
-    metrics = read_table(out / "train", "train_metrics") if (out / "train" / "train_metrics.parquet").exists() else None
+    metrics = read_table(out / "train", "train_metrics") if (out / "train" / "_manifest.json").exists() else None
     if metrics is not None and metrics.height:
         first = metrics.row(0, named=True)
         print(json.dumps({"first_step_ratio_mean": first["ratio_mean"], "clip_frac": first["clip_frac"]}))

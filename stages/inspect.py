@@ -23,7 +23,7 @@ from thinkrl.inspection import artifact_summary, render_summary
 
 
 def inspect(
-    path: Annotated[Path, typer.Argument(help="artifact directory (holds manifest.json)")],
+    path: Annotated[Path, typer.Argument(help="artifact directory (holds _manifest.json)")],
     rows: Annotated[int, typer.Option("--rows", "-n", min=0, help="how many first rows to show per table")] = 5,
     table: Annotated[str | None, typer.Option("--table", help="show only this table")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON summary on stdout instead of tables")] = False,

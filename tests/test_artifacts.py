@@ -10,6 +10,7 @@ import pytest
 from artifact_edit import rehash, rewrite_table
 
 from thinkrl import artifacts as A
+from thinkrl.artifacts import table_file
 from thinkrl.errors import ThinkrlError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +42,8 @@ def test_round_trip_every_schema(tmp_path, name):
     assert dict(df.schema) == schema.polars_schema
     out = m["outputs"][name]
     assert out["rows"] == 3 and out["schema_version"] == schema.version
-    assert out["sha256"] == A.sha256_file(tmp_path / "a" / f"{name}.parquet")
-    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert out["sha256"] == A.sha256_file(tmp_path / "a" / table_file(name))
+    manifest = json.loads((tmp_path / "a" / "_manifest.json").read_text())
     for k in ("stage", "created", "thinkrl_version", "git_commit", "config", "inputs", "outputs", "metrics"):
         assert k in manifest
     assert manifest["metrics"] == {"m": 1.5}
@@ -52,7 +53,7 @@ def test_same_rows_give_byte_identical_parquet(tmp_path):
     rows = make_rows(A.ROLLOUTS, 5)
     A.write_artifact(tmp_path / "a", "t", {}, {"rollouts": rows})
     A.write_artifact(tmp_path / "b", "t", {}, {"rollouts": rows})
-    assert (tmp_path / "a/rollouts.parquet").read_bytes() == (tmp_path / "b/rollouts.parquet").read_bytes()
+    assert (tmp_path / "a" / table_file("rollouts")).read_bytes() == (tmp_path / "b" / table_file("rollouts")).read_bytes()
 
 
 def test_inputs_are_fingerprinted(tmp_path):
@@ -61,7 +62,7 @@ def test_inputs_are_fingerprinted(tmp_path):
     m = A.write_artifact(tmp_path / "a", "t", {}, {"problems": make_rows(A.PROBLEMS)}, inputs={"src": src})
     assert m["inputs"]["src"]["sha256"] == A.sha256_file(src)
     m2 = A.write_artifact(tmp_path / "b", "t", {}, {"problems": make_rows(A.PROBLEMS)}, inputs={"up": tmp_path / "a"})
-    assert m2["inputs"]["up"]["sha256"] == A.sha256_file(tmp_path / "a/manifest.json")
+    assert m2["inputs"]["up"]["sha256"] == A.sha256_file(tmp_path / "a/_manifest.json")
 
 
 def test_duplicate_keys_rejected(tmp_path):
@@ -69,7 +70,7 @@ def test_duplicate_keys_rejected(tmp_path):
     rows[1]["problem_id"] = rows[0]["problem_id"]
     with pytest.raises(ThinkrlError, match="stage t produced a table its readers would refuse: .* share a key"):
         A.write_artifact(tmp_path / "a", "t", {}, {"problems": rows})
-    assert not (tmp_path / "a/manifest.json").exists()
+    assert not (tmp_path / "a/_manifest.json").exists()
 
 
 def test_a_writer_never_finishes_what_its_readers_refuse(tmp_path):
@@ -80,7 +81,7 @@ def test_a_writer_never_finishes_what_its_readers_refuse(tmp_path):
     with pytest.raises(ThinkrlError, match="stage sample produced a table its readers would refuse: .*'logprobs' "
                                            "has non-finite values"):
         A.write_artifact(tmp_path / "a", "sample", {}, {"rollouts": rows})
-    assert not (tmp_path / "a/manifest.json").exists()
+    assert not (tmp_path / "a/_manifest.json").exists()
 
 
 def test_sha256_memo_sees_a_same_size_rewrite_with_its_mtime_restored(tmp_path):
@@ -121,27 +122,27 @@ def test_no_manifest(tmp_path):
 
 def test_wrong_schema_version(tmp_path):
     p = _good(tmp_path)
-    m = json.loads((p / "manifest.json").read_text())
+    m = json.loads((p / "_manifest.json").read_text())
     m["outputs"]["problems"]["schema_version"] = 99
-    (p / "manifest.json").write_text(json.dumps(m))
+    (p / "_manifest.json").write_text(json.dumps(m))
     with pytest.raises(ThinkrlError) as e:
         A.read_table(p, "problems")
     msg = _one_line(e)
-    assert "problems.parquet" in msg and "99" in msg and "v1" in msg
+    assert "problems/part-00000.parquet" in msg and "99" in msg and "v1" in msg
 
 
 def test_missing_column(tmp_path):
     p = _good(tmp_path)
-    rewrite_table(p, "problems", pl.read_parquet(p / "problems.parquet").drop("answer"))
+    rewrite_table(p, "problems", pl.read_parquet(p / table_file("problems")).drop("answer"))
     with pytest.raises(ThinkrlError) as e:
         A.read_table(p, "problems")
     msg = _one_line(e)
-    assert "problems.parquet" in msg and "'answer'" in msg and "String" in msg
+    assert "problems/part-00000.parquet" in msg and "'answer'" in msg and "String" in msg
 
 
 def test_wrong_column_type(tmp_path):
     p = _good(tmp_path)
-    df = pl.read_parquet(p / "problems.parquet").with_columns(pl.lit(1).alias("answer"))
+    df = pl.read_parquet(p / table_file("problems")).with_columns(pl.lit(1).alias("answer"))
     rewrite_table(p, "problems", df)
     with pytest.raises(ThinkrlError) as e:
         A.read_table(p, "problems")
@@ -160,7 +161,7 @@ def test_empty_table(tmp_path):
 
 def test_corrupt_parquet(tmp_path):
     p = _good(tmp_path)
-    (p / "problems.parquet").write_bytes(b"PAR1 this is not parquet")
+    (p / table_file("problems")).write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(ThinkrlError) as e:
         A.read_table(p, "problems")
     assert "changed after its manifest was written" in _one_line(e)   # refused before it is parsed
@@ -172,7 +173,7 @@ def test_corrupt_parquet(tmp_path):
 
 def test_corrupt_manifest(tmp_path):
     p = _good(tmp_path)
-    (p / "manifest.json").write_bytes(b"\xff\xfe{")
+    (p / "_manifest.json").write_bytes(b"\xff\xfe{")
     with pytest.raises(ThinkrlError) as e:
         A.read_table(p, "problems")
     assert "manifest.json" in _one_line(e)
@@ -215,12 +216,12 @@ def test_killed_write_leaves_no_manifest_and_rerun_completes(tmp_path):
     rows = make_rows(A.PROBLEMS, 7)
     with pytest.raises(RuntimeError):
         _write_in_parts(tmp_path / "a", rows, fail_after=2)
-    assert not (tmp_path / "a/manifest.json").exists()
+    assert not (tmp_path / "a/_manifest.json").exists()
     assert len(list((tmp_path / "a" / A.PARTS / "problems").glob("*.parquet"))) == 2
     _write_in_parts(tmp_path / "a", rows, fail_after=None)
     _write_in_parts(tmp_path / "b", rows, fail_after=None)
     assert A.read_table(tmp_path / "a", "problems").to_dicts() == A.read_table(tmp_path / "b", "problems").to_dicts()
-    assert (tmp_path / "a/problems.parquet").read_bytes() == (tmp_path / "b/problems.parquet").read_bytes()
+    assert (tmp_path / "a" / table_file("problems")).read_bytes() == (tmp_path / "b" / table_file("problems")).read_bytes()
     assert not (tmp_path / "a" / A.PARTS).exists()
 
 
@@ -249,7 +250,7 @@ def test_artifacts_doc_is_fresh():
 
 def _written(tmp_path: Path, name: str, n: int = 3) -> tuple[Path, pl.DataFrame]:
     A.write_artifact(tmp_path / "a", "t", {}, {name: make_rows(A.SCHEMAS[name], n)})
-    return tmp_path / "a", pl.read_parquet(tmp_path / "a" / f"{name}.parquet")
+    return tmp_path / "a", pl.read_parquet(tmp_path / "a" / table_file(name))
 
 
 BAD_VALUES = {  # table -> (edit of a good table, what the one-line error must say)
@@ -284,7 +285,7 @@ def test_read_refuses_values_no_type_check_catches(tmp_path, case):
     rewrite_table(art, name, edit(df))
     with pytest.raises(ThinkrlError) as e:
         A.read_table(art, name)
-    assert message in _one_line(e) and f"{name}.parquet" in _one_line(e)
+    assert message in _one_line(e) and table_file(name) in _one_line(e)
 
 
 def test_non_finite_training_metrics_are_allowed(tmp_path):
@@ -302,6 +303,6 @@ def test_an_input_changed_after_its_manifest_is_never_up_to_date(tmp_path):
     w.set_table("judgments", make_rows(A.JUDGMENTS))
     w.finish()
     assert A.ArtifactWriter(tmp_path / "out", "judge", {}, inputs={"rollouts": src}).up_to_date()
-    df.with_columns(pl.lit("changed").alias("completion")).write_parquet(src / "rollouts.parquet")
-    with pytest.raises(ThinkrlError, match="rollouts.parquet: changed after its manifest was written"):
+    df.with_columns(pl.lit("changed").alias("completion")).write_parquet(src / table_file("rollouts"))
+    with pytest.raises(ThinkrlError, match="rollouts/part-00000.parquet: changed after its manifest was written"):
         A.ArtifactWriter(tmp_path / "out", "judge", {}, inputs={"rollouts": src})

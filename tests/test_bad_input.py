@@ -26,6 +26,7 @@ from char_tokenizer import char_tokenizer
 from typer.testing import CliRunner
 
 from stages.cli import app
+from thinkrl.artifacts import table_file
 
 ENV = {"THINKRL_NO_PROGRESS": "1", "COLUMNS": "200"}
 
@@ -143,7 +144,7 @@ def _broken_artifacts(inp: Inputs, root: Path) -> dict[str, Path]:
 
     def edit(src: Path, table: str, name: str, change: Callable[[pl.DataFrame], pl.DataFrame]) -> None:
         d = a[name] = copy(src, name)
-        rewrite_table(d, table, change(pl.read_parquet(d / f"{table}.parquet")))
+        rewrite_table(d, table, change(pl.read_parquet(d / table_file(table))))
 
     f32 = pl.Float32
     a: dict[str, Path] = {}
@@ -155,10 +156,10 @@ def _broken_artifacts(inp: Inputs, root: Path) -> dict[str, Path]:
     edit(ro, "rollouts", "rollouts-logprobs-length", lambda df: df.with_columns(
         pl.concat_list([pl.col("logprobs"), pl.lit(-1.0, dtype=f32)]).alias("logprobs")))
     d = a["rollouts-changed"] = copy(ro, "rollouts-changed")      # edited behind its manifest's back
-    pl.read_parquet(d / "rollouts.parquet").with_columns(pl.lit(True).alias("correct")).write_parquet(
-        d / "rollouts.parquet")
+    pl.read_parquet(d / table_file("rollouts")).with_columns(pl.lit(True).alias("correct")).write_parquet(
+        d / table_file("rollouts"))
     d = a["rollouts-no-manifest"] = copy(ro, "rollouts-no-manifest")
-    (d / "manifest.json").unlink()
+    (d / "_manifest.json").unlink()
     edit(ju, "judgments", "judgments-bad-label", lambda df: df.with_columns(pl.lit("wrongish").alias("label")))
     edit(ju, "judgments", "judgments-dup", lambda df: pl.concat([df, df.head(1)]))
     edit(th, "advantages", "thoughts-nan", lambda df: df.with_columns(pl.col("advantages").list.eval(
@@ -173,7 +174,7 @@ def _broken_artifacts(inp: Inputs, root: Path) -> dict[str, Path]:
     edit(pr, "problems", "problems-dup-ids", lambda df: df.with_columns(pl.lit("arith-x").alias("problem_id")))
     edit(pr, "problems", "problems-missing-column", lambda df: df.drop("answer"))
     d = a["problems-corrupt"] = copy(pr, "problems-corrupt")
-    (d / "problems.parquet").write_bytes(b"PAR1 not parquet at all PAR1")
+    (d / table_file("problems")).write_bytes(b"PAR1 not parquet at all PAR1")
     rehash(d, "problems")
     return a
 
@@ -491,11 +492,11 @@ CASES = [
                                       train()), "trainer.pt: the interrupted run's state is damaged", "train-interrupted"),
     # -- broken artifacts: never trusted because thinkrl wrote them; refused before any work or output
     Case("artifact-rollouts-duplicate-ids", judge(rollouts="rollouts-dup-ids"),
-         "rollouts.parquet: 8 rows share a key (rollout_id)", "judge-interrupted"),
+         "rollouts/part-00000.parquet: 8 rows share a key (rollout_id)", "judge-interrupted"),
     Case("artifact-rollouts-changed-after-manifest", judge(rollouts="rollouts-changed"),
-         "rollouts.parquet: changed after its manifest was written", "judge-interrupted"),
+         "rollouts/part-00000.parquet: changed after its manifest was written", "judge-interrupted"),
     Case("artifact-rollouts-unfinished", judge(rollouts="rollouts-no-manifest"),
-         "no manifest.json; the stage that writes it never finished"),
+         "no _manifest.json; the stage that writes it never finished"),
     Case("artifact-rollouts-bad-finish-reason", judge(rollouts="rollouts-bad-finish"),
          "column 'finish_reason' holds 'abort'"),
     Case("artifact-rollouts-nan-logprobs", segment(rollouts="rollouts-nan-logprobs", scheme="outcome"),
@@ -574,8 +575,8 @@ def test_the_interrupted_outputs_hold_finished_work_and_no_manifest(inputs: Inpu
     parts = {"sample-interrupted": "rollouts", "eval-interrupted": "eval_samples", "judge-interrupted": "judgments"}
     for name, table in parts.items():
         d = inputs.outputs[name]
-        assert len(list((d / "_parts" / table).glob("*.parquet"))) >= 1 and not (d / "manifest.json").exists(), name
+        assert len(list((d / "_parts" / table).glob("*.parquet"))) >= 1 and not (d / "_manifest.json").exists(), name
     train = inputs.outputs["train-interrupted"]
-    assert (train / "state").is_dir() and (train / "policy").is_dir() and not (train / "manifest.json").exists()
+    assert (train / "state").is_dir() and (train / "policy").is_dir() and not (train / "_manifest.json").exists()
     run = inputs.outputs["run-interrupted"]
     assert list((run / "round-000/rollouts/_parts/rollouts").glob("*.parquet"))

@@ -11,6 +11,8 @@ import polars as pl
 import pytest
 from artifact_edit import rewrite_table
 
+from thinkrl.artifacts import table_file
+
 
 def assert_one_line_error(rc: int, stderr: str, *words: str) -> None:
     assert rc == 2, stderr
@@ -22,7 +24,8 @@ def assert_one_line_error(rc: int, stderr: str, *words: str) -> None:
 
 
 def digests(d: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.is_file()}
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
+            if p.is_file()}
 
 
 def small_set(path: Path, n: int = 3) -> Path:
@@ -79,14 +82,14 @@ def test_prepare_file_with_mapping_and_force(run_cli, tmp_path):
     args = ["data", "prepare", f, "--out", out, "--question-col", "prompt", "--answer-col", "target", "--id-col", "uid"]
     rc, _, stderr = run_cli(args)
     assert rc == 0, stderr
-    df = pl.read_parquet(out / "problems.parquet")
+    df = pl.read_parquet(out / table_file("problems"))
     assert df["problem_id"].to_list() == ["x1", "x2"] and df["answer"].to_list() == ["2", "4"]
     assert df["source"].to_list() == ["mine", "mine"]
     rc, _, stderr = run_cli([*args, "--force"])
     assert rc == 0 and "wrote 2 problems" in stderr
     rc, _, stderr = run_cli(["data", "prepare", f, "--out", out, "--question-col", "prompt", "--answer-col",
                              "target", "--limit", "1"])  # another config: rewritten
-    assert rc == 0 and pl.read_parquet(out / "problems.parquet")["problem_id"].to_list() == ["mine-0000"]
+    assert rc == 0 and pl.read_parquet(out / table_file("problems"))["problem_id"].to_list() == ["mine-0000"]
 
 
 BAD_INPUTS = {  # case -> (file name or None for a missing file, bytes, words the error must hold)
@@ -105,7 +108,7 @@ def test_bad_input_exit_2_and_good_artifact_untouched(run_cli, tmp_path, case):
     rc, _, stderr = run_cli(["data", "prepare", small_set(tmp_path / "good.jsonl"), "--out", out])
     assert rc == 0, stderr
     before = digests(out)
-    assert set(before) == {"manifest.json", "problems.parquet"}
+    assert set(before) == {"_manifest.json", "problems/part-00000.parquet"}
     name, data, words = BAD_INPUTS[case]
     if data is not None:
         (tmp_path / name).write_bytes(data)
@@ -144,17 +147,17 @@ def test_prepare_usage_errors(run_cli, tmp_path):
 
 # --------------------------------------------------------------------------------------------- inspect
 def _damage_parquet(art: Path) -> None:
-    (art / "problems.parquet").write_bytes(b"PAR1 not really parquet")
+    (art / table_file("problems")).write_bytes(b"PAR1 not really parquet")
 
 
 def _damage_version(art: Path) -> None:
-    m = json.loads((art / "manifest.json").read_text())
+    m = json.loads((art / "_manifest.json").read_text())
     m["outputs"]["problems"]["schema_version"] = 99
-    (art / "manifest.json").write_text(json.dumps(m))
+    (art / "_manifest.json").write_text(json.dumps(m))
 
 
 def _damage_column(art: Path) -> None:
-    rewrite_table(art, "problems", pl.read_parquet(art / "problems.parquet").drop("answer"))
+    rewrite_table(art, "problems", pl.read_parquet(art / table_file("problems")).drop("answer"))
 
 
 DAMAGE = {"corrupt-parquet": (_damage_parquet, "changed after its manifest was written"),
@@ -170,4 +173,4 @@ def test_inspect_damaged_artifact(run_cli, tmp_path, case):
     damage, words = DAMAGE[case]
     damage(art)
     rc, stdout, stderr = run_cli(["inspect", art])
-    assert_one_line_error(rc, stderr, "problems.parquet", words)
+    assert_one_line_error(rc, stderr, "problems/part-00000.parquet", words)

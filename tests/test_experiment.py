@@ -21,7 +21,7 @@ import torch
 from conftest import cli, cli_command, cli_env
 from safetensors.torch import load_file
 
-from thinkrl.artifacts import MANIFEST, read_manifest, read_table, write_artifact
+from thinkrl.artifacts import MANIFEST, input_path, read_manifest, read_table, write_artifact
 from thinkrl.demo import demo_configs
 from thinkrl.errors import ThinkrlError
 from thinkrl.experiment import ExperimentConfig, docs_markdown, round_seed
@@ -162,7 +162,8 @@ def test_layout_and_summary(tiny_run):
         assert ro.height == 8 and set(ro["round"]) == {r}
         want_policy = cfg.policy if r == 0 else str(run_dir / "round-000/train/policy")
         assert set(ro["policy"]) == {want_policy}  # round r samples with round r-1's policy
-    assert read_manifest(run_dir / "eval-initial")["inputs"]["policy"]["path"] == cfg.policy
+    m = read_manifest(run_dir / "eval-initial")  # inputs are stored relative to the artifact
+    assert input_path(run_dir / "eval-initial", m, "policy").resolve() == Path(cfg.policy).resolve()
     assert [e.where for e in summary.evals] == ["eval-initial", "round-000/eval", "round-001/eval"]
     assert [e.samples_consumed for e in summary.evals] == [0, 8, 16]
     assert all(r.train_steps > 0 for r in summary.rounds) and summary.samples_consumed == 16
@@ -229,7 +230,8 @@ def test_one_policy_trains_across_rounds(tiny_run):
     opt = torch.load(run_dir / "round-001/train/state/trainer.pt", weights_only=True)
     assert {float(v["step"]) for v in opt["optimizer"]["state"].values()} == {float(n0 + n1)}
     m = read_manifest(run_dir / "round-001/train")
-    assert m["inputs"]["continue_from"]["path"] == str(run_dir / "round-000/train/state")
+    assert m["inputs"]["continue_from"]["path"] == "../../round-000/train/state"  # relative to the artifact
+    assert input_path(run_dir / "round-001/train", m, "continue_from") == run_dir / "round-000/train/state"
     assert m["config"]["schedule_steps"] is None                            # constant lr: no length
     # a decaying schedule spans every round's planned steps: 2 rounds x (2 prompts / 1 per step)
     assert replace(cfg, schedule="cosine").train_config(1).schedule_steps == 4
@@ -406,7 +408,7 @@ def final_artifacts(run_dir: Path) -> dict[str, object]:
         rel = str(f.relative_to(run_dir))
         if "_parts" in rel:
             out[rel] = "leftover part file"
-        elif f.name == "train_metrics.parquet":
+        elif f.parent.name == "train_metrics":
             out[rel] = pl.read_parquet(f).drop("seconds", "mfu").to_dicts()
         else:
             out[rel] = f.read_bytes()

@@ -120,7 +120,7 @@ def test_openai_judge_stage_with_faults_loses_nothing_and_caches(tmp_path, token
         w = ArtifactWriter(tmp_path / "j", "judge", {"judge": "openai"})
         with pytest.raises(IncompleteError, match=r"1 of 12 rollouts got no verdict \(http 503: 1\)"):
             judge_rollouts(ro, judge, tokenizer, w, part_size=5)
-        assert not (tmp_path / "j" / "manifest.json").exists()
+        assert not (tmp_path / "j" / "_manifest.json").exists()
         parts = sorted(p.name for p in (tmp_path / "j" / "_parts" / "judgments").glob("*.parquet"))
         assert parts == ["000001.parquet", "000002.parquet"]           # ids[3] is in part 0: not written
         assert all("Bearer sk-secret-123" == r.headers.get("Authorization") for r in srv.records)
@@ -136,7 +136,7 @@ def test_openai_judge_stage_with_faults_loses_nothing_and_caches(tmp_path, token
     for f in (tmp_path / "cache").rglob("*"):
         if f.is_file():
             assert "sk-secret-123" not in f.read_text()
-    assert "sk-secret-123" not in (tmp_path / "j" / "manifest.json").read_text()
+    assert "sk-secret-123" not in (tmp_path / "j" / "_manifest.json").read_text()
 
 
 def test_allow_failed_finishes_with_the_failures_recorded(tmp_path, tokenizer):
@@ -149,7 +149,7 @@ def test_allow_failed_finishes_with_the_failures_recorded(tmp_path, tokenizer):
     df = read_table(tmp_path / "j", "judgments")
     assert set(df["label"]) == {"unknown"} and set(df["error"]) == {"http 500 after 2 attempts"}
     assert m["failed_rollouts"] == 4 and m["failed_causes"] == {"http 500": 4}
-    assert json.loads((tmp_path / "j" / "manifest.json").read_text())["metrics"]["failed_rollouts"] == 4
+    assert json.loads((tmp_path / "j" / "_manifest.json").read_text())["metrics"]["failed_rollouts"] == 4
 
 
 def test_judge_spans_and_tokens_line_up(tmp_path, tokenizer):
@@ -269,7 +269,7 @@ def test_useless_replies_are_asked_again_never_cached_and_never_finish_the_judgm
         retry = srv.records[-1].body["messages"]
         assert retry[-2] == {"role": "assistant", "content": "I think step 1 is wrong."}
         assert "could not be used: unparseable reply" in retry[-1]["content"]
-        assert not list((tmp_path / "cache").rglob("*.json")) and not (tmp_path / "j" / "manifest.json").exists()
+        assert not list((tmp_path / "cache").rglob("*.json")) and not (tmp_path / "j" / "_manifest.json").exists()
         srv.reply_fn = lambda messages: ('{"labels": []}' if len(messages) == 2 else judge_reply(messages))
         m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {"judge": "openai"}))
         assert len(srv.records) == 18 + 12            # no labels, then the reminder gets a full verdict
@@ -296,7 +296,7 @@ def test_a_judge_that_fails_everywhere_is_loud_and_keeps_its_replies(tmp_path, t
     assert "unparseable reply" in fallback_report(m)
     with pytest.raises(ThinkrlError, match=r"more than --max-unknown 0.5"):
         check_fallbacks(m, 0.5, tmp_path / "j")
-    assert (tmp_path / "j" / "manifest.json").is_file()                # written all the same
+    assert (tmp_path / "j" / "_manifest.json").is_file()                # written all the same
     check_fallbacks(m, 1.0, tmp_path / "j")                              # a higher threshold accepts it
 
 
@@ -341,13 +341,13 @@ def test_judge_cli_never_finishes_on_a_failing_judge_without_allow_failed(tmp_pa
         rc, out, err = run_cli(args)
         assert rc == 3, (out, err)
         assert "4 of 4 rollouts got no verdict" in err and "--allow-failed" in err
-        assert not (tmp_path / "j" / "manifest.json").exists()
+        assert not (tmp_path / "j" / "_manifest.json").exists()
         srv.mode = "ok"
         srv.reply_fn = lambda messages: "I think step 1 is wrong."
         rc, out, err = run_cli([*args, "--allow-failed"])
         assert rc == 2, (out, err)
         assert "4 of 4 judged rollouts (100.0%) have no usable verdict" in out + err
-        assert "--max-unknown 0.5" in err and (tmp_path / "j" / "manifest.json").is_file()
+        assert "--max-unknown 0.5" in err and (tmp_path / "j" / "_manifest.json").is_file()
         asked = len(srv.records)
         rc, out, err = run_cli([*args, "--allow-failed", "--max-unknown", "1.0"])
         assert rc == 0 and "up to date" in out + err and len(srv.records) == asked
@@ -530,7 +530,7 @@ def test_no_judge_fault_ever_finishes_the_judgments_and_the_healed_rerun_asks_on
                            backoff_s=0.01, parse_retries=1)
         with pytest.raises(IncompleteError, match="1 of 4 rollouts got no verdict"):
             judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}), part_size=2)
-        assert not (tmp_path / "j" / "manifest.json").exists()
+        assert not (tmp_path / "j" / "_manifest.json").exists()
         asked = len(srv.records)
         srv.reply_fn = judge_reply
         srv.script(content, [], then="ok")

@@ -251,7 +251,7 @@ def test_failed_requests_are_not_scored_and_do_not_finish_the_evaluation(tmp_pat
         cfg = JudgeEvalConfig(judge=f"openai:{srv.url}", judge_model="m", processbench="gsm8k", retries=0)
         with pytest.raises(IncompleteError, match="2 judge requests got no verdict"):
             run_judge_eval_stage(tmp_path / "je", cfg, None, tmp_path)
-        assert not (tmp_path / "je" / "manifest.json").exists()
+        assert not (tmp_path / "je" / "_manifest.json").exists()
         m = run_judge_eval_stage(tmp_path / "je", JudgeEvalConfig(**{**cfg.__dict__, "allow_failed": True}), None,
                                  tmp_path)
-        assert m.metrics["rows"][0]["failed"] == 2 and (tmp_path / "je" / "manifest.json").exists()
+        assert m.metrics["rows"][0]["failed"] == 2 and (tmp_path / "je" / "_manifest.json").exists()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import cli_command, cli_env
 
-from thinkrl.artifacts import read_table
+from thinkrl.artifacts import read_table, table_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,10 +41,10 @@ def test_same_seed_byte_identical_and_shards_partition(setup, run_cli):
     for name in ("a", "b"):
         rc, _, err = run_cli(sample_args(root, policy, root / name))
         assert rc == 0, err
-    assert (root / "a/rollouts.parquet").read_bytes() == (root / "b/rollouts.parquet").read_bytes()
+    assert (root / "a" / table_file("rollouts")).read_bytes() == (root / "b" / table_file("rollouts")).read_bytes()
     df = read_table(root / "a", "rollouts")
     assert df.height == 48 and df["rollout_id"].n_unique() == 48
-    m = json.loads((root / "a/manifest.json").read_text())
+    m = json.loads((root / "a/_manifest.json").read_text())
     assert {"accuracy", "mean_tokens", "truncation_rate"} <= set(m["metrics"])
     if not torch.cuda.is_available():  # auto resolved before the key: what the engine really ran on
         assert (m["config"]["device"], m["config"]["dtype"]) == ("cpu", "float32")
@@ -81,14 +81,14 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_rows(setup, run_cli):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
+    assert not (out / "_manifest.json").exists(), "the run finished before it could be killed"
     done = len(list(parts.glob("*.parquet")))
     assert 1 <= done < 12
     rc, _, err = run_cli(sample_args(root, policy, out))
     assert rc == 0, err
     if not (root / "a").exists():
         assert run_cli(sample_args(root, policy, root / "a"))[0] == 0
-    assert (out / "rollouts.parquet").read_bytes() == (root / "a/rollouts.parquet").read_bytes()
+    assert (out / table_file("rollouts")).read_bytes() == (root / "a" / table_file("rollouts")).read_bytes()
 
 
 def test_eval_writes_samples_and_summary(setup, run_cli):
@@ -101,5 +101,5 @@ def test_eval_writes_samples_and_summary(setup, run_cli):
     samples = read_table(root / "e", "eval_samples")
     assert samples.height == 15 and s["problems"] == 5 and s["k"] == 3
     assert s["avg_at_k"] == pytest.approx(samples["correct"].mean())
-    m = json.loads((root / "e/manifest.json").read_text())
+    m = json.loads((root / "e/_manifest.json").read_text())
     assert m["config"]["template"] == "chat-plain" and m["config"]["temperature"] == 0.6

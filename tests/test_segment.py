@@ -94,7 +94,7 @@ def test_invalid_judged_spans_are_clear_errors(tmp_path, spans, words):
     bad = steps("p/s0", spans) + [j for j in JUDGMENTS if j["rollout_id"] != "p/s0"]
     with pytest.raises(ThinkrlError, match=words):
         run(tmp_path, judgments=bad)
-    assert not (tmp_path / "t" / "manifest.json").exists()
+    assert not (tmp_path / "t" / "_manifest.json").exists()
 
 
 THOUGHT = [{"rollout_id": "p/s0", "thought_idx": 0, "token_start": 0, "token_end": 1, "label": CORRECT,

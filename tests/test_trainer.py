@@ -163,7 +163,7 @@ def test_resume_is_exact(policy, tmp_path):
             raise KeyboardInterrupt                                          # killed after step 4, state at 3
     with pytest.raises(KeyboardInterrupt):
         train(policy, df, TrainConfig(**RESUME_CFG, max_steps=4), killed, progress=die_at_4)
-    assert state(killed)["step"] == 3 and not (killed / "manifest.json").exists()
+    assert state(killed)["step"] == 3 and not (killed / "_manifest.json").exists()
     train(policy, df, TrainConfig(**RESUME_CFG, max_steps=4), killed)
 
     w = weights(straight)
@@ -294,9 +294,9 @@ def test_outputs_and_stage_skip(policy, tmp_path):
     assert json.loads((out / "policy" / "thinkrl.json").read_text()) == {"template": "raw"}
     reloaded = LlamaForCausalLM.from_pretrained(out / "policy")
     assert torch.equal(reloaded.state_dict()["model.norm.weight"], weights(out)["model.norm.weight"])
-    mtime = (out / "manifest.json").stat().st_mtime_ns
+    mtime = (out / "_manifest.json").stat().st_mtime_ns
     train_stage(policy=policy, thoughts=thoughts, out=out, prompts_per_step=2, save_every=1)   # up to date
-    assert (out / "manifest.json").stat().st_mtime_ns == mtime
+    assert (out / "_manifest.json").stat().st_mtime_ns == mtime
     rows = read_table(out, "train_metrics")
     assert rows["step"].to_list() == [1, 2] and (rows["mfu"] > 0).all() and (rows["seconds"] > 0).all()
     behaviour = read_table(out, "behaviour")                                  # log pi_old as recomputed

@@ -41,7 +41,7 @@ def test_sample_with_vllm(policy, tmp_path, run_cli):
     assert rc == 0, err[-3000:]
     df = read_table(tmp_path / "r", "rollouts")
     assert df.height == 256 and (df["completion_ids"].list.len() > 0).all()
-    config = json.loads((tmp_path / "r" / "manifest.json").read_text())["config"]
+    config = json.loads((tmp_path / "r" / "_manifest.json").read_text())["config"]
     assert config["engine"] == "vllm" and config["dtype"] == "bfloat16"   # auto, resolved and recorded
 
 

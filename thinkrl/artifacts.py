@@ -1,9 +1,13 @@
 """Artifacts: every table thinkrl writes, defined once, and the rules for writing and reading them.
 
-An artifact is a directory holding one Parquet file per table (`<table>.parquet`) and `manifest.json`.
-The manifest is written last, so an artifact exists exactly when its manifest exists. It records the
-stage, thinkrl version, git commit, the resolved config, inputs with sha256, outputs with sha256 and
-row counts, and summary metrics.
+An artifact is a directory holding one directory per table (`<table>/part-00000.parquet`) and
+`_manifest.json`. One table per directory, and a manifest whose name Arrow-based readers skip (they ignore
+names starting with `_` or `.`), so the obvious reads give exactly one table: `pl.read_parquet("thoughts/
+advantages")`, `duckdb.sql("FROM 'thoughts/advantages/*.parquet'")`, `pandas.read_parquet("rollouts")`,
+`datasets.load_dataset("parquet", data_files="rollouts/rollouts/*.parquet")`. The manifest is written last, so an
+artifact exists exactly when its manifest exists. It records the stage, thinkrl version, git commit, the
+resolved config, inputs with sha256 (paths relative to the artifact, so a copied run keeps its links),
+outputs with sha256 and row counts, and summary metrics.
 
 Writing (`ArtifactWriter`):
     w = ArtifactWriter(out_dir, stage="sample", config=cfg, inputs={"problems": path})
@@ -11,7 +15,7 @@ Writing (`ArtifactWriter`):
     for part in parts:
         if not w.part_done("rollouts", part):   # a killed run resumes from its finished parts
             w.write_part("rollouts", part, rows)
-    w.finish(metrics={...})                     # parts -> rollouts.parquet, then manifest.json
+    w.finish(metrics={...})                     # parts -> rollouts/part-00000.parquet, then _manifest.json
 
 Reading (`read_table`) never trusts a file because thinkrl wrote it. It checks the manifest, the file's
 sha256 against it (a table changed after its manifest is refused), the schema name and version, every column
@@ -43,8 +47,15 @@ from thinkrl import __version__
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import LABELS as JUDGE_LABELS
 
-MANIFEST = "manifest.json"
+MANIFEST = "_manifest.json"
+LEGACY_MANIFEST = "manifest.json"  # layout 1: `<table>.parquet` files beside `manifest.json`
 PARTS = "_parts"
+TABLE_FILE = "part-00000.parquet"
+
+
+def table_file(table: str) -> str:
+    """Where table `table` lives inside its artifact directory: `<table>/part-00000.parquet`."""
+    return f"{table}/{TABLE_FILE}"
 
 
 @dataclass(frozen=True)
@@ -360,6 +371,9 @@ def read_manifest(path: str | Path) -> dict:
         raise ThinkrlError(f"{p}: is a file; an artifact is a directory holding {MANIFEST} and Parquet files")
     m = p / MANIFEST
     if not m.is_file():
+        if (p / LEGACY_MANIFEST).is_file():
+            raise ThinkrlError(f"{p}: written by an older thinkrl ({LEGACY_MANIFEST} and <table>.parquet files); "
+                               f"rerun the stage that wrote it to get today's layout (<table>/{TABLE_FILE}, {MANIFEST})")
         raise ThinkrlError(f"{p}: no {MANIFEST}; the stage that writes it never finished (rerun it)")
     try:
         manifest = json.loads(m.read_text(encoding="utf-8"))
@@ -368,9 +382,38 @@ def read_manifest(path: str | Path) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), dict):
         raise ThinkrlError(f"{m}: expected a JSON object with an 'outputs' mapping")
     for name, o in manifest["outputs"].items():
-        if not isinstance(o, dict) or not isinstance(o.get("file"), str) or "/" in o["file"]:
-            raise ThinkrlError(f"{m}: outputs.{name} must be an object with a 'file' name in the artifact directory")
+        if not isinstance(o, dict) or not isinstance(o.get("file"), str) or not _inside(o["file"]):
+            raise ThinkrlError(f"{m}: outputs.{name} must be an object with a 'file' path inside the artifact "
+                               "directory")
     return manifest
+
+
+def _inside(rel: str) -> bool:
+    """A relative path that stays inside its directory (no absolute path, no `..`)."""
+    parts = Path(rel).parts
+    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts
+
+
+def input_path(art: str | Path, manifest: Mapping[str, Any], name: str) -> Path | None:
+    """Where the input `name` of the artifact at `art` is now: its manifest path is relative to the artifact
+    (a run copied whole keeps its links); an absolute path, or a name that is no path, is taken as written."""
+    inp = (manifest.get("inputs") or {}).get(name)
+    if not inp or not isinstance(inp.get("path"), str):
+        return None
+    p = Path(inp["path"])
+    if p.is_absolute() or not inp.get("relative", False):
+        return p
+    return Path(os.path.normpath(Path(art) / p))
+
+
+def _input_record(out: Path, value: str | Path) -> dict:
+    """The manifest entry of one input: its path relative to the artifact directory when it is a path here
+    (`relative: true`), else as given (a name), and its sha256."""
+    sha = fingerprint(value)
+    p = Path(value)
+    if p.exists():
+        return {"path": os.path.relpath(p.resolve(), out.resolve()), "relative": True, "sha256": sha}
+    return {"path": str(value), "sha256": sha}
 
 
 def validate_frame(df: pl.DataFrame, schema: Schema, where: str, allow_empty: bool = False) -> pl.DataFrame:
@@ -432,7 +475,7 @@ def read_table(path: str | Path, table: str, allow_empty: bool = False) -> pl.Da
     if out is None:
         have = ", ".join(manifest["outputs"]) or "none"
         raise ThinkrlError(f"{path}: artifact of stage '{manifest.get('stage')}' has no '{table}' table (has: {have})")
-    f = Path(path) / out.get("file", f"{table}.parquet")
+    f = Path(path) / out["file"]
     if out.get("schema_version") != schema.version:
         raise ThinkrlError(f"{f}: schema version {out.get('schema_version')}, expected {table} v{schema.version}")
     check_output(Path(path), out)
@@ -517,7 +560,7 @@ class ArtifactWriter:
             raise ThinkrlError(f"{self.out}: is a file; the output of a stage is a directory (--out)")
         self.stage = stage
         self.config = json.loads(json.dumps(dict(config), default=str))  # resolved, JSON-safe
-        self.inputs = {k: {"path": str(v), "sha256": fingerprint(v)} for k, v in (inputs or {}).items()}
+        self.inputs = {k: _input_record(self.out, v) for k, v in (inputs or {}).items()}
         self.key = sha256_json({"stage": stage, "config": self.config,
                                 "inputs": {k: v["sha256"] for k, v in self.inputs.items()}})
         self._tables: dict[str, pl.DataFrame] = {}
@@ -606,12 +649,13 @@ class ArtifactWriter:
                 check_values(df, schema, f"{self.out}:{name}")
             except ThinkrlError as e:
                 raise ThinkrlError(f"stage {self.stage} produced a table its readers would refuse: {e}") from None
-            tmp = self.out / f".{name}.parquet.new-{os.getpid()}"
+            (self.out / name).mkdir(exist_ok=True)
+            tmp = self.out / name / f".{TABLE_FILE}.new-{os.getpid()}"
             df.write_parquet(tmp, compression="zstd", statistics=True)
             staged[name] = (tmp, df)
         outputs = {}
         for name, (tmp, df) in staged.items():
-            outputs[name] = {"file": f"{name}.parquet", "schema": name, "schema_version": SCHEMAS[name].version,
+            outputs[name] = {"file": table_file(name), "schema": name, "schema_version": SCHEMAS[name].version,
                              "rows": df.height, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
         manifest = {
             "stage": self.stage, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -620,8 +664,12 @@ class ArtifactWriter:
             "metrics": json.loads(json.dumps(dict(metrics or {}), default=float)),
         }
         (self.out / MANIFEST).unlink(missing_ok=True)  # from here until the new manifest, no artifact
+        (self.out / LEGACY_MANIFEST).unlink(missing_ok=True)
         for name, (tmp, _) in staged.items():
-            os.replace(tmp, self.out / f"{name}.parquet")
+            for stale in (self.out / name).glob("*.parquet"):  # a table directory holds its table only
+                stale.unlink()
+            (self.out / f"{name}.parquet").unlink(missing_ok=True)  # the layout-1 file of this table
+            os.replace(tmp, self.out / table_file(name))
         write_text_atomic(json.dumps(manifest, indent=2, sort_keys=False) + "\n", self.out / MANIFEST)
         shutil.rmtree(parts_root, ignore_errors=True)
         return manifest
@@ -645,19 +693,46 @@ def _column_doc(c: Column) -> str:
     return c.doc + (f" ({'; '.join(extra)})" if extra else "")
 
 
+# the stage and the artifact directory each table is written to (`thinkrl run` names them so in a round)
+_WHERE = {"problems": ("data prepare", "problems"), "rollouts": ("sample", "rollouts"),
+          "judgments": ("judge", "judgments"), "thoughts": ("segment", "thoughts"),
+          "advantages": ("segment", "thoughts"), "train_metrics": ("train", "train"),
+          "behaviour": ("train", "train"), "eval_samples": ("eval", "eval"), "eval_summary": ("eval", "eval"),
+          "judge_eval": ("judge-eval", "judge-eval")}
+
+
+def read_snippets(art: str, table: str) -> list[str]:
+    """How to read table `table` of the artifact directory `art` with polars, duckdb, pandas and `datasets`
+    (docs/ARTIFACTS.md prints them; a test runs each one)."""
+    d = f"{art}/{table}"
+    return [f'polars.read_parquet("{d}")',
+            f"duckdb.sql(\"SELECT * FROM '{d}/*.parquet'\")",
+            f'pandas.read_parquet("{d}")',
+            f'datasets.load_dataset("parquet", data_files="{d}/*.parquet", split="train")']
+
+
 def docs_markdown() -> str:
     lines = ["# Artifacts", "",
              "Generated from `thinkrl/artifacts.py` by `python -m thinkrl.artifacts > docs/ARTIFACTS.md`; "
              "a test fails when this file is stale.", "",
-             "An artifact is a directory with one `<table>.parquet` per table and `manifest.json`, written last "
-             "(stage, created, thinkrl_version, git_commit, key, config, inputs with sha256, outputs with "
-             "file/schema/schema_version/rows/bytes/sha256, metrics).", "",
+             f"An artifact is a directory with one directory per table (`<table>/{TABLE_FILE}`) and `{MANIFEST}`, "
+             "written last (stage, created, thinkrl_version, git_commit, key, config, inputs with sha256 and "
+             "their paths relative to the artifact, outputs with file/schema/schema_version/rows/bytes/sha256, "
+             "metrics). A table's directory holds that table only, and readers built on Arrow skip names that "
+             "start with `_` or `.` (the manifest, `_parts/` of an unfinished stage), so a table directory, or "
+             "the artifact directory of a one-table artifact, reads as exactly that table in polars, duckdb, "
+             "pandas and Hugging Face `datasets` (a test reads every table with all four). The directory of an "
+             "artifact with two tables (thoughts, train, eval) holds both: read the table's directory, not the "
+             "artifact's.", "",
              "Reading a table checks its sha256 against the manifest, its columns and types, that its key is "
              "unique, that float values are finite (unless marked `may be NaN`), fixed vocabularies, and the "
              "row rules below; a table that fails is refused with one line naming the file.", ""]
     for s in SCHEMAS.values():
+        stage, art = _WHERE[s.name]
         lines += [f"## `{s.name}` (schema version {s.version})", "", s.doc, "",
-                  f"Key: {', '.join(f'`{k}`' for k in s.key)}", "",
+                  f"Key: {', '.join(f'`{k}`' for k in s.key)}. Written by `thinkrl {stage}` to "
+                  f"`{art}/{s.name}/{TABLE_FILE}` (as `{art}/` inside a `thinkrl run` round). Read it with:", "",
+                  "```python", *read_snippets(art, s.name), "```", "",
                   "| column | type | nullable | meaning |", "|---|---|---|---|"]
         lines += [f"| `{c.name}` | {c.dtype} | {'yes' if c.nullable else 'no'} | {_column_doc(c).replace('|', '/')} |"
                   for c in s.columns]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from thinkrl.artifacts import MANIFEST, fingerprint, read_manifest
+from thinkrl.artifacts import MANIFEST, fingerprint, input_path, read_manifest
 from thinkrl.errors import ThinkrlError
 
 
@@ -32,10 +32,10 @@ class Related:
 
 def _follow_input(art: Path, manifest: dict, name: str, notes: list[str]) -> Path | None:
     inp = (manifest.get("inputs") or {}).get(name)
-    if not inp:
+    p = input_path(art, manifest, name)
+    if not inp or p is None:
         return None
-    p = Path(inp["path"])
-    candidates = [p, art.parent / p.name]  # as written (absolute, or relative to where the stage ran), a sibling
+    candidates = [p, art.parent / p.name]  # where the manifest says (relative to the artifact), a sibling
     existing = [c for c in candidates if (c / MANIFEST).is_file()]
     for c in existing:
         if fingerprint(c) == inp.get("sha256"):
@@ -45,6 +45,13 @@ def _follow_input(art: Path, manifest: dict, name: str, notes: list[str]) -> Pat
         return existing[0]
     notes.append(f"{art}: its input {name} {p} is gone")
     return None
+
+
+def policy_of(rollouts: Path, column: str) -> Path:
+    """The policy directory that sampled the rollouts at `rollouts`: the manifest's `policy` input, relative to
+    the artifact (so it is found in a copied run), when it is there; else the `policy` column as written."""
+    p = input_path(rollouts, read_manifest(rollouts), "policy")
+    return p if p is not None and p.exists() else Path(column)
 
 
 def _siblings_using(target: Path, name: str) -> list[Path]:

@@ -31,7 +31,7 @@ import polars as pl
 
 from thinkrl.artifacts import read_manifest, read_table
 from thinkrl.errors import ThinkrlError
-from thinkrl.lineage import related_artifacts
+from thinkrl.lineage import policy_of, related_artifacts
 from thinkrl.steps import token_char_offsets
 from thinkrl.thoughts import merge_thoughts, outcome_advantages, step_labels
 
@@ -314,7 +314,7 @@ def rollout_view(rollouts_dir: str | Path, judgments_dir: str | Path | None = No
         notes.append("no thoughts artifact: rewards and per-token advantages unknown")
     tok = None
     if tokenizer == "auto":
-        tok, why = tokenizer_or_reason(group["policy"][0])
+        tok, why = tokenizer_or_reason(str(policy_of(rollouts_dir, group["policy"][0])))
         if why:
             notes.append(why)
     elif tokenizer is not None:

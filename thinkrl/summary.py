@@ -183,7 +183,7 @@ def _manifest(path: Path, missing: list[str], label: str) -> dict | None:
         return read_manifest(path)
     except ThinkrlError as e:
         unfinished = "no manifest" in str(e) or "no such artifact" in str(e)
-        missing.append(f"{label}: not finished (no manifest.json)" if unfinished else f"{label}: {e}")
+        missing.append(f"{label}: not finished (no _manifest.json)" if unfinished else f"{label}: {e}")
         return None
 
 

@@ -29,6 +29,7 @@ from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.errors import IncompleteError, ThinkrlError
 from thinkrl.judge.prompts import TEMPLATES
 from thinkrl.judge.protocol import UNKNOWN, Judge, JudgeRequest, Verdict
+from thinkrl.lineage import policy_of
 from thinkrl.sampling import SampleConfig
 from thinkrl.settings import check_settings, same_as, setting
 from thinkrl.steps import (
@@ -243,8 +244,11 @@ def run_judge_stage(rollouts: Path, out: Path, cfg: JudgeConfig = JudgeConfig(),
     from thinkrl.models import load_tokenizer
 
     df = read_table(rollouts, "rollouts")  # checked before anything else happens
-    tok_path = tokenizer or Path(df["policy"][0])
-    writer = ArtifactWriter(out, "judge", judge_config(cfg, str(tok_path)), inputs={"rollouts": rollouts})
+    # the key names the tokenizer as the rollouts wrote it (stable wherever the run is); it is loaded from where
+    # the rollouts' manifest finds the policy now (a copied run finds its own)
+    tok_name = str(tokenizer or df["policy"][0])
+    tok_path = tokenizer or policy_of(rollouts, df["policy"][0])
+    writer = ArtifactWriter(out, "judge", judge_config(cfg, tok_name), inputs={"rollouts": rollouts})
     # finished with failed requests (--allow-failed): up to date only while failures are allowed; else ask again
     if writer.up_to_date() and not force and (cfg.allow_failed or not finished(writer).metrics.get("failed_rollouts")):
         result = finished(writer)
