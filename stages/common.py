@@ -56,7 +56,7 @@ def guard(fn):
 def setting_options(cls: type, *, unset_default: bool = False, panel: str | None = None) -> list[inspect.Parameter]:
     """One keyword-only typer option per option field of the settings dataclass `cls`. unset_default: every
     default is None (= not given, for `thinkrl run`, where the file or the field default decides)."""
-    from thinkrl.settings import base_type, bounds_of, bounds_text, field_type, flag_of
+    from thinkrl.settings import alias_flags, base_type, bounds_of, bounds_text, field_type, flag_of
 
     params = []
     for f in dataclasses.fields(cls):
@@ -73,10 +73,14 @@ def setting_options(cls: type, *, unset_default: bool = False, panel: str | None
             default = None
         else:
             annotation = (base | None) if (optional or unset_default) else base
-        decls = [f"{flag}/--no-{flag[2:]}"] if base is bool else [flag]
+        flags = [flag, *alias_flags(cls, f.name)]
+        decls = [f"{x}/--no-{x[2:]}" for x in flags] if base is bool else flags
         if meta.get("short"):
             decls.append(meta["short"])
-        shown = "" if meta.get("parse") is None or f.default is None else f" (default {_text(f.default)})"
+        # typer shows the default of a plain option; here, of a parsed one, and of every one when the default
+        # is None only to mean "not given" (thinkrl run: the file, else this default, decides)
+        told = unset_default or meta.get("parse") is not None
+        shown = f" (default {_text(f.default)})" if told and f.default not in (None, "") else ""
         if bounds_of(cls, f.name):
             shown += f"; {bounds_text(bounds_of(cls, f.name))}"  # (no square brackets: rich markup)
         opt = typer.Option(*decls, help=meta["help"] + shown, show_default=not unset_default,

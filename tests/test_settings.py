@@ -7,6 +7,7 @@ default and one help text wherever it appears.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import click
 import pytest
@@ -21,7 +22,17 @@ from thinkrl.judge_eval import JudgeEvalConfig
 from thinkrl.problems import DATA_DIR_HELP, PrepareConfig
 from thinkrl.sampling import SampleConfig
 from thinkrl.segment import SegmentConfig
-from thinkrl.settings import coerce, help_of, project, root, same_as, setting
+from thinkrl.settings import (
+    aliases_markdown,
+    aliases_of,
+    coerce,
+    flag_of,
+    help_of,
+    project,
+    root,
+    same_as,
+    setting,
+)
 from thinkrl.trainer import TrainConfig
 from thinkrl.warmstart import WarmstartConfig
 
@@ -252,3 +263,66 @@ def test_bounds_read_as_intervals_in_messages_and_help():
     assert top_p.help.endswith("; in (0, 1]")
     with pytest.raises(ThinkrlError, match=r"^--max-tokens must be >= 1, got 0$"):
         SampleConfig(max_tokens=0)
+
+
+# --------------------------------------------------------------------------------------------- TRL's names
+TRL_VALUES = {"num_generations": ("4", 4), "max_completion_length": ("64", 64), "epsilon": ("0.1", 0.1),
+              "epsilon_high": ("0.28", 0.28), "loss_type": ("dr_grpo", "dr_grpo"),
+              "num_iterations": ("2", 2), "learning_rate": ("3e-5", 3e-5), "lr_scheduler_type": ("cosine", "cosine"),
+              "max_grad_norm": ("0.5", 0.5), "save_steps": ("7", 7)}
+
+
+def _parsed(path: tuple[str, ...], args: list[str]) -> dict:
+    cmd = _command(*path)
+    return cmd.make_context(" ".join(path), args, resilient_parsing=True).params
+
+
+@pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
+def test_trls_names_are_options_that_set_thinkrls_setting(path):
+    cls = COMMANDS[path]
+    seen = 0
+    for f in fields(cls):
+        for alias in aliases_of(cls, f.name):
+            text, value = TRL_VALUES[alias]
+            by_alias = _parsed(path, [f"--{alias.replace('_', '-')}", text])
+            by_name = _parsed(path, [flag_of(cls, f.name), text])
+            assert by_alias[f.name] == by_name[f.name] == value, (path, alias)
+            seen += 1
+    assert seen == {("sample",): 2, ("eval",): 1, ("train",): 8, ("model", "warmstart"): 1,
+                    ("run",): 10}.get(path, 0)
+
+
+def test_trls_names_are_toml_keys_and_a_setting_given_twice_is_refused(tmp_path):
+    trl, ours = tmp_path / "trl.toml", tmp_path / "ours.toml"
+    trl.write_text('policy = "p"\nnum_generations = 4\nlearning_rate = 3e-5\nloss_type = "dr_grpo"\n'
+                   'max_completion_length = 64\nnum_iterations = 2\n')
+    ours.write_text('policy = "p"\nn = 4\nlr = 3e-5\naggregation = "dr_grpo"\nmax_tokens = 64\nepochs = 2\n')
+    assert ExperimentConfig.load(trl) == ExperimentConfig.load(ours)
+    assert ExperimentConfig.load(trl).n == 4 and ExperimentConfig.load(trl).lr == 3e-5
+    both = tmp_path / "both.toml"
+    both.write_text('policy = "p"\nn = 4\nnum_generations = 8\n')
+    with pytest.raises(ThinkrlError, match="`n` is given twice .as `n` and as `num_generations`"):
+        ExperimentConfig.load(both)
+
+
+def test_an_alias_is_not_carried_to_a_setting_of_another_name():
+    """thinkrl run's `eval_k` is eval's `k`, and `judge_max_tokens` the judge's `max_tokens`: TRL's names of the
+    sampler's `max_tokens` / `n` are not theirs."""
+    assert aliases_of(ExperimentConfig, "n") == ("num_generations",)
+    assert aliases_of(ExperimentConfig, "eval_k") == () and aliases_of(ExperimentConfig, "judge_max_tokens") == ()
+    assert aliases_of(EvalConfig, "max_tokens") == ("max_completion_length",)
+
+
+def test_the_readmes_table_of_trls_names_is_the_settings_aliases():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = aliases_markdown({" ".join(p): c for p, c in COMMANDS.items()})
+    start = readme.index("<!-- trl-names")
+    body = readme[readme.index("\n", start) + 1:readme.index("<!-- /trl-names -->")]
+    assert body == table, "README's TRL table is stale: paste aliases_markdown(...) between the markers"
+
+
+def test_run_help_shows_each_settings_default():
+    """thinkrl run's options are None by default (the file decides), so typer showed no default at all."""
+    helps = {p.name: p.help for p in _command("run").params}
+    assert "(default 8)" in helps["n"] and "(default 0.0001)" in helps["lr"] and "(default 16)" in helps["eval_k"]
+    assert "(default" not in helps["judge_model"]  # None: nothing to show

@@ -39,6 +39,7 @@ from thinkrl.problems import DATA_DIR_HELP
 from thinkrl.sampling import GenerationSettings, SampleConfig
 from thinkrl.segment import SegmentConfig
 from thinkrl.settings import (
+    aliases_of,
     check_settings,
     coerce,
     field_type,
@@ -202,6 +203,8 @@ def docs_markdown() -> str:
         cls, name = root(ExperimentConfig, f.name)
         where = "" if cls is ExperimentConfig else f"`{cls.__name__}.{name}`"
         meaning = help_of(ExperimentConfig, f.name).replace("|", "/")
+        if aliases_of(ExperimentConfig, f.name):
+            meaning += " (TRL's name, also a key: " + ", ".join(f"`{a}`" for a in aliases_of(ExperimentConfig, f.name)) + ")"
         lines.append(f"| `{f.name}` | {type_name(field_type(ExperimentConfig, f.name))} | `{shown}` | {where} | "
                      f"{meaning} |")
     return "\n".join(lines) + "\n"

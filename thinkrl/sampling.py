@@ -51,11 +51,12 @@ class SampleConfig:
     """Every setting of the sample stage (`thinkrl sample`); `thinkrl eval` and `thinkrl run` share the
     generation ones (max_tokens, template, engine, dtype, part_size)."""
 
-    n: int = setting(8, "completions per problem (group size G)", short="-n", ge=1)
+    n: int = setting(8, "completions per problem (group size G)", short="-n", ge=1,
+                    aliases=("num_generations",))
     temperature: float = setting(1.0, "sampling temperature of the rollouts (0 = greedy)", ge=0)
     top_p: float = setting(1.0, "nucleus sampling mass of the rollouts", gt=0, le=1)
     max_tokens: int = setting(1024, "maximum completion tokens (the generation budget; Dr. GRPO's length constant)",
-                              ge=1)
+                              ge=1, aliases=("max_completion_length",))
     stop: tuple[str, ...] = setting((), "stop string (repeatable)")
     template: str = setting("auto", "prompt template: auto (the policy's thinkrl.json), chat, chat-plain, raw, "
                                     "raw-plain")

@@ -49,13 +49,17 @@ except ImportError:  # Python 3.10
 
 def setting(default: Any, help: str, *, flag: str | None = None, short: str | None = None,
             parse: Callable[[str], Any] | None = None, option: bool = True, ge: float | None = None,
-            gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+            gt: float | None = None, le: float | None = None, lt: float | None = None,
+            aliases: tuple[str, ...] = ()) -> Any:
     """A settings field. flag: the option name when it is not --field-name (e.g. "--timeout"); short: a
     one-letter alias ("-n"); parse: the option is text and this turns it into the value ("k/n" -> (k, n));
     option=False: not an option of the stage command (set by the code that runs the stage). ge/gt/le/lt: the
-    value's bounds (>=, >, <=, <; None is always allowed for an optional field; a tuple's every element)."""
+    value's bounds (>=, >, <=, <; None is always allowed for an optional field; a tuple's every element).
+    aliases: other names of the same setting (TRL's, e.g. "num_generations" for n), accepted as options
+    (--num-generations) and TOML keys wherever the setting appears under its own name."""
     bounds = tuple((op, v) for op, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None)
-    meta = {"help": help, "flag": flag, "short": short, "parse": parse, "option": option, "bounds": bounds}
+    meta = {"help": help, "flag": flag, "short": short, "parse": parse, "option": option, "bounds": bounds,
+            "aliases": tuple(aliases)}
     return field(default=default, metadata=meta)
 
 
@@ -90,6 +94,46 @@ def root(cls: type, name: str) -> tuple[type, str]:
 
 def help_of(cls: type, name: str) -> str:
     return _field(cls, name).metadata["help"]
+
+
+def aliases_of(cls: type, name: str) -> tuple[str, ...]:
+    """The other names of `cls.name`: its declaration's aliases, where it keeps the declaration's name (thinkrl
+    run's `n` is `num_generations` too; its `eval_k` is not eval's `k` under another name)."""
+    src_cls, src_name = root(cls, name)
+    return _field(src_cls, src_name).metadata.get("aliases", ()) if src_name == name else ()
+
+
+def alias_flags(cls: type, name: str) -> list[str]:
+    """--num-generations for the alias num_generations of cls.name."""
+    return [f"--{a.replace('_', '-')}" for a in aliases_of(cls, name)]
+
+
+def canonical_keys(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`data` with every alias key replaced by its setting's name; a one-line error when a setting is given
+    twice (by its name and an alias, or by two aliases)."""
+    names = {a: f.name for f in fields(cls) for a in aliases_of(cls, f.name)}
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for k, v in data.items():
+        name = names.get(k, k)
+        if name in out:
+            raise ThinkrlError(f"{where}: `{name}` is given twice (as `{given[name]}` and as `{k}`); give one")
+        out[name], given[name] = v, k
+    return out
+
+
+def aliases_markdown(commands: dict[str, type]) -> str:
+    """The table of alias -> setting of the README: one row per alias, with the commands (and their settings
+    classes) that accept it."""
+    rows: dict[tuple[str, str], list[str]] = {}
+    for command, cls in commands.items():
+        for f in fields(cls):
+            for a in aliases_of(cls, f.name):
+                rows.setdefault((a, f.name), []).append(f"`{command}`")
+    lines = ["| TRL name (option and TOML key) | thinkrl name | accepted by |", "|---|---|---|"]
+    lines += [f"| `{a}` (`--{a.replace('_', '-')}`) | `{n}` (`--{n.replace('_', '-')}`) | {', '.join(cmds)} |"
+              for (a, n), cmds in sorted(rows.items())]
+    return "\n".join(lines) + "\n"
 
 
 def flag_of(cls: type, name: str) -> str:
@@ -212,7 +256,7 @@ def load_toml(path: Path) -> dict[str, Any]:
 
 def read_toml(path: Path, cls: type) -> dict[str, Any]:
     """Flat `key = value` settings of `cls` from a TOML file, type-checked; tables are not allowed."""
-    data = load_toml(path)
+    data = canonical_keys(cls, load_toml(path), str(path))
     for k, v in data.items():
         if isinstance(v, dict):
             raise ThinkrlError(f"{path}: table [{k}] is not allowed: settings are flat `key = value` pairs")

@@ -119,12 +119,14 @@ class TrainConfig:
     """Every setting of a training run (group size G is read from the data)."""
 
     prompts_per_step: int = setting(5, "problems per optimizer step (B), each with all its G rollouts", ge=1)
-    epochs: int = setting(1, "passes K over the round's rollouts", ge=1)
+    epochs: int = setting(1, "passes K over the round's rollouts", ge=1, aliases=("num_iterations",))
     lr: float = setting(1e-4, "peak learning rate (paper: 1e-6 on 1.5B/7B; 1e-4 suits the tiny CPU policy; 0 "
-                              "runs the pipeline with a frozen policy)", ge=0)
+                              "runs the pipeline with a frozen policy)", ge=0,
+                      aliases=("learning_rate",))
     warmup_steps: int = setting(0, "linear warm-up steps (global steps: once per experiment, not per round)",
                                 ge=0)
-    schedule: str = setting("constant", f"lr schedule after warm-up: {', '.join(SCHEDULES)}")
+    schedule: str = setting("constant", f"lr schedule after warm-up: {', '.join(SCHEDULES)}",
+                            aliases=("lr_scheduler_type",))
     schedule_steps: int | None = setting(None, "length of a decaying lr schedule in global optimizer steps "
                                             "(default: the one the continued run was given, else the steps "
                                             "done before this run plus this run's)", ge=1)
@@ -135,15 +137,18 @@ class TrainConfig:
                                           "behaviour_logprobs (the sampler's)")
     weight_decay: float = setting(0.0, "AdamW weight decay", ge=0)
     betas: tuple[float, float] = setting((0.9, 0.999), "AdamW betas", ge=0, lt=1)
-    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0 = off)", ge=0)
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0 = off)", ge=0,
+                              aliases=("max_grad_norm",))
     micro_batch_tokens: int = setting(4096, "padded tokens per micro-batch (bounds memory; grads accumulate)",
                                      ge=1)
-    eps_low: float = setting(0.2, "ratio clip below: 1 - eps_low", ge=0, lt=1)
-    eps_high: float = setting(0.2, "ratio clip above: 1 + eps_high (DAPO uses 0.28)", ge=0)
+    eps_low: float = setting(0.2, "ratio clip below: 1 - eps_low", ge=0, lt=1, aliases=("epsilon",))
+    eps_high: float = setting(0.2, "ratio clip above: 1 + eps_high (DAPO uses 0.28)", ge=0,
+                             aliases=("epsilon_high",))
     beta: float = setting(0.0, "k3 KL coefficient to the reference policy (0 = no reference model)", ge=0)
     ref_policy: str | None = setting(None, "reference policy directory for the KL (default: the input policy)")
     aggregation: str = setting("seq-mean-token-mean", f"loss aggregation: {', '.join(AGGREGATIONS)}; also "
-                                                   f"accepted: {', '.join(ALIASES)} (TRL's names; docs/PAPER.md)")
+                                                   f"accepted: {', '.join(ALIASES)} (TRL's names; docs/PAPER.md)",
+                            aliases=("loss_type",))
     norm_len: int | None = setting(None, "Dr. GRPO length constant (default: the rollouts' generation budget, "
                                       "max_tokens, recorded by segment; constant across rounds)", ge=1)
     dtype: str = setting("auto", "training precision: auto (bf16 autocast on CUDA with bf16, else float32), "
@@ -157,7 +162,8 @@ class TrainConfig:
     max_nonfinite_in_row: int = setting(3, "stop after this many skipped (non-finite) steps in a row", ge=1)
     flops_peak: float | None = setting(None, "peak FLOP/s per rank for MFU (default: 196e9 fp32 / 425e9 bf16, "
                                           "the measured 2-thread matmul peak of the dev CPU)", gt=0)
-    save_every: int = setting(50, "checkpoint every N optimizer steps (0 = only at the end)", ge=0)
+    save_every: int = setting(50, "checkpoint every N optimizer steps (0 = only at the end)", ge=0,
+                          aliases=("save_steps",))
     max_steps: int | None = setting(None, "stop after this global step (default: all K passes); "
                                        "a rerun with a larger value resumes", ge=0)
 

@@ -69,7 +69,7 @@ class WarmstartConfig:
                                           f"(default {DEFAULT_MINUTES} when steps is not given; with steps: a cap)",
                                     gt=0)
     batch_size: int = setting(32, "examples per optimizer step", ge=1)
-    lr: float = setting(2e-3, "peak learning rate (AdamW)", gt=0)
+    lr: float = setting(2e-3, "peak learning rate (AdamW)", gt=0, aliases=("learning_rate",))
     warmup_steps: int = setting(50, "linear warm-up steps before the cosine decay", ge=0)
     min_lr_frac: float = setting(0.05, "the cosine ends at this fraction of lr", ge=0, le=1)
     grad_clip: float = setting(1.0, "max global gradient norm (0: off)", ge=0)
