@@ -11,15 +11,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import datasets
+import duckdb
+import pandas as pd
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
 from thinkrl.artifacts import MANIFEST, SCHEMAS, read_manifest, read_snippets, read_table
-
-duckdb = pytest.importorskip("duckdb")
-pd = pytest.importorskip("pandas")
-datasets = pytest.importorskip("datasets")
 
 
 @pytest.fixture(scope="module")
