@@ -22,6 +22,7 @@ from thinkrl.problems import DATA_DIR_HELP, PrepareConfig
 from thinkrl.sampling import SampleConfig
 from thinkrl.segment import SegmentConfig
 from thinkrl.settings import coerce, help_of, project, root, same_as, setting
+from thinkrl.tracking import TrackingConfig
 from thinkrl.trainer import TrainConfig
 from thinkrl.warmstart import WarmstartConfig
 
@@ -70,7 +71,7 @@ def test_coerce_checks_types_and_names_the_key():
         coerce(_Mid, "a", True, "x")
 
 
-STAGES = [SampleConfig, JudgeConfig, SegmentConfig, TrainConfig, EvalConfig, WarmstartConfig]
+STAGES = [SampleConfig, JudgeConfig, SegmentConfig, TrainConfig, EvalConfig, WarmstartConfig, TrackingConfig]
 
 
 def test_every_experiment_key_is_one_setting_of_its_own_or_of_one_stage():
@@ -98,22 +99,23 @@ def _command(*path: str) -> click.Command:
 INPUTS = {"policy", "problems", "out", "rollouts", "judgments", "thoughts", "tokenizer", "bench",
           "force", "help", "experiment", "name", "runs_dir", "out_dir"}
 COMMANDS = {("sample",): SampleConfig, ("judge",): JudgeConfig, ("segment",): SegmentConfig,
-            ("train",): TrainConfig, ("eval",): EvalConfig, ("model", "warmstart"): WarmstartConfig,
+            ("train",): (TrainConfig, TrackingConfig), ("eval",): EvalConfig, ("model", "warmstart"): WarmstartConfig,
             ("judge-eval",): JudgeEvalConfig, ("data", "prepare"): PrepareConfig, ("run",): ExperimentConfig}
 
 
 @pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
 def test_every_stage_option_is_a_field_of_its_settings_with_the_fields_default_and_help(path):
-    cls = COMMANDS[path]
-    names = {f.name for f in fields(cls)}
+    classes = COMMANDS[path] if isinstance(COMMANDS[path], tuple) else (COMMANDS[path],)
+    owner = {f.name: c for c in classes for f in fields(c)}
     options = {p.name: p for p in _command(*path).params}
     for name, p in options.items():
+        cls = owner.get(name, classes[0])
         if name in INPUTS:
             continue
         if name == "data_dir" and cls is not ExperimentConfig:
             assert p.help == DATA_DIR_HELP  # the one declaration of the data directory's help
             continue
-        assert name in names, f"thinkrl {' '.join(path)} --{name}: declared in the command, not in {cls.__name__}"
+        assert name in owner, f"thinkrl {' '.join(path)} --{name}: declared in the command, not in {cls.__name__}"
         decl_cls, decl = root(cls, name)
         assert p.help.startswith(help_of(decl_cls, decl)), name
         if cls is not ExperimentConfig:  # (thinkrl run's options are unset by default: the file decides)
@@ -122,8 +124,8 @@ def test_every_stage_option_is_a_field_of_its_settings_with_the_fields_default_a
             want = None if given_as_text else f.default
             got = tuple(p.default) if isinstance(p.default, list) else p.default
             assert got == want, name
-    missing = {f.name for f in fields(cls) if f.metadata.get("option", True)} - set(options)
-    assert not missing, f"{cls.__name__} fields without an option: {missing}"
+    missing = {f.name for c in classes for f in fields(c) if f.metadata.get("option", True)} - set(options)
+    assert not missing, f"{', '.join(c.__name__ for c in classes)} fields without an option: {missing}"
 
 
 def test_run_options_are_unset_by_default_so_the_file_decides(tmp_path):
