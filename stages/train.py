@@ -8,7 +8,8 @@ Same inputs and config as a finished run: skipped (--force retrains from scratch
 a rerun with a larger --max-steps, resumes from OUT/state. `--continue-from PREV` carries a previous run's
 optimizer and global step on (the next round of one continuous policy), and its `--schedule-steps` if it was
 given one (give one to both runs when the schedule decays: cosine, linear). Every option is a TrainConfig field
-(thinkrl.trainer), where its help text is defined.
+(thinkrl.trainer), where its help text is defined, but `--report-to` (thinkrl.tracking: TensorBoard in OUT/tb,
+or wandb/trackio; rank 0 logs every step, a resumed or skipped run its whole history again).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Annotated
 import typer
 
 from stages.common import Force, console, show_progress, skipped, with_settings
+from thinkrl.tracking import Tracker, TrackingConfig
 from thinkrl.trainer import TrainConfig
 from thinkrl.training import run_train_stage
 
@@ -47,19 +49,21 @@ class _Bar:
         self.progress.update(self.task, total=total, completed=done, info=info)
 
 
-@with_settings(cfg=TrainConfig)
+@with_settings(cfg=TrainConfig, tracking=TrackingConfig)
 def train(
     policy: Annotated[Path, typer.Option(help="policy to train: a Hugging Face causal-LM directory")],
     thoughts: Annotated[Path, typer.Option(help="thoughts artifact holding the advantages table")],
     out: Annotated[Path, typer.Option(help="output directory: policy/, state/, train_metrics")],
     cfg: TrainConfig,
+    tracking: TrackingConfig,
     force: Force = False,
 ) -> None:
     """Train a policy on a thoughts artifact: clipped policy-gradient steps (checkpoint + train metrics)."""
     main = os.environ.get("RANK", "0") == "0"
     bar = _Bar() if main else None
-    with bar.progress if bar else nullcontext():
-        r = run_train_stage(policy, thoughts, out, cfg, force, progress=bar)
+    tracker = Tracker(tracking.report_to, out, out.name, cfg.to_dict()) if main else None
+    with bar.progress if bar else nullcontext(), tracker or nullcontext():
+        r = run_train_stage(policy, thoughts, out, cfg, force, progress=bar, tracker=tracker)
     m = r.metrics
     if r.skipped:
         return skipped(out) if main else None

@@ -13,6 +13,7 @@ To add a case (a broken artifact, a bad option), append a `Case`; a new kind of 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -251,7 +252,8 @@ def inputs(tmp_path_factory, one_thread) -> Inputs:
     thoughts = root / "thoughts"  # the advantages table of 4 groups of 2 (the trainer recomputes log pi_old)
     rows = [{"rollout_id": f"p{p}/s{s}", "problem_id": f"p{p}", "round": 0, "prompt_ids": [5, 6, 7 + p],
              "completion_ids": [8, 9, 10], "advantages": [1.0 - 2 * s] * 3, "behaviour_logprobs": None,
-             "temperature": 1.0, "max_tokens": 6, "outcome_advantage": 1.0 - 2 * s, "correct": s == 0}
+             "temperature": 1.0, "max_tokens": 6, "outcome_advantage": 1.0 - 2 * s, "correct": s == 0,
+             "finish_reason": "stop", "incorrect_tokens": 0}
             for p in range(4) for s in range(2)]
     write_artifact(thoughts, "segment", {}, {"advantages": rows})
     inp = Inputs(root, policy, problems, rollouts, thoughts, _broken_models(policy, root / "models"), {})
@@ -396,6 +398,11 @@ CASES = [
     Case("train-max-steps-negative", train("--max-steps", "-1"), "--max-steps must be >= 0, got -1",
          "train-interrupted"),
     Case("train-logprob-chunk-negative", train("--logprob-chunk", "-1"), "--logprob-chunk must be >= 0, got -1"),
+    Case("train-report-to-unknown", train("--report-to", "tensorbord"),
+         "--report-to 'tensorbord': expected one of none, tensorboard, wandb, trackio", "train-interrupted"),
+    *([Case("train-report-to-not-installed", train("--report-to", "wandb"),
+            "--report-to wandb needs the `wandb` package: pip install 'thinkrl[wandb]'", "train-interrupted")]
+      if importlib.util.find_spec("wandb") is None else []),
     Case("eval-k-zero", eval_("-k", "0"), "-k must be >= 1, got 0", "eval-interrupted"),
     Case("eval-temperature-negative", eval_("--temperature", "-1"), "--temperature must be >= 0, got -1",
          "eval-interrupted"),
@@ -417,6 +424,11 @@ CASES = [
     Case("run-rounds-zero-option", run(None, "--rounds", "0"), "--rounds must be >= 1, got 0", "run-interrupted"),
     Case("run-lr-negative-option", run(None, "--lr", "-1"), "--lr must be >= 0, got -1", "run-interrupted"),
     Case("run-eval-k-zero-option", run(None, "--eval-k", "0"), "--eval-k must be >= 1, got 0"),
+    Case("run-report-to-unknown", run(None, "--report-to", "tb"), "--report-to 'tb': expected one of none",
+         "run-interrupted"),
+    *([Case("run-report-to-not-installed", run(None, "--report-to", "trackio"),
+            "--report-to trackio needs the `trackio` package", "run-interrupted")]
+      if importlib.util.find_spec("trackio") is None else []),
     # -- a bad experiment file: parsed and checked before the run directory is made or locked
     Case("run-toml-syntax", run('policy = "POLICY\n'), "invalid TOML", "run-interrupted"),
     Case("run-toml-not-utf8", run(b'policy = "\xff"\n'), "not valid UTF-8"),

@@ -1,6 +1,7 @@
 """Tests for thinkrl.experiment and `thinkrl run`: TOML settings and their precedence, a tiny end-to-end run
 with the documented layout, reruns that redo exactly what a changed setting touches, a round with nothing
-to learn, and kill -9 of the real CLI in each stage, whose rerun must equal an uninterrupted run.
+to learn, `--report-to tensorboard` read back with TensorBoard's reader, and kill -9 of the real CLI in each
+stage, whose rerun must equal an uninterrupted run (its TensorBoard log too: each step once).
 
 The policy is the tiny preset (`thinkrl.models.init_model`) warm-started here for ~100 steps on one-step
 ArithChain problems with values <= 9: enough to be right about half the time, so rounds really train."""
@@ -15,11 +16,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
 from conftest import cli, cli_command, cli_env
 from safetensors.torch import load_file
+from tb_events import scalars
 
 from thinkrl.artifacts import MANIFEST, input_path, read_manifest, read_table, write_artifact
 from thinkrl.demo import demo_configs
@@ -281,6 +284,49 @@ def test_evals_follow_the_settings(tiny_run):
     assert {k: after[k] for k in trained} == trained
 
 
+def assert_tensorboard_is_the_artifacts(run_dir: Path) -> None:
+    """runs/NAME/tb read back with TensorBoard's own EventAccumulator: every train_metrics column of every round
+    at its global step, once, with the table's value (as float32); each eval's scores at the step its round
+    ended (eval-initial at 0)."""
+    got = scalars(run_dir / "tb")
+    rounds = sorted(run_dir.glob("round-*"))
+    tm = pl.concat([read_table(rd / "train", "train_metrics") for rd in rounds])
+    assert tm.height > 0
+    for col in tm.columns:
+        if col != "step":
+            want = [(s, float(np.float32(v))) for s, v in zip(tm["step"], tm[col].cast(pl.Float64), strict=True)]
+            assert got.pop(f"train/{col}") == want, col
+    ends = [0] + [int(read_table(rd / "train", "train_metrics")["step"].max()) for rd in rounds]
+    evals = {}
+    for where, step in zip(["eval-initial"] + [f"{rd.name}/eval" for rd in rounds], ends, strict=True):
+        for r in read_table(run_dir / where, "eval_summary").to_dicts():
+            for score, col in [("avg", "avg_at_k"), ("pass", "pass_at_k"), ("maj", "maj_at_k")]:
+                evals.setdefault(f"eval/{r['benchmark']}/{score}@{r['k']}", []).append((step, float(np.float32(r[col]))))
+            for col in ("mean_tokens", "truncation_rate"):
+                evals.setdefault(f"eval/{r['benchmark']}/{col}", []).append((step, float(np.float32(r[col]))))
+    assert got == evals
+
+
+def test_report_to_tensorboard_writes_the_train_metrics_and_evals(easy, tmp_path):
+    """`thinkrl run --report-to tensorboard` (the real command, in process): the event files hold the per-step
+    figures of train_metrics and the per-round evals; a rerun, every stage up to date, rewrites the same log from
+    the artifacts (nothing twice). A train artifact records where it was logged."""
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    args = ["run", "--name", "tb", "--runs-dir", str(tmp_path), "--report-to", "tensorboard"]
+    for k, v in tiny_settings(easy).items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    for _ in range(2):
+        r = CliRunner().invoke(app, args, env={"THINKRL_NO_PROGRESS": "1"})
+        assert r.exit_code == 0, r.output
+        assert_tensorboard_is_the_artifacts(tmp_path / "tb")
+    assert read_manifest(tmp_path / "tb/round-001/train")["metrics"]["tracking"] == {
+        "report_to": "tensorboard", "log_dir": str(tmp_path / "tb/tb")}
+    assert "report_to = \"tensorboard\"" in (tmp_path / "tb/config.toml").read_text()
+
+
 def test_round_with_nothing_to_learn_carries_the_policy(easy, tmp_path):
     """The random-init policy is never right: every group is all wrong, every advantage zero."""
     cfg = ExperimentConfig(**tiny_settings(easy, policy=str(easy["init"]), rounds=2, eval_every=0,
@@ -293,6 +339,16 @@ def test_round_with_nothing_to_learn_carries_the_policy(easy, tmp_path):
     a, b = load_file(easy["init"] / "model.safetensors"), load_file(tmp_path / "run/round-001/train/policy/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert summary.evals == []
+
+
+def test_an_eval_of_a_round_that_trained_nothing_is_no_second_point(easy, tmp_path):
+    """The random-init policy learns nothing in round 0: its eval is of the start policy at global step 0 again,
+    so the tracker keeps eval-initial's point alone."""
+    cfg = ExperimentConfig(**tiny_settings(easy, policy=str(easy["init"]), rounds=1, scheme="outcome",
+                                           report_to="tensorboard"))
+    run_experiment(cfg, tmp_path / "run")
+    got = scalars(tmp_path / "run/tb")
+    assert got and all(k.startswith("eval/") and [s for s, _ in v] == [0] for k, v in got.items())
 
 
 def test_a_run_never_writes_into_a_model_directory(easy, tmp_path):
@@ -343,7 +399,8 @@ PARTS = {"sample": "rollouts/_parts/rollouts", "judge": "judgments/_parts/judgme
 
 def kill_args(easy: dict[str, Path]) -> list[str]:
     """A budget where every stage of a round takes long enough (many parts, many steps) to be caught."""
-    s = tiny_settings(easy, prompts_per_round=8, n=8, judge_part_size=1, eval_problems=8, eval_k=4)
+    s = tiny_settings(easy, prompts_per_round=8, n=8, judge_part_size=1, eval_problems=8, eval_k=4,
+                      report_to="tensorboard")
     args = ["run", "--name", "exp", "--runs-dir", "runs"]
     for k, v in s.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
@@ -409,7 +466,7 @@ def final_artifacts(run_dir: Path) -> dict[str, object]:
         if "_parts" in rel:
             out[rel] = "leftover part file"
         elif f.parent.name == "train_metrics":
-            out[rel] = pl.read_parquet(f).drop("seconds", "mfu").to_dicts()
+            out[rel] = pl.read_parquet(f).drop("seconds", "mfu", "tokens_per_s").to_dicts()
         else:
             out[rel] = f.read_bytes()
     w = load_file(run_dir / "round-001/train/policy/model.safetensors")
@@ -439,6 +496,7 @@ def test_kill9_in_each_stage_then_rerun_equals_uninterrupted(stage, easy, refere
     assert got.keys() == reference.keys()
     for k in reference:
         assert got[k] == reference[k], f"{k} differs after kill -9 in {stage} and a rerun"
+    assert_tensorboard_is_the_artifacts(tmp_path / "runs/exp")  # each step once, no event of the killed run
 
 
 def test_a_run_ending_never_removes_another_runs_lock(tmp_path):

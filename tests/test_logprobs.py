@@ -1,17 +1,26 @@
 """Tests for thinkrl.logprobs: the chunked LM-head log-probs against the whole-logits path and the formula.
 
 The chunked path must give the same log-probs and gradients as today's whole-logits path (to float32
-rounding) without ever running the LM head over every position at once.
+rounding) without ever running the LM head over every position at once. The entropy both paths can give from the
+same forward: the formula by hand, the written-out full-vocabulary entropy, and nothing else changed by it.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 from char_tokenizer import char_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from thinkrl.logprobs import SelectedLogprob, chunkable, completion_logprobs, token_logprobs
+from thinkrl.logprobs import (
+    SelectedLogprob,
+    chunkable,
+    completion_logprobs,
+    completion_scores,
+    token_logprobs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +98,39 @@ def test_token_logprobs_take_the_chunk(model):
     a = token_logprobs(model, prompts, comps, temperatures=temps, chunk=0)
     b = token_logprobs(model, prompts, comps, temperatures=temps, chunk=3)
     assert all(abs(x - y).max() < 1e-6 for x, y in zip(a, b, strict=True))
+
+
+def test_selected_logprob_entropy_by_hand():
+    """Logits = h (weight = identity). Row 0: [0, 0, 0] -> uniform, H = ln 3. Row 1: [ln 3, 0, 0] -> p = (3/5,
+    1/5, 1/5), H = -(0.6 ln 0.6 + 0.4 ln 0.2) = 0.950271. Row 2: row 1's logits doubled at T = 2: the same p and H.
+    chunk 1: every row its own chunk."""
+    h = torch.tensor([[0.0, 0, 0], [math.log(3), 0, 0], [2 * math.log(3), 0, 0]], dtype=torch.float64)
+    out, ent = SelectedLogprob.apply(h, torch.eye(3, dtype=torch.float64), torch.tensor([0, 0, 1]),
+                                     torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64), 1, True)
+    assert ent.tolist() == pytest.approx([math.log(3), 0.950271, 0.950271], abs=1e-6)
+    assert out.tolist() == pytest.approx([math.log(1 / 3), math.log(0.6), math.log(0.2)], abs=1e-12)
+    assert not ent.requires_grad
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_entropy_is_the_full_distributions_and_changes_nothing_else(model, chunk):
+    """H = -sum_v p log p of softmax(logits / T) over the whole vocabulary at each completion position, written out
+    from the model's own logits; the log-probs and gradients with entropy=True equal those without, bit for bit."""
+    prompts, comps, temps = _rows(model, seed=7)
+    grads = {}
+    for want in (False, True):
+        model.zero_grad()
+        s = completion_scores(model, prompts, comps, temps, chunk=chunk, entropy=want)
+        (s.logp * torch.linspace(-1, 1, s.logp.shape[1])).sum().backward()
+        grads[want] = s.logp.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}, s.entropy
+    assert grads[False][2] is None
+    assert torch.equal(grads[True][0], grads[False][0])
+    assert all(torch.equal(grads[True][1][k], g) for k, g in grads[False][1].items())
+    ent = grads[True][2]
+    with torch.no_grad():
+        for i, (p, c, t) in enumerate(zip(prompts, comps, temps, strict=True)):
+            logits = model(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1:len(p) + len(c) - 1] / t  # (C, V)
+            logq = torch.log_softmax(logits.double(), -1)
+            want = -(logq.exp() * logq).sum(-1)                                                       # (C,)
+            assert ent[i, :len(c)].double() == pytest.approx(want.tolist(), abs=1e-5)
+            assert (ent[i, len(c):] == 0).all()

@@ -51,7 +51,8 @@ def _thoughts(d: Path, scheme: str, dropped: int, share: float) -> None:
                     "advantages": [{"rollout_id": "p0/r0/s0", "problem_id": "p0", "prompt_ids": [1],
                                     "completion_ids": [5, 5], "advantages": [1.0, 1.0],
                                     "behaviour_logprobs": [-0.1, -0.1], "outcome_advantage": 1.0, "correct": True,
-                                    "round": 0, "temperature": 1.0, "max_tokens": 8}]},
+                                    "round": 0, "temperature": 1.0, "max_tokens": 8, "finish_reason": "stop",
+                                    "incorrect_tokens": 0}]},
                    metrics={"scheme": scheme, "dropped_rollouts": dropped, "kept_rollouts": 16 - dropped,
                             "error_thoughts": 1, "flipped_error_thoughts": 1,
                             "incorrect_thought_token_share": share if scheme != "outcome" else 0.0})
@@ -59,7 +60,10 @@ def _thoughts(d: Path, scheme: str, dropped: int, share: float) -> None:
 
 def _train(d: Path, losses: list[float]) -> None:
     rows = [{"step": i + 1, "round": 0, "loss": v, "kl": 0.0, "clip_frac": 0.1, "ratio_mean": 1.0, "grad_norm": 1.0,
-             "lr": 1e-4, "tokens": 100, "dropped_rollouts": 2, "skipped": False, "seconds": 0.5, "mfu": 0.01} for i, v in enumerate(losses)]
+             "lr": 1e-4, "tokens": 100, "dropped_rollouts": 2, "skipped": False, "seconds": 0.5, "mfu": 0.01,
+             "reward_mean": 0.5, "reward_std": 0.5, "accuracy": 0.5, "response_len_mean": 10.0, "response_len_max": 12,
+             "truncation_rate": 0.0, "adv_mean": 0.0, "adv_std": 1.0, "adv_min": -1.0, "adv_max": 1.0,
+             "incorrect_thought_share": 0.1, "entropy": 1.0, "tokens_per_s": 200.0} for i, v in enumerate(losses)]
     rows.append({**rows[-1], "step": len(rows) + 1, "loss": float("nan"), "skipped": True})  # skipped: not averaged
     write_artifact(d, "train", {}, {"train_metrics": rows})
 

@@ -1,5 +1,6 @@
 """Tests for thinkrl.segment: the no-answer rule, judged spans checked at the boundary, the thoughts table equal
-to the trained advantages, and what each advantages row carries (temperature, budget, round)."""
+to the trained advantages, and what each advantages row carries (temperature, budget, round, finish reason,
+incorrect-thought tokens)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,16 @@ def test_rows_carry_temperature_budget_and_round(tmp_path):
     assert adv["max_tokens"].to_list() == [12] * 3 and adv["round"].to_list() == [3] * 3
     assert m["temperature"] == pytest.approx(0.7) and m["max_tokens"] == 12
     assert adv["behaviour_logprobs"].to_list()[0] == pytest.approx([-0.5] * 8)  # the sampler's
+
+
+@pytest.mark.parametrize("scheme, incorrect", [("thought", [3, 0, 0]), ("outcome", [0, 0, 0])])
+def test_rows_carry_finish_reason_and_incorrect_tokens(tmp_path, scheme, incorrect):
+    """What the trainer's per-step figures need beside the advantages: p/s0's error thought is tokens 3..6 (3
+    tokens); p/s2 was cut off at max_tokens. The outcome scheme reads no labels: no incorrect tokens."""
+    _, _, adv = run(tmp_path, scheme=scheme)
+    rows = {r["rollout_id"]: r for r in adv.iter_rows(named=True)}
+    assert [rows[k]["incorrect_tokens"] for k in ("p/s0", "p/s1", "p/s2")] == incorrect
+    assert [rows[k]["finish_reason"] for k in ("p/s0", "p/s1", "p/s2")] == ["stop", "stop", "length"]
 
 
 def test_vllm_logprobs_off_temperature_are_not_passed_on(tmp_path):

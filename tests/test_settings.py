@@ -33,6 +33,7 @@ from thinkrl.settings import (
     same_as,
     setting,
 )
+from thinkrl.tracking import TrackingConfig
 from thinkrl.trainer import TrainConfig
 from thinkrl.warmstart import WarmstartConfig
 
@@ -81,7 +82,7 @@ def test_coerce_checks_types_and_names_the_key():
         coerce(_Mid, "a", True, "x")
 
 
-STAGES = [SampleConfig, JudgeConfig, SegmentConfig, TrainConfig, EvalConfig, WarmstartConfig]
+STAGES = [SampleConfig, JudgeConfig, SegmentConfig, TrainConfig, EvalConfig, WarmstartConfig, TrackingConfig]
 
 
 def test_every_experiment_key_is_one_setting_of_its_own_or_of_one_stage():
@@ -109,22 +110,23 @@ def _command(*path: str) -> click.Command:
 INPUTS = {"policy", "problems", "out", "rollouts", "judgments", "thoughts", "tokenizer", "bench",
           "force", "help", "experiment", "name", "runs_dir", "out_dir"}
 COMMANDS = {("sample",): SampleConfig, ("judge",): JudgeConfig, ("segment",): SegmentConfig,
-            ("train",): TrainConfig, ("eval",): EvalConfig, ("model", "warmstart"): WarmstartConfig,
+            ("train",): (TrainConfig, TrackingConfig), ("eval",): EvalConfig, ("model", "warmstart"): WarmstartConfig,
             ("judge-eval",): JudgeEvalConfig, ("data", "prepare"): PrepareConfig, ("run",): ExperimentConfig}
 
 
 @pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
 def test_every_stage_option_is_a_field_of_its_settings_with_the_fields_default_and_help(path):
-    cls = COMMANDS[path]
-    names = {f.name for f in fields(cls)}
+    classes = _classes(path)
+    owner = {f.name: c for c in classes for f in fields(c)}
     options = {p.name: p for p in _command(*path).params}
     for name, p in options.items():
+        cls = owner.get(name, classes[0])
         if name in INPUTS:
             continue
         if name == "data_dir" and cls is not ExperimentConfig:
             assert p.help == DATA_DIR_HELP  # the one declaration of the data directory's help
             continue
-        assert name in names, f"thinkrl {' '.join(path)} --{name}: declared in the command, not in {cls.__name__}"
+        assert name in owner, f"thinkrl {' '.join(path)} --{name}: declared in the command, not in {cls.__name__}"
         decl_cls, decl = root(cls, name)
         assert p.help.startswith(help_of(decl_cls, decl)), name
         if cls is not ExperimentConfig:  # (thinkrl run's options are unset by default: the file decides)
@@ -133,8 +135,8 @@ def test_every_stage_option_is_a_field_of_its_settings_with_the_fields_default_a
             want = None if given_as_text else f.default
             got = tuple(p.default) if isinstance(p.default, list) else p.default
             assert got == want, name
-    missing = {f.name for f in fields(cls) if f.metadata.get("option", True)} - set(options)
-    assert not missing, f"{cls.__name__} fields without an option: {missing}"
+    missing = {f.name for c in classes for f in fields(c) if f.metadata.get("option", True)} - set(options)
+    assert not missing, f"{', '.join(c.__name__ for c in classes)} fields without an option: {missing}"
 
 
 def test_run_options_are_unset_by_default_so_the_file_decides(tmp_path):
@@ -272,6 +274,10 @@ TRL_VALUES = {"num_generations": ("4", 4), "max_completion_length": ("64", 64), 
               "max_grad_norm": ("0.5", 0.5), "save_steps": ("7", 7)}
 
 
+def _classes(path: tuple[str, ...]) -> tuple[type, ...]:
+    return COMMANDS[path] if isinstance(COMMANDS[path], tuple) else (COMMANDS[path],)
+
+
 def _parsed(path: tuple[str, ...], args: list[str]) -> dict:
     cmd = _command(*path)
     return cmd.make_context(" ".join(path), args, resilient_parsing=True).params
@@ -279,9 +285,8 @@ def _parsed(path: tuple[str, ...], args: list[str]) -> dict:
 
 @pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
 def test_trls_names_are_options_that_set_thinkrls_setting(path):
-    cls = COMMANDS[path]
     seen = 0
-    for f in fields(cls):
+    for cls, f in ((c, f) for c in _classes(path) for f in fields(c)):
         for alias in aliases_of(cls, f.name):
             text, value = TRL_VALUES[alias]
             by_alias = _parsed(path, [f"--{alias.replace('_', '-')}", text])
@@ -315,7 +320,7 @@ def test_an_alias_is_not_carried_to_a_setting_of_another_name():
 
 def test_the_readmes_table_of_trls_names_is_the_settings_aliases():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    table = aliases_markdown({" ".join(p): c for p, c in COMMANDS.items()})
+    table = aliases_markdown({" ".join(p): _classes(p)[0] for p in COMMANDS})
     start = readme.index("<!-- trl-names")
     body = readme[readme.index("\n", start) + 1:readme.index("<!-- /trl-names -->")]
     assert body == table, "README's TRL table is stale: paste aliases_markdown(...) between the markers"

@@ -1,5 +1,6 @@
 """Tests for thinkrl.trainer (and the train stage): one step against a hand-written GRPO reference, exact
-resume, non-finite steps, token_logprobs against full forwards, micro-batching, DDP under torchrun.
+resume, non-finite steps, token_logprobs against full forwards, micro-batching, DDP under torchrun, the per-step
+figures of train_metrics by hand, and the rows a tracker is handed (resume, skip).
 Tiny random Llama models (hidden 32, 2 layers) and a one-character-per-token tokenizer built here."""
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ import pytest
 import torch
 from char_tokenizer import char_tokenizer
 from safetensors.torch import load_file
+from tb_events import scalars
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from thinkrl.artifacts import read_manifest, read_table, write_artifact
 from thinkrl.errors import ThinkrlError
 from thinkrl.loss import BatchCounts, LossConfig
 from thinkrl.trainer import (
+    Rollout,
     TrainConfig,
     accumulate_gradients,
     lr_factor,
     pass_permutation,
     plan_micro_batches,
     prepare_groups,
+    step_figures,
     step_rollouts,
     token_logprobs,
     train,
@@ -78,7 +82,8 @@ def make_data(model, problems: int, group: int, seed: int = 0, off_policy: float
             a = 0.0 if s < zero else float(rng.normal())
             rows.append({"rollout_id": f"p{p:02d}/s{s}", "problem_id": f"p{p:02d}", "prompt_ids": prompt,
                          "completion_ids": comp, "advantages": [a] * len(comp), "outcome_advantage": a,
-                         "correct": a > 0, "round": round_, "temperature": 1.0, "max_tokens": max_tokens})
+                         "correct": a > 0, "round": round_, "temperature": 1.0, "max_tokens": max_tokens,
+                         "finish_reason": "stop", "incorrect_tokens": 0})
     lps = token_logprobs(model, [r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows], 64)
     for r, lp in zip(rows, lps, strict=True):
         r["behaviour_logprobs"] = (lp + off_policy * rng.normal(size=len(lp))).astype(np.float32).tolist()
@@ -104,7 +109,7 @@ def same_tree(a, b) -> bool:
 
 
 def rows_without_timing(out: Path) -> list[dict]:
-    return read_table(out, "train_metrics").drop("seconds", "mfu").to_dicts()
+    return read_table(out, "train_metrics").drop("seconds", "mfu", "tokens_per_s").to_dicts()
 
 
 # ------------------------------------------------------------------------------------------ (1) reference
@@ -285,7 +290,7 @@ def test_outputs_and_stage_skip(policy, tmp_path):
     thoughts = tmp_path / "thoughts"
     write_artifact(thoughts, "segment", {}, {"advantages": df})
     out = tmp_path / "train"
-    train_stage(policy=policy, thoughts=thoughts, out=out, prompts_per_step=2, save_every=1)
+    train_stage(policy=policy, thoughts=thoughts, out=out, prompts_per_step=2, save_every=1, report_to="tensorboard")
     manifest = read_manifest(out)
     assert manifest["stage"] == "train" and manifest["outputs"]["train_metrics"]["rows"] == 2
     assert manifest["config"]["norm_len"] == 16                               # the generation budget
@@ -295,10 +300,14 @@ def test_outputs_and_stage_skip(policy, tmp_path):
     reloaded = LlamaForCausalLM.from_pretrained(out / "policy")
     assert torch.equal(reloaded.state_dict()["model.norm.weight"], weights(out)["model.norm.weight"])
     mtime = (out / "_manifest.json").stat().st_mtime_ns
-    train_stage(policy=policy, thoughts=thoughts, out=out, prompts_per_step=2, save_every=1)   # up to date
+    train_stage(policy=policy, thoughts=thoughts, out=out, prompts_per_step=2, save_every=1,   # up to date
+                report_to="tensorboard")
     assert (out / "_manifest.json").stat().st_mtime_ns == mtime
     rows = read_table(out, "train_metrics")
     assert rows["step"].to_list() == [1, 2] and (rows["mfu"] > 0).all() and (rows["seconds"] > 0).all()
+    assert scalars(out / "tb")["train/loss"] == [(s, float(np.float32(v))) for s, v in zip(rows["step"], rows["loss"],
+                                                                                            strict=True)]
+    assert manifest["metrics"]["tracking"] == {"report_to": "tensorboard", "log_dir": str(out / "tb")}
     behaviour = read_table(out, "behaviour")                                  # log pi_old as recomputed
     assert sorted(behaviour["rollout_id"]) == sorted(df["rollout_id"])
     want = token_logprobs(load(policy), df["prompt_ids"].to_list(), df["completion_ids"].to_list())
@@ -341,6 +350,9 @@ def test_ddp_two_processes_match_one(policy, tmp_path):
     np.testing.assert_allclose(la["loss"].to_numpy(), lb["loss"].to_numpy(), atol=1e-5)
     np.testing.assert_allclose(la["grad_norm"].to_numpy(), lb["grad_norm"].to_numpy(), rtol=1e-5)  # scale too
     assert la["tokens"].to_list() == lb["tokens"].to_list() and single["steps"] == 3
+    np.testing.assert_allclose(la["entropy"].to_numpy(), lb["entropy"].to_numpy(), rtol=1e-5)  # summed over ranks
+    figures = ["reward_mean", "reward_std", "response_len_mean", "response_len_max", "adv_mean", "adv_std", "adv_max"]
+    assert la.select(figures).to_dicts() == lb.select(figures).to_dicts()     # the whole step's, not rank 0's share
     shutil.rmtree(tmp_path / "ddp")
 
 
@@ -478,7 +490,8 @@ def test_sampler_logprobs_at_temperature_give_ratio_one(policy, tmp_path):
             rows.append({"rollout_id": f"p{i}/s{j}", "problem_id": f"p{i}", "prompt_ids": p,
                          "completion_ids": list(c.token_ids), "advantages": [a] * len(c.token_ids),
                          "behaviour_logprobs": list(c.logprobs), "outcome_advantage": a, "correct": a > 0,
-                         "round": 0, "temperature": 0.6, "max_tokens": 12})
+                         "round": 0, "temperature": 0.6, "max_tokens": 12, "finish_reason": c.finish_reason,
+                         "incorrect_tokens": 0})
     df = pl.DataFrame(rows)
     train(policy, df, TrainConfig(prompts_per_step=3, max_steps=1, recompute_logprobs=False), tmp_path / "o")
     row = read_table(tmp_path / "o", "train_metrics").row(0, named=True)
@@ -492,3 +505,81 @@ def test_sampler_logprobs_at_temperature_give_ratio_one(policy, tmp_path):
     for lp, s06, one in zip(df["behaviour_logprobs"].to_list(), scored, at_one, strict=True):
         np.testing.assert_allclose(s06, lp, atol=1e-4)
         assert not np.allclose(one, lp, atol=1e-3)  # at T = 1 the ratio would not be 1
+
+
+# ------------------------------------------------------------------------------------------ (10) per-step figures
+def _r(pid: str, i: int, correct: bool, adv: list[float], truncated: bool = False, incorrect: int = 0) -> Rollout:
+    n = len(adv)
+    return Rollout(f"{pid}/s{i}", pid, [1], [5] * n, np.asarray(adv, np.float32), np.zeros(n, np.float32), 1.0,
+                   correct, truncated, incorrect)
+
+
+def test_step_figures_by_hand():
+    """Group a: right (4 tokens, 1 in an incorrect thought), wrong and cut off (2 tokens); group b: right, right.
+    r = [1, 0, 1, 1]: mean 0.75; group stds 0.5 and 0 -> 0.25. Lengths [4, 2, 3, 1]. The 10 advantages sum to 3.5
+    (mean 0.35), their squares to 10.75 (std sqrt(1.075 - 0.35^2) = sqrt(0.9525))."""
+    f = step_figures([_r("a", 0, True, [1, 1, -1, 1], incorrect=1), _r("a", 1, False, [-1, -1], truncated=True),
+                      _r("b", 0, True, [0.5, 0.5, 0.5]), _r("b", 1, True, [2.0])])
+    assert f == pytest.approx({"reward_mean": 0.75, "reward_std": 0.25, "accuracy": 0.75, "response_len_mean": 2.5,
+                               "response_len_max": 4, "truncation_rate": 0.25, "adv_mean": 0.35,
+                               "adv_std": math.sqrt(0.9525), "adv_min": -1.0, "adv_max": 2.0,
+                               "incorrect_thought_share": 0.1})
+
+
+def test_train_metrics_figures_come_from_the_steps_data(policy, tmp_path):
+    """One step over every group: each figure recomputed here from the table (polars) and the entropy from the
+    policy's own full forward at the rollouts' temperature (before the update), token-weighted."""
+    df = make_data(load(policy), problems=3, group=3, seed=11)
+    df = df.with_columns(temperature=pl.lit(0.7),
+                         finish_reason=pl.when(pl.col("rollout_id").str.ends_with("s1")).then(pl.lit("length"))
+                         .otherwise(pl.lit("stop")),
+                         incorrect_tokens=(pl.col("completion_ids").list.len() // 2).cast(pl.Int32))
+    train(policy, df, TrainConfig(prompts_per_step=3, max_steps=1, lr=1e-2), tmp_path / "o")
+    row = read_table(tmp_path / "o", "train_metrics").row(0, named=True)
+    lengths = df["completion_ids"].list.len()
+    adv = np.concatenate([np.asarray(a) for a in df["advantages"].to_list()])
+    group_std = df.group_by("problem_id").agg(pl.col("correct").cast(pl.Float64).std(ddof=0))["correct"].mean()
+    model = load(policy)
+    ent = []
+    with torch.no_grad():
+        for p, c in zip(df["prompt_ids"].to_list(), df["completion_ids"].to_list(), strict=True):
+            logq = torch.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1:-1].double() / 0.7, -1)
+            ent += (-(logq.exp() * logq).sum(-1)).tolist()                  # (C,)
+    want = {"reward_mean": df["correct"].mean(), "accuracy": df["correct"].mean(), "reward_std": group_std,
+            "response_len_mean": lengths.mean(), "response_len_max": lengths.max(),
+            "truncation_rate": 3 / 9, "adv_mean": adv.mean(), "adv_std": adv.std(), "adv_min": adv.min(),
+            "adv_max": adv.max(), "incorrect_thought_share": (lengths // 2).sum() / lengths.sum(),
+            "entropy": float(np.mean(ent))}
+    assert {k: row[k] for k in want} == pytest.approx(want, rel=1e-5)
+    tokens = sum(len(p) + len(c) for p, c in zip(df["prompt_ids"], df["completion_ids"], strict=True))
+    assert row["tokens_per_s"] == pytest.approx(tokens / row["seconds"])
+    assert 0 < row["reward_std"] < 0.5 and 0 < row["entropy"] < math.log(model.config.vocab_size)  # not vacuous
+
+
+def test_every_row_reaches_on_row_once_in_step_order(policy, tmp_path):
+    """A resumed run hands on the rows its state restored, then the new ones; a stage that is up to date replays
+    the finished artifact's rows: each time the whole history, never a step twice."""
+    from thinkrl.training import run_train_stage
+
+    df = make_data(load(policy), problems=4, group=2, seed=12)
+    seen: list[list[dict]] = [[], [], []]
+    cfg = dict(prompts_per_step=1, save_every=1)
+    train(policy, df, TrainConfig(**cfg, max_steps=2), tmp_path / "o", on_row=seen[0].append)
+    train(policy, df, TrainConfig(**cfg), tmp_path / "o", on_row=seen[1].append)          # resumes after step 2
+    final = read_table(tmp_path / "o", "train_metrics").to_dicts()
+    assert [r["step"] for r in seen[0]] == [1, 2] and [r["step"] for r in seen[1]] == [1, 2, 3, 4]
+    assert seen[1] == final
+
+    class Rows:
+        def train_row(self, row):
+            seen[2].append(row)
+
+        def record(self):
+            return {"report_to": "test"}
+
+    thoughts = tmp_path / "thoughts"
+    write_artifact(thoughts, "segment", {}, {"advantages": df})
+    for _ in range(2):  # trains, then is up to date
+        run_train_stage(policy, thoughts, tmp_path / "stage", TrainConfig(**cfg), tracker=Rows())
+    assert [r["step"] for r in seen[2]] == [1, 2, 3, 4] * 2
+    assert read_manifest(tmp_path / "stage")["metrics"]["tracking"] == {"report_to": "test"}

@@ -183,7 +183,7 @@ THOUGHTS = Schema(
 )
 
 ADVANTAGES = Schema(
-    "advantages", 2, "Per-rollout training rows: token ids, per-token advantages, behaviour log-probs.",
+    "advantages", 3, "Per-rollout training rows: token ids, per-token advantages, behaviour log-probs.",
     ("rollout_id",),
     (
         Column("rollout_id", S, "joins rollouts.rollout_id"),
@@ -201,13 +201,22 @@ ADVANTAGES = Schema(
         Column("max_tokens", I32, "generation budget of the rollouts (Dr. GRPO's constant norm_len)"),
         Column("outcome_advantage", F32, "standardised outcome r_hat"),
         Column("correct", B, "outcome r == 1"),
+        Column("finish_reason", S, "the rollout's `stop` or `length` (hit max_tokens; copied from rollouts)",
+               values=FINISH_REASONS),
+        Column("incorrect_tokens", I32, "completion tokens inside `incorrect` thoughts (0 when the scheme "
+                                        "uses no judgments)"),
     ),
     rules=(_same_length("completion_ids", "advantages", "behaviour_logprobs"),
-           Rule(pl.col("temperature") > 0, "temperature > 0"), Rule(pl.col("max_tokens") >= 1, "max_tokens >= 1")),
+           Rule(pl.col("temperature") > 0, "temperature > 0"), Rule(pl.col("max_tokens") >= 1, "max_tokens >= 1"),
+           Rule((pl.col("incorrect_tokens") >= 0)
+                & (pl.col("incorrect_tokens") <= pl.col("completion_ids").list.len()),
+                "0 <= incorrect_tokens <= completion tokens")),
 )
 
 TRAIN_METRICS = Schema(
-    "train_metrics", 2, "One row per optimizer step.", ("step",),
+    "train_metrics", 3, "One row per optimizer step. The step's rollouts are those of its B groups that were "
+    "trained (rollouts with all-zero advantages are dropped before batching: `dropped_rollouts`); every figure is "
+    "computed from them alone, over all ranks.", ("step",),
     (
         Column("step", I64, "global optimizer step (1-based), counted across the rounds of an experiment"),
         Column("round", I32, "training round of the step's data"),
@@ -223,6 +232,29 @@ TRAIN_METRICS = Schema(
         Column("skipped", B, "step skipped for a non-finite loss or gradient"),
         Column("seconds", F64, "wall seconds of the step (timing column)"),
         Column("mfu", F64, "model FLOPs utilisation against the machine's matmul peak"),
+        Column("reward_mean", F64, "mean outcome reward r (1 correct, 0 wrong) over the step's rollouts (TRL's "
+                                   "`reward`; equal to accuracy while r is 0/1)"),
+        Column("reward_std", F64, "population std of r within each of the step's groups, averaged over the groups "
+                                  "(TRL's `reward_std`, there with the sample std; 0 when every group is all right "
+                                  "or all wrong)"),
+        Column("accuracy", F64, "share of the step's rollouts whose final answer is correct"),
+        Column("response_len_mean", F64, "mean completion tokens per rollout of the step"),
+        Column("response_len_max", I64, "longest completion of the step, in tokens"),
+        Column("truncation_rate", F64, "share of the step's rollouts cut off at max_tokens (finish_reason `length`)"),
+        Column("adv_mean", F64, "mean per-token advantage over the step's completion tokens (token-weighted, not "
+                                "per rollout)", finite=False),
+        Column("adv_std", F64, "population std of the per-token advantages over the step's completion tokens",
+               finite=False),
+        Column("adv_min", F64, "smallest per-token advantage of the step", finite=False),
+        Column("adv_max", F64, "largest per-token advantage of the step", finite=False),
+        Column("incorrect_thought_share", F64, "share of the step's completion tokens inside `incorrect` thoughts "
+                                               "(segment's incorrect_thought_token_share, on this step's rollouts)"),
+        Column("entropy", F64, "mean over the step's completion tokens of the entropy (nats) of pi_theta's whole "
+                               "next-token distribution softmax(logits / T) (not top-p truncated), from the "
+                               "training forward's logits, before the step's update: exact, not the mean -log p "
+                               "of the sampled tokens", finite=False),
+        Column("tokens_per_s", F64, "prompt + completion tokens through forward and backward (padding excluded, all "
+                                    "ranks) per wall second of the step (timing column)"),
     ),
 )
 

@@ -6,8 +6,8 @@
 
 `ExperimentConfig` composes the stages' settings instead of copying them: apart from the few that only an
 experiment has (policy, rounds, seed, problems, prompts_per_round, the eval schedule and sets, data_dir,
-threads), each of its fields is `same_as` a field of SampleConfig, JudgeConfig, SegmentConfig, TrainConfig or
-EvalConfig (thinkrl.settings), so it has that setting's one default and help text, and `project` hands it to
+threads), each of its fields is `same_as` a field of SampleConfig, JudgeConfig, SegmentConfig, TrainConfig,
+EvalConfig or TrackingConfig (thinkrl.settings), so it has that setting's one default and help text, and `project` hands it to
 the stage. A key's name is the stage field's, prefixed where two stages share a name (`judge_max_tokens` is
 JudgeConfig.max_tokens, `eval_k` EvalConfig.k). The generation settings max_tokens, template, engine, dtype
 part_size, device and the vLLM options apply to the training rollouts and the held-out eval alike (one engine
@@ -52,6 +52,7 @@ from thinkrl.settings import (
     toml_value,
     type_name,
 )
+from thinkrl.tracking import TrackingConfig
 from thinkrl.trainer import TrainConfig
 
 
@@ -118,12 +119,13 @@ class ExperimentConfig(GenerationSettings):
     data_dir: str | None = setting(None, DATA_DIR_HELP)
     threads: int = setting(1, "torch CPU threads (1 is fastest for the tiny policy on a shared 2-core machine)",
                            ge=1)
+    report_to: str = same_as(TrackingConfig, "report_to")
 
     def __post_init__(self) -> None:
         check_settings(self)  # the bounds of every key, its own and the stages' (same_as carries them)
         try:  # every stage's own checks, before any work (not at the first round that needs them)
             self.sample_config(0), self.judge_config(), self.segment_config(), self.train_config(0)
-            self.eval_config()
+            self.eval_config(), self.tracking_config()
         except ThinkrlError as e:
             raise ThinkrlError(f"experiment: {e}") from None
 
@@ -172,6 +174,9 @@ class ExperimentConfig(GenerationSettings):
 
     def eval_config(self) -> EvalConfig:
         return project(self, EvalConfig, seed=self.seed)
+
+    def tracking_config(self) -> TrackingConfig:
+        return project(self, TrackingConfig)
 
     def eval_due(self, round_: int) -> bool:
         return self.eval_every > 0 and ((round_ + 1) % self.eval_every == 0 or round_ == self.rounds - 1)

@@ -1,6 +1,7 @@
 """Token log-probs of completions under a causal LM, and the micro-batch planning they share with training.
 
     logp, mask = completion_logprobs(model, prompts, completions, temperatures)   # (n, T) with grad
+    s = completion_scores(model, prompts, completions, temperatures, entropy=True)  # + s.entropy (n, T)
     lps = token_logprobs(model, prompt_ids, completion_ids, batch_tokens=4096)    # no grad, per row
 
 Convention: log π(token | prefix) = log_softmax(logits / T)[token] in float32 (float64 for float64 models),
@@ -15,6 +16,12 @@ V = 151,936 one 8k-token rollout's fp32 logits are 5 GB). `chunk` = 0: the whole
 forward, `logits_to_keep` from the shortest prompt's end, a gather and logsumexp over (n, T, V)); it is also
 taken for models the chunked path cannot drive (no output embedding, an LM-head bias, final-logit
 softcapping). Both give the same values and gradients (to float rounding; tested).
+
+Entropy (`completion_scores(..., entropy=True)`, what the trainer logs): at each completion position the exact
+entropy H = -sum_v p_v log p_v of the whole next-token distribution p = softmax(logits / T) (not top-p
+truncated), in nats, from the very logits the log-probs come from: each chunk's in the chunked path, the
+(n, T, V) logits in the whole-logits path. No extra forward; it is detached, and the log-probs and their
+gradients are the same with or without it (tested).
 """
 
 from __future__ import annotations
@@ -89,24 +96,31 @@ class SelectedLogprob(torch.autograd.Function):
     """out[i] = log_softmax(hidden[i] @ weight^T / temperature[i])[target[i]] for N rows, with the (N, V) logits
     made `chunk` rows at a time in forward and again in backward (never all at once). Under autocast the
     matmuls run in the autocast dtype, as the LM head's would; the log-softmax is float32 (float64 for float64
-    inputs)."""
+    inputs). entropy=True: returns (out, H), H[i] the entropy of row i's distribution from the same chunk
+    logits (not differentiable)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, chunk: int):
+    def forward(ctx, hidden, weight, targets, temperature, chunk: int, entropy: bool = False):
         dev = hidden.device.type
         mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)            # (N,)
+        ent = torch.empty(hidden.shape[0] if entropy else 0, dtype=acc, device=hidden.device)  # (N,) or (0,)
         w = weight.to(mm) if mm is not None else weight                               # cast once, not per chunk
         for s in range(0, hidden.shape[0], chunk):
             logits = _chunk_logits(hidden[s:s + chunk], w, temperature[s:s + chunk], mm, acc)  # (c, V)
             out[s:s + chunk] = logits.gather(-1, targets[s:s + chunk, None])[:, 0] - torch.logsumexp(logits, -1)
+            if entropy:
+                ent[s:s + chunk] = entropy_of(logits)
         ctx.save_for_backward(hidden, weight, targets, temperature)
         ctx.chunk, ctx.mm, ctx.acc = chunk, mm, acc
+        if entropy:
+            ctx.mark_non_differentiable(ent)
+            return out, ent
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, *_):
         hidden, weight, targets, temperature = ctx.saved_tensors
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gh = torch.zeros_like(hidden) if want_h else None                                # (N, H)
@@ -124,7 +138,12 @@ class SelectedLogprob(torch.autograd.Function):
                     gh[s:e] = (g.to(mm) @ w).to(gh.dtype)
                 if want_w:
                     gw += (g.to(mm).T @ hidden[s:e].to(mm)).to(ctx.acc)
-        return gh, gw.to(weight.dtype) if want_w else None, None, None, None
+        return gh, gw.to(weight.dtype) if want_w else None, None, None, None, None
+
+
+def entropy_of(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits) over the last dimension: (..., V) -> (...); 0 log 0 = 0."""
+    return torch.special.entr(torch.softmax(logits, -1)).sum(-1)
 
 
 def _chunk_logits(h: torch.Tensor, w: torch.Tensor, temperature: torch.Tensor, mm: torch.dtype | None,
@@ -156,12 +175,30 @@ def _final_hidden(model, ids: torch.Tensor, attn: torch.Tensor, keep: int) -> tu
     return hidden, head.weight
 
 
+@dataclass(frozen=True)
+class Scores:
+    """What one scoring forward gives: log-probs (with grad), the completion mask and, when asked for, the
+    entropy of the distribution at each position (detached; None otherwise). All (n, T), 0 where mask is 0."""
+    logp: torch.Tensor
+    mask: torch.Tensor
+    entropy: torch.Tensor | None = None
+
+
 def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
                         temperatures: Sequence[float] | None = None,
                         chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(completion token | prefix) = log_softmax(logits / T_i), one right-padded forward (T_i = 1 when
     temperatures is None); `chunk` positions at a time through the LM head (0: whole logits; module doc).
     Returns (logp, mask), both (n, T), T = longest completion; logp is 0 where mask is 0."""
+    s = completion_scores(model, prompts, completions, temperatures, chunk)
+    return s.logp, s.mask
+
+
+def completion_scores(model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                      temperatures: Sequence[float] | None = None, chunk: int = DEFAULT_CHUNK,
+                      entropy: bool = False) -> Scores:
+    """`completion_logprobs`'s forward, and with entropy=True the entropy of softmax(logits / T_i) at every
+    completion position from the same logits (module doc)."""
     device = device_of(model)
     n, lens = len(prompts), [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
     L, T = max(lens), max(len(c) for c in completions)
@@ -184,9 +221,13 @@ def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Se
     if chunk > 0 and chunkable(model):
         hidden, weight = _final_hidden(model, ids, attn, keep)                          # (n, K, H), (V, H)
         rows = hidden[torch.arange(n, device=device)[:, None], pos - (L - hidden.shape[1])][mask]  # (N, H)
-        picked = SelectedLogprob.apply(rows, weight, tgt[mask], temps[:, None].expand(n, T)[mask], chunk)  # (N,)
+        picked = SelectedLogprob.apply(rows, weight, tgt[mask], temps[:, None].expand(n, T)[mask], chunk,
+                                       entropy)                                          # (N,) or ((N,), (N,))
+        picked, ent = picked if entropy else (picked, None)
         logp = torch.zeros((n, T), dtype=picked.dtype, device=device).masked_scatter(mask, picked)
-        return logp, mask.to(logp.dtype)
+        if ent is not None:
+            ent = torch.zeros((n, T), dtype=ent.dtype, device=device).masked_scatter(mask, ent)
+        return Scores(logp, mask.to(logp.dtype), ent)
     kw = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
     logits = model(input_ids=ids, attention_mask=attn, **kw).logits   # (n, K, V), K = keep or L
     sel = logits[torch.arange(n, device=device)[:, None], pos - (L - logits.shape[1])]  # (n, T, V)
@@ -195,7 +236,11 @@ def completion_logprobs(model, prompts: Sequence[Sequence[int]], completions: Se
     if temperatures is not None and any(t != 1.0 for t in temperatures):
         sel = sel / temps.to(sel.dtype)[:, None, None]
     logp = sel.gather(-1, tgt[..., None])[..., 0] - torch.logsumexp(sel, dim=-1)        # (n, T)
-    return torch.where(mask, logp, torch.zeros_like(logp)), mask.to(logp.dtype)
+    ent = None
+    if entropy:
+        with torch.no_grad():  # one row at a time: at most one more (T, V) tensor beside the logits
+            ent = torch.where(mask, torch.stack([entropy_of(row) for row in sel]), torch.zeros_like(logp))  # (n, T)
+    return Scores(torch.where(mask, logp, torch.zeros_like(logp)), mask.to(logp.dtype), ent)
 
 
 def _accepts_logits_to_keep(model) -> bool:

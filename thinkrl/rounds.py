@@ -27,6 +27,12 @@ records `carried_forward: true` and policy/ is a copy of the input policy. The j
 `outcome` ignores its labels (segment gets no judgments, so changing the judge does not retrain an outcome
 run), but the judged error share is reported for all schemes alike.
 
+Tracking (`report_to`, thinkrl/tracking.py): one tracker per run, writing in the run directory (runs/NAME/tb/ for
+TensorBoard). Every invocation sends it the run's whole history in step order: each round's train_metrics rows
+(replayed from finished artifacts and resumed trainer states, live while training), and each eval's scores at the
+global step where the evaluated round ended (0 for eval-initial; a round that trained nothing adds no second
+point at the same step).
+
 Where this departs from or guesses at the paper: the paper's rounds hold ~50 optimizer steps of prompts;
 the demo presets use smaller rounds so the curves have points. Everything else is the stages' own.
 """
@@ -40,7 +46,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +66,7 @@ from thinkrl.experiment import ExperimentConfig, round_seed
 from thinkrl.problems import problem_set, problem_sets, problems_sha256
 from thinkrl.runs import INITIAL_EVAL, round_dir
 from thinkrl.summary import RunSummary, collect_run
+from thinkrl.tracking import Tracker
 
 HELD_OUT_ARITH = 2000
 
@@ -93,6 +100,9 @@ class _Ctx:
     train_source: pl.DataFrame | None = None
     _engine: tuple[str | None, Any] | None = None   # (the policy its weights are from, None: stale; engine)
     _tokenizers: dict[str, Any] = field(default_factory=dict)
+    tracker: Tracker | None = None
+    global_step: int = 0                             # optimizer steps of the rounds run so far
+    eval_step: int | None = None                     # the global step of the last eval sent to the tracker
 
     def engine(self, policy: Path):
         """The run's one generation engine, holding `policy`'s weights: built once, then each new policy's
@@ -256,8 +266,9 @@ def stage_train(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path)
     cfg = ctx.cfg.train_config(round_, previous_train_state(ctx.run_dir, round_))
     r = run_train_stage(policy, thoughts, out, cfg, carry_forward=True,
                         start=lambda total: ctx.start(round_, "train", total),
-                        progress=lambda row, done, total: ctx.display.advance(1, row["tokens"]))
+                        progress=lambda row, done, total: ctx.display.advance(1, row["tokens"]), tracker=ctx.tracker)
     m = r.metrics
+    ctx.global_step = int(m.get("global_step", ctx.global_step))
     if m.get("carried_forward"):
         ctx.display.done(round_, "train", f"nothing to learn ({m.get('reason')}); policy carried forward", r.skipped)
         return out
@@ -283,6 +294,9 @@ def stage_eval(ctx: _Ctx, round_: int | None, policy: Path, out: Path) -> Path:
     scores = ", ".join(f"{r['benchmark']} avg@{cfg.eval_k} {r['avg_at_k']:.3f}" for r in s.to_dicts())
     ctx.display.done(round_, "eval", f"{scores}, mean tokens {s['mean_tokens'].mean():.1f}", r.skipped)
     ctx.display.accuracy(round_, samples, float(s["avg_at_k"].mean()))
+    if ctx.tracker is not None and ctx.eval_step != ctx.global_step:  # same step: the same policy again
+        ctx.tracker.eval_scores(s.to_dicts(), ctx.global_step)
+        ctx.eval_step = ctx.global_step
     return out
 
 
@@ -369,6 +383,7 @@ def _context(cfg: ExperimentConfig, run_dir: Path, display: Display) -> _Ctx:
         check_weights_fit(model)  # names and shapes of its tensors, without loading them
         load_tokenizer(model)
     ctx = _Ctx(_generation_dtype_fixed(cfg), run_dir, display)
+    ctx.tracker = Tracker(cfg.report_to, run_dir, run_dir.name, asdict(cfg))  # its package checked here
     if cfg.eval_every > 0:
         ctx.eval_sets = problem_sets(cfg.eval_bench, _data_dir(cfg), cfg.eval_problems)
     if cfg.problems != "arith":
@@ -409,7 +424,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display 
         raise ThinkrlError(f"{run_dir}: holds a model or an artifact, not a run; give the run another name "
                            "(--name) or another --runs-dir")
     ctx = _context(cfg, run_dir, display)  # every input checked before the run directory is touched
-    with _run_lock(run_dir), _torch_threads(cfg.threads):
+    with _run_lock(run_dir), _torch_threads(cfg.threads), ctx.tracker:
         write_text_atomic(cfg.to_toml(), run_dir / runs.CONFIG)
         _drop_stale_evals(run_dir, cfg)
         display.begin(run_dir.name, cfg)

@@ -10,6 +10,8 @@
     runs/NAME/round-000/thoughts/          thoughts + per-token advantages (tables thoughts, advantages)
     runs/NAME/round-000/train/             train artifact, policy/ (checkpoint), state/ (resume, continued)
     runs/NAME/round-000/eval/              held-out eval of round-000/train/policy, when due that round
+    runs/NAME/tb/                          TensorBoard event files with --report-to tensorboard (wandb/, trackio/
+                                           for those trackers; thinkrl.tracking)
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ Each advantages row carries the sampler's log-probs (`behaviour_logprobs`; null 
 sampling temperature: vLLM's at T not in {0, 1}), the rollouts' sampling temperature (the trainer scores at it)
 and generation budget `max_tokens` (Dr. GRPO's constant), both from the rollouts manifest. log π_old itself is
 recomputed by the trainer at the start of its run, with its own model, dtype and micro-batches
-(thinkrl.trainer.recompute_behaviour), so segment needs no model. Rollouts whose advantages are all zero are
+(thinkrl.trainer.recompute_behaviour), so segment needs no model. It also carries what the trainer's per-step
+figures need and the advantages alone do not tell: the rollout's `finish_reason` and the number of its tokens in
+`incorrect` thoughts (`incorrect_tokens`). Rollouts whose advantages are all zero are
 dropped (the paper keeps only non-zero process rewards).
 
 Metrics: share of completion tokens in incorrect thoughts (of correct rollouts), count of error thoughts
@@ -165,13 +167,15 @@ def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str,
             m["no_answer_rollouts"] += missing
             m["unknown_fallbacks"] += ra.unknown_fallback and labels_used and not missing
             m["tokens"] += ri.n_tokens
+            incorrect = 0
             for t in ra.thoughts:
                 thoughts.append({"rollout_id": ra.rollout_id, "thought_idx": t.idx, "token_start": t.token_start,
                                  "token_end": t.token_end, "label": t.label, "reward": t.reward})
                 if t.label == INCORRECT:
                     m["error_thoughts"] += 1
-                    m["incorrect_thought_tokens"] += t.token_end - t.token_start
+                    incorrect += t.token_end - t.token_start
                     m["flipped_error_thoughts"] += (t.reward < 0) != (ra.outcome_advantage < 0)
+            m["incorrect_thought_tokens"] += incorrect
             if not np.any(ra.advantages):
                 m["dropped_rollouts"] += 1
                 continue
@@ -182,7 +186,8 @@ def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str,
                          "behaviour_logprobs": sampler_lp,
                          "outcome_advantage": ra.outcome_advantage, "correct": bool(r["correct"]),
                          "round": r["round"], "temperature": sampling.temperature,
-                         "max_tokens": sampling.max_tokens})
+                         "max_tokens": sampling.max_tokens, "finish_reason": r["finish_reason"],
+                         "incorrect_tokens": incorrect})
     writer.set_table("thoughts", thoughts)
     writer.set_table("advantages", advs)
     metrics = {

@@ -21,6 +21,12 @@ input's thinkrl.json), `state/` (weights, optimizer, RNG states, local and globa
 resume), and the `train_metrics` artifact (one row per optimizer step, and the `behaviour` table: log π_old as
 recomputed; manifest written last).
 
+Per-step figures (train_metrics columns, docs/ARTIFACTS.md): loss, KL, clip fraction, ratio, gradient norm and
+lr from the step itself; outcome reward, accuracy, lengths, truncation, advantage statistics (over tokens) and the
+incorrect-thought share from the step's rollouts (`step_figures`, the same on every rank); the policy's entropy
+from the training forward's own logits (thinkrl.logprobs, no extra pass); tokens/s and MFU from its wall time.
+None of them feeds back into training: weights are the same with or without them.
+
 MFU = 6 × n_params × (prompt + completion tokens through forward/backward, padding excluded, all ranks)
       / step seconds / (flops_peak × world size).
 The reference-model forward (β > 0) and attention FLOPs are not counted; n_params counts tied
@@ -70,6 +76,7 @@ import torch
 from thinkrl.artifacts import (
     ADVANTAGES,
     MANIFEST,
+    TRAIN_METRICS,
     ArtifactWriter,
     replace_dir,
     sha256_json,
@@ -81,6 +88,7 @@ from thinkrl.logprobs import (  # noqa: F401  (token_logprobs, plan_micro_batche
     DEFAULT_CHUNK,
     autocast,
     completion_logprobs,
+    completion_scores,
     device_of,
     plan_micro_batches,
     scoring_temperature,
@@ -260,6 +268,9 @@ class Rollout:
     advantages: np.ndarray          # (C,) float32, aligned with completion_ids
     behaviour_logprobs: np.ndarray  # (C,) float32, log π_old at the sampling temperature
     temperature: float = 1.0        # scoring temperature (the sampling one; 0 -> 1)
+    correct: bool = False           # outcome r == 1      (this and the two below: step figures only)
+    truncated: bool = False         # cut off at max_tokens (finish_reason `length`)
+    incorrect_tokens: int = 0       # completion tokens inside `incorrect` thoughts
 
     @property
     def length(self) -> int:
@@ -284,7 +295,8 @@ def _rollout(row: dict, need_logprobs: bool) -> Rollout:
         raise ThinkrlError(f"advantages table, rollout {rid}: empty prompt_ids "
                            "(need >= 1 token to score the completion)")
     return Rollout(rid, row["problem_id"], list(row["prompt_ids"]), list(row["completion_ids"]), adv, old,
-                   scoring_temperature(row["temperature"]))
+                   scoring_temperature(row["temperature"]), bool(row["correct"]), row["finish_reason"] == "length",
+                   int(row["incorrect_tokens"]))
 
 
 def prepare_groups(advantages_df: pl.DataFrame, need_logprobs: bool = True) -> tuple[list[list[Rollout]], int]:
@@ -297,7 +309,7 @@ def prepare_groups(advantages_df: pl.DataFrame, need_logprobs: bool = True) -> t
         first = df["rollout_id"].filter(dup)[0]
         raise ThinkrlError(f"advantages table: rollout_id {first!r} appears more than once")
     cols = ["rollout_id", "problem_id", "prompt_ids", "completion_ids", "advantages", "behaviour_logprobs",
-            "temperature"]
+            "temperature", "correct", "finish_reason", "incorrect_tokens"]
     groups: dict[str, list[Rollout]] = {}
     dropped = 0
     for row in df.select(cols).sort("rollout_id").iter_rows(named=True):
@@ -387,7 +399,8 @@ def micro_batch_loss(model, mb: Sequence[Rollout], counts: BatchCounts, loss_cfg
     prompts, comps = [r.prompt_ids for r in mb], [r.completion_ids for r in mb]
     temps = [r.temperature for r in mb]
     with autocast(device, autocast_dtype):
-        logp, mask = completion_logprobs(model, prompts, comps, temps, chunk=chunk)          # (n, T)
+        scores = completion_scores(model, prompts, comps, temps, chunk=chunk, entropy=True)
+    logp, mask = scores.logp, scores.mask                                       # (n, T)
     old = _pad([r.behaviour_logprobs for r in mb], logp.shape[1], logp)         # (n, T)
     adv = _pad([r.advantages for r in mb], logp.shape[1], logp)                 # (n, T)
     ref = None
@@ -395,7 +408,11 @@ def micro_batch_loss(model, mb: Sequence[Rollout], counts: BatchCounts, loss_cfg
         with torch.no_grad(), autocast(device, autocast_dtype):
             ref, _ = completion_logprobs(ref_model, prompts, comps, temps, chunk=chunk)
         ref = ref.to(logp.dtype)
-    return policy_loss(logp, old, adv, mask, counts, loss_cfg, ref_logp=ref)
+    loss, stats = policy_loss(logp, old, adv, mask, counts, loss_cfg, ref_logp=ref)
+    return loss, {**stats, "entropy_sum": (scores.entropy * mask).sum()}
+
+
+SUMS = ("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens", "ratio_sum", "entropy_sum")
 
 
 def _idle_backward(model) -> None:
@@ -409,8 +426,8 @@ def accumulate_gradients(model, micro_batches: Sequence[Sequence[Rollout]], coun
                          autocast_dtype: torch.dtype | None = None, chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
     """Forward/backward each micro-batch of this rank's share of one optimizer step; gradients add up in
     .grad (DDP syncs on the last one only). loss_scale = world size undoes DDP's gradient average.
-    Returns this rank's sums: loss, kl_sum, clipped_tokens, tokens, processed_tokens, ratio_sum."""
-    sums = dict.fromkeys(("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens", "ratio_sum"), 0.0)
+    Returns this rank's sums: loss, kl_sum, clipped_tokens, tokens, processed_tokens, ratio_sum, entropy_sum."""
+    sums = dict.fromkeys(SUMS, 0.0)
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     if not micro_batches:
         if ddp:
@@ -425,6 +442,7 @@ def accumulate_gradients(model, micro_batches: Sequence[Sequence[Rollout]], coun
         sums["kl_sum"] += float(stats["kl_sum"])
         sums["clipped_tokens"] += float(stats["clipped_tokens"])
         sums["ratio_sum"] += float(stats["ratio_sum"])
+        sums["entropy_sum"] += float(stats["entropy_sum"])
         sums["tokens"] += float(stats["tokens"])
         sums["processed_tokens"] += float(sum(r.length for r in mb))
     return sums
@@ -674,7 +692,8 @@ def _run_key(cfg: TrainConfig, data_hash: str, policy_dir: Path, prev_state: Pat
     c = {k: v for k, v in cfg.to_dict().items() if k not in ("max_steps", "save_every", "flops_peak")}
     policy = [str(policy_dir.resolve()), _stat_fingerprint(policy_dir)]
     prev = None if prev_state is None else [str(prev_state.resolve()), _stat_fingerprint(prev_state)]
-    return sha256_json({"config": c, "data": data_hash, "policy": policy, "continue_from": prev})
+    return sha256_json({"config": c, "data": data_hash, "policy": policy, "continue_from": prev,
+                        "metrics": TRAIN_METRICS.version})  # a state's rows are of this metrics schema
 
 
 def _continue(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> tuple[int, int | None, Path | None]:
@@ -726,14 +745,14 @@ def optimizer_step(run: _Run, step: int) -> dict[str, Any]:
     cfg, dist = run.cfg, run.dist
     torch.manual_seed(_step_seed(cfg.seed, step, dist.rank))
     t0 = time.perf_counter()
-    rollouts = step_rollouts(run.groups, step, cfg.prompts_per_step, cfg.seed)[dist.rank::dist.world]
+    step_all = step_rollouts(run.groups, step, cfg.prompts_per_step, cfg.seed)  # every rank knows the whole step
+    rollouts = step_all[dist.rank::dist.world]
     mbs = plan_micro_batches(rollouts, cfg.micro_batch_tokens)
     counts = step_counts(mbs, cfg.norm_len, dist)
     local = accumulate_gradients(run.wrapped, mbs, counts, cfg.loss_config(), run.ref_model,
                                  loss_scale=dist.world, autocast_dtype=run.autocast_dtype,
                                  chunk=cfg.logprob_chunk)
-    loss, kl_sum, clipped, tokens, processed, ratio_sum = dist.all_sum(
-        [local[k] for k in ("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens", "ratio_sum")])
+    loss, kl_sum, clipped, tokens, processed, ratio_sum, entropy_sum = dist.all_sum([local[k] for k in SUMS])
     params = [p for p in run.model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     grad_norm, lr = float(norm), run.lr(step)
@@ -750,7 +769,28 @@ def optimizer_step(run: _Run, step: int) -> dict[str, Any]:
     return {"step": run.step_offset + step + 1, "round": run.round, "loss": loss, "kl": kl_sum / max(tokens, 1),
             "clip_frac": clipped / max(tokens, 1), "ratio_mean": ratio_sum / max(tokens, 1),
             "grad_norm": grad_norm, "lr": lr, "tokens": int(tokens),
-            "dropped_rollouts": run.dropped, "skipped": skipped, "seconds": seconds, "mfu": mfu}
+            "dropped_rollouts": run.dropped, "skipped": skipped, "seconds": seconds, "mfu": mfu,
+            **step_figures(step_all), "entropy": entropy_sum / max(tokens, 1), "tokens_per_s": processed / seconds}
+
+
+def step_figures(rollouts: Sequence[Rollout]) -> dict[str, float]:
+    """The per-step figures that come from the step's data alone (columns of train_metrics): outcome reward,
+    accuracy, lengths, truncation, per-token advantage statistics, incorrect-thought share. `rollouts` are the
+    whole step's (all ranks), whole groups."""
+    r = np.array([x.correct for x in rollouts], dtype=np.float64)                       # (R,)
+    lengths = np.array([len(x.completion_ids) for x in rollouts], dtype=np.int64)      # (R,)
+    adv = np.concatenate([x.advantages.astype(np.float64) for x in rollouts])          # (sum of C,)
+    groups: dict[str, list[float]] = {}
+    for x, ri in zip(rollouts, r, strict=True):
+        groups.setdefault(x.problem_id, []).append(ri)
+    tokens = max(int(lengths.sum()), 1)
+    return {"reward_mean": float(r.mean()), "reward_std": float(np.mean([np.std(g) for g in groups.values()])),
+            "accuracy": float(r.mean()), "response_len_mean": float(lengths.mean()),
+            "response_len_max": int(lengths.max()),
+            "truncation_rate": float(np.mean([x.truncated for x in rollouts])),
+            "adv_mean": float(adv.mean()) if adv.size else 0.0, "adv_std": float(adv.std()) if adv.size else 0.0,
+            "adv_min": float(adv.min()) if adv.size else 0.0, "adv_max": float(adv.max()) if adv.size else 0.0,
+            "incorrect_thought_share": sum(x.incorrect_tokens for x in rollouts) / tokens}
 
 
 def _count_nonfinite(run: _Run, row: dict) -> None:
@@ -788,11 +828,13 @@ def summary(run: _Run) -> dict[str, Any]:
             "policy": str(run.out_dir / "policy")}
 
 
-def _loop(run: _Run, start: int, stop: int, progress) -> None:
+def _loop(run: _Run, start: int, stop: int, progress, on_row) -> None:
     main = run.dist.rank == 0
     for step in range(start, stop):
         row = optimizer_step(run, step)
         run.rows.append(row)
+        if main and on_row is not None:  # as soon as the row exists (a resume hands on the rows it restores)
+            on_row(row)
         _count_nonfinite(run, row)
         done = step + 1
         if main and run.cfg.save_every and done % run.cfg.save_every == 0 and done < stop:
@@ -810,11 +852,15 @@ def _clean_leftovers(out_dir: Path) -> None:
 
 def train(policy_dir: str | Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_dir: str | Path,
           resume: bool = True, progress: Callable[[dict, int, int], None] | None = None,
-          writer: ArtifactWriter | None = None) -> dict[str, Any]:
+          writer: ArtifactWriter | None = None, on_row: Callable[[dict], None] | None = None,
+          notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `policy_dir` on one round's advantages table; write policy/, state/ and the train_metrics
     artifact in out_dir; return summary metrics. `resume` continues from out_dir/state when it belongs to
     the same config, data and policy. `progress(row, steps_done, steps_total)` runs on rank 0 after each
-    step. `writer` (the stage's, for its skip key) defaults to one over the config and the policy."""
+    step. `writer` (the stage's, for its skip key) defaults to one over the config and the policy.
+    `on_row(row)` (rank 0) gets every train_metrics row of the run in step order: those a resume restored,
+    then each new one as soon as it exists (the tracker's feed). `notes` go into the manifest's metrics as
+    they are."""
     policy_dir, out_dir = Path(policy_dir), Path(out_dir)
     cfg = resolve_config(cfg, advantages_df)
     dist = init_distributed()
@@ -831,8 +877,11 @@ def train(policy_dir: str | Path, advantages_df: pl.DataFrame, cfg: TrainConfig,
             recompute_behaviour(run)
         stop = run.total_steps if cfg.max_steps is None else min(cfg.max_steps, run.total_steps)
         run.rows = run.rows[:start]
-        _loop(run, start, max(start, stop), progress)
-        metrics = summary(run)
+        if dist.rank == 0 and on_row is not None:
+            for row in run.rows:
+                on_row(row)
+        _loop(run, start, max(start, stop), progress, on_row)
+        metrics = {**summary(run), **(notes or {})}
         if dist.rank == 0:
             checkpoint(run, max(start, stop))
             _write_metrics(run, metrics, writer)

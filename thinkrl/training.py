@@ -17,16 +17,25 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from thinkrl.artifacts import MANIFEST, ArtifactWriter, StageResult, finished, read_table, replace_dir
 from thinkrl.trainer import NothingToTrain, TrainConfig, default_device, resolve_config, train, train_inputs
 
+if TYPE_CHECKING:
+    from thinkrl.tracking import Tracker
+
 
 def run_train_stage(policy: Path, thoughts: Path, out: Path, cfg: TrainConfig, force: bool = False,
                     carry_forward: bool = False, start: Callable[[int], None] | None = None,
-                    progress: Callable[[dict, int, int], None] | None = None) -> StageResult:
+                    progress: Callable[[dict, int, int], None] | None = None,
+                    tracker: Tracker | None = None) -> StageResult:
     """Train `policy` on the thoughts artifact's advantages into `out` (see the module doc). `force` retrains
-    from scratch; start(total optimizer steps) when work begins; progress(row, done, total) after each step."""
+    from scratch; start(total optimizer steps) when work begins; progress(row, done, total) after each step.
+    `tracker` gets every train_metrics row of the stage in step order, whether trained now, restored by a
+    resume or read from the finished artifact (thinkrl.tracking: a tracker sees the whole history however the
+    stage ran); the manifest of a run it watched records it (metrics.tracking)."""
+    on_row = tracker.train_row if tracker is not None else None
     df = read_table(thoughts, "advantages", allow_empty=True)
     if df.height == 0 and carry_forward:
         return carry_policy_forward(policy, thoughts, out, cfg, "every advantage of the round is zero")
@@ -34,16 +43,26 @@ def run_train_stage(policy: Path, thoughts: Path, out: Path, cfg: TrainConfig, f
     writer = ArtifactWriter(out, "train", {**cfg.to_dict(), "policy": str(policy), "device": default_device().type},
                             inputs=train_inputs(cfg, policy, thoughts))
     if writer.up_to_date() and not force:
+        replay_rows(out, on_row)
         return finished(writer)
     if start:
         start(cfg.epochs * -(-df["problem_id"].n_unique() // cfg.prompts_per_step))
     try:
-        metrics = train(policy, df, cfg, out, resume=not force, progress=progress, writer=writer)
+        notes = {"tracking": tracker.record()} if tracker is not None else None
+        metrics = train(policy, df, cfg, out, resume=not force, progress=progress, writer=writer, on_row=on_row,
+                        notes=notes)
     except NothingToTrain as e:
         if not carry_forward:
             raise
         return carry_policy_forward(policy, thoughts, out, cfg, str(e)[:120])
     return StageResult(out, False, metrics)
+
+
+def replay_rows(out: Path, on_row: Callable[[dict], None] | None) -> None:
+    """on_row(row) for each row of the finished train artifact in `out` (step order)."""
+    if on_row is not None:
+        for row in read_table(out, "train_metrics", allow_empty=True).sort("step").iter_rows(named=True):
+            on_row(row)
 
 
 def carry_policy_forward(policy: Path, thoughts: Path, out: Path, cfg: TrainConfig, reason: str) -> StageResult:
