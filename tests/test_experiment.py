@@ -81,7 +81,7 @@ def test_toml_good_file_and_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("text, words", [
-    ('policy = "x"\nlearning_rate = 0.1\n', ["unknown setting", "learning_rate"]),
+    ('policy = "x"\nlearning_rat = 0.1\n', ["unknown setting", "learning_rat"]),
     ('policy = "x"\n[train]\nlr = 0.1\n', ["table [train]", "flat"]),
     ('policy = "x"\nrounds = "three"\n', ["`rounds`", "int"]),
     ('policy = "x"\nrounds = 0\n', ["`rounds`", ">= 1"]),
