@@ -51,7 +51,7 @@ from thinkrl.settings import (
     toml_value,
     type_name,
 )
-from thinkrl.trainer import TrainConfig
+from thinkrl.training import TrainConfig
 
 
 @dataclass(frozen=True)
