@@ -29,6 +29,8 @@ settings. Sections:
   or $THINKRL_TRL_VENV) on the tiny policy: the same prompts (thinkrl's template, token ids checked), model, settings
   and steps; whole processes alternated; ratios overall and per token, each tool's split, what differs in their
   work, and the FLOPs lower bound of thinkrl's work. trlsmollm2 (opt-in): the same on SmolLM2-135M-Instruct.
+- startup: wall time of `thinkrl --help`, `thinkrl data list`, `thinkrl sample --help` and `thinkrl run --help`
+  as whole processes, against `python -c 'import torch'`.
 """
 
 from __future__ import annotations
@@ -1034,10 +1036,71 @@ def bench_trlsmollm2(tmp: Path) -> str:
                    "THINKRL_TRL_REPS is set).")
 
 
+STARTUP = {  # label -> what follows the interpreter: the CLI as `python -m stages.cli` from the repository root
+    "`thinkrl --help`": ["-m", "stages.cli", "--help"],
+    "`thinkrl data list`": ["-m", "stages.cli", "data", "list"],
+    "`thinkrl sample --help`": ["-m", "stages.cli", "sample", "--help"],
+    "`thinkrl run --help`": ["-m", "stages.cli", "run", "--help"],
+}
+STARTUP_REFERENCE = {"`python -c 'import torch'`": ["-c", "import torch"], "`python -c pass`": ["-c", "pass"]}
+HEAVY_MODULES = ("torch", "transformers", "vllm", "matplotlib", "math_verify", "sympy")  # what start-up must not import
+
+
+def bench_startup(tmp: Path, reps: int = 5) -> str:
+    """Wall time of CLI commands that load no model, as whole processes (median of `reps`, commands alternated
+    after one untimed round), against a process that only imports torch."""
+    import statistics
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    cases = {**STARTUP, **STARTUP_REFERENCE}
+    _quiet(float(os.environ.get("THINKRL_STARTUP_QUIET_WAIT", "120")))  # start-up times triple on busy cores
+    load = os.getloadavg()[0]
+    walls: dict[str, list[float]] = {label: [] for label in cases}
+    cpus: dict[str, list[float]] = {label: [] for label in cases}
+    others: list[float] = []
+    heavy: dict[str, list[str]] = {}
+    for rep in range(reps + 1):
+        for i, (label, args) in enumerate(cases.items()):
+            log = tmp / f"startup-{rep}-{i}"
+            if rep == 0:  # untimed: warms the file cache, writes the .pyc files, lists the heavy imports
+                _process([sys.executable, "-X", "importtime", *args], REPO, env, log)
+                imported = re.findall(r"\|\s+([\w.]+)$", log.with_suffix(".err").read_text(), re.MULTILINE)
+                heavy[label] = [m for m in HEAVY_MODULES if m in imported]
+            else:
+                proc = _process([sys.executable, *args], REPO, env, log)
+                walls[label].append(proc["wall"])
+                cpus[label].append(proc["cpu"])
+                others.append(proc["others_cores"])
+    med = {label: statistics.median(w) for label, w in walls.items()}
+    torch_s = med["`python -c 'import torch'`"]
+    lines = [
+        "## Start-up: commands that load no model",
+        "",
+        f"Each command a whole process (`{Path(sys.executable).name} -m stages.cli ...` from the repository root, as "
+        f"the `thinkrl` script runs it), median of {reps} rounds with the commands alternated, after one untimed "
+        f"round ({machine()}; load average {load:.1f} before the run, other processes using "
+        f"{statistics.mean(others):.2f} cores on average during the timed runs). `data list` lists the default data "
+        "directory (`$THINKRL_DATA_DIR`, else ./data).",
+        "",
+        "| command | wall, median (s) | wall, min-max (s) | vs `import torch` | CPU, median (s) | heavy modules imported |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, w in walls.items():
+        lines.append(f"| {label} | {med[label]:.2f} | {min(w):.2f}-{max(w):.2f} | {med[label] / torch_s:.2f}x | "
+                     f"{statistics.median(cpus[label]):.2f} | {', '.join(heavy[label]) or 'none'} |")
+    slowest = max(STARTUP, key=med.get)
+    lines += ["", f"**Slowest of the CLI commands: {slowest}, {med[slowest]:.2f} s = {med[slowest] / torch_s:.2f}x "
+                  f"`import torch`** (target: under 1 s). Heavy modules: {', '.join(HEAVY_MODULES)}, as `-X importtime` "
+                  "of the untimed round lists them (tests/test_startup.py checks that these commands import none). "
+                  "Command: `just bench startup` (it first waits up to $THINKRL_STARTUP_QUIET_WAIT s, default 120, "
+                  "for other work to leave the cores)."]
+    return "\n".join(lines)
+
+
 SECTIONS = {"warmstart": bench_warmstart, "sampling": bench_sampling, "train": bench_train, "judge": bench_judge,
             "smollm2": bench_smollm2, "schemes": bench_schemes, "memory": bench_memory, "scale": bench_scale,
             "smollm2run": bench_smollm2run, "vllm": bench_vllm, "grading": bench_grading,
-            "trl": bench_trl, "trlsmollm2": bench_trlsmollm2}
+            "trl": bench_trl, "trlsmollm2": bench_trlsmollm2, "startup": bench_startup}
 OPT_IN = {"schemes", "smollm2run", "trl", "trlsmollm2"}  # long: run only when named
 
 

@@ -4,6 +4,10 @@
     benchmarks --eval--> scores
 
 Run `thinkrl STAGE --help` for a stage's options; `thinkrl demo` runs the embedded default end to end.
+
+Start-up imports no model library: the stage modules and the settings they generate options from load without
+torch, transformers, vllm, matplotlib or math-verify, which the commands import when they run (tests/test_startup.py;
+`just bench startup`), so `--help` and `thinkrl data list` answer in well under a second.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import sys
 
 import typer
 
-# set before any stage module imports transformers: our own progress bars only, no library chatter
+# set before any command imports transformers: our own progress bars only, no library chatter
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

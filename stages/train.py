@@ -8,7 +8,7 @@ Same inputs and config as a finished run: skipped (--force retrains from scratch
 a rerun with a larger --max-steps, resumes from OUT/state. `--continue-from PREV` carries a previous run's
 optimizer and global step on (the next round of one continuous policy), and its `--schedule-steps` if it was
 given one (give one to both runs when the schedule decays: cosine, linear). Every option is a TrainConfig field
-(thinkrl.trainer), where its help text is defined, but `--report-to` (thinkrl.tracking: TensorBoard in OUT/tb,
+(thinkrl.training), where its help text is defined, but `--report-to` (thinkrl.tracking: TensorBoard in OUT/tb,
 or wandb/trackio; rank 0 logs every step, a resumed or skipped run its whole history again).
 """
 
@@ -23,8 +23,7 @@ import typer
 
 from stages.common import Force, console, show_progress, skipped, with_settings
 from thinkrl.tracking import Tracker, TrackingConfig
-from thinkrl.trainer import TrainConfig
-from thinkrl.training import run_train_stage
+from thinkrl.training import TrainConfig, run_train_stage
 
 
 class _Bar:

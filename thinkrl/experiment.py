@@ -53,7 +53,7 @@ from thinkrl.settings import (
     type_name,
 )
 from thinkrl.tracking import TrackingConfig
-from thinkrl.trainer import TrainConfig
+from thinkrl.training import TrainConfig
 
 
 @dataclass(frozen=True)

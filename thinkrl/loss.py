@@ -26,8 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where tensors are made, so the settings (TrainConfig) load without torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class BatchCounts:
 
 
 def _masked(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    import torch
+
     return torch.where(mask > 0, loss, torch.zeros_like(loss))                  # (B, T)
 
 
@@ -93,6 +97,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
                 counts: BatchCounts, cfg: LossConfig, ref_logp: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """All (B, T) tensors; mask is 1.0 on completion tokens. Returns (loss share, detached stats sums)."""
+    import torch
+
     ratio = torch.exp(logp - old_logp)                                           # (B, T)
     clipped = ratio.clamp(1 - cfg.eps_low, 1 + cfg.eps_high)
     pg = -torch.minimum(ratio * adv, clipped * adv)                              # (B, T)

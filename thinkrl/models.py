@@ -26,13 +26,14 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from thinkrl import __version__
 from thinkrl.artifacts import replace_dir
 from thinkrl.errors import ThinkrlError
+
+if TYPE_CHECKING:  # torch and transformers are imported where weights are touched: `thinkrl --help` needs neither
+    import torch
 
 THINKRL_JSON = "thinkrl.json"
 DEFAULT_TEMPLATE = "chat-plain"  # the tokenizer's chat template, one user turn (thinkrl.templates)
@@ -161,6 +162,7 @@ def init_model(preset: str, out_dir: str | Path, seed: int = 0, tokenizer=None, 
     """Random-init a preset with the digit tokenizer (built from the default ArithChain corpus when
     tokenizer is None) and save it as a normal HF directory. Same (preset, seed) -> identical files;
     if out_dir already holds that recipe (default tokenizer) it is left as it is."""
+    import torch
     from transformers import LlamaForCausalLM
 
     from thinkrl.tokenizer import build_tokenizer
@@ -179,19 +181,30 @@ def init_model(preset: str, out_dir: str | Path, seed: int = 0, tokenizer=None, 
 # Loading
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",  # name -> torch's
+           "float16": "float16", "fp16": "float16"}
+
+
+def check_dtype(dtype: str | torch.dtype | None) -> None:
+    """A ThinkrlError unless `torch_dtype` takes `dtype`; a name (or None) is checked without importing torch, so
+    settings check theirs when they are made."""
+    if not isinstance(dtype, str) and dtype is not None:
+        torch_dtype(dtype)  # a torch.dtype passes, anything else is the error below
+    elif dtype is not None and dtype != "auto" and dtype not in _DTYPES:
+        raise ThinkrlError(f"unknown dtype {dtype!r}; expected one of auto, {', '.join(_DTYPES)}")
 
 
 def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
     """A loading dtype by name (float32/fp32, bfloat16/bf16, ...) as a torch dtype; `auto` stays `auto` (the
     checkpoint's own), None is float32. The trainer's `training_dtype` is another question: which dtype a run
     computes in."""
+    import torch
+
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return torch.float32 if dtype is None else dtype
     if dtype not in _DTYPES:
         raise ThinkrlError(f"unknown dtype {dtype!r}; expected one of auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
+    return getattr(torch, _DTYPES[dtype])
 
 
 # Every model and tokenizer thinkrl loads (policies, the trainer's reference, warm start, the hf engine, a judge's
@@ -269,6 +282,7 @@ def check_weights_fit(model_dir: str | Path) -> Path:
     its config.json builds on the meta device, so no weight is loaded: a tensor of another shape, or (where the
     checkpoint uses the model's own names) one missing, is a one-line ThinkrlError. For a caller that must fail
     before it writes anything (`thinkrl run`); `load_causal_lm` checks the same for real when it loads."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     d = check_model_dir(model_dir)
@@ -353,7 +367,7 @@ def load_tokenizer(model_dir: str | Path, hint: str = ""):
         raise ThinkrlError(f"{d}: could not load the tokenizer ({_first_line(e, 120)}){hint}") from None
 
 
-def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | str = torch.float32):
+def load_causal_lm(model_dir: str | Path, dtype: torch.dtype | str = "float32"):
     """The causal LM of a checked model directory (trust_remote_code off), on the CPU; a one-line ThinkrlError
     for a checkpoint that does not load or does not fit its config.json (a weight missing or of another shape:
     transformers would otherwise start that weight from random values)."""

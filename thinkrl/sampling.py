@@ -84,11 +84,11 @@ class SampleConfig:
     def __post_init__(self) -> None:
         check_settings(self)  # the bounds declared above
         from thinkrl.engine import check_device, check_engine
-        from thinkrl.models import torch_dtype
+        from thinkrl.models import check_dtype
 
         check_engine(self.engine)
         check_device(self.device)
-        torch_dtype(self.dtype)
+        check_dtype(self.dtype)
         object.__setattr__(self, "dtype", {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(
             self.dtype, self.dtype))  # one name per dtype: the same outputs, the same key
 

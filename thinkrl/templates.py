@@ -25,10 +25,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from thinkrl.errors import ThinkrlError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 CONFIG_FILE = "thinkrl.json"  # in a model directory: {"template": "<name>", ...}

@@ -5,6 +5,9 @@
     metrics = train("runs/tiny", df, TrainConfig(lr=1e-4), "runs/train-r0")
     torchrun --nproc-per-node 2 -m stages.cli train ...        # DDP: gloo on CPU, nccl on CUDA
 
+The settings, TrainConfig, are declared with the train stage (thinkrl/training.py, which imports this module only
+when a run starts, so the settings load without torch); they are importable from here too.
+
 A round is the `advantages` table of one thoughts artifact: G rollouts of each of N problems sampled by
 the behaviour policy π_old and per-token advantages A; log π_old is recomputed at the start (see below). One
 optimizer step takes B problems with all their rollouts (groups stay together); K passes over the round,
@@ -65,7 +68,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +98,9 @@ from thinkrl.logprobs import (  # noqa: F401  (token_logprobs, plan_micro_batche
     token_logprobs,
     unwrap,
 )
-from thinkrl.loss import AGGREGATIONS, ALIASES, BatchCounts, LossConfig, policy_loss
+from thinkrl.loss import BatchCounts, LossConfig, policy_loss
 from thinkrl.models import load_policy, n_params
-from thinkrl.settings import check_settings, setting
+from thinkrl.training import SCHEDULES, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,103 +108,7 @@ STATE_FILE, STATE_WEIGHTS = "trainer.pt", "model.safetensors"
 
 
 # --------------------------------------------------------------------------------------------- config
-def _constant(p: float) -> float:
-    return 1.0
-
-
-def _cosine(p: float) -> float:
-    return 0.5 * (1.0 + math.cos(math.pi * min(max(p, 0.0), 1.0)))
-
-
-def _linear(p: float) -> float:
-    return 1.0 - min(max(p, 0.0), 1.0)
-
-
-SCHEDULES: dict[str, Callable[[float], float]] = {"constant": _constant, "cosine": _cosine, "linear": _linear}
 PEAK_FLOPS = {"float32": 196e9, "bfloat16": 425e9, "bfloat16-pure": 425e9, "float64": 196e9}  # 2-thread dev CPU
-DTYPES = ("auto", "float32", "bfloat16", "bfloat16-pure", "float64")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of a training run (group size G is read from the data)."""
-
-    prompts_per_step: int = setting(5, "problems per optimizer step (B), each with all its G rollouts", ge=1)
-    epochs: int = setting(1, "passes K over the round's rollouts", ge=1, aliases=("num_iterations",))
-    lr: float = setting(1e-4, "peak learning rate (paper: 1e-6 on 1.5B/7B; 1e-4 suits the tiny CPU policy; 0 "
-                              "runs the pipeline with a frozen policy)", ge=0,
-                      aliases=("learning_rate",))
-    warmup_steps: int = setting(0, "linear warm-up steps (global steps: once per experiment, not per round)",
-                                ge=0)
-    schedule: str = setting("constant", f"lr schedule after warm-up: {', '.join(SCHEDULES)}",
-                            aliases=("lr_scheduler_type",))
-    schedule_steps: int | None = setting(None, "length of a decaying lr schedule in global optimizer steps "
-                                            "(default: the one the continued run was given, else the steps "
-                                            "done before this run plus this run's)", ge=1)
-    continue_from: str | None = setting(None, "a previous train run's directory: continue its optimizer state, "
-                                           "lr schedule and global step (thinkrl run does this every round)")
-    recompute_logprobs: bool = setting(True, "recompute log pi_old with this run's model over the micro-batches of "
-                                          "the first pass (ratio exactly 1 at the first step); off: the table's "
-                                          "behaviour_logprobs (the sampler's)")
-    weight_decay: float = setting(0.0, "AdamW weight decay", ge=0)
-    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW betas", ge=0, lt=1)
-    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0 = off)", ge=0,
-                              aliases=("max_grad_norm",))
-    micro_batch_tokens: int = setting(4096, "padded tokens per micro-batch (bounds memory; grads accumulate)",
-                                     ge=1)
-    eps_low: float = setting(0.2, "ratio clip below: 1 - eps_low", ge=0, lt=1, aliases=("epsilon",))
-    eps_high: float = setting(0.2, "ratio clip above: 1 + eps_high (DAPO uses 0.28)", ge=0,
-                             aliases=("epsilon_high",))
-    beta: float = setting(0.0, "k3 KL coefficient to the reference policy (0 = no reference model)", ge=0)
-    ref_policy: str | None = setting(None, "reference policy directory for the KL (default: the input policy)")
-    aggregation: str = setting("seq-mean-token-mean", f"loss aggregation: {', '.join(AGGREGATIONS)}; also "
-                                                   f"accepted: {', '.join(ALIASES)} (TRL's names; docs/PAPER.md)",
-                            aliases=("loss_type",))
-    norm_len: int | None = setting(None, "Dr. GRPO length constant (default: the rollouts' generation budget, "
-                                      "max_tokens, recorded by segment; constant across rounds)", ge=1)
-    dtype: str = setting("auto", "training precision: auto (bf16 autocast on CUDA with bf16, else float32), "
-                              "float32, bfloat16 (autocast over fp32 master weights), bfloat16-pure (bf16 weights "
-                              "and AdamW state: half the memory, no fp32 master), float64")
-    logprob_chunk: int = setting(1024, "completion positions per chunk through the LM head: the (tokens, vocab) "
-                                       "logits never exist at once (0 = whole logits; same values)", ge=0)
-    gradient_checkpointing: bool = setting(False, "recompute each layer's activations in the backward (less "
-                                                  "memory for long completions, about 1/3 more compute)")
-    seed: int = setting(0, "seed of the batch order (per pass) and of the per-step torch RNG", ge=0)
-    max_nonfinite_in_row: int = setting(3, "stop after this many skipped (non-finite) steps in a row", ge=1)
-    flops_peak: float | None = setting(None, "peak FLOP/s per rank for MFU (default: 196e9 fp32 / 425e9 bf16, "
-                                          "the measured 2-thread matmul peak of the dev CPU)", gt=0)
-    save_every: int = setting(50, "checkpoint every N optimizer steps (0 = only at the end)", ge=0,
-                          aliases=("save_steps",))
-    max_steps: int | None = setting(None, "stop after this global step (default: all K passes); "
-                                       "a rerun with a larger value resumes", ge=0)
-
-    def __post_init__(self):
-        check_settings(self)  # the bounds declared above; the checks below are of names
-        if self.aggregation in ALIASES:  # TRL's name -> ours, so the skip key is the same either way
-            object.__setattr__(self, "aggregation", ALIASES[self.aggregation])
-        if self.schedule == "constant":  # its length changes nothing: keep it out of the skip keys
-            object.__setattr__(self, "schedule_steps", None)
-        checks = [
-            (self.aggregation in AGGREGATIONS,
-             f"aggregation {self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)} "
-             f"(or {', '.join(ALIASES)})"),
-            (self.schedule in SCHEDULES,
-             f"schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
-            (self.dtype in DTYPES, f"dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ThinkrlError(f"train config: {msg}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    def loss_config(self) -> LossConfig:
-        return LossConfig(eps_low=self.eps_low, eps_high=self.eps_high, beta=self.beta,
-                          aggregation=self.aggregation)
-
 
 
 def training_dtype(name: str) -> str:

@@ -1,5 +1,5 @@
-"""The train stage: key -> skip -> train (or carry the policy forward) -> finish, for `thinkrl train` and
-`thinkrl run` alike.
+"""The train stage: its settings (TrainConfig), then key -> skip -> train (or carry the policy forward) ->
+finish, for `thinkrl train` and `thinkrl run` alike.
 
     result = run_train_stage(Path("runs/tiny"), Path("runs/t"), Path("runs/tr"), TrainConfig(lr=1e-4))
 
@@ -9,23 +9,129 @@ nothing to learn (an empty advantages table, or one whose every advantage is zer
 with `carry_forward` (what `thinkrl run` asks for) the train artifact records `carried_forward: true`, its
 policy/ is a copy of the input policy and its state/ a copy of the continued state, so the next round goes on
 from there.
+
+The training loop itself is thinkrl/trainer.py (torch), imported when a run starts: the settings load without it
+(`thinkrl train --help`, `thinkrl run --help` and the experiment keys need no torch).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from thinkrl.artifacts import MANIFEST, ArtifactWriter, StageResult, finished, read_table, replace_dir
-from thinkrl.trainer import NothingToTrain, TrainConfig, default_device, resolve_config, train, train_inputs
+from thinkrl.errors import ThinkrlError
+from thinkrl.loss import AGGREGATIONS, ALIASES, LossConfig
+from thinkrl.settings import check_settings, setting
 
 if TYPE_CHECKING:
     from thinkrl.tracking import Tracker
 
 
+# --------------------------------------------------------------------------------------------- config
+def _constant(p: float) -> float:
+    return 1.0
+
+
+def _cosine(p: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(p, 0.0), 1.0)))
+
+
+def _linear(p: float) -> float:
+    return 1.0 - min(max(p, 0.0), 1.0)
+
+
+SCHEDULES: dict[str, Callable[[float], float]] = {"constant": _constant, "cosine": _cosine, "linear": _linear}
+DTYPES = ("auto", "float32", "bfloat16", "bfloat16-pure", "float64")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run (group size G is read from the data)."""
+
+    prompts_per_step: int = setting(5, "problems per optimizer step (B), each with all its G rollouts", ge=1)
+    epochs: int = setting(1, "passes K over the round's rollouts", ge=1, aliases=("num_iterations",))
+    lr: float = setting(1e-4, "peak learning rate (paper: 1e-6 on 1.5B/7B; 1e-4 suits the tiny CPU policy; 0 "
+                              "runs the pipeline with a frozen policy)", ge=0,
+                      aliases=("learning_rate",))
+    warmup_steps: int = setting(0, "linear warm-up steps (global steps: once per experiment, not per round)",
+                                ge=0)
+    schedule: str = setting("constant", f"lr schedule after warm-up: {', '.join(SCHEDULES)}",
+                            aliases=("lr_scheduler_type",))
+    schedule_steps: int | None = setting(None, "length of a decaying lr schedule in global optimizer steps "
+                                            "(default: the one the continued run was given, else the steps "
+                                            "done before this run plus this run's)", ge=1)
+    continue_from: str | None = setting(None, "a previous train run's directory: continue its optimizer state, "
+                                           "lr schedule and global step (thinkrl run does this every round)")
+    recompute_logprobs: bool = setting(True, "recompute log pi_old with this run's model over the micro-batches of "
+                                          "the first pass (ratio exactly 1 at the first step); off: the table's "
+                                          "behaviour_logprobs (the sampler's)")
+    weight_decay: float = setting(0.0, "AdamW weight decay", ge=0)
+    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW betas", ge=0, lt=1)
+    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0 = off)", ge=0,
+                              aliases=("max_grad_norm",))
+    micro_batch_tokens: int = setting(4096, "padded tokens per micro-batch (bounds memory; grads accumulate)",
+                                     ge=1)
+    eps_low: float = setting(0.2, "ratio clip below: 1 - eps_low", ge=0, lt=1, aliases=("epsilon",))
+    eps_high: float = setting(0.2, "ratio clip above: 1 + eps_high (DAPO uses 0.28)", ge=0,
+                             aliases=("epsilon_high",))
+    beta: float = setting(0.0, "k3 KL coefficient to the reference policy (0 = no reference model)", ge=0)
+    ref_policy: str | None = setting(None, "reference policy directory for the KL (default: the input policy)")
+    aggregation: str = setting("seq-mean-token-mean", f"loss aggregation: {', '.join(AGGREGATIONS)}; also "
+                                                   f"accepted: {', '.join(ALIASES)} (TRL's names; docs/PAPER.md)",
+                            aliases=("loss_type",))
+    norm_len: int | None = setting(None, "Dr. GRPO length constant (default: the rollouts' generation budget, "
+                                      "max_tokens, recorded by segment; constant across rounds)", ge=1)
+    dtype: str = setting("auto", "training precision: auto (bf16 autocast on CUDA with bf16, else float32), "
+                              "float32, bfloat16 (autocast over fp32 master weights), bfloat16-pure (bf16 weights "
+                              "and AdamW state: half the memory, no fp32 master), float64")
+    logprob_chunk: int = setting(1024, "completion positions per chunk through the LM head: the (tokens, vocab) "
+                                       "logits never exist at once (0 = whole logits; same values)", ge=0)
+    gradient_checkpointing: bool = setting(False, "recompute each layer's activations in the backward (less "
+                                                  "memory for long completions, about 1/3 more compute)")
+    seed: int = setting(0, "seed of the batch order (per pass) and of the per-step torch RNG", ge=0)
+    max_nonfinite_in_row: int = setting(3, "stop after this many skipped (non-finite) steps in a row", ge=1)
+    flops_peak: float | None = setting(None, "peak FLOP/s per rank for MFU (default: 196e9 fp32 / 425e9 bf16, "
+                                          "the measured 2-thread matmul peak of the dev CPU)", gt=0)
+    save_every: int = setting(50, "checkpoint every N optimizer steps (0 = only at the end)", ge=0,
+                          aliases=("save_steps",))
+    max_steps: int | None = setting(None, "stop after this global step (default: all K passes); "
+                                       "a rerun with a larger value resumes", ge=0)
+
+    def __post_init__(self):
+        check_settings(self)  # the bounds declared above; the checks below are of names
+        if self.aggregation in ALIASES:  # TRL's name -> ours, so the skip key is the same either way
+            object.__setattr__(self, "aggregation", ALIASES[self.aggregation])
+        if self.schedule == "constant":  # its length changes nothing: keep it out of the skip keys
+            object.__setattr__(self, "schedule_steps", None)
+        checks = [
+            (self.aggregation in AGGREGATIONS,
+             f"aggregation {self.aggregation!r}: expected one of {', '.join(AGGREGATIONS)} "
+             f"(or {', '.join(ALIASES)})"),
+            (self.schedule in SCHEDULES,
+             f"schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
+            (self.dtype in DTYPES, f"dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ThinkrlError(f"train config: {msg}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(eps_low=self.eps_low, eps_high=self.eps_high, beta=self.beta,
+                          aggregation=self.aggregation)
+
+
+# --------------------------------------------------------------------------------------------- stage
 def run_train_stage(policy: Path, thoughts: Path, out: Path, cfg: TrainConfig, force: bool = False,
                     carry_forward: bool = False, start: Callable[[int], None] | None = None,
                     progress: Callable[[dict, int, int], None] | None = None,
@@ -36,6 +142,8 @@ def run_train_stage(policy: Path, thoughts: Path, out: Path, cfg: TrainConfig, f
     resume or read from the finished artifact (thinkrl.tracking: a tracker sees the whole history however the
     stage ran); the manifest of a run it watched records it (metrics.tracking)."""
     on_row = tracker.train_row if tracker is not None else None
+    from thinkrl.trainer import NothingToTrain, default_device, resolve_config, train, train_inputs
+
     df = read_table(thoughts, "advantages", allow_empty=True)
     if df.height == 0 and carry_forward:
         return carry_policy_forward(policy, thoughts, out, cfg, "every advantage of the round is zero")

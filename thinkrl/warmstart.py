@@ -24,6 +24,9 @@ Recipe and why (measured on 2 shared CPU cores; see docs/BENCHMARKS.md and the r
   must get right (the phrases around them are learned within a few dozen steps).
 - gradient clipping at `grad_clip`; float32 weights; `threads` torch threads.
 Nothing here is from the paper (its policies start from distilled reasoning models).
+
+torch and the tokenizer libraries are imported by the functions that train, so WarmstartConfig and the skip
+check (`is_up_to_date`) load without them (`thinkrl model warmstart --help` needs no torch).
 """
 
 from __future__ import annotations
@@ -38,9 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from thinkrl.errors import ThinkrlError
 from thinkrl.models import (
@@ -53,7 +54,9 @@ from thinkrl.models import (
 )
 from thinkrl.settings import check_settings, setting
 from thinkrl.tasks.arith import ArithConfig, CorpusConfig, corpus_stats, make_corpus
-from thinkrl.tokenizer import check_tokenizer, digit_ids
+
+if TYPE_CHECKING:
+    import torch
 
 METRICS_JSON = "warmstart_metrics.json"
 DEFAULT_MINUTES = 4.5  # with `thinkrl model init` (~10 s) inside the 5-minute target of DESIGN §5
@@ -138,6 +141,8 @@ def batch_order(lengths: list[int], batch_size: int, window: int, rng: random.Ra
 def collate(enc: Encoded, rows: list[int], pad_id: int, digit_mask: torch.Tensor,
             digit_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids (B, T) right-padded, loss weights (B, T-1) for predicting token t+1 from t)."""
+    import torch
+
     T = max(len(enc.ids[i]) for i in rows)
     x = torch.full((len(rows), T), pad_id, dtype=torch.long)
     w = torch.zeros((len(rows), T), dtype=torch.float32)
@@ -184,6 +189,8 @@ class ThreadChooser:
                     self.queue = [c for c in self.candidates for _ in range(self.probe_steps)]
                     self.probing, self.samples = True, {c: [] for c in self.candidates}
             t = self.queue.pop(0)
+        import torch
+
         if torch.get_num_threads() != t:
             torch.set_num_threads(t)
         self.used[t] = self.used.get(t, 0) + 1
@@ -208,6 +215,8 @@ def lr_at(cfg: WarmstartConfig, step: int, frac: float) -> float:
 
 def _loss(model, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Weighted mean next-token loss; the output layer runs only where a target is trained."""
+    import torch.nn.functional as F
+
     hidden = model.base_model(input_ids=x, use_cache=False).last_hidden_state[:, :-1]  # (B, T-1, H); no mask:
     # right padding and causal attention, so no real token ever attends a pad
     keep = w > 0  # (B, T-1)
@@ -222,6 +231,8 @@ ProgressFn = Callable[[dict], None]
 
 def _adamw(model, lr: float) -> torch.optim.Optimizer:
     """AdamW, fused where torch has it (on CPU ~10x faster than the per-tensor loop: ~7% of a step)."""
+    import torch
+
     kw = {"lr": lr, "betas": (0.9, 0.98), "eps": 1e-8, "weight_decay": 0.0}
     try:
         return torch.optim.AdamW(model.parameters(), fused=True, **kw)
@@ -232,6 +243,10 @@ def _adamw(model, lr: float) -> torch.optim.Optimizer:
 def train(model, tok, enc: Encoded, cfg: WarmstartConfig, deadline: float | None,
           progress: ProgressFn | None = None) -> dict:
     """The optimizer loop; returns metrics. deadline: time.monotonic() at which training must end."""
+    import torch
+
+    from thinkrl.tokenizer import digit_ids
+
     torch.manual_seed(cfg.seed)
     rng = random.Random(f"thinkrl.warmstart:{cfg.seed}")
     lengths = [len(s) for s in enc.ids]
@@ -298,6 +313,10 @@ def warmstart(model_dir: str | Path, out_dir: str | Path, cfg: WarmstartConfig =
               arith_cfg: ArithConfig = ArithConfig()) -> Path:
     """SFT model_dir on a flawed ArithChain corpus and save the result (HF directory + tokenizer +
     thinkrl.json with the recipe + warmstart_metrics.json) at out_dir."""
+    import torch
+
+    from thinkrl.tokenizer import check_tokenizer
+
     start = time.monotonic()
     deadline = None if cfg.minutes is None else start + cfg.minutes * 60
     out_dir = Path(out_dir)
