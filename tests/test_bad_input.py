@@ -432,7 +432,7 @@ CASES = [
     # -- a bad experiment file: parsed and checked before the run directory is made or locked
     Case("run-toml-syntax", run('policy = "POLICY\n'), "invalid TOML", "run-interrupted"),
     Case("run-toml-not-utf8", run(b'policy = "\xff"\n'), "not valid UTF-8"),
-    Case("run-toml-unknown-key", run('policy = "POLICY"\nlearning_rate = 0.1\n'), "unknown setting `learning_rate`",
+    Case("run-toml-unknown-key", run('policy = "POLICY"\nlearning_rat = 0.1\n'), "unknown setting `learning_rat`",
          "run-interrupted"),
     Case("run-toml-table", run('policy = "POLICY"\n[train]\nlr = 0.1\n'), "table [train] is not allowed"),
     Case("run-toml-wrong-type", run('policy = "POLICY"\nrounds = "three"\n'), "`rounds` must be int, got str",
