@@ -47,7 +47,8 @@ def _judgments(d: Path, rnd: int, bad_tokens: int, tokens: int) -> None:
 def _thoughts(d: Path, scheme: str, dropped: int, share: float) -> None:
     write_artifact(d, "segment", {"scheme": scheme, "alpha": 1.0},
                    {"thoughts": [{"rollout_id": "p0/r0/s0", "thought_idx": 0, "token_start": 0, "token_end": 2,
-                                  "label": "correct", "reward": 1.0}],
+                                  "char_start": 0, "char_end": 2, "text": "ab", "label": "correct",
+                                  "reward": 1.0}],
                     "advantages": [{"rollout_id": "p0/r0/s0", "problem_id": "p0", "prompt_ids": [1],
                                     "completion_ids": [5, 5], "advantages": [1.0, 1.0],
                                     "behaviour_logprobs": [-0.1, -0.1], "outcome_advantage": 1.0, "correct": True,

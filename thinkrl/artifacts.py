@@ -169,17 +169,26 @@ JUDGMENTS = Schema(
 )
 
 THOUGHTS = Schema(
-    "thoughts", 1, "Thoughts: maximal runs of same-label steps, with their advantage.",
+    "thoughts", 2, "Thoughts: maximal runs of same-label steps, with their advantage.",
     ("rollout_id", "thought_idx"),
     (
         Column("rollout_id", S, "joins rollouts.rollout_id"),
         Column("thought_idx", I32, "0-based thought index within the rollout"),
         Column("token_start", I32, "first completion token of the thought"),
         Column("token_end", I32, "exclusive end token"),
+        Column("char_start", I32, "first character of the thought in rollouts.completion: its first step's "
+                                  "char_start"),
+        Column("char_end", I32, "exclusive end character: the next thought's char_start (the separator after a "
+                                "thought is its own, as its tokens are); for the last, its last step's char_end. "
+                                "Its tokens are those whose first character lies in [char_start, char_end), as "
+                                "for the judgments' steps (scheme `step`: one thought per step, the step's spans)"),
+        Column("text", S, "the thought's text: completion[char_start:char_end]"),
         Column("label", S, "label shared by the thought's steps", values=LABELS),
         Column("reward", F32, "advantage given to every token of the thought"),
     ),
-    rules=(_ordered("token_start", "token_end"),),
+    rules=(_ordered("token_start", "token_end"), _ordered("char_start", "char_end"),
+           Rule(pl.col("text").str.len_chars() == pl.col("char_end") - pl.col("char_start"),
+                "text has char_end - char_start characters")),
 )
 
 ADVANTAGES = Schema(
