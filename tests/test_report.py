@@ -72,8 +72,8 @@ def _train(d: Path, losses: list[float]) -> None:
 def _eval(d: Path, acc: float, policy: str, tokens: float = 12.0) -> None:
     write_artifact(d, "eval", {"policy": policy, "k": 4},
                    {"eval_samples": [{"benchmark": "arith-heldout", "problem_id": "h0", "sample_idx": 0,
-                                      "completion": "x", "pred_answer": "1", "correct": True, "tokens": 3,
-                                      "finish_reason": "stop"}],
+                                      "prompt": "q", "answer": "1", "completion": "x", "pred_answer": "1",
+                                      "correct": True, "tokens": 3, "finish_reason": "stop"}],
                     "eval_summary": [{"benchmark": "arith-heldout", "problems": 50, "k": 4, "avg_at_k": acc,
                                       "pass_at_k": min(1.0, acc + 0.2), "maj_at_k": acc + 0.05,
                                       "mean_tokens": tokens, "truncation_rate": 0.0}]})

@@ -278,11 +278,13 @@ BEHAVIOUR = Schema(
 )
 
 EVAL_SAMPLES = Schema(
-    "eval_samples", 1, "Every evaluation sample.", ("benchmark", "problem_id", "sample_idx"),
+    "eval_samples", 2, "Every evaluation sample.", ("benchmark", "problem_id", "sample_idx"),
     (
         Column("benchmark", S, "benchmark name"),
         Column("problem_id", S, "joins problems.problem_id"),
         Column("sample_idx", I32, "0..k-1"),
+        Column("prompt", S, "the prompt text the policy saw (the question after the template)"),
+        Column("answer", S, "gold answer (copied from problems)"),
         Column("completion", S, "generated text"),
         Column("pred_answer", S, "extracted answer, null if none", nullable=True),
         Column("correct", B, "graded against the gold answer"),
