@@ -10,8 +10,11 @@ rationale (judgments), thought spans, texts and rewards (thoughts table), per-to
 advantage (advantages table; a rollout of the group missing from it was dropped: all-zero advantages),
 and the tokens: completion ids decoded with the policy's tokenizer (from the rollouts' `policy` column;
 `tokenizer.json` through `tokenizers`, else transformers' AutoTokenizer), char offsets from
-`steps.token_char_offsets` (the judge's own mapping). When no tokenizer loads, the view is char-level:
-one piece per step or gap, with the mean advantage of its token span.
+`steps.token_char_offsets` (the judge's own mapping). `RolloutView.tokens[t]` is the text token t adds to the
+decoded completion, next to `advantages[t]` ('' for a special token such as EOS, whose name is in its piece,
+and for the first bytes of a character split over byte tokens), so "".join(tokens) is the decoded completion.
+When no tokenizer loads, the view is char-level: one piece per step or gap, with the mean advantage of its
+token span, and no tokens.
 
 `open_view(path, ...)` starts from any of the three artifacts and finds the others (`thinkrl/lineage.py`).
 The view is drawn on the terminal and as an HTML page by `thinkrl/rollout_render.py`.
@@ -92,6 +95,8 @@ class RolloutView:
     thoughts: list[ThoughtView]
     thoughts_source: str          # "thoughts table", "judgments (merged here)" or "none"
     advantages: list[float] | None
+    tokens: list[str] | None      # per completion token, the text it adds to the decoded completion (aligned
+                                  # with advantages); None in a char-level view
     outcome_advantage: float
     outcome_source: str           # "advantages table" or "computed from the group"
     dropped: bool | None          # None: no thoughts artifact given
@@ -266,6 +271,7 @@ def _rollout(r: dict, steps: list[StepView], spec: list[tuple], spec_source: str
         pred_answer=r["pred_answer"], answer=r["answer"], finish_reason=r["finish_reason"], policy=r["policy"],
         n_tokens=n, steps=steps, thoughts=thoughts, thoughts_source=spec_source,
         advantages=None if adv is None else [float(x) for x in adv],
+        tokens=None if offsets is None else [p.text if not p.special else "" for p in pieces],
         outcome_advantage=float(adv_row["outcome_advantage"]) if adv_row is not None else r_hat,
         outcome_source="advantages table" if adv_row is not None else "computed from the group",
         dropped=dropped, pieces=pieces, token_level=offsets is not None, answer_char_start=answer_char)
