@@ -159,8 +159,11 @@ JUDGMENTS = Schema(
         Column("label", S, "correct | incorrect | matched | unmatched | unknown", values=LABELS),
         Column("judge", S, "judge backend and model, e.g. `rule`, `hf:/models/q`"),
         Column("rationale", S, "judge's reason or the parse failure reason"),
-        Column("reply", S, "the generative judge's raw reply for this rollout (the same on each of its steps); "
-                           "null for rule/oracle judges and failed calls", nullable=True),
+        Column("reply", S, "the generative judge's raw reply for this rollout (the same on each of its steps): the "
+                           "reply its labels were read from (after --parse-retries, the last one asked for), the "
+                           "same text whether asked now or read from the reply cache; for a request that failed, "
+                           "its last reply, null when none came (transport, HTTP, timeout). Null for the code "
+                           "judges (rule, oracle): they send no request", nullable=True),
         Column("error", S, "why the judge gave this rollout no verdict (connection error, http 500, timeout, "
                            "unusable reply...): its steps are `unknown`. Null for a real verdict; only an artifact "
                            "finished with --allow-failed has any (manifest metrics.failed_rollouts)", nullable=True),
