@@ -21,10 +21,14 @@ SAMPLE_VALUES = {
 }
 
 
+ROW_VALUES = {"thoughts": {"char_end": 4}}  # values a schema's rules need: text "x" is chars [3, 4)
+
+
 def make_rows(schema: A.Schema, n: int = 3) -> list[dict]:
     rows = []
     for i in range(n):
         r = {c.name: c.values[0] if c.values else SAMPLE_VALUES[c.dtype] for c in schema.columns}
+        r |= ROW_VALUES.get(schema.name, {})
         for k in schema.key:  # unique keys
             r[k] = f"id-{i}" if schema.column(k).dtype == pl.String() else i
         rows.append(r)

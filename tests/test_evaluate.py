@@ -46,3 +46,42 @@ def test_summarise_by_hand():
     assert s["maj_at_k"] == pytest.approx(0.5)      # a: "1" wins (correct); b: "4" wins (wrong)
     assert s["mean_tokens"] == pytest.approx(11.5)
     assert s["truncation_rate"] == pytest.approx(0.25)
+
+
+class EchoEngine:
+    """An engine stand-in: sample j of every prompt answers \\boxed{j} (no model; the grading is real)."""
+    name = "echo"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def generate(self, prompts, params, seeds, progress=None):
+        from thinkrl.engine.base import Completion
+
+        outs = []
+        for _ in prompts:
+            texts = [f"The answer is \\boxed{{{j}}}" for j in range(params.n)]
+            outs.append([Completion(t, self.tokenizer.encode(t, add_special_tokens=False), [-0.5] * 3, "stop")
+                         for t in texts])
+        return outs
+
+
+def test_eval_samples_carry_the_prompt_and_the_gold_answer(tmp_path):
+    """Each sample row holds the prompt the policy saw (template `raw`: question + instruction + newline) and the
+    gold answer, so it can be read or graded again from the artifact alone."""
+    from thinkrl.artifacts import ArtifactWriter, read_table
+    from thinkrl.evaluate import EvalConfig, evaluate
+    from thinkrl.tokenizer import build_tokenizer
+
+    problems = pl.DataFrame({"problem_id": ["t-0", "t-1"], "source": ["t", "t"], "meta": ["{}", "{}"],
+                             "question": ["Start at 2. Add 1.", "Start at 5. Subtract 4."], "answer": ["3", "1"]})
+    cfg = EvalConfig(k=2, template="raw", max_tokens=8, device="cpu", dtype="float32")
+    tok = build_tokenizer([*problems["question"], "The answer is \\boxed{01}"])
+    evaluate({"t": problems}, EchoEngine(tok), cfg, ArtifactWriter(tmp_path / "e", "eval", {}), "p")
+    got = read_table(tmp_path / "e", "eval_samples").sort("problem_id", "sample_idx")
+    instruction = "\nPlease reason step by step, and put your final answer within \\boxed{}.\n"
+    assert got.select("problem_id", "sample_idx", "prompt", "answer", "pred_answer", "correct").rows() == [
+        ("t-0", 0, "Start at 2. Add 1." + instruction, "3", "0", False),
+        ("t-0", 1, "Start at 2. Add 1." + instruction, "3", "1", False),
+        ("t-1", 0, "Start at 5. Subtract 4." + instruction, "1", "0", False),
+        ("t-1", 1, "Start at 5. Subtract 4." + instruction, "1", "1", True)]

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from fault_server import FaultServer
 
-from thinkrl.artifacts import ArtifactWriter, read_table, write_artifact
+from thinkrl.artifacts import ArtifactWriter, read_manifest, read_table, write_artifact
 from thinkrl.errors import IncompleteError, ThinkrlError
 from thinkrl.judge import make_judge
 from thinkrl.judge.judging import check_fallbacks, fallback_report, judge_rollouts, requests_for
@@ -277,6 +277,28 @@ def test_useless_replies_are_asked_again_never_cached_and_never_finish_the_judgm
         asked = len(srv.records)
         judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j2", "judge", {"judge": "openai"}))
         assert len(srv.records) == asked              # the good replies are cached under the original requests
+
+
+def test_reply_column_holds_the_used_reply_fresh_and_from_the_cache(tmp_path, tokenizer):
+    """Each rollout's first reply is useless and the reminder gets a full verdict: the `reply` of every step is
+    the reply its labels were read from (not the useless one). A second run on the same reply cache asks the
+    server nothing and writes the same reply column, byte for byte the same judgments table."""
+    ro = rollouts_frame(tokenizer, 6)
+    expected = {r.rollout_id: judge_reply(TEMPLATES["intrinsic-v1"].messages(r)) for r in requests_for(ro, "blank")}
+    with FaultServer() as srv:
+        srv.reply_fn = lambda messages: "no labels yet" if len(messages) == 2 else judge_reply(messages)
+        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"), timeout_s=5)
+        judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {"judge": "openai"}))
+        asked = len(srv.records)
+        assert asked == 12                                               # 6 requests, each asked once again
+        judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j2", "judge", {"judge": "openai"}))
+        assert len(srv.records) == asked                                 # every reply from the cache
+    fresh, cached = read_table(tmp_path / "j", "judgments"), read_table(tmp_path / "j2", "judgments")
+    assert dict(fresh.select("rollout_id", "reply").unique().iter_rows()) == expected
+    assert fresh.group_by("rollout_id").agg(pl.col("reply").n_unique())["reply"].to_list() == [1] * 6
+    assert cached["reply"].to_list() == fresh["reply"].to_list()
+    sha = [read_manifest(tmp_path / d)["outputs"]["judgments"]["sha256"] for d in ("j", "j2")]
+    assert sha[0] == sha[1]
 
 
 def test_a_judge_that_fails_everywhere_is_loud_and_keeps_its_replies(tmp_path, tokenizer):

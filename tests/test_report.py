@@ -47,7 +47,8 @@ def _judgments(d: Path, rnd: int, bad_tokens: int, tokens: int) -> None:
 def _thoughts(d: Path, scheme: str, dropped: int, share: float) -> None:
     write_artifact(d, "segment", {"scheme": scheme, "alpha": 1.0},
                    {"thoughts": [{"rollout_id": "p0/r0/s0", "thought_idx": 0, "token_start": 0, "token_end": 2,
-                                  "label": "correct", "reward": 1.0}],
+                                  "char_start": 0, "char_end": 2, "text": "ab", "label": "correct",
+                                  "reward": 1.0}],
                     "advantages": [{"rollout_id": "p0/r0/s0", "problem_id": "p0", "prompt_ids": [1],
                                     "completion_ids": [5, 5], "advantages": [1.0, 1.0],
                                     "behaviour_logprobs": [-0.1, -0.1], "outcome_advantage": 1.0, "correct": True,
@@ -71,8 +72,8 @@ def _train(d: Path, losses: list[float]) -> None:
 def _eval(d: Path, acc: float, policy: str, tokens: float = 12.0) -> None:
     write_artifact(d, "eval", {"policy": policy, "k": 4},
                    {"eval_samples": [{"benchmark": "arith-heldout", "problem_id": "h0", "sample_idx": 0,
-                                      "completion": "x", "pred_answer": "1", "correct": True, "tokens": 3,
-                                      "finish_reason": "stop"}],
+                                      "prompt": "q", "answer": "1", "completion": "x", "pred_answer": "1",
+                                      "correct": True, "tokens": 3, "finish_reason": "stop"}],
                     "eval_summary": [{"benchmark": "arith-heldout", "problems": 50, "k": 4, "avg_at_k": acc,
                                       "pass_at_k": min(1.0, acc + 0.2), "maj_at_k": acc + 0.05,
                                       "mean_tokens": tokens, "truncation_rate": 0.0}]})

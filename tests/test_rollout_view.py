@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+import polars as pl
 import pytest
 from rich.console import Console
 
@@ -14,7 +15,7 @@ from thinkrl.lineage import related_artifacts
 from thinkrl.rollout_render import LABEL_STYLE, render_html, render_terminal, styled_completion
 from thinkrl.rollout_view import open_view, rollout_view
 from thinkrl.segment import Sampling, segment
-from thinkrl.steps import split_steps, token_char_offsets, token_spans
+from thinkrl.steps import split_steps, token_char_offsets, token_span, token_spans
 from thinkrl.tokenizer import EOS, build_tokenizer
 
 S0 = ("17 + 28 = 45\n\n45 * 3 = 125\n\nWait, 45 * 3 = 135, not 125.\n\n135 - 5 = 130\n\n"
@@ -93,6 +94,40 @@ def test_one_rollout_steps_thoughts_and_token_advantages(arts):
     # thought char spans: the incorrect thought covers steps 1..2
     t1 = rv.thoughts[1]
     assert S0[t1.char_start:t1.char_end].strip() == "45 * 3 = 125\n\nWait, 45 * 3 = 135, not 125."
+
+
+def test_token_strings_beside_the_advantages_rebuild_the_decoded_completion(arts):
+    """`tokens[t]` is token t's text, next to `advantages[t]`: they concatenate to the decoded completion (EOS
+    adds ''), in the view and in the JSON of `inspect --json`; char-level (no tokenizer) there are none."""
+    view = rollout_view(arts["rollouts"], arts["judgments"], arts["thoughts"], problem_id="arith-1")
+    ro = {r["rollout_id"]: r for r in read_table(arts["rollouts"], "rollouts").iter_rows(named=True)}
+    for rv in view.rollouts:
+        ids = ro[rv.rollout_id]["completion_ids"]
+        assert len(rv.tokens) == len(rv.advantages) == len(ids)
+        assert "".join(rv.tokens) == arts["tok"].decode(ids, skip_special_tokens=True) == rv.completion
+        assert rv.tokens[-1] == ""                                        # EOS
+        assert rv.tokens == [arts["tok"].decode([i]) for i in ids[:-1]] + [""]  # one text per token here
+        for t in rv.thoughts:                                             # each thought's tokens spell its text
+            assert "".join(rv.tokens[t.token_start:t.token_end]) == t.text == rv.completion[t.char_start:t.char_end]
+    d = view.to_dict()["rollouts"][0]
+    assert d["tokens"] == view.rollouts[0].tokens and len(d["tokens"]) == len(d["advantages"])
+    flat = rollout_view(arts["rollouts"], arts["judgments"], arts["thoughts"], problem_id="arith-1", tokenizer=None)
+    assert all(rv.tokens is None for rv in flat.rollouts)
+
+
+def test_thoughts_table_char_spans_follow_the_token_spans(arts):
+    """Every thought row's text is completion[char_start:char_end], and its tokens are exactly those whose
+    first character lies in its char span (the rule of the judgments' step spans), with the real tokenizer."""
+    ro = {r["rollout_id"]: r for r in read_table(arts["rollouts"], "rollouts").iter_rows(named=True)}
+    th = read_table(arts["thoughts"], "thoughts")
+    assert th.height == 8                                               # arith-1: 3 + 2 + 1 thoughts; arith-2: 1 + 1
+    for t in th.iter_rows(named=True):
+        r = ro[t["rollout_id"]]
+        assert t["text"] == r["completion"][t["char_start"]:t["char_end"]] and t["text"]
+        offsets = token_char_offsets(arts["tok"], r["completion_ids"])
+        assert token_span(t["char_start"], t["char_end"], offsets) == (t["token_start"], t["token_end"])
+    s0 = th.filter(pl.col("rollout_id") == "arith-1/r0/s0").sort("thought_idx")["text"].to_list()
+    assert s0 == ["17 + 28 = 45\n\n", "45 * 3 = 125\n\nWait, 45 * 3 = 135, not 125.\n\n", "135 - 5 = 130"]
 
 
 def test_group_of_all_wrong_is_dropped(arts):

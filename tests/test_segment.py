@@ -17,15 +17,18 @@ from thinkrl.thoughts import outcome_advantages
 SAMPLING = Sampling(temperature=0.7, max_tokens=12)
 
 
-def rollout(rid: str, n_tokens: int, correct: bool, pred: str | None, finish: str = "stop") -> dict:
+def rollout(rid: str, n_tokens: int, correct: bool, pred: str | None, finish: str = "stop",
+            completion: str = "") -> dict:
     return {"rollout_id": rid, "problem_id": rid.split("/")[0], "round": 3, "prompt_ids": [1, 2],
-            "completion_ids": list(range(10, 10 + n_tokens)), "logprobs": [-0.5] * n_tokens,
+            "completion": completion, "completion_ids": list(range(10, 10 + n_tokens)), "logprobs": [-0.5] * n_tokens,
             "correct": correct, "pred_answer": pred, "finish_reason": finish}
 
 
-def steps(rid: str, spans: list[tuple[int, int, str]]) -> list[dict]:
-    return [{"rollout_id": rid, "step_idx": i, "char_start": 0, "char_end": 0, "token_start": a, "token_end": b,
-             "text": "", "label": lab, "judge": "test", "rationale": ""} for i, (a, b, lab) in enumerate(spans)]
+def steps(rid: str, spans: list[tuple[int, int, str]], chars: list[tuple[int, int]] | None = None) -> list[dict]:
+    chars = chars or [(0, 0)] * len(spans)
+    return [{"rollout_id": rid, "step_idx": i, "char_start": ca, "char_end": cb, "token_start": a, "token_end": b,
+             "text": "", "label": lab, "judge": "test", "rationale": ""}
+            for i, ((a, b, lab), (ca, cb)) in enumerate(zip(spans, chars, strict=True))]
 
 
 # one group: a correct rollout with an error thought, a wrong one with an answer, a wrong one cut off at
@@ -108,8 +111,41 @@ def test_invalid_judged_spans_are_clear_errors(tmp_path, spans, words):
     assert not (tmp_path / "t" / "_manifest.json").exists()
 
 
-THOUGHT = [{"rollout_id": "p/s0", "thought_idx": 0, "token_start": 0, "token_end": 1, "label": CORRECT,
-            "reward": 0.0}]
+# 3 steps, 2 thoughts: characters [0, 12) [14, 26) [28, 56), the answer part [58, 84); tokens by hand
+TEXT = "17 + 28 = 45\n\n45 * 3 = 125\n\nWait, 45 * 3 = 135, not 125.\n\nThe answer is \\boxed{135}."
+TEXT_STEPS = [(0, 5, CORRECT), (6, 11, INCORRECT), (12, 25, INCORRECT)]
+TEXT_CHARS = [(0, 12), (14, 26), (28, 56)]
+
+
+@pytest.mark.parametrize("scheme, expected", [
+    ("thought", [(0, 6, 0, 14, "17 + 28 = 45\n\n", CORRECT),   # the separator after a thought is its own
+                 (6, 25, 14, 56, "45 * 3 = 125\n\nWait, 45 * 3 = 135, not 125.", INCORRECT)]),
+    ("step", [(0, 5, 0, 12, "17 + 28 = 45", CORRECT), (6, 11, 14, 26, "45 * 3 = 125", INCORRECT),
+              (12, 25, 28, 56, "Wait, 45 * 3 = 135, not 125.", INCORRECT)]),     # no merging: the steps' spans
+])
+def test_thoughts_carry_char_spans_and_texts(tmp_path, scheme, expected):
+    from thinkrl.steps import split_steps
+
+    assert [(s.char_start, s.char_end) for s in split_steps(TEXT)[0]] == TEXT_CHARS   # the hand spans are right
+    ro = [rollout("q/s0", 30, True, "135", completion=TEXT), rollout("q/s1", 4, False, "7")]
+    jd = steps("q/s0", TEXT_STEPS, TEXT_CHARS) + steps("q/s1", [(0, 3, MATCHED)])
+    _, th, _ = run(tmp_path, ro, jd, scheme)
+    got = th.filter(pl.col("rollout_id") == "q/s0").sort("thought_idx")
+    assert list(got.select("token_start", "token_end", "char_start", "char_end", "text", "label").iter_rows()) \
+        == expected
+    assert all(TEXT[a:b] == t for a, b, t in got.select("char_start", "char_end", "text").iter_rows())
+
+
+def test_judged_char_spans_outside_the_completion_are_clear_errors(tmp_path):
+    ro = [rollout("q/s0", 30, True, "135", completion=TEXT), rollout("q/s1", 4, False, "7")]
+    jd = steps("q/s0", TEXT_STEPS, [(0, 12), (14, 26), (28, 99)]) + steps("q/s1", [(0, 3, MATCHED)])
+    with pytest.raises(ThinkrlError, match=r"step 2: char span \[28, 99\) is invalid for a completion of 84 "
+                                           "characters"):
+        run(tmp_path, ro, jd)
+
+
+THOUGHT = [{"rollout_id": "p/s0", "thought_idx": 0, "token_start": 0, "token_end": 1, "char_start": 0,
+            "char_end": 1, "text": "1", "label": CORRECT, "reward": 0.0}]
 
 
 def test_rollouts_sampling_reads_the_manifest(tmp_path):
@@ -118,3 +154,11 @@ def test_rollouts_sampling_reads_the_manifest(tmp_path):
     write_artifact(tmp_path / "x", "sample", {}, {"thoughts": THOUGHT})
     with pytest.raises(ThinkrlError, match="no temperature/max_tokens"):
         rollouts_sampling(tmp_path / "x")
+
+
+def test_a_thought_whose_text_is_not_its_span_is_refused(tmp_path):
+    bad = [{**THOUGHT[0], "text": "12"}]                           # 2 characters for the span [0, 1)
+    write_artifact(tmp_path / "t", "segment", {}, {"thoughts": THOUGHT})
+    assert read_table(tmp_path / "t", "thoughts")["text"].to_list() == ["1"]
+    with pytest.raises(ThinkrlError, match="break the rule 'text has char_end - char_start characters'"):
+        write_artifact(tmp_path / "u", "segment", {}, {"thoughts": bad})

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from thinkrl.thoughts import (
+    AnswerStart,
     RolloutInput,
     StepLabel,
     group_advantages,
@@ -19,10 +20,16 @@ C, INC, M, U, K = "correct", "incorrect", "matched", "unmatched", "unknown"
 
 
 def ro(rid, correct, labels, tokens_per_step=3, answer_tokens=2):
-    """A rollout whose steps are `tokens_per_step` tokens each, then an answer part."""
-    steps = tuple(StepLabel(i * tokens_per_step, (i + 1) * tokens_per_step, lab) for i, lab in enumerate(labels))
+    """A rollout whose steps are `tokens_per_step` tokens each (10 characters: 8 of text, a 2-character
+    separator), then an answer part."""
+    steps = tuple(StepLabel(i * tokens_per_step, (i + 1) * tokens_per_step, lab, 10 * i, 10 * i + 8)
+                  for i, lab in enumerate(labels))
     n = len(labels) * tokens_per_step + answer_tokens
-    return RolloutInput(rid, correct, n, steps, len(labels) * tokens_per_step)
+    return RolloutInput(rid, correct, n, steps, AnswerStart(len(labels) * tokens_per_step, 10 * len(labels) - 2))
+
+
+def failed(rid, n):
+    return RolloutInput(rid, True, n, None, AnswerStart(n, n))
 
 
 def test_outcome_advantage_population_std():
@@ -66,8 +73,7 @@ def test_all_wrong_group_gives_nothing():
 
 
 def test_failed_judgment_falls_back_to_outcome():
-    failed = RolloutInput("f", True, 7, None, 7)
-    group = [failed, ro("w", False, [M])]
+    group = [failed("f", 7), ro("w", False, [M])]
     adv = {a.rollout_id: a for a in group_advantages(group, "thought")}
     assert adv["f"].unknown_fallback
     assert adv["f"].advantages == pytest.approx([0.5 / (0.5 + 1e-4)] * 7)
@@ -121,17 +127,30 @@ def test_step_scheme_unmatched_normalises_to_zero_reward():
 
 
 def test_merge_thoughts_separators_go_to_previous_thought():
-    steps = [StepLabel(0, 3, C), StepLabel(4, 6, C), StepLabel(7, 9, INC), StepLabel(10, 12, C)]
-    runs = merge_thoughts(steps, answer_token_start=13)
-    assert [(a, b, lab) for a, b, lab, _ in runs] == [(0, 7, C), (7, 10, INC), (10, 13, C)]
-    assert [idx for *_, idx in runs] == [[0, 1], [2], [3]]
+    steps = [StepLabel(0, 3, C, 0, 5), StepLabel(4, 6, C, 7, 11), StepLabel(7, 9, INC, 13, 17),
+             StepLabel(10, 12, C, 19, 23)]
+    runs = merge_thoughts(steps, AnswerStart(13, 25))
+    assert [(t.token_start, t.token_end, t.label) for t in runs] == [(0, 7, C), (7, 10, INC), (10, 13, C)]
+    assert [(t.char_start, t.char_end) for t in runs] == [(0, 13), (13, 19), (19, 25)]  # chars run the same way
+    assert [t.steps for t in runs] == [(0, 1), (2,), (3,)]
+
+
+def test_thought_and_step_schemes_give_each_thought_its_char_span():
+    """3 steps in 2 thoughts: the first thought holds its separator (chars 8..10), the last ends at the answer
+    part; under `step` each thought is one step with the step's own spans."""
+    group = [ro("a", True, [C, INC, INC]), ro("b", False, [M])]
+    th = group_advantages(group, "thought")[0].thoughts
+    assert [(t.token_start, t.token_end, t.char_start, t.char_end, t.label) for t in th] == [
+        (0, 3, 0, 10, C), (3, 9, 10, 28, INC)]
+    st = group_advantages(group, "step")[0].thoughts
+    assert [(t.token_start, t.token_end, t.char_start, t.char_end) for t in st] == [
+        (0, 3, 0, 8), (3, 6, 10, 18), (6, 9, 20, 28)]
 
 
 def test_step_scheme_failed_judgment_gets_outcome_advantage():
     """A failed judgment gets r̂ on every token under `step` too (before the fix: r_i normalised over the
     group's step rewards, [0.894, -1.118] instead of r̂ [1, -1]); its outcome stays in the normalisation."""
-    failed = RolloutInput("f", True, 4, None, 4)
-    group = [failed, ro("w", False, [M], 2, 1)]
+    group = [failed("f", 4), ro("w", False, [M], 2, 1)]
     adv = {a.rollout_id: a for a in group_advantages(group, "step")}
     rh = 0.5 / (0.5 + 1e-4)
     assert adv["f"].unknown_fallback
@@ -145,7 +164,8 @@ def test_step_scheme_no_answer_rollouts_do_not_erase_the_others():
     """Two clean correct rollouts and two wrong ones with no answer (failed judgments): the correct ones keep a
     positive advantage (with failed rollouts left out of the pool they got 0 and were dropped)."""
     group = [ro("a", True, [C, C], 2, 1), ro("b", True, [C], 2, 1),
-             RolloutInput("x", False, 5, None, 5), RolloutInput("y", False, 5, None, 5)]
+             RolloutInput("x", False, 5, None, AnswerStart(5, 5)), RolloutInput("y", False, 5, None,
+                                                                                AnswerStart(5, 5))]
     adv = {a.rollout_id: a for a in group_advantages(group, "step")}
     # pool: a: 1, 1, 1; b: 1, 1; x: 0; y: 0 -> mean 5/7, std sqrt(10)/7
     z1 = (1 - 5 / 7) / (math.sqrt(10) / 7 + 1e-4)

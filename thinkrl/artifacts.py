@@ -159,8 +159,11 @@ JUDGMENTS = Schema(
         Column("label", S, "correct | incorrect | matched | unmatched | unknown", values=LABELS),
         Column("judge", S, "judge backend and model, e.g. `rule`, `hf:/models/q`"),
         Column("rationale", S, "judge's reason or the parse failure reason"),
-        Column("reply", S, "the generative judge's raw reply for this rollout (the same on each of its steps); "
-                           "null for rule/oracle judges and failed calls", nullable=True),
+        Column("reply", S, "the generative judge's raw reply for this rollout (the same on each of its steps): the "
+                           "reply its labels were read from (after --parse-retries, the last one asked for), the "
+                           "same text whether asked now or read from the reply cache; for a request that failed, "
+                           "its last reply, null when none came (transport, HTTP, timeout). Null for the code "
+                           "judges (rule, oracle): they send no request", nullable=True),
         Column("error", S, "why the judge gave this rollout no verdict (connection error, http 500, timeout, "
                            "unusable reply...): its steps are `unknown`. Null for a real verdict; only an artifact "
                            "finished with --allow-failed has any (manifest metrics.failed_rollouts)", nullable=True),
@@ -169,17 +172,26 @@ JUDGMENTS = Schema(
 )
 
 THOUGHTS = Schema(
-    "thoughts", 1, "Thoughts: maximal runs of same-label steps, with their advantage.",
+    "thoughts", 2, "Thoughts: maximal runs of same-label steps, with their advantage.",
     ("rollout_id", "thought_idx"),
     (
         Column("rollout_id", S, "joins rollouts.rollout_id"),
         Column("thought_idx", I32, "0-based thought index within the rollout"),
         Column("token_start", I32, "first completion token of the thought"),
         Column("token_end", I32, "exclusive end token"),
+        Column("char_start", I32, "first character of the thought in rollouts.completion: its first step's "
+                                  "char_start"),
+        Column("char_end", I32, "exclusive end character: the next thought's char_start (the separator after a "
+                                "thought is its own, as its tokens are); for the last, its last step's char_end. "
+                                "Its tokens are those whose first character lies in [char_start, char_end), as "
+                                "for the judgments' steps (scheme `step`: one thought per step, the step's spans)"),
+        Column("text", S, "the thought's text: completion[char_start:char_end]"),
         Column("label", S, "label shared by the thought's steps", values=LABELS),
         Column("reward", F32, "advantage given to every token of the thought"),
     ),
-    rules=(_ordered("token_start", "token_end"),),
+    rules=(_ordered("token_start", "token_end"), _ordered("char_start", "char_end"),
+           Rule(pl.col("text").str.len_chars() == pl.col("char_end") - pl.col("char_start"),
+                "text has char_end - char_start characters")),
 )
 
 ADVANTAGES = Schema(
@@ -269,11 +281,13 @@ BEHAVIOUR = Schema(
 )
 
 EVAL_SAMPLES = Schema(
-    "eval_samples", 1, "Every evaluation sample.", ("benchmark", "problem_id", "sample_idx"),
+    "eval_samples", 2, "Every evaluation sample.", ("benchmark", "problem_id", "sample_idx"),
     (
         Column("benchmark", S, "benchmark name"),
         Column("problem_id", S, "joins problems.problem_id"),
         Column("sample_idx", I32, "0..k-1"),
+        Column("prompt", S, "the prompt text the policy saw (the question after the template)"),
+        Column("answer", S, "gold answer (copied from problems)"),
         Column("completion", S, "generated text"),
         Column("pred_answer", S, "extracted answer, null if none", nullable=True),
         Column("correct", B, "graded against the gold answer"),

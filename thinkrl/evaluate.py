@@ -8,6 +8,8 @@ Scores (the paper's protocol: avg@16 pass@1 at temperature 0.6, top-p 0.95):
 - pass@k: the unbiased estimator 1 - C(n-c, k) / C(n, k) of Chen et al. 2021 with n samples, c correct;
 - maj@k: the most frequent extracted answer (whitespace-insensitive string match; ties go to the answer
   seen first) is correct. Samples with no answer do not vote.
+Each eval_samples row carries the prompt the policy saw (after the template) and the gold answer beside the
+completion, so a sample can be read, or graded again, from the artifact alone.
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ def evaluate(benchmarks: Mapping[str, pl.DataFrame], engine: Engine, cfg: EvalCo
     for bench, problems in benchmarks.items():
         def eval_rows(rows: list[dict], bench: str = bench) -> list[dict]:
             return [{"benchmark": bench, "problem_id": r["problem_id"], "sample_idx": r["sample_idx"],
-                     "completion": r["completion"], "pred_answer": r["pred_answer"], "correct": r["correct"],
-                     "tokens": len(r["completion_ids"]), "finish_reason": r["finish_reason"]} for r in rows]
+                     "prompt": r["prompt"], "answer": r["answer"], "completion": r["completion"],
+                     "pred_answer": r["pred_answer"], "correct": r["correct"], "tokens": len(r["completion_ids"]),
+                     "finish_reason": r["finish_reason"]} for r in rows]
 
         sample_in_parts(problems, engine, scfg, cfg.template, policy, writer, "eval_samples", f"{bench}-", eval_rows,
                         progress)

@@ -125,7 +125,7 @@ def _thought_table(rv: RolloutView, console) -> None:
         t.add_column(c, justify="right" if c in ("#", "n", "reward", "token advantages") else "left")
     for th in rv.thoughts:
         steps = f"{th.steps[0]}–{th.steps[-1]}" if len(th.steps) > 1 else ",".join(map(str, th.steps))
-        text = re.sub(r"\s*\n\s*", " ⏎ ", rv.completion[th.char_start:th.char_end].strip())
+        text = re.sub(r"\s*\n\s*", " ⏎ ", th.text.strip())
         t.add_row(str(th.idx), f"[{LABEL_STYLE.get(th.label, 'yellow')}]{th.label}[/]", steps,
                   f"{th.token_start}–{th.token_end}", str(th.token_end - th.token_start), _fmt_adv(th.reward),
                   _adv_range(th), text[:48] + ("…" if len(text) > 48 else ""))

@@ -6,12 +6,15 @@
 
 `rollout_view(rollouts, judgments, thoughts, rollout_id, problem_id)` gathers, for the group (problem, round)
 of the chosen rollout: the completion, its steps with labels, char and token spans and the judge's
-rationale (judgments), thought spans and rewards (thoughts table), per-token advantages and the outcome
+rationale (judgments), thought spans, texts and rewards (thoughts table), per-token advantages and the outcome
 advantage (advantages table; a rollout of the group missing from it was dropped: all-zero advantages),
 and the tokens: completion ids decoded with the policy's tokenizer (from the rollouts' `policy` column;
 `tokenizer.json` through `tokenizers`, else transformers' AutoTokenizer), char offsets from
-`steps.token_char_offsets` (the judge's own mapping). When no tokenizer loads, the view is char-level:
-one piece per step or gap, with the mean advantage of its token span.
+`steps.token_char_offsets` (the judge's own mapping). `RolloutView.tokens[t]` is the text token t adds to the
+decoded completion, next to `advantages[t]` ('' for a special token such as EOS, whose name is in its piece,
+and for the first bytes of a character split over byte tokens), so "".join(tokens) is the decoded completion.
+When no tokenizer loads, the view is char-level: one piece per step or gap, with the mean advantage of its
+token span, and no tokens.
 
 `open_view(path, ...)` starts from any of the three artifacts and finds the others (`thinkrl/lineage.py`).
 The view is drawn on the terminal and as an HTML page by `thinkrl/rollout_render.py`.
@@ -55,8 +58,9 @@ class ThoughtView:
     token_end: int
     label: str
     reward: float | None          # from the thoughts table; None when derived from the judgments only
-    char_start: int
+    char_start: int               # its char span in the completion (thoughts table, or merged the same way)
     char_end: int
+    text: str                     # completion[char_start:char_end]
     steps: list[int]
     adv_min: float | None = None  # per-token advantages over the thought's tokens (advantages table)
     adv_max: float | None = None
@@ -91,6 +95,8 @@ class RolloutView:
     thoughts: list[ThoughtView]
     thoughts_source: str          # "thoughts table", "judgments (merged here)" or "none"
     advantages: list[float] | None
+    tokens: list[str] | None      # per completion token, the text it adds to the decoded completion (aligned
+                                  # with advantages); None in a char-level view
     outcome_advantage: float
     outcome_source: str           # "advantages table" or "computed from the group"
     dropped: bool | None          # None: no thoughts artifact given
@@ -210,37 +216,21 @@ def _steps(j: pl.DataFrame | None, rid: str) -> list[StepView]:
                      r["text"], r["rationale"]) for r in rows.iter_rows(named=True)]
 
 
-def _thoughts(th: pl.DataFrame | None, rid: str, steps: list[StepView], n: int) -> tuple[list[tuple], str]:
-    """(idx, token_start, token_end, label, reward|None) per thought and where they came from."""
+def _thoughts(th: pl.DataFrame | None, rid: str, steps: list[StepView], n: int,
+              completion: str) -> tuple[list[tuple], str]:
+    """(idx, token_start, token_end, label, reward|None, char_start, char_end) per thought and where they came
+    from."""
     if th is not None:
         rows = th.filter(pl.col("rollout_id") == rid).sort("thought_idx")
         if rows.height:
-            return [(r["thought_idx"], r["token_start"], r["token_end"], r["label"], float(r["reward"]))
-                    for r in rows.iter_rows(named=True)], "thoughts table"
-    labels, answer_start = step_labels(((s.token_start, s.token_end, s.label) for s in steps), n)
+            return [(r["thought_idx"], r["token_start"], r["token_end"], r["label"], float(r["reward"]),
+                     r["char_start"], r["char_end"]) for r in rows.iter_rows(named=True)], "thoughts table"
+    labels, answer = step_labels(((s.token_start, s.token_end, s.label, s.char_start, s.char_end) for s in steps),
+                                 n, len(completion))
     if labels is not None:
-        return [(i, a, b, lab, None) for i, (a, b, lab, _) in enumerate(merge_thoughts(labels, answer_start))], \
-            "judgments (merged here)"
+        return [(i, t.token_start, t.token_end, t.label, None, t.char_start, t.char_end)
+                for i, t in enumerate(merge_thoughts(labels, answer))], "judgments (merged here)"
     return [], "judgment failed: every step unknown (outcome advantage)" if steps else "none"
-
-
-def _thought_chars(spec: list[tuple], steps: list[StepView], offsets: list[tuple[int, int]] | None,
-                   n_chars: int) -> list[tuple[int, int, list[int]]]:
-    out = []
-    for k, (_, a, b, _, _) in enumerate(spec):
-        members = [s.idx for s in steps if a <= s.token_start < b]
-        if offsets is not None and b > a:
-            ca = offsets[min(a, len(offsets) - 1)][0]
-            cb = offsets[min(b, len(offsets)) - 1][1]
-        elif members:
-            ca = next(s.char_start for s in steps if s.idx == members[0])
-            nxt = [st for _, st, _, _, _ in spec[k + 1:]]
-            later = [s.char_start for s in steps if nxt and s.token_start >= nxt[0]]
-            cb = later[0] if later else next(s.char_end for s in steps if s.idx == members[-1])
-        else:
-            ca = cb = n_chars
-        out.append((ca, cb, members))
-    return out
 
 
 def _rollout(r: dict, steps: list[StepView], spec: list[tuple], spec_source: str, adv_row: dict | None,
@@ -259,7 +249,7 @@ def _rollout(r: dict, steps: list[StepView], spec: list[tuple], spec_source: str
     for s in steps:
         step_of[max(0, s.token_start):min(n, s.token_end)] = s.idx
     thought_of = np.full(n, -1)
-    for idx, a, b, _, _ in spec:
+    for idx, a, b, *_ in spec:
         thought_of[max(0, a):min(n, b)] = idx
     pieces, offsets = None, None
     if tok is not None:
@@ -269,11 +259,11 @@ def _rollout(r: dict, steps: list[StepView], spec: list[tuple], spec_source: str
             notes.append(f"{r['rollout_id']}: tokens not decoded ({type(e).__name__}: {e}); char-level view")
     if pieces is None:
         pieces = _char_pieces(r["completion"], n, adv, steps, thought_of)
-    chars = _thought_chars(spec, steps, offsets, len(r["completion"]))
     thoughts = []
-    for (idx, a, b, label, reward), (ca, cb, members) in zip(spec, chars, strict=True):
+    for idx, a, b, label, reward, ca, cb in spec:
         seg = adv[max(0, a):min(n, b)] if adv is not None else np.empty(0)
-        thoughts.append(ThoughtView(idx, a, b, label, reward, ca, cb, members,
+        members = [s.idx for s in steps if ca <= s.char_start < cb]
+        thoughts.append(ThoughtView(idx, a, b, label, reward, ca, cb, r["completion"][ca:cb], members,
                                     float(seg.min()) if seg.size else None, float(seg.max()) if seg.size else None))
     answer_char = max([s.char_end for s in steps], default=0)
     return RolloutView(
@@ -281,6 +271,7 @@ def _rollout(r: dict, steps: list[StepView], spec: list[tuple], spec_source: str
         pred_answer=r["pred_answer"], answer=r["answer"], finish_reason=r["finish_reason"], policy=r["policy"],
         n_tokens=n, steps=steps, thoughts=thoughts, thoughts_source=spec_source,
         advantages=None if adv is None else [float(x) for x in adv],
+        tokens=None if offsets is None else [p.text if not p.special else "" for p in pieces],
         outcome_advantage=float(adv_row["outcome_advantage"]) if adv_row is not None else r_hat,
         outcome_source="advantages table" if adv_row is not None else "computed from the group",
         dropped=dropped, pieces=pieces, token_level=offsets is not None, answer_char_start=answer_char)
@@ -324,7 +315,7 @@ def rollout_view(rollouts_dir: str | Path, judgments_dir: str | Path | None = No
     for r, rh in zip(group.iter_rows(named=True), r_hat, strict=True):
         rid = r["rollout_id"]
         steps = _steps(j, rid)
-        spec, source = _thoughts(th, rid, steps, len(r["completion_ids"]))
+        spec, source = _thoughts(th, rid, steps, len(r["completion_ids"]), r["completion"])
         adv_row = adv_rows.get(rid) if adv_rows is not None else None
         dropped = None if adv_rows is None else adv_row is None
         views.append(_rollout(r, steps, spec, source, adv_row, dropped, float(rh), tok, notes))

@@ -13,7 +13,9 @@ over-long outputs never pushed down (counted as `no_answer_rollouts`; docs/PAPER
 
 Judged token spans are checked at this boundary: 0 <= token_start <= token_end <= completion tokens, steps
 in order and not overlapping; anything else is an error naming the rollout and step, so the thoughts table
-always equals the advantages that training uses.
+always equals the advantages that training uses. Their char spans are checked the same way against the
+completion's characters: each thought row carries its char span and its text, completion[char_start:char_end]
+(`thinkrl.thoughts` says how the spans run).
 
 Each advantages row carries the sampler's log-probs (`behaviour_logprobs`; null where they are not at the
 sampling temperature: vLLM's at T not in {0, 1}), the rollouts' sampling temperature (the trainer scores at it)
@@ -50,7 +52,7 @@ from thinkrl.artifacts import (
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import INCORRECT, UNKNOWN
 from thinkrl.settings import check_settings, setting
-from thinkrl.thoughts import SCHEMES, RolloutInput, no_answer, scheme_named, step_labels
+from thinkrl.thoughts import SCHEMES, AnswerStart, RolloutInput, no_answer, scheme_named, step_labels
 
 
 @dataclass(frozen=True)
@@ -76,16 +78,20 @@ def rollouts_sampling(rollouts: Path) -> Sampling:
     return Sampling(float(config["temperature"]), int(config["max_tokens"]), str(config.get("engine", "hf")))
 
 
-def checked_spans(rid: str, j: pl.DataFrame, n_tokens: int) -> list[tuple[int, int, str]]:
-    """(token_start, token_end, label) of one rollout's judged steps, validated (see module doc)."""
-    spans, prev_end = [], 0
-    for idx, a, b, label in zip(j["step_idx"], j["token_start"], j["token_end"], j["label"], strict=True):
-        if not (0 <= a <= b <= n_tokens) or a < prev_end:
-            raise ThinkrlError(f"judgments, rollout {rid} step {idx}: token span [{a}, {b}) is invalid for a "
-                               f"completion of {n_tokens} tokens (expected 0 <= start <= end <= {n_tokens}, "
-                               f"steps in order, not overlapping; the previous step ends at {prev_end})")
-        spans.append((a, b, label))
-        prev_end = b
+def checked_spans(rid: str, j: pl.DataFrame, n_tokens: int, n_chars: int) -> list[tuple[int, int, str, int, int]]:
+    """(token_start, token_end, label, char_start, char_end) of one rollout's judged steps, validated (see
+    module doc)."""
+    spans, prev_end, prev_char = [], 0, 0
+    for idx, a, b, label, ca, cb in zip(j["step_idx"], j["token_start"], j["token_end"], j["label"],
+                                        j["char_start"], j["char_end"], strict=True):
+        for what, lo, hi, n, unit, prev in (("token", a, b, n_tokens, "tokens", prev_end),
+                                            ("char", ca, cb, n_chars, "characters", prev_char)):
+            if not (0 <= lo <= hi <= n) or lo < prev:
+                raise ThinkrlError(f"judgments, rollout {rid} step {idx}: {what} span [{lo}, {hi}) is invalid for a "
+                                   f"completion of {n} {unit} (expected 0 <= start <= end <= {n}, steps in order, "
+                                   f"not overlapping; the previous step ends at {prev})")
+        spans.append((a, b, label, ca, cb))
+        prev_end, prev_char = b, cb
     return spans
 
 
@@ -95,13 +101,13 @@ def rollout_inputs(rollouts: pl.DataFrame, judgments: pl.DataFrame) -> dict[str,
         steps_by[rid] = df
     out = {}
     for r in rollouts.iter_rows(named=True):
-        rid, n = r["rollout_id"], len(r["completion_ids"])
+        rid, n, n_chars = r["rollout_id"], len(r["completion_ids"]), len(r["completion"])
         j = steps_by.get(rid)
-        spans = [] if j is None else checked_spans(rid, j, n)
-        steps, answer_start = step_labels(spans, n)
+        spans = [] if j is None else checked_spans(rid, j, n, n_chars)
+        steps, answer = step_labels(spans, n, n_chars)
         if no_answer(r):
-            steps, answer_start = None, n
-        out[rid] = RolloutInput(rid, bool(r["correct"]), n, steps, answer_start)
+            steps, answer = None, AnswerStart(n, n_chars)
+        out[rid] = RolloutInput(rid, bool(r["correct"]), n, steps, answer)
     return out
 
 
@@ -168,9 +174,11 @@ def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str,
             m["unknown_fallbacks"] += ra.unknown_fallback and labels_used and not missing
             m["tokens"] += ri.n_tokens
             incorrect = 0
+            completion = rows[ra.rollout_id]["completion"]
             for t in ra.thoughts:
                 thoughts.append({"rollout_id": ra.rollout_id, "thought_idx": t.idx, "token_start": t.token_start,
-                                 "token_end": t.token_end, "label": t.label, "reward": t.reward})
+                                 "token_end": t.token_end, "char_start": t.char_start, "char_end": t.char_end,
+                                 "text": completion[t.char_start:t.char_end], "label": t.label, "reward": t.reward})
                 if t.label == INCORRECT:
                     m["error_thoughts"] += 1
                     incorrect += t.token_end - t.token_start

@@ -8,7 +8,9 @@ r̂_i = (r_i - mean(r)) / (std(r) + 1e-4) with the POPULATION std (numpy's defau
 Thoughts are maximal runs of consecutive steps with the same label. A thought's tokens run from its
 first step's first token to the next thought's first token (so the separator tokens after a thought
 belong to it); the last thought ends where the answer part begins. Tokens outside every thought (the
-answer part, EOS, text before the first step) get r̂_i.
+answer part, EOS, text before the first step) get r̂_i. A thought's characters run the same way, from its
+first step's first character to the next thought's (the last: to where the answer part begins), so its
+tokens are exactly those whose first character lies in its char span (the rule of `steps.token_span`).
 
 Schemes, each a function of the whole group (a dict, chosen by name):
 - `outcome` (plain GRPO): r̂_i on every token.
@@ -49,16 +51,28 @@ class StepLabel:
     token_start: int
     token_end: int
     label: str
+    char_start: int                      # the step's characters in the completion (judgments.char_start)
+    char_end: int
 
 
-def step_labels(spans: Iterable[tuple[int, int, str]], n_tokens: int) -> tuple[tuple[StepLabel, ...] | None, int]:
-    """(steps, answer_start) from judged (token_start, token_end, label) spans, clamped to the completion's
-    n_tokens. steps is None when there are none or every one is `unknown` (the judgment failed as a whole:
-    the outcome advantage applies); answer_start is where the answer part begins (n_tokens then)."""
-    steps = tuple(StepLabel(min(a, n_tokens), min(b, n_tokens), lab) for a, b, lab in spans)
+@dataclass(frozen=True)
+class AnswerStart:
+    """Where the answer part begins: its first token and first character (the completion's ends if none)."""
+    token: int
+    char: int
+
+
+def step_labels(spans: Iterable[tuple[int, int, str, int, int]], n_tokens: int,
+                n_chars: int) -> tuple[tuple[StepLabel, ...] | None, AnswerStart]:
+    """(steps, answer start) from judged (token_start, token_end, label, char_start, char_end) spans, clamped to
+    the completion's n_tokens and n_chars. steps is None when there are none or every one is `unknown` (the
+    judgment failed as a whole: the outcome advantage applies; the answer start is then the completion's end);
+    else the answer part begins where the last step ends."""
+    steps = tuple(StepLabel(min(a, n_tokens), min(b, n_tokens), lab, min(ca, n_chars), min(cb, n_chars))
+                  for a, b, lab, ca, cb in spans)
     if not steps or all(st.label == UNKNOWN for st in steps):
-        return None, n_tokens
-    return steps, max(st.token_end for st in steps)
+        return None, AnswerStart(n_tokens, n_chars)
+    return steps, AnswerStart(max(st.token_end for st in steps), max(st.char_end for st in steps))
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,7 @@ class RolloutInput:
     correct: bool
     n_tokens: int                        # completion tokens
     steps: tuple[StepLabel, ...] | None  # None: the judgment failed (or is missing)
-    answer_token_start: int              # first token of the answer part (n_tokens if none)
+    answer: AnswerStart                  # where the answer part begins (the completion's end if none)
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,8 @@ class Thought:
     token_end: int
     label: str
     reward: float
+    char_start: int                      # its characters in the completion (see the module doc)
+    char_end: int
 
 
 @dataclass(frozen=True)
@@ -100,20 +116,36 @@ def outcome_advantages(correct: Sequence[bool]) -> np.ndarray:
     return (r - r.mean()) / (r.std() + EPS)
 
 
-def merge_thoughts(steps: Sequence[StepLabel], answer_token_start: int) -> list[tuple[int, int, str, list[int]]]:
-    """Maximal runs of same-label steps -> (token_start, token_end, label, step indices); see module doc."""
-    runs: list[list] = []
+@dataclass(frozen=True)
+class ThoughtSpan:
+    """One maximal run of same-label steps: its token and char spans (see the module doc) and its steps."""
+    token_start: int
+    token_end: int
+    char_start: int
+    char_end: int
+    label: str
+    steps: tuple[int, ...]               # indices of its steps
+
+
+def merge_thoughts(steps: Sequence[StepLabel], answer: AnswerStart) -> list[ThoughtSpan]:
+    """Maximal runs of same-label steps; each runs up to the next one (separators belong to it), the last
+    up to the answer part."""
+    runs: list[list[int]] = []
     for i, s in enumerate(steps):
-        if runs and runs[-1][2] == s.label:
-            runs[-1][3].append(i)
+        if runs and steps[runs[-1][0]].label == s.label:
+            runs[-1].append(i)
         else:
-            runs.append([s.token_start, None, s.label, [i]])
+            runs.append([i])
+    out = []
     for j, run in enumerate(runs):
-        if j + 1 < len(runs):
-            run[1] = runs[j + 1][0]  # up to the next thought: separators belong to this one
-        else:
-            run[1] = max(steps[run[3][-1]].token_end, answer_token_start)  # up to the answer part
-    return [tuple(r) for r in runs]
+        first, last = steps[run[0]], steps[run[-1]]
+        if j + 1 < len(runs):  # up to the next thought: separators belong to this one
+            nxt = steps[runs[j + 1][0]]
+            end_token, end_char = nxt.token_start, nxt.char_start
+        else:                  # up to the answer part
+            end_token, end_char = max(last.token_end, answer.token), max(last.char_end, answer.char)
+        out.append(ThoughtSpan(first.token_start, end_token, first.char_start, end_char, first.label, tuple(run)))
+    return out
 
 
 def _thought_scheme(error_penalty: Callable[[float], float]):
@@ -131,10 +163,10 @@ def _thought_scheme(error_penalty: Callable[[float], float]):
             value = {CORRECT: rh, INCORRECT: rh - alpha * error_penalty(acc), MATCHED: rh, UNMATCHED: 0.0,
                      UNKNOWN: rh}
             thoughts = []
-            for idx, (a, b, label, _) in enumerate(merge_thoughts(g.steps, g.answer_token_start)):
-                v = float(value.get(label, rh))
-                adv[a:b] = v
-                thoughts.append(Thought(idx, a, b, label, v))
+            for idx, t in enumerate(merge_thoughts(g.steps, g.answer)):
+                v = float(value.get(t.label, rh))
+                adv[t.token_start:t.token_end] = v
+                thoughts.append(Thought(idx, t.token_start, t.token_end, t.label, v, t.char_start, t.char_end))
             out.append(RolloutAdvantage(g.rollout_id, float(rh), adv, tuple(thoughts), False))
         return out
 
@@ -152,7 +184,7 @@ def _step_raw_rewards(g: RolloutInput, acc: float, alpha: float) -> list[tuple[i
     r = float(g.correct)
     value = {CORRECT: 1.0, INCORRECT: 1.0 - alpha * acc, MATCHED: 0.0, UNMATCHED: np.nan}
     items = [(s.token_end, value.get(s.label, r), s.label, s.token_start) for s in g.steps or ()]
-    return items + [(g.n_tokens, r, "answer", g.answer_token_start)]
+    return items + [(g.n_tokens, r, "answer", g.answer.token)]
 
 
 def scheme_step(group: Sequence[RolloutInput], alpha: float) -> list[RolloutAdvantage]:
@@ -170,8 +202,9 @@ def scheme_step(group: Sequence[RolloutInput], alpha: float) -> list[RolloutAdva
         adv = np.zeros(g.n_tokens, dtype=np.float64)
         for (end, _, _, _), z in zip(items, norm, strict=True):
             adv[: max(0, min(end, g.n_tokens))] += z  # return-to-go: every token at or before the step's end
-        thoughts = tuple(Thought(i, a, e, label, float(z))
-                         for i, ((e, _, label, a), z) in enumerate(zip(items[:-1], norm[:-1], strict=True)))
+        thoughts = tuple(Thought(i, a, e, label, float(z), s.char_start, s.char_end)  # one per step: its spans
+                         for i, ((e, _, label, a), z, s)
+                         in enumerate(zip(items[:-1], norm[:-1], g.steps, strict=True)))
         out.append(RolloutAdvantage(g.rollout_id, float(rh), adv.astype(np.float32), thoughts, False))
     return out
 
