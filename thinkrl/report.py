@@ -1,6 +1,6 @@
 """Reports: tables comparing training runs and the markdown report with its plots (`thinkrl report`).
 
-    path = write_report(["runs/grpo-s0", "runs/tp-s0"], "runs/report")   # report.md + 3 PNGs
+    path = write_report(["runs/grpo-s0", "runs/tp-s0"], "runs/report")   # report.md + 4 PNGs
     rows = comparison_table([collect_run(d) for d in dirs])               # one dict per run
     print(markdown_table(aggregate_by_group(summaries)))                  # mean ± 95% interval over seeds
 
@@ -232,8 +232,8 @@ def report_markdown(summaries: Sequence[RunSummary], title: str = "thinkrl repor
 
 def write_report(run_dirs: Sequence[str | Path | RunSummary], out_dir: str | Path,
                  title: str = "thinkrl report") -> Path:
-    """Collect every run (or take summaries already collected), write `out_dir/report.md` and the three
-    PNGs beside it; returns the report path."""
+    """Collect every run (or take summaries already collected), write `out_dir/report.md` and the PNGs of
+    `plots.FIGURES` beside it; returns the report path."""
     if not run_dirs:
         raise ThinkrlError("report: give at least one run directory")
     summaries = [d if isinstance(d, RunSummary) else collect_run(d) for d in run_dirs]
