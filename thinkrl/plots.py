@@ -144,8 +144,9 @@ def _draw(ax, summaries: Sequence[RunSummary], series_of: Callable[[RunSummary],
             if half is not None:
                 ax.fill_between(grid, mean - half, mean + half, color=color, alpha=0.18, lw=0)
             n = values.shape[0]
+            band = " (band: 95% t-interval)" if half is not None else ""
             ax.plot(grid, mean, color=color, lw=2.2, marker="o" if markers else "", ms=4,
-                    label=f"{label}: mean of {n} seeds" + (" (band: 95% t-interval)" if half is not None else ""))
+                    label=f"{label}: mean of {n} seed{'s' if n > 1 else ''}{band}")
             drawn += 1
             continue
         for ri, s in enumerate(runs):
