@@ -196,7 +196,7 @@ pre.text{white-space:pre-wrap;overflow-wrap:anywhere;font-family:ui-monospace,Me
 table.th{border-collapse:collapse;font-size:11px;margin-top:8px;width:100%}
 table.th td,table.th th{border-top:1px solid #eee;padding:2px 4px;text-align:right}
 table.th td:nth-child(2),table.th th:nth-child(2){text-align:left}
-table.st{table-layout:fixed} table.st td:nth-child(1),table.st th:nth-child(1){width:2.2em}
+table.st{table-layout:fixed} table.st td:nth-child(1),table.st th:nth-child(1){width:3.2em;overflow-wrap:normal}
 table.st td:nth-child(2),table.st th:nth-child(2){width:6.5em}
 table.st td:nth-child(3),table.st th:nth-child(3){text-align:left}
 details{font-size:11px;margin-top:6px} summary{cursor:pointer;color:#374151}
