@@ -372,7 +372,7 @@ def bench_smollm2(tmp: Path) -> str:
 def bench_schemes(tmp: Path) -> str:
     """Opt-in (about an hour): 3 seeds x 4 reward schemes from the demo's start, the demo's default budget."""
     from thinkrl.demo import DEMO_PRESETS, demo_configs
-    from thinkrl.report import aggregate_by_scheme, markdown_table, write_report
+    from thinkrl.report import aggregate_by_group, markdown_table, write_report
     from thinkrl.summary import collect_run
     from thinkrl.workers import run_experiments
 
@@ -397,9 +397,10 @@ def bench_schemes(tmp: Path) -> str:
         f"sampling, training order and problems differ by seed, the start policy does not. {machine()}, two runs "
         f"at a time, {hours:.2f} h in all.",
         "",
-        markdown_table(aggregate_by_scheme(runs)).strip(),
+        markdown_table(aggregate_by_group(runs)).strip(),
         "",
-        "final acc: held-out avg@k after the last round (mean ± sample std over seeds); samples to baseline acc: "
+        "final acc: held-out avg@k after the last round (mean ± 95% t-interval half-width over seeds); "
+        "samples to baseline acc: "
         "training rollouts consumed when a run first reached the mean final accuracy of `outcome` (GRPO), at eval "
         "points, (n/m) = runs that reached it; length: mean completion tokens of the last round's rollouts; "
         "incorrect-thought share: tokens of judged-incorrect steps of correct rollouts, last round.",

@@ -6,8 +6,9 @@ or, with any rollout option, the rollout view: why a rollout was rewarded as it 
     thinkrl inspect runs/x/round-000/rollouts --rollout 'arith-s0-000017/r0/s3'   # one rollout, coloured
     thinkrl inspect runs/x/round-000/thoughts --problem arith-s0-000017 --html g.html   # its group of G
 
-PATH may be a rollouts, judgments or thoughts artifact: the others are found through the manifests'
-inputs (and sibling artifacts made from them); --judgments / --thoughts override.
+PATH may be a rollouts, judgments or thoughts artifact: the others (and the train artifact, for the trainer's
+log pi_old per token) are found through the manifests' inputs and sibling artifacts made from them;
+--judgments / --thoughts / --train override.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ def inspect(
     problem: Annotated[str | None, typer.Option("--problem", help="rollout view of this problem's group of G")] = None,
     judgments: Annotated[Path | None, typer.Option("--judgments", help="judgments artifact (default: found)")] = None,
     thoughts: Annotated[Path | None, typer.Option("--thoughts", help="thoughts artifact (default: found)")] = None,
+    train: Annotated[Path | None, typer.Option("--train", help="train artifact made from the thoughts, for log pi_old "
+                                               "per token (default: found beside the thoughts)")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="write the group's page (G rollouts side by side)")] = None,
 ) -> None:
     """Show an artifact: manifest (stage, config, inputs, metrics), its tables, their schema and first rows.
     With --rollout/--problem/--html: the rollout view (steps, labels, thoughts, per-token advantages)."""
-    if not any(x is not None for x in (rollout, problem, judgments, thoughts, html)):
+    if not any(x is not None for x in (rollout, problem, judgments, thoughts, train, html)):
         summary = artifact_summary(path, rows=rows, table=table)
         if as_json:
             print(json.dumps(summary, indent=2, default=str))
@@ -45,7 +48,7 @@ def inspect(
     from thinkrl.rollout_render import render_html, render_terminal
     from thinkrl.rollout_view import open_view
 
-    view = open_view(path, judgments=judgments, thoughts=thoughts, rollout_id=rollout, problem_id=problem)
+    view = open_view(path, judgments=judgments, thoughts=thoughts, rollout_id=rollout, problem_id=problem, train=train)
     if html is not None:
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(render_html(view), encoding="utf-8")

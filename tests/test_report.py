@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from thinkrl.artifacts import write_artifact
-from thinkrl.plots import FIGURES, accuracy_figure, incorrect_thoughts_figure, length_figure
-from thinkrl.report import aggregate_by_scheme, comparison_table, markdown_table, write_report
-from thinkrl.summary import collect_run
+from thinkrl.plots import (
+    FIGURES,
+    accuracy_figure,
+    align,
+    curves_figure,
+    incorrect_thoughts_figure,
+    length_figure,
+)
+from thinkrl.report import aggregate_by_group, comparison_table, markdown_table, write_report
+from thinkrl.summary import collect_run, seed_groups
 
 PROBLEMS, G = 4, 4  # 16 rollouts per round
 
@@ -59,13 +67,14 @@ def _thoughts(d: Path, scheme: str, dropped: int, share: float) -> None:
                             "incorrect_thought_token_share": share if scheme != "outcome" else 0.0})
 
 
-def _train(d: Path, losses: list[float]) -> None:
-    rows = [{"step": i + 1, "round": 0, "loss": v, "kl": 0.0, "clip_frac": 0.1, "ratio_mean": 1.0, "grad_norm": 1.0,
-             "lr": 1e-4, "tokens": 100, "dropped_rollouts": 2, "skipped": False, "seconds": 0.5, "mfu": 0.01,
-             "reward_mean": 0.5, "reward_std": 0.5, "accuracy": 0.5, "response_len_mean": 10.0, "response_len_max": 12,
-             "truncation_rate": 0.0, "adv_mean": 0.0, "adv_std": 1.0, "adv_min": -1.0, "adv_max": 1.0,
-             "incorrect_thought_share": 0.1, "entropy": 1.0, "tokens_per_s": 200.0} for i, v in enumerate(losses)]
-    rows.append({**rows[-1], "step": len(rows) + 1, "loss": float("nan"), "skipped": True})  # skipped: not averaged
+def _train(d: Path, losses: list[float], first_step: int = 1, rnd: int = 0) -> None:
+    rows = [{"step": first_step + i, "round": rnd, "loss": v, "kl": 0.0, "clip_frac": 0.1, "ratio_mean": 1.0,
+             "grad_norm": 1.0, "lr": 1e-4, "tokens": 100, "dropped_rollouts": 2, "skipped": False, "seconds": 0.5,
+             "mfu": 0.01, "reward_mean": 0.5, "reward_std": 0.5, "accuracy": 0.5, "response_len_mean": 10.0,
+             "response_len_max": 12, "truncation_rate": 0.0, "adv_mean": 0.0, "adv_std": 1.0, "adv_min": -1.0,
+             "adv_max": 1.0, "incorrect_thought_share": 0.1, "entropy": 1.0, "tokens_per_s": 200.0}
+            for i, v in enumerate(losses)]
+    rows.append({**rows[-1], "step": first_step + len(rows), "loss": float("nan"), "skipped": True})  # not averaged
     write_artifact(d, "train", {}, {"train_metrics": rows})
 
 
@@ -80,13 +89,13 @@ def _eval(d: Path, acc: float, policy: str, tokens: float = 12.0) -> None:
 
 
 def make_run(root: Path, name: str, scheme: str, seed: int, evals: list[float], lengths: list[int],
-             rounds_done: int = 3, rounds_started: int | None = None) -> Path:
+             rounds_done: int = 3, rounds_started: int | None = None, lr: float = 1e-4, extra: str = "") -> Path:
     """A run as `thinkrl run` lays it out: eval-initial + rounds 0..rounds_started-1, the first `rounds_done`
     of them complete (with an eval after each), the next one with its rollouts only."""
     run = root / name
     run.mkdir(parents=True)
-    (run / "config.toml").write_text(f'name = "{name}"\nscheme = "{scheme}"\nseed = {seed}\nrounds = 3\n'
-                                     f'[train]\nlr = 1e-4\n')
+    (run / "config.toml").write_text(f'name = "{name}"\nscheme = "{scheme}"\nseed = {seed}\nrounds = 3\n{extra}'
+                                     f'[train]\nlr = {lr}\n')
     _eval(run / "eval-initial", evals[0], "data/tiny-policy")
     for r in range(rounds_started if rounds_started is not None else rounds_done):
         rd = run / f"round-{r:03d}"
@@ -96,7 +105,7 @@ def make_run(root: Path, name: str, scheme: str, seed: int, evals: list[float], 
         if scheme != "outcome" or r == 0:  # GRPO judged only in round 0 (for measurement)
             _judgments(rd / "judgments", r, bad_tokens=4 - r, tokens=lengths[r])
         _thoughts(rd / "thoughts", scheme, dropped=r, share=0.05)
-        _train(rd / "train", [0.5 - 0.1 * r, 0.3 - 0.1 * r])
+        _train(rd / "train", [0.5 - 0.1 * r, 0.3 - 0.1 * r], first_step=1 + 3 * r, rnd=r)
         _eval(rd / "eval", evals[r + 1], f"{run}/round-{r:03d}/train/policy")
     return run
 
@@ -167,17 +176,19 @@ def test_comparison_and_samples_to_reach(runs):
     assert "| run |" in md and "40.0%" in md and "3.00x" in md and "48" in md
 
 
-def test_aggregate_by_scheme(runs):
+def test_aggregate_by_group(runs):
     s = [collect_run(runs[k]) for k in ("grpo", "tp", "grpo1", "tp1")]
-    agg = {r["scheme"]: r for r in aggregate_by_scheme(s)}
+    agg = {r["scheme"]: r for r in aggregate_by_group(s)}
     assert list(agg) == ["outcome", "thought"]
     assert agg["outcome"]["final_acc"].mean == pytest.approx(0.41)
     assert agg["outcome"]["final_acc"].std == pytest.approx(0.01414, abs=1e-4)
     # target 41%: grpo-s0 never (40%), grpo-s1 at 48; tp-s0 at 16 (41%), tp-s1 at 32 (44%)
     assert (agg["outcome"]["samples_to_baseline"].mean, agg["outcome"]["samples_to_baseline"].n) == (48, 1)
     assert agg["thought"]["samples_to_baseline"].mean == 24 and agg["thought"]["seeds"] == [0, 1]
+    # 95% t-interval of 2 seeds: t_0.975,1 = 12.706 times 0.01414 / sqrt(2) = 12.7 points
+    assert agg["outcome"]["final_acc"].ci == pytest.approx(12.7062 * 0.0141421 / 2 ** 0.5, rel=1e-4)
     md = markdown_table(list(agg.values()))
-    assert "41.0% ± 1.4%" in md and "(1/2)" in md
+    assert "41.0% ± 12.7%" in md and "48 (1/2)" in md and "±" not in md.splitlines()[2].split("|")[6]
 
 
 def test_figures_have_title_labels_legend(runs):
@@ -201,6 +212,7 @@ def test_write_report(runs, tmp_path):
     path = write_report([runs["grpo"], runs["tp"], runs["tp1"]], tmp_path / "rep", title="GRPO vs TP")
     text = path.read_text()
     assert text.startswith("# GRPO vs TP")
+    assert "curves.png" in FIGURES and "![training curves per optimizer step" in text
     for name in FIGURES:
         assert f"]({name})" in text  # relative path
         png = tmp_path / "rep" / name
@@ -223,3 +235,85 @@ def test_not_a_run(tmp_path):
 
     with pytest.raises(ThinkrlError, match="not a run directory"):
         collect_run(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory) -> dict[str, Path]:
+    """Three seeds of one config (final accuracy 40%, 42%, 47%; seed 2 on 4 threads: no number changes), the
+    same scheme at another lr, and a copy of seed 0 (a repeated seed)."""
+    root = tmp_path_factory.mktemp("seeds")
+    finals = (0.40, 0.42, 0.47)
+    made = {f"s{k}": make_run(root, f"tp-s{k}", "thought", k, [0.30, 0.35, 0.38, f], [20, 18, 16],
+                              extra="threads = 4\n" if k == 2 else "")
+            for k, f in enumerate(finals)}
+    made["lr"] = make_run(root, "tp-lr3", "thought", 0, [0.30, 0.31, 0.32, 0.33], [20, 20, 20], lr=3e-4)
+    made["copy"] = make_run(root / "copy", "tp-s0", "thought", 0, [0.30, 0.35, 0.38, 0.40], [20, 18, 16])
+    return made
+
+
+def test_seed_groups_configs_differing_only_in_seed(seeds):
+    s = {k: collect_run(v) for k, v in seeds.items()}
+    groups = seed_groups([s["s0"], s["s1"], s["lr"], s["s2"]])
+    assert [(label, [r.seed for r in runs]) for label, runs in groups] == [
+        ("thought (train.lr=0.0001)", [0, 1, 2]), ("thought (train.lr=0.0003)", [0])]
+    assert [label for label, _ in seed_groups([s["s0"], s["s1"]])] == ["thought"]  # one group: the scheme alone
+    # a repeated seed (the same run twice): not averaged, each run on its own
+    groups = seed_groups([s["s0"], s["copy"], s["s1"]])
+    assert [[r.path for r in runs] for _, runs in groups] == [[str(seeds["s0"])], [str(seeds["copy"])],
+                                                             [str(seeds["s1"])]]
+
+
+def test_three_seeds_interval_in_table_and_band(seeds, tmp_path):
+    s = [collect_run(seeds[k]) for k in ("s0", "s1", "s2")]
+    (row,) = aggregate_by_group(s)
+    assert row["seeds"] == [0, 1, 2] and row["final_acc"].mean == pytest.approx(0.43)
+    assert row["final_acc"].ci == pytest.approx(0.0895669, abs=1e-7)  # tests/test_intervals.py, by hand
+    assert "43.0% ± 9.0%" in markdown_table([row])
+    text = write_report(s, tmp_path / "rep").read_text()
+    assert "## By scheme (mean ± 95% interval over seeds)" in text and "43.0% ± 9.0%" in text
+    # the band at the last eval point (48 samples) spans mean ± half-width; seeds share x: nothing interpolated
+    ax = accuracy_figure(s).axes[0]
+    band = ax.collections[0].get_paths()[0].vertices
+    at48 = sorted({round(float(y), 6) for x, y in band if x == 48})
+    assert at48 == pytest.approx([43 - 8.95669, 43 + 8.95669], abs=1e-4)
+    mean_line = next(ln for ln in ax.get_lines() if "mean of 3 seeds" in ln.get_label())
+    assert list(mean_line.get_xdata()) == [0, 16, 32, 48] and mean_line.get_ydata()[-1] == pytest.approx(43)
+    assert "95% t-interval" in mean_line.get_label()
+
+
+def test_align_interpolates_onto_the_common_range():
+    a = (np.array([0.0, 10.0, 20.0]), np.array([0.0, 10.0, 20.0]))
+    b = (np.array([0.0, 5.0, 15.0]), np.array([1.0, 2.0, 4.0]))
+    grid, values = align([a, b])
+    assert list(grid) == [0, 5, 10, 15]  # the union inside [0, 15]: no extrapolation past b's last point
+    assert values.tolist() == [[0, 5, 10, 15], [1, 2, 3, 4]]  # b at 10: halfway between 2 and 4
+    grid, values = align([a, (np.array([30.0]), np.array([1.0]))])
+    assert grid.size == 0  # ranges do not overlap: no mean
+
+
+def test_per_step_figures_from_train_metrics(runs):
+    s = collect_run(runs["tp"])
+    # rounds 0..2 each log steps 3r+1, 3r+2 (losses 0.5-0.1r, 0.3-0.1r) and a skipped NaN step 3r+3
+    assert s.steps["step"] == [1, 2, 4, 5, 7, 8]
+    assert s.steps["loss"] == pytest.approx([0.5, 0.3, 0.4, 0.2, 0.3, 0.1])
+    assert "skipped" not in s.steps and "steps" not in s.to_dict()
+
+
+def test_curves_figure_panels_follow_the_columns(runs):
+    s = [collect_run(runs[k]) for k in ("grpo", "tp", "grpo1")]
+    fig = curves_figure(s)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["Loss", "KL to the reference (k3)", "Clipped tokens", "Gradient norm before clipping"]
+    assert all(ax.get_xlabel() == "optimizer step (global)" and ax.get_ylabel() for ax in fig.axes)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["outcome: mean of 2 seeds (band: 95% t-interval)", "tp-s0 · thought"]
+    # a trainer that logs reward and response length (train_metrics columns reward_mean, response_len_mean)
+    tp = s[1]
+    tp.steps = {**tp.steps, "reward_mean": [0.25, 0.5, None, 0.5, 0.75, 1.0],
+                "response_len_mean": [20.0, 19.0, 18.0, 18.0, 16.0, 15.0]}
+    fig = curves_figure([tp])
+    assert [ax.get_title() for ax in fig.axes][4:] == ["Outcome reward of the step's rollouts",
+                                                       "Response length of the step's rollouts"]
+    reward = fig.axes[4].get_lines()[0]
+    assert list(reward.get_xdata()) == [1, 2, 5, 7, 8] and list(reward.get_ydata()) == [0.25, 0.5, 0.5, 0.75, 1.0]
+    assert list(fig.axes[5].get_lines()[0].get_ydata()) == [20, 19, 18, 18, 16, 15]

@@ -4,7 +4,11 @@ segment stage."""
 
 from __future__ import annotations
 
+import math
 import re
+import shutil
+import subprocess
+from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -61,14 +65,24 @@ def arts(tmp_path_factory) -> dict:
                        inputs={"rollouts": rnd / "rollouts", "judgments": rnd / "judgments"})
     segment(read_table(rnd / "rollouts", "rollouts"), read_table(rnd / "judgments", "judgments"), "thought", 1.0,
             w, Sampling(1.0, 64))
+    # the trainer's log pi_old of the kept rollouts (the sampler said -0.5 for every token): -0.4 on s0's tokens
+    kept = read_table(rnd / "thoughts", "advantages")
+    write_artifact(rnd / "train", "train", {}, {
+        "train_metrics": [{"step": 1, "round": 0, "loss": 0.1, "kl": 0.0, "clip_frac": 0.0, "ratio_mean": 1.0,
+                           "grad_norm": 1.0, "lr": 1e-4, "tokens": 10, "dropped_rollouts": 2, "skipped": False,
+                           "seconds": 0.1, "mfu": 0.0}],
+        "behaviour": [{"rollout_id": r["rollout_id"], "logprobs": [-0.4 if r["rollout_id"].endswith("s0") else -0.5]
+                       * len(r["completion_ids"])} for r in kept.iter_rows(named=True)]},
+        inputs={"thoughts": rnd / "thoughts"})
     return {"root": root, "rollouts": rnd / "rollouts", "judgments": rnd / "judgments", "thoughts": rnd / "thoughts",
-            "tok": tok}
+            "train": rnd / "train", "tok": tok}
 
 
 def test_related_artifacts_follow_inputs_both_ways(arts):
     for start in ("rollouts", "judgments", "thoughts"):
         rel = related_artifacts(arts[start])
         assert (rel.rollouts, rel.judgments, rel.thoughts) == (arts["rollouts"], arts["judgments"], arts["thoughts"])
+        assert rel.train == arts["train"]  # the sibling whose inputs.thoughts is the thoughts artifact
 
 
 def test_one_rollout_steps_thoughts_and_token_advantages(arts):
@@ -167,7 +181,7 @@ def test_terminal_colours_steps_and_marks_thoughts(arts):
 def test_html_self_contained_escaped_g_columns(arts):
     view = rollout_view(arts["rollouts"], arts["judgments"], arts["thoughts"], rollout_id="arith-1/r0/s1")
     page = render_html(view)
-    assert page.count('<section class="col') == 3 and "repeat(3," in page
+    assert page.count('<section class="col') == 3 and "repeat(auto-fit," in page and "overflow-x" not in page
     assert "<script" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in page
     assert "http://" not in page and "https://" not in page and "src=" not in page and "<link" not in page
     assert 'class="col sel"' in page  # the rollout asked for
@@ -198,3 +212,69 @@ def test_open_view_missing_policy_falls_back(arts, tmp_path):
     assert view.sources["thoughts"] == str(arts["thoughts"])
     assert not view.focus[0].token_level
     assert all(t.label == "correct" for t in view.focus[0].thoughts)
+
+
+REPLY = "Step 1 <b>wrong</b>: 45 * 3 is 135.\nLABELS: correct, incorrect, incorrect, correct"
+
+
+def test_html_rationale_reply_logprobs_and_ratio(arts, tmp_path):
+    """A hand-built judgments table with a raw reply for s0 only; log pi_old from the train artifact's
+    behaviour table (-0.4 for s0's tokens) against the sampler's rollouts.logprobs (-0.5)."""
+    j = read_table(arts["judgments"], "judgments").with_columns(
+        reply=pl.when(pl.col("rollout_id") == "arith-1/r0/s0").then(pl.lit(REPLY)).otherwise(None))
+    write_artifact(tmp_path / "judgments", "judge", {}, {"judgments": j.to_dicts()})
+    view = rollout_view(arts["rollouts"], tmp_path / "judgments", arts["thoughts"], problem_id="arith-1",
+                        train_dir=arts["train"])
+    s0, s1 = view.rollouts[0], view.rollouts[1]
+    assert s0.reply == REPLY and s1.reply is None
+    assert s0.logprobs == pytest.approx([-0.5] * s0.n_tokens) and s0.old_logprobs == pytest.approx([-0.4] * s0.n_tokens)
+    assert s0.ratio(s0.pieces[0]) == pytest.approx(math.exp(0.1))  # exp(log pi_old - log p_sampler)
+    assert s1.old_logprobs == pytest.approx([-0.5] * s1.n_tokens) and s1.ratio(s1.pieces[0]) == pytest.approx(1.0)
+    page = render_html(view)
+    tip = re.search(r'title="([^"]*step 1: incorrect[^"]*)"', page).group(1)
+    assert "log p sampler -0.5000 (p 0.607)" in tip and "log π_old trainer -0.4000" in tip
+    assert "ratio π_old/p_sampler 1.1052" in tip and "step 1: incorrect (because incorrect)" in tip
+    assert '<td class="why">because incorrect</td>' in page and '<td class="why">because matched</td>' in page
+    assert page.count("judge's raw reply (") == 1 and "Step 1 &lt;b&gt;wrong&lt;/b&gt;" in page
+    assert "behaviour table" in page  # the legend says where log pi_old comes from
+    # without the train artifact: the sampler's log-prob only, no ratio
+    page = render_html(rollout_view(arts["rollouts"], arts["judgments"], arts["thoughts"], problem_id="arith-1"))
+    assert "log p sampler -0.5000" in page and "π_old trainer" not in page and "ratio π_old" not in page
+
+
+def test_char_level_pieces_sum_the_logprobs(arts):
+    view = rollout_view(arts["rollouts"], arts["judgments"], arts["thoughts"], rollout_id="arith-1/r0/s0",
+                        tokenizer=None, train_dir=arts["train"])
+    step1 = next(p for p in view.focus[0].pieces if p.step == 1)
+    n = step1.token_end - step1.token_start
+    assert step1.logprob == pytest.approx(-0.5 * n) and step1.old_logprob == pytest.approx(-0.4 * n)
+    assert "(sum)" in render_html(view)
+
+
+def _browser() -> str | None:
+    names = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "chrome-headless-shell")
+    return next((shutil.which(b) for b in names if shutil.which(b)), None)
+
+
+PROBE = """<script>
+const d = document.documentElement, wide = [...document.querySelectorAll("*")].filter(
+  el => el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== "visible");
+document.body.setAttribute("data-probe", [d.scrollWidth, d.clientWidth, wide.length].join(" "));
+</script></body>"""
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless Chromium here (chromium-headless-shell or chromium)")
+def test_group_of_8_needs_no_horizontal_scroll_at_1280(arts, tmp_path):
+    """The page in a real browser at 1280x800: neither the page nor any scrolling box inside it is wider than
+    its window (G = 8 rollouts, one with a 300-digit token that cannot break at a space)."""
+    view = rollout_view(arts["rollouts"], arts["judgments"], arts["thoughts"], problem_id="arith-1",
+                        train_dir=arts["train"])
+    rvs = [replace(view.rollouts[i % 3], rollout_id=f"arith-1/r0/s{i}", sample_idx=i) for i in range(8)]
+    rvs[7] = replace(rvs[7], pieces=[replace(rvs[7].pieces[0], text="9" * 300), *rvs[7].pieces[1:]])
+    page = render_html(replace(view, rollouts=rvs)).replace("</body>", PROBE)
+    (tmp_path / "g.html").write_text(page, encoding="utf-8")
+    dom = subprocess.run([_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,800",
+                          "--dump-dom", (tmp_path / "g.html").as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    scroll, client, wide = map(int, re.search(r'data-probe="(\d+) (\d+) (\d+)"', dom).groups())
+    assert 1200 <= client <= 1280 and scroll <= client and wide == 0

@@ -1,12 +1,13 @@
 """Lineage: the rollouts, judgments and thoughts artifacts that belong together, found from any one of them.
 
-    rel = related_artifacts("runs/x/round-000/thoughts")   # Related(rollouts, judgments, thoughts, notes)
+    rel = related_artifacts("runs/x/round-000/thoughts")   # Related(rollouts, judgments, thoughts, notes, train)
 
 Back through the manifests' inputs: a judgments manifest's `inputs.rollouts`, a thoughts manifest's
 `inputs.rollouts` and `inputs.judgments` (the path as written, else a sibling directory of that name; the
 one whose fingerprint matches the recorded sha256 wins, a changed one is used with a note). Forward through
 sibling directories whose manifest inputs name this artifact by sha256
-(`round-NNN/{rollouts,judgments,thoughts}`).
+(`round-NNN/{rollouts,judgments,thoughts,train}`: the train artifact, for its `behaviour` table of log pi_old,
+is the sibling whose `inputs.thoughts` is the thoughts artifact).
 Used by the rollout view (`thinkrl/rollout_view.py: open_view`, `thinkrl inspect --rollout`).
 
 Against the paper: tooling for looking at artifacts, not part of the method (docs/PAPER.md).
@@ -28,6 +29,7 @@ class Related:
     judgments: Path | None
     thoughts: Path | None
     notes: list[str]
+    train: Path | None = None
 
 
 def _follow_input(art: Path, manifest: dict, name: str, notes: list[str]) -> Path | None:
@@ -95,4 +97,8 @@ def related_artifacts(path: str | Path) -> Related:
     if thoughts is None:
         found = _siblings_using(judgments, "judgments") if judgments else _siblings_using(rollouts, "rollouts")
         thoughts = next((d for d in found if "thoughts" in read_manifest(d)["outputs"]), None)
-    return Related(rollouts, judgments, thoughts, notes)
+    train = None
+    if thoughts is not None:
+        train = next((d for d in _siblings_using(thoughts, "thoughts")
+                      if "train_metrics" in read_manifest(d)["outputs"]), None)
+    return Related(rollouts, judgments, thoughts, notes, train)

@@ -1,8 +1,8 @@
 """Reports: tables comparing training runs and the markdown report with its plots (`thinkrl report`).
 
-    path = write_report(["runs/grpo-s0", "runs/tp-s0"], "runs/report")   # report.md + 3 PNGs
+    path = write_report(["runs/grpo-s0", "runs/tp-s0"], "runs/report")   # report.md + 4 PNGs
     rows = comparison_table([collect_run(d) for d in dirs])               # one dict per run
-    print(markdown_table(aggregate_by_scheme(summaries)))                 # mean ± std over seeds
+    print(markdown_table(aggregate_by_group(summaries)))                  # mean ± 95% interval over seeds
 
 Runs are read back by `thinkrl/summary.py` (`collect_run`: manifests and tables only, runs in progress as
 far as they got) and drawn by `thinkrl/plots.py`; here are the tables (raw values, formatted for people by
@@ -14,10 +14,12 @@ are defined in `thinkrl/summary.py`):
   the baseline's final accuracy (the first run given is the baseline, e.g. plain GRPO). Eval points are
   discrete: no interpolation between them. `x fewer samples` = the baseline's own samples-to-reach over
   this run's.
-- spreads over seeds: sample standard deviation (ddof=1); plot bands span min..max over seeds.
+- seeds: runs whose configs differ only in `seed` are one group (`summary.seed_groups`); a group of >= 2 seeds
+  is shown as mean ± the half-width of the 95% Student-t interval of the mean over its seeds
+  (`thinkrl/intervals.py`: t_{0.975,n-1} · s/√n, s the sample std), in the tables and as bands in the plots.
 
 Against the paper: the report is thinkrl's own comparison of runs, not part of the method (docs/PAPER.md);
-its spread over seeds is a sample std, unlike the population std of the advantages.
+its spread over seeds uses the sample std, unlike the population std of the advantages.
 """
 
 from __future__ import annotations
@@ -32,20 +34,23 @@ from typing import Any
 import numpy as np
 
 from thinkrl.errors import ThinkrlError
+from thinkrl.intervals import LEVEL, t_half_width
 from thinkrl.plots import PLOTS, write_plots
-from thinkrl.summary import RunSummary, by_scheme, collect_run
+from thinkrl.summary import RunSummary, collect_run, seed_groups
 
 
 # --------------------------------------------------------------------------------------------- tables
 @dataclass(frozen=True)
 class Spread:
-    """Mean ± sample std over seeds, with min, max and how many values went in."""
+    """Mean over seeds ± `ci`, the half-width of its 95% t-interval; sample std, min, max and how many values
+    went in (`n` of `of`: a run that never reached a target has no value)."""
     mean: float | None
     std: float | None
     min: float | None
     max: float | None
     n: int
     of: int
+    ci: float | None = None
 
     @staticmethod
     def of_values(values: Iterable[float | None]) -> Spread:
@@ -54,7 +59,8 @@ class Spread:
         if xs.size == 0:
             return Spread(None, None, None, None, 0, len(vals))
         std = float(xs.std(ddof=1)) if xs.size > 1 else None
-        return Spread(float(xs.mean()), std, float(xs.min()), float(xs.max()), int(xs.size), len(vals))
+        ci = t_half_width(std, int(xs.size), LEVEL) if std is not None else None
+        return Spread(float(xs.mean()), std, float(xs.min()), float(xs.max()), int(xs.size), len(vals), ci)
 
 
 def comparison_table(summaries: Sequence[RunSummary]) -> list[dict]:
@@ -81,10 +87,10 @@ def comparison_table(summaries: Sequence[RunSummary]) -> list[dict]:
     return rows
 
 
-def aggregate_by_scheme(summaries: Sequence[RunSummary]) -> list[dict]:
-    """Mean ± spread over the runs (seeds) of each scheme, in order of first appearance. The baseline's
-    accuracy is the mean final accuracy of the first run's scheme."""
-    groups = by_scheme(summaries)
+def aggregate_by_group(summaries: Sequence[RunSummary]) -> list[dict]:
+    """Mean ± 95% interval over the seeds of each group (`seed_groups`: runs differing only by seed), in order
+    of first appearance. The baseline's accuracy is the mean final accuracy of the first run's group."""
+    groups = seed_groups(summaries)
     if not groups:
         return []
     base_accs = [s.final_accuracy for s in groups[0][1] if s.final_accuracy is not None]
@@ -130,8 +136,8 @@ def format_value(key: str, v: Any) -> str:
     if isinstance(v, Spread):
         if v.mean is None:
             return "–"
-        cell = format_value(key, v.mean) + (f" ± {format_value(key, v.std) if key not in _INT else f'{v.std:,.0f}'}"
-                                            if v.std is not None else "")
+        cell = format_value(key, v.mean) + (f" ± {format_value(key, v.ci) if key not in _INT else f'{v.ci:,.0f}'}"
+                                            if v.ci is not None else "")
         return cell + (f" ({v.n}/{v.of})" if v.n < v.of else "")
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -200,10 +206,12 @@ def report_markdown(summaries: Sequence[RunSummary], title: str = "thinkrl repor
               "the baseline's final accuracy (at eval points; – = not reached). `x fewer samples`: the baseline's "
               "own samples-to-reach divided by the run's. Accuracy: avg@k, mean over the benchmarks evaluated. "
               "Length and incorrect-thought share: the last round's training rollouts.", ""]
-    if any(len(runs) > 1 for _, runs in by_scheme(summaries)):
-        lines += ["## By scheme (mean ± std over seeds)", "", markdown_table(aggregate_by_scheme(summaries)),
-                  "Samples to baseline acc: target = mean final accuracy of the first scheme; (n/m) = runs that "
-                  "reached it or had the value.", ""]
+    if any(len(runs) > 1 for _, runs in seed_groups(summaries)):
+        lines += ["## By scheme (mean ± 95% interval over seeds)", "", markdown_table(aggregate_by_group(summaries)),
+                  "Runs whose configs differ only in `seed` are one row. Cells: mean over the seeds ± the half-width "
+                  "of the 95% Student-t interval of that mean (t_0.975,n-1 · s/√n, s the sample std over seeds; "
+                  "none for one seed). Samples to baseline acc: target = mean final accuracy of the first group; "
+                  "(n/m) = runs that reached it or had the value. Plot bands: the same interval at each x.", ""]
     lines += ["## Plots", ""]
     for name, what in PLOTS.items():
         lines += [f"![{what}]({name})", ""]
@@ -224,8 +232,8 @@ def report_markdown(summaries: Sequence[RunSummary], title: str = "thinkrl repor
 
 def write_report(run_dirs: Sequence[str | Path | RunSummary], out_dir: str | Path,
                  title: str = "thinkrl report") -> Path:
-    """Collect every run (or take summaries already collected), write `out_dir/report.md` and the three
-    PNGs beside it; returns the report path."""
+    """Collect every run (or take summaries already collected), write `out_dir/report.md` and the PNGs of
+    `plots.FIGURES` beside it; returns the report path."""
     if not run_dirs:
         raise ThinkrlError("report: give at least one run directory")
     summaries = [d if isinstance(d, RunSummary) else collect_run(d) for d in run_dirs]

@@ -7,7 +7,12 @@
 Terminal (rich): the group header, then each focused rollout (verdict, outcome advantage, the completion with
 a line where each thought and the answer part begin), its thought and step tables; with several rollouts a
 group table. HTML: one column per rollout, the background of each token (or, char-level, each step or gap)
-coloured by its advantage, the step label as an underline (LABEL_CSS), a mark where each thought begins.
+coloured by its advantage, the step label as an underline (LABEL_CSS), a mark where each thought begins;
+hovering a token shows its advantage, the sampler's log-prob, the trainer's log pi_old and their ratio (where
+they exist, `thinkrl/rollout_view.py` says where each comes from), its step with the judge's rationale; under
+the text each column lists its thoughts, its steps with their rationale and, folded, the judge's raw reply.
+The columns wrap into rows (a CSS grid of auto-fit tracks at least 280 px wide, text wrapping anywhere), so
+no width of the window needs horizontal scrolling: at 1280 px a group of G = 8 is two rows of four.
 
 Model output is untrusted text: the HTML page escapes every string (html.escape) and loads nothing (inline
 CSS, no scripts, no external assets).
@@ -169,18 +174,20 @@ def _group_table(view: GroupView, console) -> None:
 
 # --------------------------------------------------------------------------------------------- html
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px;color:#111;background:#fafafa}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px;color:#111;background:#fafafa;
+ overflow-wrap:anywhere}
+code{word-break:break-all}
 h1{font-size:18px;margin:0 0 6px} .meta{font-size:13px;color:#333;margin:2px 0}
 .q{white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:8px;border-radius:6px;font-size:13px}
 .legend{font-size:12px;margin:8px 0;display:flex;flex-wrap:wrap;gap:14px;align-items:center}
 .sw{display:inline-block;width:22px;height:14px;vertical-align:middle;border:1px solid #ccc}
-.grid{display:grid;gap:10px;overflow-x:auto;align-items:start}
-.col{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;min-width:0}
+.grid{display:grid;gap:10px;align-items:start;grid-template-columns:repeat(auto-fit,minmax(min(280px,100%),1fr))}
+.col{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;min-width:0;overflow-wrap:anywhere}
 .col.sel{border:2px solid #2563eb}
 .head{font-size:12px;border-bottom:1px solid #eee;padding-bottom:6px;margin-bottom:6px;line-height:1.5}
 .ok{color:#16a34a;font-weight:bold} .bad{color:#dc2626;font-weight:bold}
 .badge{display:inline-block;padding:0 5px;border-radius:4px;font-size:11px;background:#fef3c7;color:#92400e}
-pre.text{white-space:pre-wrap;word-break:break-word;font-family:ui-monospace,Menlo,Consolas,monospace;
+pre.text{white-space:pre-wrap;overflow-wrap:anywhere;font-family:ui-monospace,Menlo,Consolas,monospace;
  font-size:12px;line-height:1.75;margin:0}
 .t{border-bottom:3px solid transparent}
 .sp{color:#6b7280;font-style:italic}
@@ -189,6 +196,12 @@ pre.text{white-space:pre-wrap;word-break:break-word;font-family:ui-monospace,Men
 table.th{border-collapse:collapse;font-size:11px;margin-top:8px;width:100%}
 table.th td,table.th th{border-top:1px solid #eee;padding:2px 4px;text-align:right}
 table.th td:nth-child(2),table.th th:nth-child(2){text-align:left}
+table.st{table-layout:fixed} table.st td:nth-child(1),table.st th:nth-child(1){width:3.2em;overflow-wrap:normal}
+table.st td:nth-child(2),table.st th:nth-child(2){width:6.5em}
+table.st td:nth-child(3),table.st th:nth-child(3){text-align:left}
+details{font-size:11px;margin-top:6px} summary{cursor:pointer;color:#374151}
+pre.reply{white-space:pre-wrap;overflow-wrap:anywhere;font-size:11px;background:#f3f4f6;padding:6px;margin:4px 0 0;
+ max-height:24em;overflow-y:auto}
 .notes{font-size:12px;color:#555}
 """
 
@@ -204,14 +217,35 @@ def _label_css() -> str:
     return "".join(f".l-{k}{{border-bottom-color:{v}}} .tb.l-{k}{{background:{v}}}\n" for k, v in LABEL_CSS.items())
 
 
+def _short(text: str, n: int) -> str:
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _logprob_tip(p: Piece, rv: RolloutView) -> list[str]:
+    """Hover lines of the log-probs: the sampler's, the trainer's log pi_old, their ratio (sums per piece)."""
+    of = "" if rv.token_level else " (sum)"
+    tip = []
+    if p.logprob is not None:
+        tip.append(f"log p sampler {p.logprob:.4f}{of} (p {np.exp(p.logprob):.3f})")
+    if p.old_logprob is not None:
+        tip.append(f"log π_old trainer {p.old_logprob:.4f}{of}")
+    ratio = rv.ratio(p)
+    if ratio is not None:
+        tip.append(f"ratio π_old/p_sampler {ratio:.4f}")
+    return tip
+
+
 def _piece_html(p: Piece, rv: RolloutView, scale: float) -> str:
     e = html.escape
     thought = next((t for t in rv.thoughts if t.idx == p.thought), None) if p.thought is not None else None
     tip = [repr(p.text) if rv.token_level else f"{len(p.text)} chars",
            f"token {p.token_start}" if p.token_end - p.token_start == 1 else f"tokens {p.token_start}–{p.token_end}",
-           f"advantage {_fmt_adv(p.advantage)}" + ("" if rv.token_level or p.advantage is None else " (mean)")]
+           f"advantage {_fmt_adv(p.advantage)}" + ("" if rv.token_level or p.advantage is None else " (mean)"),
+           *_logprob_tip(p, rv)]
     if p.step is not None:
-        tip.append(f"step {p.step}: {p.label}")
+        why = next((s.rationale for s in rv.steps if s.idx == p.step), "")
+        tip.append(f"step {p.step}: {p.label}" + (f" ({_short(why, 120)})" if why else ""))
     tip.append(f"thought {thought.idx}: {thought.label}" if thought else "answer part / outside thoughts")
     cls = "t" + (f" l-{p.label}" if p.label in LABEL_CSS else "") + (" sp" if p.special else "")
     return (f'<span class="{cls}" style="background:{_adv_color(p.advantage, scale)}" '
@@ -247,7 +281,33 @@ def _column_html(rv: RolloutView, selected: bool, scale: float) -> str:
     table = (f'<table class="th"><tr><th>#</th><th>label</th><th>tokens</th><th>reward</th><th>token adv</th></tr>'
              f"{rows}</table>") if rv.thoughts else ""
     return (f'<section class="col{" sel" if selected else ""}" id="{e(rv.rollout_id)}">{head}'
-            f'<pre class="text">{"".join(body)}</pre>{table}</section>')
+            f'<pre class="text">{"".join(body)}</pre>{table}{_judge_html(rv)}</section>')
+
+
+def _judge_html(rv: RolloutView) -> str:
+    """The judge's side of a column: each step's label and rationale, then the raw reply folded (if any)."""
+    e = html.escape
+    out = ""
+    if any(s.rationale for s in rv.steps):
+        rows = "".join(f'<tr><td>{s.idx}</td><td style="color:{LABEL_CSS.get(s.label, "#555")}">{e(s.label)}</td>'
+                       f'<td class="why">{e(s.rationale or "–")}</td></tr>' for s in rv.steps)
+        out += (f'<table class="th st"><tr><th>step</th><th>label</th><th>judge\'s rationale</th></tr>{rows}'
+                "</table>")
+    if rv.reply:
+        out += (f"<details><summary>judge's raw reply ({len(rv.reply):,} chars)</summary>"
+                f'<pre class="reply">{e(rv.reply)}</pre></details>')
+    return out
+
+
+def _logprob_legend(view: GroupView) -> str:
+    """What the hover shows of the log-probs and where they come from."""
+    parts = []
+    if any(r.logprobs is not None for r in view.rollouts):
+        parts.append("log p sampler (rollouts.logprobs)")
+    if any(r.old_logprobs is not None for r in view.rollouts):
+        parts.append("log π_old recomputed by the trainer (train artifact, behaviour table) and the ratio "
+                     "π_old/p_sampler (engine mismatch)")
+    return ", ".join(parts) or "no log-probs"
 
 
 def render_html(view: GroupView) -> str:
@@ -255,7 +315,6 @@ def render_html(view: GroupView) -> str:
     e = html.escape
     advs = [abs(p.advantage) for r in view.rollouts for p in r.pieces if p.advantage is not None]
     scale = max(max(advs, default=0.0), 1e-6)
-    n = max(len(view.rollouts), 1)
     level = "token" if any(r.token_level for r in view.rollouts) else "char (no tokenizer: one span per step or gap)"
     swatches = "".join(f'<span class="sw" style="background:{_adv_color(v, scale)}" title="{v:+.2f}"></span>'
                        for v in np.linspace(-scale, scale, 7))
@@ -266,7 +325,7 @@ def render_html(view: GroupView) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{e(view.problem_id)} · round {view.round} · thinkrl rollout view</title>
-<style>{_CSS}{_label_css()}.grid{{grid-template-columns:repeat({n},minmax(260px,1fr))}}</style></head>
+<style>{_CSS}{_label_css()}</style></head>
 <body>
 <h1>Problem {e(view.problem_id)} · round {view.round} · {sum(r.correct for r in view.rollouts)}/{len(view.rollouts)} correct</h1>
 <div class="meta">gold answer <b>{e(view.answer)}</b> · scheme <b>{e(str(view.scheme or "?"))}</b>
@@ -275,7 +334,8 @@ def render_html(view: GroupView) -> str:
 <div class="q">{e(view.question)}</div>
 <div class="legend"><span>advantage {-scale:+.2f} {swatches} {scale:+.2f} (background)</span>
 <span>step label (underline): {labels}</span><span><span class="tb l-unknown">‖n</span> thought n begins</span>
-<span>hover a token for its text, advantage, step and thought</span></div>
+<span>hover a token for its text, advantage, {e(_logprob_legend(view))}, step (with the judge's rationale) and
+thought</span></div>
 {f'<ul class="notes">{notes}</ul>' if notes else ""}
 <main class="grid">{cols}</main>
 </body></html>

@@ -2,6 +2,7 @@
 
     view = open_view("runs/x/round-000/rollouts", rollout_id="arith-s0-000017/r0/s3")  # finds judgments, thoughts
     view = rollout_view(rollouts_dir, judgments_dir, thoughts_dir, problem_id="arith-s0-000017")  # given paths
+    view = rollout_view(rollouts_dir, judgments_dir, thoughts_dir, train_dir=train_dir, rollout_id=rid)  # + log pi_old
     view.focus, view.to_dict()                 # the rollouts asked for; plain data for `--json`
 
 `rollout_view(rollouts, judgments, thoughts, rollout_id, problem_id)` gathers, for the group (problem, round)
@@ -15,6 +16,16 @@ decoded completion, next to `advantages[t]` ('' for a special token such as EOS,
 and for the first bytes of a character split over byte tokens), so "".join(tokens) is the decoded completion.
 When no tokenizer loads, the view is char-level: one piece per step or gap, with the mean advantage of its
 token span, and no tokens.
+
+Per token, where they exist: the sampler's log-prob (rollouts.logprobs, the behaviour log-probs the engine
+returned), the trainer's log pi_old (the train artifact's `behaviour` table: recomputed by the trainer's own
+model before its first update, at the sampling temperature; absent with --no-recompute-logprobs and for
+dropped rollouts) and their ratio exp(log pi_old - log p_sampler), the engine mismatch (1 up to numerics when
+sampler and trainer agree; not shown where the segment stage recorded the sampler's log-probs as not at the
+sampling temperature: vLLM at T != 1). The training ratio pi_theta / pi_old per token is not stored (it is
+exactly 1 at the first step; train_metrics has its per-step mean). Char-level pieces carry the sums over
+their tokens. The judge's side: each step's rationale (judgments.rationale) and, for generative judges, the
+raw reply the labels were read from (judgments.reply, when the table has that column and it is not null).
 
 `open_view(path, ...)` starts from any of the three artifacts and finds the others (`thinkrl/lineage.py`).
 The view is drawn on the terminal and as an HTML page by `thinkrl/rollout_render.py`.
@@ -78,6 +89,8 @@ class Piece:
     label: str | None             # label of the step holding it
     thought: int | None
     special: bool = False         # a special token (EOS), not part of the completion text
+    logprob: float | None = None      # the sampler's log-prob of the token (char-level: sum over the piece)
+    old_logprob: float | None = None  # the trainer's log pi_old (train artifact's behaviour table), same
 
 
 @dataclass
@@ -103,6 +116,16 @@ class RolloutView:
     pieces: list[Piece]
     token_level: bool
     answer_char_start: int        # where the answer part (after the last step) begins
+    reply: str | None = None      # the generative judge's raw reply (judgments.reply), None for code judges
+    logprobs: list[float] | None = None      # the sampler's, per completion token (rollouts.logprobs)
+    old_logprobs: list[float] | None = None  # the trainer's log pi_old (train behaviour table), None if absent
+    ratio_valid: bool = True      # False: the sampler's log-probs are not at the sampling temperature
+
+    def ratio(self, p: Piece) -> float | None:
+        """exp(log pi_old - log p_sampler) of a piece (the trainer/sampler mismatch), None when unknown."""
+        if not self.ratio_valid or p.logprob is None or p.old_logprob is None:
+            return None
+        return float(np.exp(p.old_logprob - p.logprob))
 
 
 @dataclass
@@ -151,8 +174,17 @@ def tokenizer_or_reason(policy: str) -> tuple[Any | None, str | None]:
         return None, f"policy {policy}: no tokenizer ({type(e).__name__}), tokens not shown (char-level steps only)"
 
 
+def _at(x: np.ndarray | None, t: int) -> float | None:
+    return None if x is None else float(x[t])
+
+
+def _sum(x: np.ndarray | None, a: int, b: int) -> float | None:
+    return None if x is None or b <= a else float(x[a:b].sum())
+
+
 def _token_pieces(tok, ids: list[int], adv: np.ndarray | None, step_of: np.ndarray, thought_of: np.ndarray,
-                  steps: list[StepView]) -> tuple[list[Piece], list[tuple[int, int]]]:
+                  steps: list[StepView], lp: np.ndarray | None = None,
+                  old: np.ndarray | None = None) -> tuple[list[Piece], list[tuple[int, int]]]:
     offsets = token_char_offsets(tok, ids)
     full = tok.decode(list(ids), skip_special_tokens=True)
     pieces = []
@@ -162,12 +194,12 @@ def _token_pieces(tok, ids: list[int], adv: np.ndarray | None, step_of: np.ndarr
         s = int(step_of[t])
         pieces.append(Piece(text, a, t, t + 1, None if adv is None else float(adv[t]), s if s >= 0 else None,
                             steps[s].label if s >= 0 else None, int(thought_of[t]) if thought_of[t] >= 0 else None,
-                            special))
+                            special, _at(lp, t), _at(old, t)))
     return pieces, offsets
 
 
 def _char_pieces(completion: str, n: int, adv: np.ndarray | None, steps: list[StepView],
-                 thought_of: np.ndarray) -> list[Piece]:
+                 thought_of: np.ndarray, lp: np.ndarray | None = None, old: np.ndarray | None = None) -> list[Piece]:
     """One piece per step and per gap between steps (separators, preamble, answer part)."""
     spans: list[tuple[int, int, int, int, int | None]] = []  # char a, char b, token a, token b, step
     pos_c, pos_t = 0, 0
@@ -183,7 +215,8 @@ def _char_pieces(completion: str, n: int, adv: np.ndarray | None, steps: list[St
         tb = min(tb, n)
         mean = float(adv[ta:tb].mean()) if adv is not None and tb > ta else None
         th = int(thought_of[ta]) if ta < n and thought_of[ta] >= 0 else None
-        pieces.append(Piece(completion[a:b], a, ta, tb, mean, si, steps[si].label if si is not None else None, th))
+        pieces.append(Piece(completion[a:b], a, ta, tb, mean, si, steps[si].label if si is not None else None, th,
+                            False, _sum(lp, ta, tb), _sum(old, ta, tb)))
     return pieces
 
 
@@ -216,6 +249,14 @@ def _steps(j: pl.DataFrame | None, rid: str) -> list[StepView]:
                      r["text"], r["rationale"]) for r in rows.iter_rows(named=True)]
 
 
+def _reply(j: pl.DataFrame | None, rid: str) -> str | None:
+    """The judge's raw reply for the rollout (the same on each of its step rows), if the table has one."""
+    if j is None or "reply" not in j.columns:
+        return None
+    found = j.filter((pl.col("rollout_id") == rid) & pl.col("reply").is_not_null())["reply"]
+    return found[0] if found.len() else None
+
+
 def _thoughts(th: pl.DataFrame | None, rid: str, steps: list[StepView], n: int,
               completion: str) -> tuple[list[tuple], str]:
     """(idx, token_start, token_end, label, reward|None, char_start, char_end) per thought and where they came
@@ -233,10 +274,23 @@ def _thoughts(th: pl.DataFrame | None, rid: str, steps: list[StepView], n: int,
     return [], "judgment failed: every step unknown (outcome advantage)" if steps else "none"
 
 
+def _per_token(values: list[float] | None, n: int, what: str, rid: str, notes: list[str]) -> np.ndarray | None:
+    if values is None:
+        return None
+    x = np.asarray(values, dtype=np.float64)
+    if x.size != n:
+        notes.append(f"{rid}: {x.size} {what} for {n} completion tokens (misaligned): not shown")
+        return None
+    return x
+
+
 def _rollout(r: dict, steps: list[StepView], spec: list[tuple], spec_source: str, adv_row: dict | None,
-             dropped: bool | None, r_hat: float, tok, notes: list[str]) -> RolloutView:
+             dropped: bool | None, r_hat: float, tok, notes: list[str], old_lp: list[float] | None = None,
+             reply: str | None = None) -> RolloutView:
     ids = list(r["completion_ids"])
     n = len(ids)
+    lp = _per_token(r["logprobs"], n, "sampler log-probs", r["rollout_id"], notes)
+    old = _per_token(old_lp, n, "log pi_old values", r["rollout_id"], notes)
     adv = None
     if adv_row is not None:
         adv = np.asarray(adv_row["advantages"], dtype=np.float64)
@@ -254,11 +308,11 @@ def _rollout(r: dict, steps: list[StepView], spec: list[tuple], spec_source: str
     pieces, offsets = None, None
     if tok is not None:
         try:
-            pieces, offsets = _token_pieces(tok, ids, adv, step_of, thought_of, steps)
+            pieces, offsets = _token_pieces(tok, ids, adv, step_of, thought_of, steps, lp, old)
         except Exception as e:  # ids the tokenizer does not know: another tokenizer than the sampler's
             notes.append(f"{r['rollout_id']}: tokens not decoded ({type(e).__name__}: {e}); char-level view")
     if pieces is None:
-        pieces = _char_pieces(r["completion"], n, adv, steps, thought_of)
+        pieces = _char_pieces(r["completion"], n, adv, steps, thought_of, lp, old)
     thoughts = []
     for idx, a, b, label, reward, ca, cb in spec:
         seg = adv[max(0, a):min(n, b)] if adv is not None else np.empty(0)
@@ -274,13 +328,32 @@ def _rollout(r: dict, steps: list[StepView], spec: list[tuple], spec_source: str
         tokens=None if offsets is None else [p.text if not p.special else "" for p in pieces],
         outcome_advantage=float(adv_row["outcome_advantage"]) if adv_row is not None else r_hat,
         outcome_source="advantages table" if adv_row is not None else "computed from the group",
-        dropped=dropped, pieces=pieces, token_level=offsets is not None, answer_char_start=answer_char)
+        dropped=dropped, pieces=pieces, token_level=offsets is not None, answer_char_start=answer_char,
+        reply=reply, logprobs=None if lp is None else lp.tolist(), old_logprobs=None if old is None else old.tolist(),
+        ratio_valid=adv_row is None or adv_row["behaviour_logprobs"] is not None)
+
+
+def _behaviour(train_dir: str | Path | None, ids: list[str], notes: list[str]) -> dict[str, list[float]]:
+    """rollout_id -> log pi_old from the train artifact's behaviour table (empty: not recomputed, or none)."""
+    if not train_dir:
+        return {}
+    if "behaviour" not in read_manifest(train_dir)["outputs"]:
+        notes.append(f"{train_dir}: no behaviour table (carried forward or an older trainer): no log pi_old")
+        return {}
+    b = read_table(train_dir, "behaviour", allow_empty=True)
+    if b.height == 0:
+        notes.append(f"{train_dir}: empty behaviour table (trained with --no-recompute-logprobs: log pi_old was "
+                     "the sampler's own)")
+    b = b.filter(pl.col("rollout_id").is_in(ids))
+    return {r["rollout_id"]: r["logprobs"] for r in b.iter_rows(named=True)}
 
 
 def rollout_view(rollouts_dir: str | Path, judgments_dir: str | Path | None = None,
                  thoughts_dir: str | Path | None = None, rollout_id: str | None = None,
-                 problem_id: str | None = None, tokenizer: Any = "auto") -> GroupView:
-    """Gather the group (problem, round) of `rollout_id` (or of `problem_id`; default: the first problem).
+                 problem_id: str | None = None, tokenizer: Any = "auto",
+                 train_dir: str | Path | None = None) -> GroupView:
+    """Gather the group (problem, round) of `rollout_id` (or of `problem_id`; default: the first problem);
+    with `train_dir` (the train artifact made from the thoughts) also the trainer's log pi_old per token.
 
     tokenizer: "auto" loads the policy's tokenizer from the rollouts' `policy` column; None skips tokens
     (char-level view); or any object with `.decode(ids, skip_special_tokens=...)`."""
@@ -310,6 +383,7 @@ def rollout_view(rollouts_dir: str | Path, judgments_dir: str | Path | None = No
             notes.append(why)
     elif tokenizer is not None:
         tok = tokenizer
+    old_lps = _behaviour(train_dir, ids, notes)
     r_hat = outcome_advantages(group["correct"].to_list())
     views = []
     for r, rh in zip(group.iter_rows(named=True), r_hat, strict=True):
@@ -318,19 +392,23 @@ def rollout_view(rollouts_dir: str | Path, judgments_dir: str | Path | None = No
         spec, source = _thoughts(th, rid, steps, len(r["completion_ids"]), r["completion"])
         adv_row = adv_rows.get(rid) if adv_rows is not None else None
         dropped = None if adv_rows is None else adv_row is None
-        views.append(_rollout(r, steps, spec, source, adv_row, dropped, float(rh), tok, notes))
+        views.append(_rollout(r, steps, spec, source, adv_row, dropped, float(rh), tok, notes, old_lps.get(rid),
+                              _reply(j, rid)))
     first = group.row(0, named=True)
     return GroupView(problem_id=first["problem_id"], round=first["round"], question=first["question"],
                      answer=first["answer"], rollouts=views, selected=selected, scheme=scheme, alpha=alpha,
                      sources={"rollouts": str(rollouts_dir), "judgments": str(judgments_dir) if judgments_dir else None,
-                              "thoughts": str(thoughts_dir) if thoughts_dir else None}, notes=notes)
+                              "thoughts": str(thoughts_dir) if thoughts_dir else None,
+                              "train": str(train_dir) if train_dir else None}, notes=notes)
 
 
 def open_view(path: str | Path, judgments: str | Path | None = None, thoughts: str | Path | None = None,
-              rollout_id: str | None = None, problem_id: str | None = None, tokenizer: Any = "auto") -> GroupView:
-    """`rollout_view` starting from any rollouts/judgments/thoughts artifact; explicit paths win."""
+              rollout_id: str | None = None, problem_id: str | None = None, tokenizer: Any = "auto",
+              train: str | Path | None = None) -> GroupView:
+    """`rollout_view` starting from any rollouts/judgments/thoughts artifact; explicit paths win. The train
+    artifact is found beside the thoughts when not given."""
     rel = related_artifacts(path)
     view = rollout_view(rel.rollouts, judgments or rel.judgments, thoughts or rel.thoughts, rollout_id, problem_id,
-                        tokenizer)
+                        tokenizer, train or rel.train)
     view.notes = rel.notes + view.notes
     return view

@@ -2,7 +2,8 @@
 
     s = collect_run("runs/grpo-s0")          # RunSummary: rounds (RoundSummary), evals (EvalPoint), missing
     s.final_accuracy, s.samples_consumed, s.samples_to_reach(0.42), s.last("mean_tokens")
-    groups = by_scheme([collect_run(d) for d in dirs])   # [(scheme, [RunSummary, ...])] in order of appearance
+    groups = seed_groups([collect_run(d) for d in dirs])  # [(label, [RunSummary, ...])] in order of appearance
+    s.steps["loss"], s.steps["step"]         # per optimizer step, every numeric train_metrics column
 
 A run directory (written by `thinkrl run`, `thinkrl/rounds.py`; its layout in `thinkrl/runs.py`) holds
 `config.toml`, `eval-initial/` and `round-NNN/{rollouts,judgments,thoughts,train,eval}/`. Everything here
@@ -18,6 +19,13 @@ Definitions (the report repeats them under its table):
 - held-out accuracy: avg@k (mean pass@1 over k samples), macro-averaged over the benchmarks evaluated.
 - samples to reach an accuracy (`RunSummary.samples_to_reach`): the samples consumed at the first eval point
   whose accuracy is at least the target. Eval points are discrete: no interpolation between them.
+- per-step figures (`RunSummary.steps`): every numeric column of the rounds' train_metrics tables (global
+  `step`, loss, kl, clip_frac, grad_norm, ... and whatever a newer trainer logs), steps skipped for a
+  non-finite loss left out, in step order.
+- seeds of one experiment (`seed_groups`): runs of one scheme whose config.toml match in every key except
+  `seed` and the keys in NOT_COMPARED (they change no number: names, threads, concurrency, how often to save).
+  A group of several runs always holds distinct seeds: matching runs in which a seed repeats (the same run
+  given twice, a copy) are not averaged, each stands alone.
 - incorrect-thought share: tokens of `incorrect` steps (in correct rollouts, from the judgments table) over
   all completion tokens of the round: the same definition for every scheme, so GRPO runs that were judged
   (for measurement only) compare with TP runs. Without judgments, the segment stage's
@@ -101,6 +109,7 @@ class RunSummary:
     expected_rounds: int | None = None
     config: dict = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    steps: dict[str, list[float | None]] = field(default_factory=dict, repr=False)  # column -> one value a step
 
     @property
     def label(self) -> str:
@@ -156,7 +165,8 @@ class RunSummary:
         return "complete"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data for summary.json: rounds and eval points (the per-step figures stay in train_metrics)."""
+        return {k: v for k, v in asdict(self).items() if k != "steps"}
 
 
 # --------------------------------------------------------------------------------------------- collecting
@@ -207,7 +217,7 @@ def _uses_judgments(scheme: str | None) -> bool:
     return scheme not in SCHEMES or SCHEMES[scheme].uses_judgments
 
 
-def _collect_round(d: Path, r: int, scheme_hint: str | None) -> RoundSummary:
+def _collect_round(d: Path, r: int, scheme_hint: str | None, step_tables: list) -> RoundSummary:
     rs = RoundSummary(round=r)
     tag = d.name
     ro = _manifest(d / layout.ROLLOUTS, rs.missing, f"{tag}/rollouts")
@@ -242,13 +252,14 @@ def _collect_round(d: Path, r: int, scheme_hint: str | None) -> RoundSummary:
     if tr is not None:
         rs.carried_forward = bool((tr.get("metrics") or {}).get("carried_forward"))
         try:
-            _train_metrics(d / layout.TRAIN, rs)
+            step_tables.append(_train_metrics(d / layout.TRAIN, rs))
         except ThinkrlError as e:
             rs.missing.append(f"{tag}/train: {e}")
     return rs
 
 
-def _train_metrics(train_dir: Path, rs: RoundSummary) -> None:
+def _train_metrics(train_dir: Path, rs: RoundSummary):
+    """Fill the round's training means into `rs`; returns the train_metrics table (its per-step figures)."""
     tm = read_table(train_dir, "train_metrics", allow_empty=True)
     rs.train_steps = tm.height
     rs.skipped_steps = int(tm["skipped"].sum()) if tm.height else 0
@@ -258,6 +269,19 @@ def _train_metrics(train_dir: Path, rs: RoundSummary) -> None:
     rs.seconds_per_step, rs.mfu = mean(tm, "seconds"), mean(tm, "mfu")
     if rs.dropped_rollouts is None and tm.height:
         rs.dropped_rollouts = int(tm["dropped_rollouts"][-1])
+    return tm
+
+
+def _step_columns(tables: list) -> dict[str, list[float | None]]:
+    """The numeric columns of the rounds' train_metrics, non-skipped steps in step order (nulls as None)."""
+    import polars as pl
+
+    tables = [t for t in tables if t.height]
+    if not tables:
+        return {}
+    tm = pl.concat(tables, how="diagonal_relaxed").filter(~pl.col("skipped")).sort("step")
+    return {c: tm[c].cast(pl.Float64).to_list() for c, dt in tm.schema.items()
+            if dt.is_numeric()}
 
 
 def _eval_point(d: Path, where: str, trained: int, cum: dict[int, int | None],
@@ -296,8 +320,9 @@ def collect_run(run_dir: str | Path) -> RunSummary:
     rounds: list[RoundSummary] = []
     cum: dict[int, int | None] = {}
     total: int | None = 0
+    step_tables: list = []
     for r, rd in round_dirs:
-        rs = _collect_round(rd, r, scheme)
+        rs = _collect_round(rd, r, scheme, step_tables)
         total = total + rs.rollouts if total is not None and rs.rollouts is not None else None
         rs.samples_consumed = cum[r] = total
         rounds.append(rs)
@@ -324,12 +349,57 @@ def collect_run(run_dir: str | Path) -> RunSummary:
         missing.append(f"rounds {len(round_dirs)}..{expected - 1} of {expected}: not started")
     return RunSummary(name=str(_find_key(cfg, "name") or d.name), path=str(d), scheme=scheme,
                       seed=int(seed) if isinstance(seed, (int, float)) else None, rounds=rounds, evals=evals,
-                      expected_rounds=expected if isinstance(expected, int) else None, config=cfg, missing=missing)
+                      expected_rounds=expected if isinstance(expected, int) else None, config=cfg, missing=missing,
+                      steps=_step_columns(step_tables))
 
 
 # --------------------------------------------------------------------------------------------- grouping
-def by_scheme(summaries: Sequence[RunSummary]) -> list[tuple[str, list[RunSummary]]]:
-    groups: dict[str, list[RunSummary]] = {}
+# config keys that tell runs of one experiment apart without changing any figure it measures
+NOT_COMPARED = ("seed", "name", "threads", "gpu_memory_utilization", "judge_concurrency", "judge_api_key_env",
+                "save_every")
+
+
+def _flat(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def compared_config(s: RunSummary) -> dict[str, Any]:
+    """The config keys that make an experiment (flattened: `table.key` for older nested files)."""
+    return {k: v for k, v in _flat(s.config).items() if k.rsplit(".", 1)[-1] not in NOT_COMPARED}
+
+
+def _short(v: Any) -> str:
+    text = str(v)
+    return text if len(text) <= 24 else "…" + text[-23:]
+
+
+def seed_groups(summaries: Sequence[RunSummary]) -> list[tuple[str, list[RunSummary]]]:
+    """[(label, runs)] in order of first appearance: runs of one scheme whose configs differ only in `seed`
+    (and NOT_COMPARED) form one group; a group of several runs always has distinct seeds. The label is the
+    scheme, with the keys that set it apart where several groups share a scheme (`thought (lr=0.0003)`)."""
+    keyed: dict[tuple, list[RunSummary]] = {}
     for s in summaries:
-        groups.setdefault(s.scheme or "?", []).append(s)
-    return list(groups.items())
+        key = (s.scheme or "?", tuple(sorted((k, repr(v)) for k, v in compared_config(s).items())))
+        keyed.setdefault(key, []).append(s)
+    groups: list[list[RunSummary]] = []
+    for runs in keyed.values():
+        seeds = [r.seed for r in runs]
+        distinct = None not in seeds and len(set(seeds)) == len(seeds)
+        groups += [runs] if distinct or len(runs) == 1 else [[r] for r in runs]
+    groups.sort(key=lambda g: summaries.index(g[0]))
+    by_scheme: dict[str, list[list[RunSummary]]] = {}
+    for g in groups:
+        by_scheme.setdefault(g[0].scheme or "?", []).append(g)
+    labels: dict[int, str] = {}
+    for scheme, gs in by_scheme.items():
+        cfgs = [compared_config(g[0]) for g in gs]
+        keys = sorted({k for c in cfgs for k in c if len({repr(x.get(k)) for x in cfgs}) > 1})
+        for g, c in zip(gs, cfgs, strict=True):
+            parts = [f"{k}={_short(c.get(k))}" for k in keys[:3]] + (["…"] if len(keys) > 3 else [])
+            if len(gs) > 1 and not parts:  # same config, a repeated seed: name the run
+                parts = [g[0].name]
+            labels[id(g)] = f"{scheme} ({', '.join(parts)})" if len(gs) > 1 else scheme
+    return [(labels[id(g)], g) for g in groups]
