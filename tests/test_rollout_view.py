@@ -70,7 +70,10 @@ def arts(tmp_path_factory) -> dict:
     write_artifact(rnd / "train", "train", {}, {
         "train_metrics": [{"step": 1, "round": 0, "loss": 0.1, "kl": 0.0, "clip_frac": 0.0, "ratio_mean": 1.0,
                            "grad_norm": 1.0, "lr": 1e-4, "tokens": 10, "dropped_rollouts": 2, "skipped": False,
-                           "seconds": 0.1, "mfu": 0.0}],
+                           "seconds": 0.1, "mfu": 0.0, "reward_mean": 0.5, "reward_std": 0.5, "accuracy": 0.5,
+                           "response_len_mean": 3.0, "response_len_max": 4, "truncation_rate": 0.0, "adv_mean": 0.0,
+                           "adv_std": 1.0, "adv_min": -1.0, "adv_max": 1.0, "incorrect_thought_share": 0.0,
+                           "entropy": 1.0, "tokens_per_s": 100.0}],
         "behaviour": [{"rollout_id": r["rollout_id"], "logprobs": [-0.4 if r["rollout_id"].endswith("s0") else -0.5]
                        * len(r["completion_ids"])} for r in kept.iter_rows(named=True)]},
         inputs={"thoughts": rnd / "thoughts"})
