@@ -2,8 +2,9 @@
 
     torchrun --standalone --nproc-per-node 2 tests/ddp_worker.py POLICY DATA.parquet OUT CONFIG.json
 
-CONFIG.json holds TrainConfig fields. Rank 0 prints the summary metrics as one JSON line; every rank prints
-`rank R/W ok` so the test can see that both took part.
+CONFIG.json holds TrainConfig fields. Rank 0 writes the summary metrics to OUT.metrics.json (a file, since the
+ranks share stdout and their lines interleave); every rank prints `rank R/W ok` so the test can see that both
+took part.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main() -> None:
     metrics = train(policy, pl.read_parquet(data), TrainConfig(**cfg), out)
     rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
     if rank == "0":
-        print("METRICS " + json.dumps(metrics), flush=True)
+        Path(out + ".metrics.json").write_text(json.dumps(metrics))
     print(f"rank {rank}/{world} ok", flush=True)
 
 
