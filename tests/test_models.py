@@ -175,6 +175,21 @@ def test_init_load_round_trip(init_dir, tok, tmp_path):
     assert out.shape[1] <= ids["input_ids"].shape[1] + 5
 
 
+def tree_modes(root: Path) -> set[tuple[str, int]]:
+    """(kind, mode bits) of root and everything under it."""
+    return {("dir" if p.is_dir() else "file", p.stat().st_mode & 0o777) for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_saved_policy_respects_the_umask(tok, tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        out = init_model("tiny", tmp_path / "p", seed=0, tokenizer=tok)
+    finally:
+        os.umask(old)
+    assert tree_modes(out) == {("dir", 0o777 & ~mask), ("file", 0o666 & ~mask)}
+
+
 def test_init_refuses_to_overwrite(init_dir, tok):
     with pytest.raises(ThinkrlError, match="not empty"):
         init_model("tiny", init_dir, seed=1, tokenizer=tok)

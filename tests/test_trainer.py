@@ -299,6 +299,11 @@ def test_outputs_and_stage_skip(policy, tmp_path):
     assert json.loads((out / "policy" / "thinkrl.json").read_text()) == {"template": "raw"}
     reloaded = LlamaForCausalLM.from_pretrained(out / "policy")
     assert torch.equal(reloaded.state_dict()["model.norm.weight"], weights(out)["model.norm.weight"])
+    mask = os.umask(0o022)  # policy/ and state/ are written through temp dirs (0700) and safetensors (0600)
+    os.umask(mask)
+    for d in (out / "policy", out / "state"):
+        assert {(p.is_dir(), p.stat().st_mode & 0o777) for p in [d, *d.rglob("*")]} <= {
+            (True, 0o777 & ~mask), (False, 0o666 & ~mask)}, d
     mtime = (out / "_manifest.json").stat().st_mtime_ns
     train_stage(policy=policy, thoughts=thoughts, out=out, prompts_per_step=2, save_every=1,   # up to date
                 report_to="tensorboard")

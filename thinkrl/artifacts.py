@@ -580,9 +580,31 @@ def write_text_atomic(text: str, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def replace_dir(tmp: Path, dest: Path) -> None:
+def current_umask() -> int:
+    """The process umask (os.umask can only be read by setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_modes(root: Path) -> None:
+    """Give root and everything under it the modes a plain `open`/`mkdir` would have under the umask:
+    `tempfile.mkdtemp` makes 0700 directories and safetensors 0600 files, which a checkpoint shared with a
+    group or copied to another user must not keep."""
+    mask = current_umask()
+    os.chmod(root, 0o777 & ~mask)
+    for path in root.rglob("*"):
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def replace_dir(tmp: Path, dest: Path, modes_from_umask: bool = True) -> None:
     """Put the finished directory `tmp` (a sibling of dest) in dest's place: the old dest is renamed aside
-    first and removed last, so dest is never half-written."""
+    first and removed last, so dest is never half-written. tmp's modes are set from the umask first, unless
+    tmp holds hard links to files that are not ours to change (modes_from_umask=False)."""
+    if modes_from_umask:
+        umask_modes(tmp)
     old = dest.with_name(f".{dest.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():

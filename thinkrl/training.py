@@ -205,4 +205,4 @@ def copy_tree(src: Path, dest: Path) -> None:
             shutil.copy2(a, b)
 
     shutil.copytree(src, tmp, copy_function=link, ignore=shutil.ignore_patterns("_parts"))
-    replace_dir(tmp, dest)
+    replace_dir(tmp, dest, modes_from_umask=False)  # hard links share their source's modes: left as they are
