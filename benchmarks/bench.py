@@ -839,7 +839,8 @@ def _trl_compare(case: TrlCase, name: str) -> str:
     base = {"policy": str(case.policy.resolve()), "problems": str(problems.resolve()), "template": case.template,
             "n": case.n, "temperature": 1.0, "top_p": 1.0, "max_tokens": case.max_tokens, "judge": "rule",
             "lr": case.lr, "prompts_per_step": case.prompts_per_step, "epochs": 1, "beta": 0.0,
-            "aggregation": "seq-mean-token-mean", "eval_every": 0, "eval_initial": False, "threads": threads}
+            "aggregation": "seq-mean-token-mean", "eval_every": 0, "eval_initial": False, "threads": threads,
+            "report_to": "none"}  # TRL runs with report_to="none" too
     for row in case.rows:
         (work / f"{row.name}.toml").write_text(_toml({**base, "rounds": row.rounds, "scheme": row.scheme,
                                                       "prompts_per_round": row.prompts_per_round}))

@@ -175,6 +175,19 @@ def test_init_load_round_trip(init_dir, tok, tmp_path):
     assert out.shape[1] <= ids["input_ids"].shape[1] + 5
 
 
+def test_saved_policy_names_what_transformers_4_reads(init_dir):
+    """transformers 5 writes `TokenizersBackend`, a list `extra_special_tokens` and `rope_parameters`: 4.x (pyproject
+    admits >= 4.56) fails on the first two and silently takes rope_theta 10000 for the third. `just test-floor`
+    runs the suite on the lowest transformers admitted."""
+    tok_cfg = json.loads((init_dir / "tokenizer_config.json").read_text())
+    assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tok_cfg["additional_special_tokens"] == ["<|user|>", "<|assistant|>"]
+    assert not isinstance(tok_cfg.get("extra_special_tokens"), list)
+    config = json.loads((init_dir / "config.json").read_text())
+    rope = config.get("rope_parameters") or {"rope_theta": config["rope_theta"]}
+    assert config["rope_theta"] == rope["rope_theta"]
+
+
 def tree_modes(root: Path) -> set[tuple[str, int]]:
     """(kind, mode bits) of root and everything under it."""
     return {("dir" if p.is_dir() else "file", p.stat().st_mode & 0o777) for p in [root, *root.rglob("*")]}

@@ -37,7 +37,7 @@ def test_unknown_backend_and_missing_package_are_one_line_errors(tmp_path, monke
         TrackingConfig("tensorbord")
     monkeypatch.setattr("thinkrl.tracking.installed", lambda module: False)
     with pytest.raises(ThinkrlError, match=r"--report-to tensorboard needs the `tensorboard` package: pip install "
-                                           r"'thinkrl\[tensorboard\]' \(or --report-to none\)"):
+                                           r"tensorboard \(or --report-to none\)"):
         Tracker("tensorboard", tmp_path, "x")
     Tracker("none", tmp_path, "x").train_row(row(1, 0.5))  # none needs nothing and writes nothing
     assert list(tmp_path.iterdir()) == []

@@ -290,7 +290,7 @@ def test_outputs_and_stage_skip(policy, tmp_path):
     thoughts = tmp_path / "thoughts"
     write_artifact(thoughts, "segment", {}, {"advantages": df})
     out = tmp_path / "train"
-    train_stage(policy=policy, thoughts=thoughts, out=out, prompts_per_step=2, save_every=1, report_to="tensorboard")
+    train_stage(policy=policy, thoughts=thoughts, out=out, prompts_per_step=2, save_every=1)  # tensorboard: the default
     manifest = read_manifest(out)
     assert manifest["stage"] == "train" and manifest["outputs"]["train_metrics"]["rows"] == 2
     assert manifest["config"]["norm_len"] == 16                               # the generation budget

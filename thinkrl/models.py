@@ -121,6 +121,32 @@ def prepare_out(out_dir: Path, force: bool) -> None:
                            "to replace it")
 
 
+def make_portable(d: Path) -> None:
+    """Rewrite the files save_pretrained wrote in d so that every transformers release pyproject admits loads them
+    the same way (transformers 5 writes names that 4.x does not know):
+    - tokenizer_config.json: `tokenizer_class` TokenizersBackend -> PreTrainedTokenizerFast (the same class in 5.x),
+      and the list `extra_special_tokens` -> `additional_special_tokens` (4.x reads a dict under the former name);
+    - config.json: `rope_parameters` also as 4.x's `rope_theta` (+ `rope_scaling` when not the default rope), which
+      4.x would otherwise take as its default 10000 without a word."""
+    tok_cfg = d / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        c = json.loads(tok_cfg.read_text(encoding="utf-8"))
+        if c.get("tokenizer_class") == "TokenizersBackend":
+            c["tokenizer_class"] = "PreTrainedTokenizerFast"
+        if isinstance(c.get("extra_special_tokens"), list):
+            c["additional_special_tokens"] = c.pop("extra_special_tokens")
+        tok_cfg.write_text(json.dumps(c, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    config = d / "config.json"
+    if config.is_file():
+        c = json.loads(config.read_text(encoding="utf-8"))
+        rope = c.get("rope_parameters")
+        if isinstance(rope, dict) and "rope_theta" in rope:
+            c.setdefault("rope_theta", rope["rope_theta"])
+            if rope.get("rope_type", "default") != "default":
+                c.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+            config.write_text(json.dumps(c, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def save_policy(model, tokenizer, out_dir: str | Path, meta: dict, force: bool = False,
                 extra_files: dict[str, str] | None = None) -> Path:
     """Write model + tokenizer + generation_config + thinkrl.json (+ extra_files: name -> text) to a temp
@@ -135,6 +161,7 @@ def save_policy(model, tokenizer, out_dir: str | Path, meta: dict, force: bool =
             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        make_portable(tmp)
         body = {"template": DEFAULT_TEMPLATE, "thinkrl_version": __version__, **meta}
         (tmp / THINKRL_JSON).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for name, text in (extra_files or {}).items():

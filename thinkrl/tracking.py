@@ -5,8 +5,9 @@
         t.eval_scores(summary_rows, step=40)   # eval/<benchmark>/avg@k, pass@k, maj@k, ... at the round's last step
     tensorboard --logdir runs/exp/tb
 
-Backends (`BACKENDS`, one record each): `none`; `tensorboard` (torch.utils.tensorboard, the pip extra
-`tensorboard`; no account); `wandb` and `trackio` (extras of the same names, imported only when chosen). Each
+Backends (`BACKENDS`, one record each): `none`; `tensorboard`, the default (torch.utils.tensorboard; the
+`tensorboard` package is a core dependency; no account); `wandb` and `trackio` (extras of the same names,
+imported only when chosen). Each
 writes inside the output directory it is given (a `thinkrl run` directory, or `thinkrl train --out`): `tb/`,
 `wandb/` (wandb's own folder, offline unless WANDB_MODE is set) or `trackio/` (TRACKIO_DIR unless set; trackio
 is local unless the user gives it a Space). A missing package is one line naming the extra, before any work.
@@ -60,6 +61,7 @@ class Backend:
     name: str
     module: str | None                  # the package it imports (None: nothing to import)
     folder: str | None                  # where it writes, inside the output directory
+    install: str | None                 # what installs its package
     open: Callable[[Path, str, dict], Session] | None
     help: str
 
@@ -140,10 +142,13 @@ def _open_trackio(log_dir: Path, name: str, config: dict) -> Session:
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("none", None, None, None, "no tracking"),
-    Backend("tensorboard", "tensorboard", "tb", _TensorBoard, "TensorBoard event files in <out>/tb (no account)"),
-    Backend("wandb", "wandb", "wandb", _open_wandb, "Weights & Biases, offline unless WANDB_MODE is set"),
-    Backend("trackio", "trackio", "trackio", _open_trackio, "trackio, local in <out>/trackio unless TRACKIO_DIR is set"),
+    Backend("none", None, None, None, None, "no tracking"),
+    Backend("tensorboard", "tensorboard", "tb", "pip install tensorboard", _TensorBoard,
+            "TensorBoard event files in <out>/tb (no account)"),
+    Backend("wandb", "wandb", "wandb", "pip install 'thinkrl[wandb]'", _open_wandb,
+            "Weights & Biases, offline unless WANDB_MODE is set"),
+    Backend("trackio", "trackio", "trackio", "pip install 'thinkrl[trackio]'", _open_trackio,
+            "trackio, local in <out>/trackio unless TRACKIO_DIR is set"),
 )}
 
 
@@ -151,7 +156,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 class TrackingConfig:
     """The tracking setting of `thinkrl train` and `thinkrl run` (not part of any skip key: it changes no result)."""
 
-    report_to: str = setting("none", "experiment tracker for the per-step train metrics and the eval scores: "
+    report_to: str = setting("tensorboard", "experiment tracker for the per-step train metrics and the eval scores: "
                                      + "; ".join(f"{b.name} ({b.help})" for b in BACKENDS.values())
                                      + "; the log folder is inside the run or --out directory")
 
@@ -195,8 +200,8 @@ class Tracker:
         self.backend = BACKENDS[TrackingConfig(report_to).report_to]
         b = self.backend
         if b.module is not None and not installed(b.module):
-            raise ThinkrlError(f"--report-to {b.name} needs the `{b.module}` package: pip install "
-                               f"'thinkrl[{b.name}]' (or --report-to none)")
+            raise ThinkrlError(f"--report-to {b.name} needs the `{b.module}` package: {b.install} "
+                               "(or --report-to none)")
         self.log_dir = None if b.folder is None else Path(out_dir) / b.folder
         self.name, self.config = name, json.loads(json.dumps(dict(config or {}), default=str))
         self._session: Session | None = None

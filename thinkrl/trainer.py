@@ -99,7 +99,7 @@ from thinkrl.logprobs import (  # noqa: F401  (token_logprobs, plan_micro_batche
     unwrap,
 )
 from thinkrl.loss import BatchCounts, LossConfig, policy_loss
-from thinkrl.models import load_policy, n_params
+from thinkrl.models import load_policy, make_portable, n_params
 from thinkrl.training import SCHEDULES, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -464,6 +464,7 @@ def export_policy(model, tokenizer, policy_dir: Path, dest: Path) -> None:
         config.use_cache = use_cache
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    make_portable(tmp)
     if (policy_dir / "thinkrl.json").is_file():
         shutil.copy2(policy_dir / "thinkrl.json", tmp / "thinkrl.json")
     replace_dir(tmp, dest)
