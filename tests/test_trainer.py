@@ -585,3 +585,67 @@ def test_every_row_reaches_on_row_once_in_step_order(policy, tmp_path):
         run_train_stage(policy, thoughts, tmp_path / "stage", TrainConfig(**cfg), tracker=Rows())
     assert [r["step"] for r in seen[2]] == [1, 2, 3, 4] * 2
     assert read_manifest(tmp_path / "stage")["metrics"]["tracking"] == {"report_to": "test"}
+
+
+# ------------------------------------------------------------------------------------------ (11) π_old from step 1
+def _count_passes(monkeypatch) -> list[int]:
+    """Rollouts scored by recompute_behaviour's no-grad pass (each call's count)."""
+    import thinkrl.trainer as trainer_mod
+
+    calls: list[int] = []
+    inner = trainer_mod.completion_logprobs
+
+    def counting(model, prompts, *a, **kw):
+        calls.append(len(prompts))
+        return inner(model, prompts, *a, **kw)
+
+    monkeypatch.setattr(trainer_mod, "completion_logprobs", counting)
+    return calls
+
+
+@pytest.mark.parametrize("steps_per_round", [1, 3])
+def test_first_step_takes_its_pi_old_from_its_forward(policy, tmp_path, monkeypatch, steps_per_round):
+    """The first step's rollouts get log pi_old from that step's training forward (detached): one step per
+    round (on-policy) makes no separate pass, S steps pass over the other S - 1 steps' rollouts only. The
+    trained weights, rows and the behaviour table equal those of a full recompute to float32 rounding, and
+    the behaviour table equals an independent forward of the start policy."""
+    import thinkrl.trainer as trainer_mod
+
+    df = make_data(load(policy), problems=3 * steps_per_round, group=3, seed=31, off_policy=0.4)
+    cfg = TrainConfig(prompts_per_step=3, epochs=2, lr=3e-3, micro_batch_tokens=40)
+    calls = _count_passes(monkeypatch)
+    train(policy, df, cfg, tmp_path / "forward")
+    first = step_rollouts(prepare_groups(df)[0], 0, 3, 0)
+    assert sum(calls) == len(df) - len(first)          # step 0's rollouts are not in the pass
+    inner = trainer_mod.recompute_behaviour
+    monkeypatch.setattr(trainer_mod, "recompute_behaviour", lambda run, **kw: inner(run, first_step_in_forward=False))
+    calls.clear()
+    train(policy, df, cfg, tmp_path / "pass")
+    assert sum(calls) == len(df)
+
+    a, b = (read_table(tmp_path / d, "train_metrics") for d in ("forward", "pass"))
+    assert a["ratio_mean"][0] == 1.0 and a["clip_frac"][0] == 0.0
+    assert a["loss"].to_list() == pytest.approx(b["loss"].to_list(), rel=1e-5, abs=1e-7)
+    assert a.height == b.height == 2 * steps_per_round
+    for k, w in weights(tmp_path / "pass").items():
+        assert torch.allclose(weights(tmp_path / "forward")[k], w, rtol=1e-5, atol=1e-6), k
+    want = token_logprobs(load(policy), df["prompt_ids"].to_list(), df["completion_ids"].to_list())
+    got = dict(zip(*read_table(tmp_path / "forward", "behaviour")[["rollout_id", "logprobs"]].to_dict().values(),
+                   strict=True))
+    assert sorted(got) == sorted(df["rollout_id"])
+    for rid, lp in zip(df["rollout_id"], want, strict=True):
+        np.testing.assert_allclose(got[rid], lp, atol=1e-5)
+
+
+def test_resume_after_the_first_step_keeps_its_forward_pi_old(policy, tmp_path):
+    """Stopped after step 1, whose log pi_old came from its own forward, and resumed: the saved state holds it,
+    and the run equals a straight one (a second pass, 2 epochs, reuses step 1's rollouts)."""
+    df = make_data(load(policy), problems=2, group=3, seed=32, off_policy=0.4)  # the table's pi_old is wrong
+    cfg = TrainConfig(prompts_per_step=1, epochs=2, lr=1e-2, save_every=1)
+    train(policy, df, cfg, tmp_path / "straight")
+    train(policy, df, replace_cfg(cfg, max_steps=1), tmp_path / "split")
+    assert len(state(tmp_path / "split")["behaviour"]) == len(df)
+    train(policy, df, cfg, tmp_path / "split")
+    assert rows_without_timing(tmp_path / "straight") == rows_without_timing(tmp_path / "split")
+    assert torch.equal(weights(tmp_path / "straight")["model.norm.weight"],
+                       weights(tmp_path / "split")["model.norm.weight"])

@@ -47,7 +47,10 @@ Where this departs from or guesses at the paper:
 - log π_old is recomputed once, at the start of a run, by this run's own model, device, dtype and autocast,
   over the very micro-batches of the first pass (`recompute_behaviour`, as verl's actor does before its
   update), so the first optimizer step has ratio exactly 1 and clip fraction 0 in every dtype and on any
-  number of ranks; it is saved with the state for exact resume. `recompute_logprobs = False` uses the
+  number of ranks; it is saved with the state for exact resume. The first step's own rollouts are not in
+  that pass: before any update π_old is the policy being trained, so their log π_old is the first step's
+  training forward, detached (as TRL does with num_iterations = 1). A round of one optimizer step (on-policy)
+  therefore makes no extra pass at all, and a round of S steps passes over (S - 1) / S of its rollouts. `recompute_logprobs = False` uses the
   table's `behaviour_logprobs` instead (the sampler's own, at T: exact only up to engine numerics).
 - one policy trains continuously across rounds: `continue_from` (a previous train run's directory) carries
   AdamW's moments and step counter and the global step, and the lr schedule is a function of the global step
@@ -269,15 +272,18 @@ def _pad(arrays: Sequence[np.ndarray], T: int, like: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def recompute_behaviour(run: _Run) -> None:
+def recompute_behaviour(run: _Run, first_step_in_forward: bool = True) -> None:
     """log π_old of every rollout, by this run's model before its first update, over exactly the micro-batches
-    the first pass will train them in (each rank its own share; then shared by all ranks), so the first step's
-    forward is the same computation and its ratio is exactly 1. Kept in the forward's dtype (float32, or
-    float64 for float64 runs)."""
+    the first pass will train them in (each rank its own share; then shared by all ranks). Kept in the
+    forward's dtype (float32, or float64 for float64 runs). With first_step_in_forward the rollouts of step 0
+    are left out and marked pending: `optimizer_step` takes theirs from its forward (detached), the same
+    weights before any update."""
     cfg, dist = run.cfg, run.dist
     steps_per_pass = math.ceil(len(run.groups) / cfg.prompts_per_step)
     mine: dict[str, np.ndarray] = {}
-    for step in range(steps_per_pass):
+    if first_step_in_forward:
+        run.pending = frozenset(r.rollout_id for r in step_rollouts(run.groups, 0, cfg.prompts_per_step, cfg.seed))
+    for step in range(1 if first_step_in_forward else 0, steps_per_pass):
         rollouts = step_rollouts(run.groups, step, cfg.prompts_per_step, cfg.seed)[dist.rank::dist.world]
         for mb in plan_micro_batches(rollouts, cfg.micro_batch_tokens):
             with autocast(dist.device, run.autocast_dtype):
@@ -289,8 +295,14 @@ def recompute_behaviour(run: _Run) -> None:
 
 
 def set_behaviour(run: _Run, logprobs: dict[str, np.ndarray]) -> None:
-    """Use `logprobs` (rollout_id -> log π_old) for every rollout of the run."""
-    run.groups = [[replace(r, behaviour_logprobs=logprobs[r.rollout_id]) for r in g] for g in run.groups]
+    """Use `logprobs` (rollout_id -> log π_old) for the run's rollouts it names; each named one is no longer
+    pending. Every rollout not pending must be named by now."""
+    run.groups = [[replace(r, behaviour_logprobs=logprobs[r.rollout_id]) if r.rollout_id in logprobs else r
+                   for r in g] for g in run.groups]
+    run.pending = run.pending - logprobs.keys()
+    missing = {r.rollout_id for g in run.groups for r in g} - run.pending - logprobs.keys()
+    if not run.recomputed and missing:
+        raise AssertionError(f"no log pi_old for {len(missing)} rollouts, e.g. {min(missing)}")
     run.recomputed = True
 
 
@@ -300,15 +312,18 @@ def recomputed_logprobs(run: _Run) -> dict[str, np.ndarray]:
 
 
 def micro_batch_loss(model, mb: Sequence[Rollout], counts: BatchCounts, loss_cfg: LossConfig,
-                     ref_model=None, autocast_dtype: torch.dtype | None = None, chunk: int = DEFAULT_CHUNK):
-    """(loss share, stats) of one micro-batch (see thinkrl.loss)."""
+                     ref_model=None, autocast_dtype: torch.dtype | None = None, chunk: int = DEFAULT_CHUNK,
+                     old_from_forward: bool = False):
+    """(loss share, stats) of one micro-batch (see thinkrl.loss). old_from_forward: log π_old is this forward's
+    own log-probs, detached (the weights have not moved since the rollouts were sampled for this run), and
+    stats["logp"] holds them."""
     device = device_of(model)
     prompts, comps = [r.prompt_ids for r in mb], [r.completion_ids for r in mb]
     temps = [r.temperature for r in mb]
     with autocast(device, autocast_dtype):
         scores = completion_scores(model, prompts, comps, temps, chunk=chunk, entropy=True)
     logp, mask = scores.logp, scores.mask                                       # (n, T)
-    old = _pad([r.behaviour_logprobs for r in mb], logp.shape[1], logp)         # (n, T)
+    old = logp.detach() if old_from_forward else _pad([r.behaviour_logprobs for r in mb], logp.shape[1], logp)
     adv = _pad([r.advantages for r in mb], logp.shape[1], logp)                 # (n, T)
     ref = None
     if loss_cfg.beta > 0:
@@ -316,7 +331,8 @@ def micro_batch_loss(model, mb: Sequence[Rollout], counts: BatchCounts, loss_cfg
             ref, _ = completion_logprobs(ref_model, prompts, comps, temps, chunk=chunk)
         ref = ref.to(logp.dtype)
     loss, stats = policy_loss(logp, old, adv, mask, counts, loss_cfg, ref_logp=ref)
-    return loss, {**stats, "entropy_sum": (scores.entropy * mask).sum()}
+    stats = {**stats, "entropy_sum": (scores.entropy * mask).sum()}
+    return loss, {**stats, "logp": old} if old_from_forward else stats
 
 
 SUMS = ("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens", "ratio_sum", "entropy_sum")
@@ -330,10 +346,12 @@ def _idle_backward(model) -> None:
 
 def accumulate_gradients(model, micro_batches: Sequence[Sequence[Rollout]], counts: BatchCounts,
                          loss_cfg: LossConfig, ref_model=None, loss_scale: float = 1.0,
-                         autocast_dtype: torch.dtype | None = None, chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
+                         autocast_dtype: torch.dtype | None = None, chunk: int = DEFAULT_CHUNK,
+                         old_from_forward: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Forward/backward each micro-batch of this rank's share of one optimizer step; gradients add up in
     .grad (DDP syncs on the last one only). loss_scale = world size undoes DDP's gradient average.
-    Returns this rank's sums: loss, kl_sum, clipped_tokens, tokens, processed_tokens, ratio_sum, entropy_sum."""
+    Returns this rank's sums: loss, kl_sum, clipped_tokens, tokens, processed_tokens, ratio_sum, entropy_sum.
+    old_from_forward (a dict): log π_old is each forward's own, detached, and is put there per rollout."""
     sums = dict.fromkeys(SUMS, 0.0)
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     if not micro_batches:
@@ -343,8 +361,13 @@ def accumulate_gradients(model, micro_batches: Sequence[Sequence[Rollout]], coun
     for k, mb in enumerate(micro_batches):
         last = k == len(micro_batches) - 1
         with model.no_sync() if ddp and not last else nullcontext():
-            loss, stats = micro_batch_loss(model, mb, counts, loss_cfg, ref_model, autocast_dtype, chunk)
+            loss, stats = micro_batch_loss(model, mb, counts, loss_cfg, ref_model, autocast_dtype, chunk,
+                                           old_from_forward=old_from_forward is not None)
             (loss * loss_scale).backward()
+        if old_from_forward is not None:
+            logp = stats["logp"].cpu().numpy()  # the forward's dtype, as recompute_behaviour keeps it
+            for j, r in enumerate(mb):
+                old_from_forward[r.rollout_id] = logp[j, :len(r.completion_ids)]
         sums["loss"] += float(loss.detach())
         sums["kl_sum"] += float(stats["kl_sum"])
         sums["clipped_tokens"] += float(stats["clipped_tokens"])
@@ -550,6 +573,7 @@ class _Run:
     rows: list[dict] = field(default_factory=list)
     nonfinite_in_row: int = 0
     recomputed: bool = False                         # log π_old in groups recomputed (False: the table's)
+    pending: frozenset[str] = frozenset()            # rollouts whose log π_old step 0's forward gives
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -657,9 +681,12 @@ def optimizer_step(run: _Run, step: int) -> dict[str, Any]:
     rollouts = step_all[dist.rank::dist.world]
     mbs = plan_micro_batches(rollouts, cfg.micro_batch_tokens)
     counts = step_counts(mbs, cfg.norm_len, dist)
+    first = {} if run.pending else None  # log π_old of this step's rollouts from its own forward
     local = accumulate_gradients(run.wrapped, mbs, counts, cfg.loss_config(), run.ref_model,
                                  loss_scale=dist.world, autocast_dtype=run.autocast_dtype,
-                                 chunk=cfg.logprob_chunk)
+                                 chunk=cfg.logprob_chunk, old_from_forward=first)
+    if first is not None:
+        set_behaviour(run, dist.all_gather_dict(first))
     loss, kl_sum, clipped, tokens, processed, ratio_sum, entropy_sum = dist.all_sum([local[k] for k in SUMS])
     params = [p for p in run.model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
@@ -779,11 +806,11 @@ def train(policy_dir: str | Path, advantages_df: pl.DataFrame, cfg: TrainConfig,
             _clean_leftovers(out_dir)
         dist.barrier()
         start = load_state(run) if resume else 0
+        stop = run.total_steps if cfg.max_steps is None else min(cfg.max_steps, run.total_steps)
         if cfg.recompute_logprobs and not run.recomputed:
             if start:  # cannot happen for states this code wrote: the weights have moved on
                 raise ThinkrlError(f"{out_dir}/state: resumed after step {start} without the run's log pi_old")
-            recompute_behaviour(run)
-        stop = run.total_steps if cfg.max_steps is None else min(cfg.max_steps, run.total_steps)
+            recompute_behaviour(run, first_step_in_forward=stop > 0)
         run.rows = run.rows[:start]
         if dist.rank == 0 and on_row is not None:
             for row in run.rows:
