@@ -181,6 +181,7 @@ def test_saved_policy_names_what_transformers_4_reads(init_dir):
     runs the suite on the lowest transformers admitted."""
     tok_cfg = json.loads((init_dir / "tokenizer_config.json").read_text())
     assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tok_cfg["model_input_names"] == ["input_ids", "attention_mask"]
     assert tok_cfg["additional_special_tokens"] == ["<|user|>", "<|assistant|>"]
     assert not isinstance(tok_cfg.get("extra_special_tokens"), list)
     config = json.loads((init_dir / "config.json").read_text())

@@ -124,15 +124,16 @@ def prepare_out(out_dir: Path, force: bool) -> None:
 def make_portable(d: Path) -> None:
     """Rewrite the files save_pretrained wrote in d so that every transformers release pyproject admits loads them
     the same way (transformers 5 writes names that 4.x does not know):
-    - tokenizer_config.json: `tokenizer_class` TokenizersBackend -> PreTrainedTokenizerFast (the same class in 5.x),
-      and the list `extra_special_tokens` -> `additional_special_tokens` (4.x reads a dict under the former name);
+    - tokenizer_config.json: `tokenizer_class` TokenizersBackend -> PreTrainedTokenizerFast (the same class in 5.x)
+      with 5.x's `model_input_names` (4.x's default adds token_type_ids, which `generate` refuses), and the list `extra_special_tokens` -> `additional_special_tokens` (4.x reads a dict under the former name);
     - config.json: `rope_parameters` also as 4.x's `rope_theta` (+ `rope_scaling` when not the default rope), which
       4.x would otherwise take as its default 10000 without a word."""
     tok_cfg = d / "tokenizer_config.json"
     if tok_cfg.is_file():
         c = json.loads(tok_cfg.read_text(encoding="utf-8"))
-        if c.get("tokenizer_class") == "TokenizersBackend":
+        if c.get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
             c["tokenizer_class"] = "PreTrainedTokenizerFast"
+            c.setdefault("model_input_names", ["input_ids", "attention_mask"])  # 4.x's default adds token_type_ids
         if isinstance(c.get("extra_special_tokens"), list):
             c["additional_special_tokens"] = c.pop("extra_special_tokens")
         tok_cfg.write_text(json.dumps(c, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -120,6 +120,7 @@ def wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
         clean_up_tokenization_spaces=False,
         padding_side="left",  # generation pads on the left; training code pads itself
         model_max_length=512,
+        model_input_names=["input_ids", "attention_mask"],  # no token_type_ids (transformers 4.x's default)
     )
 
 
