@@ -773,7 +773,7 @@ def _thinkrl_figures(run_dir: Path, proc: dict) -> dict:
             kept = [len(p) + len(c) for p, c, a in adv.select("prompt_ids", "completion_ids", "advantages").rows()
                     if np.any(np.asarray(a) != 0)]
             work["train_tokens"] += sum(kept)  # epochs = 1: one forward + backward each
-            work["pass_tokens"] += sum(kept)   # the log pi_old recompute at the start of each round
+            work["pass_tokens"] += tm.get("behaviour_pass_tokens", sum(kept))  # the separate log pi_old pass
     split["between"] += proc["end"] - prev  # summary, exit
     return {"wall": proc["wall"], "split": split, "work": work, "rounds": len(rounds)}
 
@@ -996,14 +996,15 @@ def _trl_compare(case: TrlCase, name: str) -> str:
               f"N = {N:,} parameters (tied embeddings counted once: the LM head's matmul; the input lookup costs no "
               f"FLOPs; attention-score FLOPs left out), peak {peak / 1e9:.0f} GFLOP/s (this machine's measured fp32 "
               "matmul on 2 threads). Bound = 2N × generated tokens + 6N × trained tokens (prompt + completion of the "
-              "kept rollouts, one forward + backward each) + 2N × log-prob pass tokens (the same tokens, forward only; "
-              "counted only where π_old differs from the policy being trained, i.e. where a round took more than one "
-              "step: with one step per round the ratio is 1 and the pass is not needed, though thinkrl does it).", "",
+              "kept rollouts, one forward + backward each) + 2N × log-prob pass tokens (forward only: the rollouts of "
+              "every step but a round's first, whose π_old the weights have left by then; the first step's come "
+              "from its own training forward, so a round of one step needs no pass; thinkrl's pass is exactly "
+              "this).", "",
               "| work | generated tokens | trained tokens | log-prob pass tokens | lower bound (s) | thinkrl (s) | "
               "thinkrl as % of the bound |", "|---|---|---|---|---|---|---|"]
     for row in case.rows:
         ta, _, wa, _ = summary[row.name]
-        pass_tokens = wa["pass_tokens"] if wa["steps"] > row.rounds else 0  # some round took more than one step
+        pass_tokens = wa["pass_tokens"]
         bound = (2 * N * wa["generated"] + 6 * N * wa["train_tokens"] + 2 * N * pass_tokens) / peak
         lines.append(f"| {row.label} | {wa['generated']:.0f} | {wa['train_tokens']:.0f} | {pass_tokens:.0f} | "
                      f"{bound:.3f} | {ta:.1f} | {100 * ta / bound:,.0f}% |")

@@ -614,9 +614,12 @@ def test_first_step_takes_its_pi_old_from_its_forward(policy, tmp_path, monkeypa
     df = make_data(load(policy), problems=3 * steps_per_round, group=3, seed=31, off_policy=0.4)
     cfg = TrainConfig(prompts_per_step=3, epochs=2, lr=3e-3, micro_batch_tokens=40)
     calls = _count_passes(monkeypatch)
-    train(policy, df, cfg, tmp_path / "forward")
-    first = step_rollouts(prepare_groups(df)[0], 0, 3, 0)
+    m = train(policy, df, cfg, tmp_path / "forward")
+    groups = prepare_groups(df)[0]
+    first = {r.rollout_id for r in step_rollouts(groups, 0, 3, 0)}
     assert sum(calls) == len(df) - len(first)          # step 0's rollouts are not in the pass
+    assert m["behaviour_pass_tokens"] == sum(r.length for g in groups for r in g if r.rollout_id not in first)
+    assert (m["behaviour_pass_tokens"] == 0) == (steps_per_round == 1)
     inner = trainer_mod.recompute_behaviour
     monkeypatch.setattr(trainer_mod, "recompute_behaviour", lambda run, **kw: inner(run, first_step_in_forward=False))
     calls.clear()

@@ -285,6 +285,7 @@ def recompute_behaviour(run: _Run, first_step_in_forward: bool = True) -> None:
         run.pending = frozenset(r.rollout_id for r in step_rollouts(run.groups, 0, cfg.prompts_per_step, cfg.seed))
     for step in range(1 if first_step_in_forward else 0, steps_per_pass):
         rollouts = step_rollouts(run.groups, step, cfg.prompts_per_step, cfg.seed)[dist.rank::dist.world]
+        run.pass_tokens += sum(r.length for r in rollouts)
         for mb in plan_micro_batches(rollouts, cfg.micro_batch_tokens):
             with autocast(dist.device, run.autocast_dtype):
                 logp, _ = completion_logprobs(run.model, [r.prompt_ids for r in mb], [r.completion_ids for r in mb],
@@ -574,6 +575,7 @@ class _Run:
     nonfinite_in_row: int = 0
     recomputed: bool = False                         # log π_old in groups recomputed (False: the table's)
     pending: frozenset[str] = frozenset()            # rollouts whose log π_old step 0's forward gives
+    pass_tokens: int = 0                             # tokens (prompt + completion) of the separate log π_old pass
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -760,6 +762,7 @@ def summary(run: _Run) -> dict[str, Any]:
             "mfu": float(np.mean([r["mfu"] for r in rows])) if rows else 0.0,
             "n_params": run.n_params, "norm_len": run.cfg.norm_len, "world_size": run.dist.world,
             "behaviour_logprobs": "recomputed" if run.recomputed else "table",
+            "behaviour_pass_tokens": run.pass_tokens,   # this rank's (0 on a resume: the state held them)
             "policy": str(run.out_dir / "policy")}
 
 
