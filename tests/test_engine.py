@@ -317,3 +317,53 @@ def test_devices_and_dtypes_resolve_before_any_model_loads(tmp_path, monkeypatch
     assert resolve_dtype("vllm", "auto", "cpu", tmp_path) == "bfloat16"
     assert resolve_dtype("vllm", "float32", "cpu", tmp_path) == "float32"
 
+
+
+def test_growing_cache_equals_transformers_dynamic_cache(eos_engine, tok, monkeypatch):
+    """The engine's in-place cache (GrowingLayer) against transformers' own DynamicCache, which concatenates:
+    rows leaving the batch (batch_select_indices), n samples per prompt (batch_repeat_interleave), prompts of
+    different lengths, and a capacity too small for the run (so a buffer grows): the same tokens and
+    bit-identical log-probs."""
+    import thinkrl.engine.hf as hf
+    from transformers import DynamicCache
+
+    prompts = [enc(tok, p) for p in PROMPTS]
+    params = SamplingParams(n=3, temperature=0.8, max_tokens=24)
+    growing = eos_engine.generate(prompts, params, seeds_for(4, 3))
+    assert {c.finish_reason for row in growing for c in row} == {"stop", "length"}
+    made = []
+    monkeypatch.setattr(hf, "growing_cache", lambda config, capacity: made.append(capacity) or
+                        DynamicCache(config=config))
+    plain = eos_engine.generate(prompts, params, seeds_for(4, 3))
+    assert made                                                  # the plain cache was the one used
+    monkeypatch.undo()
+    real = hf.growing_cache
+    monkeypatch.setattr(hf, "growing_cache", lambda config, capacity: real(config, 3))  # grows while decoding
+    small = eos_engine.generate(prompts, params, seeds_for(4, 3))
+    for a, b, c in zip(growing, plain, small, strict=True):
+        for x, y, z in zip(a, b, c, strict=True):
+            assert x.token_ids == y.token_ids == z.token_ids and x.finish_reason == y.finish_reason
+            assert x.logprobs == y.logprobs == z.logprobs
+
+
+def test_growing_layer_keeps_what_dynamic_layer_keeps():
+    from transformers.cache_utils import DynamicLayer
+
+    from thinkrl.engine.hf import GrowingLayer
+
+    g, d = GrowingLayer(capacity=4), DynamicLayer()
+    torch.manual_seed(0)
+    steps = [torch.randn(2, 3, 3, 5)] + [torch.randn(2, 3, 1, 5) for _ in range(5)]
+    for i, kv in enumerate(steps):
+        if i == 1:
+            for layer in (g, d):
+                layer.batch_repeat_interleave(2)                      # (4, ...)
+        if i >= 1:
+            kv = kv.repeat_interleave(2, dim=0)[[0, 2, 3]] if i >= 3 else kv.repeat_interleave(2, dim=0)
+        if i == 3:
+            for layer in (g, d):
+                layer.batch_select_indices(torch.tensor([0, 2, 3]))   # a row leaves
+        got, want = g.update(kv, -kv), d.update(kv, -kv)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert g.get_seq_length() == d.get_seq_length() == 3 + i
+    assert g._buffers[0].shape[-2] >= 8                                # it grew past its capacity of 4

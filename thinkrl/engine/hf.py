@@ -14,6 +14,9 @@ How it works, per call:
    model's generation_config EOS ids), when its decoded tail contains a stop string, or at max_tokens.
    Finished rows are removed from the batch at once (`batch_select_indices` on the cache, and the same
    rows of the mask, positions and noise), so a finished sequence costs nothing afterwards.
+   The cache's layers keep their keys and values in buffers sized for prompt + max_tokens at the prefill
+   (`GrowingLayer`): a step writes its one position in place, where transformers' DynamicLayer
+   concatenates, copying the whole cache of every layer at every step.
 
 Log-prob convention: `logprobs[k] = log_softmax(logits / T)[token_ids[k]]` in float32, before top-p
 (T = 1 when greedy), from the same forward pass that chose the token.
@@ -43,6 +46,7 @@ from pathlib import Path
 
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 from thinkrl.engine.base import (
     Completion,
@@ -56,6 +60,61 @@ from thinkrl.engine.base import (
 from thinkrl.errors import ThinkrlError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values are views of buffers of `capacity` positions (more when a longer
+    update comes): `update` writes the new positions in place instead of concatenating. The views hold the
+    same values as DynamicLayer's tensors, so attention computes the same thing. Only what the engine uses is
+    supported: update, batch_repeat_interleave, batch_select_indices, get_seq_length."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None   # (B, H, capacity, D) each
+        self._n = 0                                                      # positions filled
+
+    def _views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self._buffers
+        self.keys, self.values = k[..., :self._n, :], v[..., :self._n, :]
+        return self.keys, self.values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self._buffers is None:  # what DynamicLayer's lazy_initialization sets (its signature varies by release)
+            self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
+        q = key_states.shape[-2]
+        if self._buffers is None or self._n + q > self._buffers[0].shape[-2]:
+            cap = max(self.capacity, self._n + q)
+            grown = []
+            for old, new in zip(self._buffers or (None, None), (key_states, value_states), strict=True):
+                buf = new.new_empty((*new.shape[:-2], cap, new.shape[-1]))
+                if old is not None:
+                    buf[..., :self._n, :] = old[..., :self._n, :]
+                grown.append(buf)
+            self._buffers = (grown[0], grown[1])
+        k, v = self._buffers
+        k[..., self._n:self._n + q, :] = key_states
+        v[..., self._n:self._n + q, :] = value_states
+        self._n += q
+        return self._views()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self._buffers is not None:
+            self._buffers = tuple(b.repeat_interleave(repeats, dim=0) for b in self._buffers)
+            self._views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self._buffers is not None:
+            self._buffers = tuple(b[indices, ...] for b in self._buffers)
+            self._views()
+
+
+def growing_cache(config, capacity: int) -> DynamicCache:
+    """A DynamicCache for `config` whose full-attention layers are GrowingLayers of `capacity` positions
+    (sliding-window layers stay as transformers makes them)."""
+    cache = DynamicCache(config=config)
+    cache.layers = [GrowingLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 DEFAULT_BATCH_TOKENS = 65536  # rows x (prompt + max_tokens) per batch
 
 
@@ -158,8 +217,8 @@ class HFEngine:
                 out[i] = completions
         return out
 
-    def _prefill(self, prompts: list[list[int]]):
-        """Run each prompt once, left-padded.
+    def _prefill(self, prompts: list[list[int]], max_tokens: int):
+        """Run each prompt once, left-padded, into a cache with room for max_tokens more positions.
 
         -> last logits (P, V) float32, cache, attention mask (P, L), next position (P,)."""
         P, L = len(prompts), max(len(p) for p in prompts)
@@ -170,7 +229,7 @@ class HFEngine:
             mask[r, L - len(p):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (P, L): 0 at each prompt's first real token
-        cache = DynamicCache(config=self.model.config)
+        cache = growing_cache(self.model.config, L + max_tokens)
         extra = {"logits_to_keep": 1} if self._keep_last else {}
         res = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, **extra)
@@ -185,7 +244,7 @@ class HFEngine:
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[list[int]],
                         progress: Progress | None) -> list[list[Completion]]:
         n, T = params.n, params.max_tokens
-        logits, cache, mask, pos = self._prefill(prompts)
+        logits, cache, mask, pos = self._prefill(prompts, T)
         if n > 1:  # prefix sharing: copy each prompt's cache to its n sample rows
             cache.batch_repeat_interleave(n)
             logits, mask, pos = (x.repeat_interleave(n, dim=0) for x in (logits, mask, pos))
