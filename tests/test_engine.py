@@ -324,8 +324,9 @@ def test_growing_cache_equals_transformers_dynamic_cache(eos_engine, tok, monkey
     rows leaving the batch (batch_select_indices), n samples per prompt (batch_repeat_interleave), prompts of
     different lengths, and a capacity too small for the run (so a buffer grows): the same tokens and
     bit-identical log-probs."""
-    import thinkrl.engine.hf as hf
     from transformers import DynamicCache
+
+    import thinkrl.engine.hf as hf
 
     prompts = [enc(tok, p) for p in PROMPTS]
     params = SamplingParams(n=3, temperature=0.8, max_tokens=24)
