@@ -658,11 +658,14 @@ def setup(policy_dir: Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_d
     if dist.world > 1:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # fused: one kernel over all tensors (on this CPU ~10x faster than the per-tensor loop for SmolLM2-135M's
+    # 273 tensors; the same update to float rounding, ~1 ulp)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                            weight_decay=cfg.weight_decay)
+                            weight_decay=cfg.weight_decay, fused=True)
     offset, prev_horizon, prev = _continue(opt, cfg)
-    for group in opt.param_groups:  # this run's settings, not the continued run's
-        group.update(betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, initial_lr=cfg.lr)
+    for group in opt.param_groups:  # this run's settings, not the continued run's (nor its implementation)
+        group.update(betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, initial_lr=cfg.lr, fused=True,
+                     foreach=None)
     total = cfg.epochs * math.ceil(len(groups) / cfg.prompts_per_step)
     horizon = cfg.schedule_steps or prev_horizon or offset + total  # a continued run keeps a horizon it was given
     round_ = int(validated(advantages_df)["round"].max())
