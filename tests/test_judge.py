@@ -242,6 +242,22 @@ def test_judge_config_keys_what_the_judge_depends_on():
     gen = judge_config(JudgeConfig("openai:http://h", "judge", judge_model="m", max_tokens=9, retries=1), "tok")
     assert gen["prompt_version"] == TEMPLATES["intrinsic-v1"].version and gen["max_tokens"] == 9
     assert gen["judge_model"] == "m" and "judge_version" not in gen and "retries" not in gen
+    # temperature and extra_body change the replies, so the key; at their defaults the key is the one older
+    # versions wrote (they always asked at temperature 0 with no extra keys): finished judgments stay up to date
+    openai = JudgeConfig("openai:http://h", judge_model="m")
+    assert judge_config(openai, "tok") == {"judge": "openai:http://h", "splitter": "blank", "tokenizer": "tok",
+                                           "judge_model": "m", "prompt": "intrinsic-v1", "prompt_version": 1,
+                                           "max_tokens": 1024}
+    hot = judge_config(JudgeConfig("openai:http://h", judge_model="m", temperature=0.6), "tok")
+    assert hot != judge_config(openai, "tok") and hot["temperature"] == 0.6
+    no_think = judge_config(JudgeConfig("openai:http://h", judge_model="m", extra_body='{"chat_template_kwargs": '
+                                        '{"enable_thinking": false}}'), "tok")
+    assert no_think["extra_body"] == {"chat_template_kwargs": {"enable_thinking": False}}
+    assert judge_config(JudgeConfig("openai:http://h", judge_model="m", extra_body=' {"chat_template_kwargs":{'
+                                    '"enable_thinking" : false} }'), "tok") == no_think  # the object, not its text
+    assert judge_config(JudgeConfig("openai:http://h", judge_model="m", extra_body="{}"), "tok") == \
+        judge_config(openai, "tok")
+    assert judge_config(JudgeConfig("rule", temperature=0.6, extra_body='{"top_k": 5}'), "tok") == rule
     with pytest.raises(ThinkrlError, match="unknown judge prompt"):
         JudgeConfig("hf:d", "blank", prompt="nope")
     with pytest.raises(ThinkrlError, match="unknown splitter"):
@@ -250,6 +266,20 @@ def test_judge_config_keys_what_the_judge_depends_on():
         JudgeConfig("openai:http://h")
     with pytest.raises(ThinkrlError, match="needs a generative judge"):
         JudgeConfig("oracle", "judge")
+    with pytest.raises(ThinkrlError, match="--extra-body must not set `messages`: thinkrl sets it itself"):
+        JudgeConfig("openai:http://h", judge_model="m", extra_body='{"messages": []}')
+    with pytest.raises(ThinkrlError, match="judge hf:d: a local hf: judge sends no request: of extra_body only "
+                                           "chat_template_kwargs applies .*not top_k"):
+        JudgeConfig("hf:d", extra_body='{"top_k": 5, "chat_template_kwargs": {}}')
+
+
+def test_judge_eval_key_follows_the_judges_temperature_and_extra_body():
+    from thinkrl.judge_eval import JudgeEvalConfig, judge_eval_key
+
+    base = judge_eval_key(JudgeEvalConfig(judge="openai:http://h", judge_model="m", processbench="gsm8k"))
+    hot = judge_eval_key(JudgeEvalConfig(judge="openai:http://h", judge_model="m", processbench="gsm8k",
+                                         temperature=0.6, extra_body='{"top_p": 0.95}'))
+    assert "temperature" not in base and (hot["temperature"], hot["extra_body"]) == (0.6, {"top_p": 0.95})
 
 
 def test_useless_replies_are_asked_again_never_cached_and_never_finish_the_judgments(tmp_path, tokenizer):
@@ -561,3 +591,24 @@ def test_no_judge_fault_ever_finishes_the_judgments_and_the_healed_rerun_asks_on
     assert len(new) == 1 and new[0].content == content                 # only the failed request, once
     df = read_table(tmp_path / "j", "judgments")
     assert m["failed_rollouts"] == 0 and "unknown" not in set(df["label"]) and set(df["rollout_id"]) == set(ro["rollout_id"])
+
+
+def test_hf_judge_samples_with_a_seed_of_the_conversation_and_takes_chat_template_kwargs(tmp_path):
+    """A local judge: greedy at temperature 0; above it, sampled with a seed of the conversation, so the same
+    request gets the same reply in every run and batch; extra_body's chat_template_kwargs reach the chat template."""
+    from thinkrl.judge.generative import HFChat
+    from thinkrl.models import init_model
+
+    path = init_model("tiny", tmp_path / "m")
+    convs = [[{"role": "user", "content": f"What is {k} + 1?"}] for k in range(4)]
+    greedy = [r.text for r in HFChat(path, max_tokens=12).complete_many(convs)]
+    hot = HFChat(path, max_tokens=12, temperature=1.0, chat_template_kwargs={"enable_thinking": False})
+    seen = []
+    template = hot.engine.tokenizer.apply_chat_template
+    hot.engine.tokenizer.apply_chat_template = lambda c, **kw: seen.append(kw) or template(c, **kw)
+    sampled = [r.text for r in hot.complete_many(convs)]
+    assert sampled != greedy and [r.text for r in hot.complete_many(convs[::-1])] == sampled[::-1]
+    assert seen and all(kw["enable_thinking"] is False for kw in seen)
+    judge = make_judge(f"hf:{path}", max_tokens=12, temperature=1.0,
+                       extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert (judge.backend.temperature, judge.backend.template_kwargs) == (1.0, {"enable_thinking": False})

@@ -28,8 +28,12 @@ loop is bounded in count and in time. After the last attempt the result is
 conversation, in input order. `ThinkrlError` is raised only for configuration problems (bad URL scheme,
 non-positive limits, malformed conversations, an API key with characters a header cannot carry).
 
-Cache (`cache_dir`): the key is the sha256 of the canonical JSON of the request body: model, messages,
-temperature, max_tokens and any sampling parameter sent (top_p, seed); never the base URL nor the API key.
+Request body: model, messages, temperature, max_tokens, top_p and seed when set, and the keys of `extra_body`
+merged in (the OpenAI client's `extra_body`: what a server takes beyond the OpenAI API, e.g. vLLM's
+`chat_template_kwargs`); an `extra_body` key the client sets itself is refused (ThinkrlError).
+
+Cache (`cache_dir`): the key is the sha256 of the canonical JSON of the request body (above); never the base URL
+nor the API key. A body without extra keys is the one older versions sent, so their entries are still found.
 Each successful reply is one small JSON file `<cache_dir>/<key[:2]>/<key>.json`, written to a temp name and
 renamed, so a run killed with kill -9 leaves only whole entries, and a rerun makes zero HTTP calls for the
 requests already answered. Failures are not cached. An unreadable entry counts as a miss.
@@ -127,6 +131,8 @@ class ChatConfig:
     parse_retries: int = field(default=2, metadata={
         "help": "with a `validate` function: ask again, with a format reminder, up to this many times when a "
                 "reply cannot be used"})
+    extra_body: dict[str, Any] | None = field(default=None, metadata={
+        "help": "keys merged into every request body (server-specific parameters, e.g. chat_template_kwargs)"})
 
     def __post_init__(self) -> None:
         url = urlsplit(self.base_url or "")
@@ -143,6 +149,21 @@ class ChatConfig:
             if not isinstance(v, (int, float)) or v < 0 or (name == "timeout_s" and v == 0):
                 kind = "positive" if name == "timeout_s" else "non-negative"
                 raise ThinkrlError(f"chat {name} must be a {kind} number, got {v!r}")
+        if self.extra_body is not None:
+            if not isinstance(self.extra_body, dict):
+                raise ThinkrlError(f"chat extra_body must be a dict of request keys, got {type(self.extra_body).__name__}")
+            clash = sorted(set(self.extra_body) & set(self.own_keys))
+            if clash:
+                raise ThinkrlError(f"chat extra_body sets {', '.join(map(repr, clash))}: the client sets model, "
+                                   "messages, temperature, max_tokens (top_p and seed when given) itself and reads "
+                                   "whole replies (no stream)")
+
+    @property
+    def own_keys(self) -> tuple[str, ...]:
+        """The body keys an `extra_body` may not hold: those the client sets itself, and `stream` (it reads whole
+        replies)."""
+        optional = tuple(k for k in ("top_p", "seed") if getattr(self, k) is not None)
+        return ("model", "messages", "temperature", "max_tokens", "stream", *optional)
 
     @property
     def endpoint(self) -> str:
@@ -274,7 +295,7 @@ class ChatClient:
         if not (isinstance(conv, list) and conv and all(isinstance(m, dict) and "role" in m for m in conv)):
             raise ThinkrlError(f"conversation {i} must be a non-empty list of {{'role': ..., 'content': ...}}"
                                f" messages, got {type(conv).__name__}")
-        body: dict[str, Any] = {"model": self.cfg.model, "messages": conv,
+        body: dict[str, Any] = {**(self.cfg.extra_body or {}), "model": self.cfg.model, "messages": conv,
                                 "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
         if self.cfg.top_p is not None:
             body["top_p"] = self.cfg.top_p
