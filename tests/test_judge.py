@@ -373,19 +373,49 @@ def test_rule_judge_has_no_reply_and_no_fallbacks(tmp_path, tokenizer):
     check_fallbacks(m, 0.0, tmp_path / "j")
 
 
-def test_judge_cli_never_finishes_on_a_failing_judge_without_allow_failed(tmp_path, tokenizer, run_cli):
-    """Through the real command, the server down then useless then healthy: exit 3 and no manifest while
-    requests fail; --allow-failed finishes (and more than --max-unknown still exits 2, the artifact written);
-    a run that allows failures and a higher --max-unknown reuses it; the plain command asks again for every
-    failed rollout once the server is healthy and finishes with real verdicts."""
+def rollouts_artifact(tmp_path, tokenizer, n: int):
+    """A rollouts artifact at tmp_path/r of rollouts_frame(tokenizer, n), its policy the tokenizer at tmp_path/tok."""
     tok_dir = tmp_path / "tok"
     tokenizer.save_pretrained(tok_dir)
-    ro = rollouts_frame(tokenizer, 4).with_columns(
+    ro = rollouts_frame(tokenizer, n).with_columns(
         pl.lit(0).alias("sample_idx"), pl.lit(0).alias("round"), pl.lit(str(tok_dir)).alias("policy"),
         pl.lit("raw").alias("template"), pl.col("question").alias("prompt"), pl.lit([1]).alias("prompt_ids"),
         pl.col("completion_ids").list.eval(pl.lit(-0.5)).alias("logprobs"), pl.lit("stop").alias("finish_reason"),
         pl.lit(0).alias("seed"))
     write_artifact(tmp_path / "r", "sample", {}, {"rollouts": ro})
+    return tmp_path / "r"
+
+
+def test_judge_and_judge_eval_stages_send_the_judges_temperature_and_extra_body(tmp_path, tokenizer):
+    """The stages hand temperature and extra_body to the judge: they reach every request. Another temperature
+    is another judgment: the stage does not skip, and the replies are asked again (not read from the cache)."""
+    from thinkrl.judge.judging import JudgeConfig, run_judge_stage
+    from thinkrl.judge_eval import JudgeEvalConfig, run_judge_eval_stage
+
+    rollouts = rollouts_artifact(tmp_path, tokenizer, 3)
+    extra = '{"chat_template_kwargs": {"enable_thinking": false}}'
+    with FaultServer() as srv:
+        srv.reply_fn = judge_reply
+        cfg = JudgeConfig(f"openai:{srv.url}", judge_model="m", timeout_s=5, temperature=0.6, extra_body=extra)
+        run_judge_stage(rollouts, tmp_path / "j", cfg)
+        assert len(srv.records) == 3 and all(r.body["temperature"] == 0.6 and r.body["chat_template_kwargs"] ==
+                                             {"enable_thinking": False} for r in srv.records)
+        assert run_judge_stage(rollouts, tmp_path / "j", cfg).skipped and len(srv.records) == 3
+        cooler = run_judge_stage(rollouts, tmp_path / "j", JudgeConfig(f"openai:{srv.url}", judge_model="m",
+                                                                        timeout_s=5, temperature=0.3, extra_body=extra))
+        assert not cooler.skipped and len(srv.records) == 6 and srv.records[-1].body["temperature"] == 0.3
+        run_judge_eval_stage(tmp_path / "je", JudgeEvalConfig(judge=f"openai:{srv.url}", judge_model="m", timeout_s=5,
+                                                              temperature=0.6, extra_body=extra), rollouts, tmp_path)
+        assert len(srv.records) == 9 and all(r.body["temperature"] == 0.6 and "chat_template_kwargs" in r.body
+                                             for r in srv.records[6:])
+
+
+def test_judge_cli_never_finishes_on_a_failing_judge_without_allow_failed(tmp_path, tokenizer, run_cli):
+    """Through the real command, the server down then useless then healthy: exit 3 and no manifest while
+    requests fail; --allow-failed finishes (and more than --max-unknown still exits 2, the artifact written);
+    a run that allows failures and a higher --max-unknown reuses it; the plain command asks again for every
+    failed rollout once the server is healthy and finishes with real verdicts."""
+    rollouts_artifact(tmp_path, tokenizer, 4)
     with FaultServer() as srv:
         srv.mode = "close"                                               # down: every connection dropped
         args = ["judge", "--rollouts", tmp_path / "r", "--out", tmp_path / "j", "--judge", f"openai:{srv.url}",
