@@ -367,3 +367,26 @@ def test_extra_body_keys_and_temperature_reach_the_server_and_key_the_cache(serv
         key = client._cache_key(client._body(0, conv[0]))
     assert key == "61a9fd9f6c8255be126bbb8df95c336e97c1164d06a5e434a95143f7defbb71d"
 
+
+def test_thinking_returned_apart_is_not_the_reply_and_a_cut_one_is_not_asked_again(server):
+    """vLLM's reasoning parsers return the thinking in `reasoning_content` (`reasoning` in newer vLLM): the reply
+    is the content alone. A reply with thinking and no content, cut at max tokens, would be cut again: it fails at
+    once with the cause and what to do, where an empty content is retried."""
+    from thinkrl.judge.thinking import THINK_CUT
+
+    def reply(messages):
+        q = messages[-1]["content"]
+        if q == "cut":
+            return {"content": None, "reasoning_content": "Step 2 looks off, but", "finish_reason": "length"}
+        if q == "cut new":
+            return {"content": "", "reasoning": "Step 2 looks off, but", "finish_reason": "length"}
+        return {"content": "the answer", "reasoning_content": "thinking {\"labels\": []}"}
+
+    server.reply_fn = reply
+    conversations = [[{"role": "user", "content": q}] for q in ("fine", "cut", "cut new")]
+    with ChatClient(make_cfg(server)) as client:
+        res = client.complete_many(conversations)
+        assert client.stats["failures"] == {THINK_CUT: 2}
+    assert res[0].text == "the answer" and res[0].error is None
+    assert [r.error for r in res[1:]] == [f"{THINK_CUT} after 1 attempt"] * 2 and res[1].text is None
+    assert len(server.for_content("cut")) == 1 == len(server.for_content("cut new"))

@@ -30,6 +30,7 @@ def request(correct: bool = True, completion: str = COMPLETION) -> JudgeRequest:
 
 GOOD = {"labels": [{"step": 0, "label": "correct"}, {"step": 1, "label": "incorrect", "reason": "125 wrong"},
                    {"step": 2, "label": "incorrect"}]}
+DRAFT = {"labels": ["correct", "correct", "correct"]}  # a verdict drafted inside a thinking judge's <think>
 
 
 @pytest.mark.parametrize("reply,expected,problem", [
@@ -51,6 +52,15 @@ GOOD = {"labels": [{"step": 0, "label": "correct"}, {"step": 1, "label": "incorr
     ('{"labels": [', ("unknown",) * 3, "unparseable reply"),
     (None, ("unknown",) * 3, "no reply"),
     ('{"reflections": []} then {"labels": ["correct", "correct", "correct"]}', ("correct",) * 3, ""),
+    # a thinking judge (Qwen3): the verdict is read after its <think>...</think>, never from a draft inside it
+    ("<think>\nFirst guess: " + json.dumps(DRAFT) + "\nNo, step 1 is wrong.\n</think>\n\n" + json.dumps(GOOD),
+     ("correct", "incorrect", "incorrect"), ""),
+    ("<think>\nMaybe " + json.dumps(DRAFT) + "\n</think>\n\nI cannot decide.", ("unknown",) * 3,
+     "unparseable reply"),
+    ("Maybe " + json.dumps(DRAFT) + "\n</think>\n\nI cannot decide.", ("unknown",) * 3,   # <think> opened by
+     "unparseable reply"),                                                                 # the chat template
+    ("<think>\nSo far: " + json.dumps(DRAFT) + "\nbut step 1", ("unknown",) * 3,          # cut inside it
+     "reply cut inside <think>: raise the judge's max tokens or disable thinking"),
 ])
 def test_parse_reply_never_crashes(reply, expected, problem):
     labels, reasons, got_problem = parse_reply(reply, request())
@@ -197,6 +207,10 @@ def test_prompt_in_propose_mode_shows_lines_and_asks_for_steps():
     ('{"steps": [{"first_line": "x", "label": "correct"}, {"first_line": 0, "last_line": 2, "label": "nope"}]}',
      ("unknown",) * 3, (0,), "bad step range, invalid label"),
     ("no json here", ("unknown",) * 3, (0, 1, 2), "unparseable reply"),
+    ('<think>\n{"steps": [{"first_line": 0, "last_line": 2, "label": "correct"}]}', ("unknown",) * 3, (0, 1, 2),
+     "reply cut inside <think>: raise the judge's max tokens or disable thinking"),
+    ('<think>{"steps": []}</think>{"steps": [{"first_line": 0, "last_line": 2, "label": "correct"}]}',
+     ("correct",) * 3, (0,), ""),
 ])
 def test_parse_steps_reply(reply, labels, starts, problem):
     text = "a = 1\nb = 2\nc = 3"
@@ -621,6 +635,40 @@ def test_no_judge_fault_ever_finishes_the_judgments_and_the_healed_rerun_asks_on
     assert len(new) == 1 and new[0].content == content                 # only the failed request, once
     df = read_table(tmp_path / "j", "judgments")
     assert m["failed_rollouts"] == 0 and "unknown" not in set(df["label"]) and set(df["rollout_id"]) == set(ro["rollout_id"])
+
+
+def test_a_thinking_judge_gets_its_settings_and_its_verdict_is_read_after_the_thinking(tmp_path, tokenizer):
+    """A Qwen3-class judge served by vLLM: temperature and extra_body reach every request body; a reply that
+    thinks first (`<think>` with a draft verdict inside) is judged by the answer after the thinking, and the
+    `reply` column keeps it whole. A reply cut inside its thinking (max tokens) holds no verdict, even if a draft
+    inside looks like one: each rollout fails at once with that cause (asking again would be cut again)."""
+    ro = rollouts_frame(tokenizer, 4)
+    extra = '{"chat_template_kwargs": {"enable_thinking": true}, "top_p": 0.95}'
+
+    def thinking(messages):  # drafts the opposite labels, then answers properly
+        wrong = judge_reply(messages).replace('"correct"', '"incorrect"').replace('"matched"', '"unmatched"')
+        return f"<think>\nDraft: {wrong}\nNo, let me check again.\n</think>\n\n{judge_reply(messages)}"
+
+    with FaultServer() as srv:
+        srv.reply_fn = thinking
+        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"), timeout_s=5,
+                           temperature=0.6, extra_body=json.loads(extra))
+        m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}))
+        bodies = [r.body for r in srv.records]
+        assert len(bodies) == 4 and m["failed_rollouts"] == 0
+        assert all(b["temperature"] == 0.6 and b["top_p"] == 0.95 and b["chat_template_kwargs"] ==
+                   {"enable_thinking": True} for b in bodies)
+        df = read_table(tmp_path / "j", "judgments")
+        assert set(df["label"]) <= {"correct", "matched"}               # the answer, not the draft
+        assert all(r.startswith("<think>\nDraft: ") for r in df["reply"])  # the reply as it came
+        srv.reply_fn = lambda messages: {"content": "<think>\nDraft: " + judge_reply(messages),
+                                         "finish_reason": "length"}
+        asked = len(srv.records)
+        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache2"), timeout_s=5)
+        cut = "reply cut inside <think>: raise the judge's max tokens or disable thinking; reply cut at max tokens"
+        with pytest.raises(IncompleteError, match=re.escape(f"4 of 4 rollouts got no verdict (unusable reply ({cut})")):
+            judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j2", "judge", {}))
+        assert len(srv.records) == asked + 4                            # once each: not asked again
 
 
 def test_hf_judge_samples_with_a_seed_of_the_conversation_and_takes_chat_template_kwargs(tmp_path):

@@ -24,13 +24,17 @@ that sends one. So one request takes at most about (attempts) * 2 * timeout_s + 
 loop is bounded in count and in time. After the last attempt the result is
 `ChatResult(text=None, error="<reason> after <n> attempts")`; reasons are the keys of `stats["failures"]`
 (`timeout`, `connection error`, `truncated body`, `http 500`, `http 429`, `bad json`, `no choices`,
-`empty content`, `unusable reply`, ...). `complete_many` never raises for a per-request problem and returns one result per
+`empty content`, `unusable reply`, `reply cut inside <think>: ...`). `complete_many` never raises for a per-request problem and returns one result per
 conversation, in input order. `ThinkrlError` is raised only for configuration problems (bad URL scheme,
 non-positive limits, malformed conversations, an API key with characters a header cannot carry).
 
 Request body: model, messages, temperature, max_tokens, top_p and seed when set, and the keys of `extra_body`
 merged in (the OpenAI client's `extra_body`: what a server takes beyond the OpenAI API, e.g. vLLM's
 `chat_template_kwargs`); an `extra_body` key the client sets itself is refused (ThinkrlError).
+
+Replies: the client reads the message's `content`. The thinking a server-side reasoning parser returns apart
+(`reasoning_content`, or `reasoning` in newer vLLM) is not part of the reply; a reply that holds only such
+thinking and was cut at max_tokens is a failure that is not retried (`THINK_CUT`: it would be cut again).
 
 Cache (`cache_dir`): the key is the sha256 of the canonical JSON of the request body (above); never the base URL
 nor the API key. A body without extra keys is the one older versions sent, so their entries are still found.
@@ -80,6 +84,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from thinkrl.errors import ThinkrlError
+from thinkrl.judge.thinking import THINK_CUT
 
 log = logging.getLogger(__name__)
 
@@ -467,10 +472,14 @@ def _parse_reply(raw: bytes) -> _Attempt:
     if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
         parts = [p.get("text") for p in content if isinstance(p, dict)]
         content = "".join(t for t in parts if isinstance(t, str))
+    finish = choices[0].get("finish_reason")
     if not isinstance(content, str) or not content.strip():
+        thinking = any(isinstance(msg.get(k), str) and msg[k].strip() for k in ("reasoning_content", "reasoning")) \
+            if isinstance(msg, dict) else False
+        if thinking and finish == "length":  # a reasoning parser took it all: cut inside the thinking
+            return _Attempt(reason=THINK_CUT, retry=False)
         return _Attempt(reason="empty content")
     usage = d.get("usage") if isinstance(d.get("usage"), dict) else {}
-    finish = choices[0].get("finish_reason")
     return _Attempt(text=content, finish_reason=finish if isinstance(finish, str) else None,
                     prompt_tokens=_int(usage.get("prompt_tokens")),
                     completion_tokens=_int(usage.get("completion_tokens")))
