@@ -9,7 +9,8 @@
         srv.max_in_flight
 
 A good reply is `expected_reply(messages)` (a hash of the messages, so tests can check it reached the right
-request) with `usage`. Faults: ok, 500/502/503/400 (http status), 429 (Retry-After: 0, or `429:<seconds>`),
+request) with `usage`; `reply_fn(messages)` may return a dict instead: the message's fields (`content`,
+`reasoning_content`, as a vLLM reasoning parser sends them) and optionally `finish_reason` (e.g. `length`). Faults: ok, 500/502/503/400 (http status), 429 (Retry-After: 0, or `429:<seconds>`),
 slow (answers after `slow_s`, past the client's timeout), trickle (a good reply sent a few bytes at a time
 over `slow_s`: every read is quick, the whole is too slow), garbage (non-JSON body), truncated (Content-Length
 larger than the body, then the connection closes), no_choices (JSON without `choices`), empty (empty
@@ -187,9 +188,11 @@ def _response(kind: str, arg: str, body: dict, auth: str, reply_fn=expected_repl
     """(status, extra headers, payload, declared Content-Length) for a fault kind. A 400 echoes the
     Authorization header in its message, as careless servers do, to test that the client scrubs it."""
     messages = body.get("messages", [])
+    said = reply_fn(messages)
+    message = {"role": "assistant", **(said if isinstance(said, dict) else {"content": said})}
+    finish = message.pop("finish_reason", "stop")
     reply = {"id": "cmpl-test", "object": "chat.completion", "model": body.get("model", ""),
-             "choices": [{"index": 0, "finish_reason": "stop",
-                          "message": {"role": "assistant", "content": reply_fn(messages)}}],
+             "choices": [{"index": 0, "finish_reason": finish, "message": message}],
              "usage": {"prompt_tokens": len(json.dumps(messages)) // 4, "completion_tokens": 7,
                        "total_tokens": len(json.dumps(messages)) // 4 + 7}}
     headers: dict[str, str] = {}

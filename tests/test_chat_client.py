@@ -293,7 +293,10 @@ def test_connection_refused_is_a_result_not_an_exception():
 
 @pytest.mark.parametrize("kw", [dict(base_url="ftp://127.0.0.1:1"), dict(base_url="127.0.0.1:8000"),
                                 dict(base_url="http://"), dict(model=""), dict(max_concurrency=0),
-                                dict(timeout_s=0), dict(max_retries=-1), dict(backoff_s=-1.0)])
+                                dict(timeout_s=0), dict(max_retries=-1), dict(backoff_s=-1.0),
+                                dict(extra_body={"model": "x"}), dict(extra_body={"temperature": 1}),
+                                dict(extra_body={"stream": True}), dict(extra_body={"top_p": 0.9}, top_p=0.8),
+                                dict(extra_body=[("top_k", 5)])])
 def test_config_errors(kw):
     base = dict(base_url="http://127.0.0.1:1", model="m")
     with pytest.raises(ThinkrlError):
@@ -341,3 +344,49 @@ def test_validate_asks_again_with_a_reminder_and_caches_only_usable_replies(serv
         assert c.stats["failures"] == {"unusable reply": 1}
     assert res[0].text == "bad" and res[0].error == "unusable reply (no labels) after 3 replies"
     assert len(server.records) == asked + 3
+
+
+def test_extra_body_keys_and_temperature_reach_the_server_and_key_the_cache(server, tmp_path):
+    """extra_body's keys are merged into the request body (the OpenAI client's extra_body), beside the
+    temperature; both are part of the cached request, so changing either asks the server again. A config
+    without extra_body sends the body older versions sent: its cache key is the one they wrote (a pinned hash)."""
+    cache, conv = str(tmp_path / "c"), convs(1)
+    extra = {"chat_template_kwargs": {"enable_thinking": False}, "top_p": 0.95}
+    with ChatClient(make_cfg(server, cache_dir=cache, temperature=0.6, extra_body=extra)) as client:
+        client.complete_many(conv)
+    body = server.records[-1].body
+    assert body["temperature"] == 0.6 and body["chat_template_kwargs"] == {"enable_thinking": False}
+    assert body["top_p"] == 0.95 and body["model"] == "judge-test" and body["messages"] == conv[0]
+    for kw in (dict(temperature=0.7, extra_body=extra), dict(temperature=0.6), dict(temperature=0.6, extra_body={
+            "chat_template_kwargs": {"enable_thinking": True}})):
+        with ChatClient(make_cfg(server, cache_dir=cache, **kw)) as client:
+            assert not client.complete_many(conv)[0].cached, kw
+    with ChatClient(make_cfg(server, cache_dir=cache, temperature=0.6, extra_body=dict(extra))) as client:
+        assert client.complete_many(conv)[0].cached                       # the same request: from the cache
+    with ChatClient(ChatConfig(base_url=server.url, model="judge-test", api_key_env=NO_KEY_ENV)) as client:
+        key = client._cache_key(client._body(0, conv[0]))
+    assert key == "61a9fd9f6c8255be126bbb8df95c336e97c1164d06a5e434a95143f7defbb71d"
+
+
+def test_thinking_returned_apart_is_not_the_reply_and_a_cut_one_is_not_asked_again(server):
+    """vLLM's reasoning parsers return the thinking in `reasoning_content` (`reasoning` in newer vLLM): the reply
+    is the content alone. A reply with thinking and no content, cut at max tokens, would be cut again: it fails at
+    once with the cause and what to do, where an empty content is retried."""
+    from thinkrl.judge.thinking import THINK_CUT
+
+    def reply(messages):
+        q = messages[-1]["content"]
+        if q == "cut":
+            return {"content": None, "reasoning_content": "Step 2 looks off, but", "finish_reason": "length"}
+        if q == "cut new":
+            return {"content": "", "reasoning": "Step 2 looks off, but", "finish_reason": "length"}
+        return {"content": "the answer", "reasoning_content": "thinking {\"labels\": []}"}
+
+    server.reply_fn = reply
+    conversations = [[{"role": "user", "content": q}] for q in ("fine", "cut", "cut new")]
+    with ChatClient(make_cfg(server)) as client:
+        res = client.complete_many(conversations)
+        assert client.stats["failures"] == {THINK_CUT: 2}
+    assert res[0].text == "the answer" and res[0].error is None
+    assert [r.error for r in res[1:]] == [f"{THINK_CUT} after 1 attempt"] * 2 and res[1].text is None
+    assert len(server.for_content("cut")) == 1 == len(server.for_content("cut new"))

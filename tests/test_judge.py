@@ -30,6 +30,7 @@ def request(correct: bool = True, completion: str = COMPLETION) -> JudgeRequest:
 
 GOOD = {"labels": [{"step": 0, "label": "correct"}, {"step": 1, "label": "incorrect", "reason": "125 wrong"},
                    {"step": 2, "label": "incorrect"}]}
+DRAFT = {"labels": ["correct", "correct", "correct"]}  # a verdict drafted inside a thinking judge's <think>
 
 
 @pytest.mark.parametrize("reply,expected,problem", [
@@ -51,6 +52,15 @@ GOOD = {"labels": [{"step": 0, "label": "correct"}, {"step": 1, "label": "incorr
     ('{"labels": [', ("unknown",) * 3, "unparseable reply"),
     (None, ("unknown",) * 3, "no reply"),
     ('{"reflections": []} then {"labels": ["correct", "correct", "correct"]}', ("correct",) * 3, ""),
+    # a thinking judge (Qwen3): the verdict is read after its <think>...</think>, never from a draft inside it
+    ("<think>\nFirst guess: " + json.dumps(DRAFT) + "\nNo, step 1 is wrong.\n</think>\n\n" + json.dumps(GOOD),
+     ("correct", "incorrect", "incorrect"), ""),
+    ("<think>\nMaybe " + json.dumps(DRAFT) + "\n</think>\n\nI cannot decide.", ("unknown",) * 3,
+     "unparseable reply"),
+    ("Maybe " + json.dumps(DRAFT) + "\n</think>\n\nI cannot decide.", ("unknown",) * 3,   # <think> opened by
+     "unparseable reply"),                                                                 # the chat template
+    ("<think>\nSo far: " + json.dumps(DRAFT) + "\nbut step 1", ("unknown",) * 3,          # cut inside it
+     "reply cut inside <think>: raise the judge's max tokens or disable thinking"),
 ])
 def test_parse_reply_never_crashes(reply, expected, problem):
     labels, reasons, got_problem = parse_reply(reply, request())
@@ -197,6 +207,10 @@ def test_prompt_in_propose_mode_shows_lines_and_asks_for_steps():
     ('{"steps": [{"first_line": "x", "label": "correct"}, {"first_line": 0, "last_line": 2, "label": "nope"}]}',
      ("unknown",) * 3, (0,), "bad step range, invalid label"),
     ("no json here", ("unknown",) * 3, (0, 1, 2), "unparseable reply"),
+    ('<think>\n{"steps": [{"first_line": 0, "last_line": 2, "label": "correct"}]}', ("unknown",) * 3, (0, 1, 2),
+     "reply cut inside <think>: raise the judge's max tokens or disable thinking"),
+    ('<think>{"steps": []}</think>{"steps": [{"first_line": 0, "last_line": 2, "label": "correct"}]}',
+     ("correct",) * 3, (0,), ""),
 ])
 def test_parse_steps_reply(reply, labels, starts, problem):
     text = "a = 1\nb = 2\nc = 3"
@@ -242,6 +256,22 @@ def test_judge_config_keys_what_the_judge_depends_on():
     gen = judge_config(JudgeConfig("openai:http://h", "judge", judge_model="m", max_tokens=9, retries=1), "tok")
     assert gen["prompt_version"] == TEMPLATES["intrinsic-v1"].version and gen["max_tokens"] == 9
     assert gen["judge_model"] == "m" and "judge_version" not in gen and "retries" not in gen
+    # temperature and extra_body change the replies, so the key; at their defaults the key is the one older
+    # versions wrote (they always asked at temperature 0 with no extra keys): finished judgments stay up to date
+    openai = JudgeConfig("openai:http://h", judge_model="m")
+    assert judge_config(openai, "tok") == {"judge": "openai:http://h", "splitter": "blank", "tokenizer": "tok",
+                                           "judge_model": "m", "prompt": "intrinsic-v1", "prompt_version": 1,
+                                           "max_tokens": 1024}
+    hot = judge_config(JudgeConfig("openai:http://h", judge_model="m", temperature=0.6), "tok")
+    assert hot != judge_config(openai, "tok") and hot["temperature"] == 0.6
+    no_think = judge_config(JudgeConfig("openai:http://h", judge_model="m", extra_body='{"chat_template_kwargs": '
+                                        '{"enable_thinking": false}}'), "tok")
+    assert no_think["extra_body"] == {"chat_template_kwargs": {"enable_thinking": False}}
+    assert judge_config(JudgeConfig("openai:http://h", judge_model="m", extra_body=' {"chat_template_kwargs":{'
+                                    '"enable_thinking" : false} }'), "tok") == no_think  # the object, not its text
+    assert judge_config(JudgeConfig("openai:http://h", judge_model="m", extra_body="{}"), "tok") == \
+        judge_config(openai, "tok")
+    assert judge_config(JudgeConfig("rule", temperature=0.6, extra_body='{"top_k": 5}'), "tok") == rule
     with pytest.raises(ThinkrlError, match="unknown judge prompt"):
         JudgeConfig("hf:d", "blank", prompt="nope")
     with pytest.raises(ThinkrlError, match="unknown splitter"):
@@ -250,6 +280,20 @@ def test_judge_config_keys_what_the_judge_depends_on():
         JudgeConfig("openai:http://h")
     with pytest.raises(ThinkrlError, match="needs a generative judge"):
         JudgeConfig("oracle", "judge")
+    with pytest.raises(ThinkrlError, match="--extra-body must not set `messages`: thinkrl sets it itself"):
+        JudgeConfig("openai:http://h", judge_model="m", extra_body='{"messages": []}')
+    with pytest.raises(ThinkrlError, match="judge hf:d: a local hf: judge sends no request: of extra_body only "
+                                           "chat_template_kwargs applies .*not top_k"):
+        JudgeConfig("hf:d", extra_body='{"top_k": 5, "chat_template_kwargs": {}}')
+
+
+def test_judge_eval_key_follows_the_judges_temperature_and_extra_body():
+    from thinkrl.judge_eval import JudgeEvalConfig, judge_eval_key
+
+    base = judge_eval_key(JudgeEvalConfig(judge="openai:http://h", judge_model="m", processbench="gsm8k"))
+    hot = judge_eval_key(JudgeEvalConfig(judge="openai:http://h", judge_model="m", processbench="gsm8k",
+                                         temperature=0.6, extra_body='{"top_p": 0.95}'))
+    assert "temperature" not in base and (hot["temperature"], hot["extra_body"]) == (0.6, {"top_p": 0.95})
 
 
 def test_useless_replies_are_asked_again_never_cached_and_never_finish_the_judgments(tmp_path, tokenizer):
@@ -343,19 +387,49 @@ def test_rule_judge_has_no_reply_and_no_fallbacks(tmp_path, tokenizer):
     check_fallbacks(m, 0.0, tmp_path / "j")
 
 
-def test_judge_cli_never_finishes_on_a_failing_judge_without_allow_failed(tmp_path, tokenizer, run_cli):
-    """Through the real command, the server down then useless then healthy: exit 3 and no manifest while
-    requests fail; --allow-failed finishes (and more than --max-unknown still exits 2, the artifact written);
-    a run that allows failures and a higher --max-unknown reuses it; the plain command asks again for every
-    failed rollout once the server is healthy and finishes with real verdicts."""
+def rollouts_artifact(tmp_path, tokenizer, n: int):
+    """A rollouts artifact at tmp_path/r of rollouts_frame(tokenizer, n), its policy the tokenizer at tmp_path/tok."""
     tok_dir = tmp_path / "tok"
     tokenizer.save_pretrained(tok_dir)
-    ro = rollouts_frame(tokenizer, 4).with_columns(
+    ro = rollouts_frame(tokenizer, n).with_columns(
         pl.lit(0).alias("sample_idx"), pl.lit(0).alias("round"), pl.lit(str(tok_dir)).alias("policy"),
         pl.lit("raw").alias("template"), pl.col("question").alias("prompt"), pl.lit([1]).alias("prompt_ids"),
         pl.col("completion_ids").list.eval(pl.lit(-0.5)).alias("logprobs"), pl.lit("stop").alias("finish_reason"),
         pl.lit(0).alias("seed"))
     write_artifact(tmp_path / "r", "sample", {}, {"rollouts": ro})
+    return tmp_path / "r"
+
+
+def test_judge_and_judge_eval_stages_send_the_judges_temperature_and_extra_body(tmp_path, tokenizer):
+    """The stages hand temperature and extra_body to the judge: they reach every request. Another temperature
+    is another judgment: the stage does not skip, and the replies are asked again (not read from the cache)."""
+    from thinkrl.judge.judging import JudgeConfig, run_judge_stage
+    from thinkrl.judge_eval import JudgeEvalConfig, run_judge_eval_stage
+
+    rollouts = rollouts_artifact(tmp_path, tokenizer, 3)
+    extra = '{"chat_template_kwargs": {"enable_thinking": false}}'
+    with FaultServer() as srv:
+        srv.reply_fn = judge_reply
+        cfg = JudgeConfig(f"openai:{srv.url}", judge_model="m", timeout_s=5, temperature=0.6, extra_body=extra)
+        run_judge_stage(rollouts, tmp_path / "j", cfg)
+        assert len(srv.records) == 3 and all(r.body["temperature"] == 0.6 and r.body["chat_template_kwargs"] ==
+                                             {"enable_thinking": False} for r in srv.records)
+        assert run_judge_stage(rollouts, tmp_path / "j", cfg).skipped and len(srv.records) == 3
+        cooler = run_judge_stage(rollouts, tmp_path / "j", JudgeConfig(f"openai:{srv.url}", judge_model="m",
+                                                                        timeout_s=5, temperature=0.3, extra_body=extra))
+        assert not cooler.skipped and len(srv.records) == 6 and srv.records[-1].body["temperature"] == 0.3
+        run_judge_eval_stage(tmp_path / "je", JudgeEvalConfig(judge=f"openai:{srv.url}", judge_model="m", timeout_s=5,
+                                                              temperature=0.6, extra_body=extra), rollouts, tmp_path)
+        assert len(srv.records) == 9 and all(r.body["temperature"] == 0.6 and "chat_template_kwargs" in r.body
+                                             for r in srv.records[6:])
+
+
+def test_judge_cli_never_finishes_on_a_failing_judge_without_allow_failed(tmp_path, tokenizer, run_cli):
+    """Through the real command, the server down then useless then healthy: exit 3 and no manifest while
+    requests fail; --allow-failed finishes (and more than --max-unknown still exits 2, the artifact written);
+    a run that allows failures and a higher --max-unknown reuses it; the plain command asks again for every
+    failed rollout once the server is healthy and finishes with real verdicts."""
+    rollouts_artifact(tmp_path, tokenizer, 4)
     with FaultServer() as srv:
         srv.mode = "close"                                               # down: every connection dropped
         args = ["judge", "--rollouts", tmp_path / "r", "--out", tmp_path / "j", "--judge", f"openai:{srv.url}",
@@ -561,3 +635,58 @@ def test_no_judge_fault_ever_finishes_the_judgments_and_the_healed_rerun_asks_on
     assert len(new) == 1 and new[0].content == content                 # only the failed request, once
     df = read_table(tmp_path / "j", "judgments")
     assert m["failed_rollouts"] == 0 and "unknown" not in set(df["label"]) and set(df["rollout_id"]) == set(ro["rollout_id"])
+
+
+def test_a_thinking_judge_gets_its_settings_and_its_verdict_is_read_after_the_thinking(tmp_path, tokenizer):
+    """A Qwen3-class judge served by vLLM: temperature and extra_body reach every request body; a reply that
+    thinks first (`<think>` with a draft verdict inside) is judged by the answer after the thinking, and the
+    `reply` column keeps it whole. A reply cut inside its thinking (max tokens) holds no verdict, even if a draft
+    inside looks like one: each rollout fails at once with that cause (asking again would be cut again)."""
+    ro = rollouts_frame(tokenizer, 4)
+    extra = '{"chat_template_kwargs": {"enable_thinking": true}, "top_p": 0.95}'
+
+    def thinking(messages):  # drafts the opposite labels, then answers properly
+        wrong = judge_reply(messages).replace('"correct"', '"incorrect"').replace('"matched"', '"unmatched"')
+        return f"<think>\nDraft: {wrong}\nNo, let me check again.\n</think>\n\n{judge_reply(messages)}"
+
+    with FaultServer() as srv:
+        srv.reply_fn = thinking
+        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache"), timeout_s=5,
+                           temperature=0.6, extra_body=json.loads(extra))
+        m = judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j", "judge", {}))
+        bodies = [r.body for r in srv.records]
+        assert len(bodies) == 4 and m["failed_rollouts"] == 0
+        assert all(b["temperature"] == 0.6 and b["top_p"] == 0.95 and b["chat_template_kwargs"] ==
+                   {"enable_thinking": True} for b in bodies)
+        df = read_table(tmp_path / "j", "judgments")
+        assert set(df["label"]) <= {"correct", "matched"}               # the answer, not the draft
+        assert all(r.startswith("<think>\nDraft: ") for r in df["reply"])  # the reply as it came
+        srv.reply_fn = lambda messages: {"content": "<think>\nDraft: " + judge_reply(messages),
+                                         "finish_reason": "length"}
+        asked = len(srv.records)
+        judge = make_judge(f"openai:{srv.url}", model="judge-m", cache_dir=str(tmp_path / "cache2"), timeout_s=5)
+        cut = "reply cut inside <think>: raise the judge's max tokens or disable thinking; reply cut at max tokens"
+        with pytest.raises(IncompleteError, match=re.escape(f"4 of 4 rollouts got no verdict (unusable reply ({cut})")):
+            judge_rollouts(ro, judge, tokenizer, ArtifactWriter(tmp_path / "j2", "judge", {}))
+        assert len(srv.records) == asked + 4                            # once each: not asked again
+
+
+def test_hf_judge_samples_with_a_seed_of_the_conversation_and_takes_chat_template_kwargs(tmp_path):
+    """A local judge: greedy at temperature 0; above it, sampled with a seed of the conversation, so the same
+    request gets the same reply in every run and batch; extra_body's chat_template_kwargs reach the chat template."""
+    from thinkrl.judge.generative import HFChat
+    from thinkrl.models import init_model
+
+    path = init_model("tiny", tmp_path / "m")
+    convs = [[{"role": "user", "content": f"What is {k} + 1?"}] for k in range(4)]
+    greedy = [r.text for r in HFChat(path, max_tokens=12).complete_many(convs)]
+    hot = HFChat(path, max_tokens=12, temperature=1.0, chat_template_kwargs={"enable_thinking": False})
+    seen = []
+    template = hot.engine.tokenizer.apply_chat_template
+    hot.engine.tokenizer.apply_chat_template = lambda c, **kw: seen.append(kw) or template(c, **kw)
+    sampled = [r.text for r in hot.complete_many(convs)]
+    assert sampled != greedy and [r.text for r in hot.complete_many(convs[::-1])] == sampled[::-1]
+    assert seen and all(kw["enable_thinking"] is False for kw in seen)
+    judge = make_judge(f"hf:{path}", max_tokens=12, temperature=1.0,
+                       extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert (judge.backend.temperature, judge.backend.template_kwargs) == (1.0, {"enable_thinking": False})

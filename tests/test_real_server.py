@@ -80,12 +80,13 @@ def test_openai_judge_talks_to_a_real_model_server(server, tmp_path):
     ro = pl.DataFrame(rows)
     judge = make_judge(f"openai:{url}", model=model, max_tokens=24, cache_dir=str(tmp_path / "cache"),
                        timeout_s=300, retries=1, concurrency=2)
-    m = judge_rollouts(ro, judge, tok, ArtifactWriter(tmp_path / "j", "judge", {}))
+    # a tiny model cannot follow the protocol: its replies are no verdict, so the run finishes only with
+    # --allow-failed (without it the judgments stay unfinished: tests/test_judge.py)
+    m = judge_rollouts(ro, judge, tok, ArtifactWriter(tmp_path / "j", "judge", {}), allow_failed=True)
     df = read_table(tmp_path / "j", "judgments")
     assert set(df["rollout_id"]) == set(ro["rollout_id"])
     stats = judge.backend.stats
-    assert stats["failures"] == {} and stats["requests"] == 3, stats  # every request got a real reply
+    assert set(stats["failures"]) <= {"unusable reply"} and stats["requests"] >= 3, stats  # no transport failure
+    assert df["reply"].null_count() == 0                              # every request got a real reply
     assert m["judge_tokens_per_rollout"] > 0                          # usage came back from the server
-    # a random tiny model cannot follow the protocol: its replies are unparseable -> unknown, never a crash
-    assert set(df["label"]) <= {"correct", "incorrect", "matched", "unmatched", "unknown"}
-    assert any((tmp_path / "cache").rglob("*.json"))  # replies cached: a rerun never asks twice
+    assert set(df["label"]) <= {"correct", "incorrect", "matched", "unmatched", "unknown"}  # never a crash

@@ -6,6 +6,7 @@ default and one help text wherever it appears.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -167,6 +168,33 @@ def test_experiment_projects_each_stage_its_settings():
     assert ExperimentConfig(policy="p").judge_config().max_unknown == JudgeConfig().max_unknown
     t = cfg.train_config(1)
     assert t.lr == 3e-5 and t.seed != TrainConfig().seed and cfg.segment_config().alpha == 0.25
+
+
+def test_judge_temperature_and_extra_body_from_options_and_toml_tables(tmp_path):
+    """The judge's temperature and extra_body are one setting each on thinkrl judge, judge-eval and run; an
+    experiment file gives extra_body as a TOML table (or as its JSON text), and the saved config.toml reads back."""
+    for cls in (JudgeEvalConfig, ExperimentConfig):
+        prefix = "judge_" if cls is ExperimentConfig else ""
+        assert root(cls, f"{prefix}temperature") == (JudgeConfig, "temperature")
+        assert root(cls, f"{prefix}extra_body") == (JudgeConfig, "extra_body")
+    f = tmp_path / "e.toml"
+    f.write_text('policy = "p"\njudge = "openai:http://h"\njudge_model = "m"\njudge_temperature = 0.6\n'
+                 "judge_extra_body = {chat_template_kwargs = {enable_thinking = false}, top_p = 0.95}\n")
+    cfg = ExperimentConfig.load(f)
+    j = cfg.judge_config()
+    assert j.temperature == 0.6 and json.loads(j.extra_body) == {"chat_template_kwargs": {"enable_thinking": False},
+                                                                 "top_p": 0.95}
+    (tmp_path / "saved.toml").write_text(cfg.to_toml())
+    assert ExperimentConfig.load(tmp_path / "saved.toml") == cfg
+    f.write_text('policy = "p"\n[judge_extra_body]\ntop_k = 20\n')             # a table after the flat keys
+    assert json.loads(ExperimentConfig.load(f).judge_extra_body) == {"top_k": 20}
+    over = ExperimentConfig.load(f, overrides={"judge_extra_body": '{"top_k": 5}'})
+    assert json.loads(over.judge_config().extra_body) == {"top_k": 5}
+    with pytest.raises(ThinkrlError, match="--judge-extra-body must be a JSON object"):
+        ExperimentConfig.load(None, overrides={"policy": "p", "judge_extra_body": "top_k=5"})
+    f.write_text('policy = "p"\n[judge_temperature]\nx = 1\n')
+    with pytest.raises(ThinkrlError, match=r"table \[judge_temperature\] is not allowed"):
+        ExperimentConfig.load(f)
 
 
 def test_a_bad_stage_setting_fails_when_the_experiment_is_made():

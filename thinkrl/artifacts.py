@@ -159,7 +159,8 @@ JUDGMENTS = Schema(
         Column("label", S, "correct | incorrect | matched | unmatched | unknown", values=LABELS),
         Column("judge", S, "judge backend and model, e.g. `rule`, `hf:/models/q`"),
         Column("rationale", S, "judge's reason or the parse failure reason"),
-        Column("reply", S, "the generative judge's raw reply for this rollout (the same on each of its steps): the "
+        Column("reply", S, "the generative judge's raw reply for this rollout (the same on each of its steps; a "
+                           "thinking judge's `<think>…</think>` included, the labels are read after it): the "
                            "reply its labels were read from (after --parse-retries, the last one asked for), the "
                            "same text whether asked now or read from the reply cache; for a request that failed, "
                            "its last reply, null when none came (transport, HTTP, timeout). Null for the code "

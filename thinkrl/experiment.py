@@ -13,8 +13,8 @@ JudgeConfig.max_tokens, `eval_k` EvalConfig.k). The generation settings max_toke
 part_size, device and the vLLM options apply to the training rollouts and the held-out eval alike (one engine
 serves both).
 
-A TOML experiment file holds flat `key = value` pairs, one per field (no tables; an unknown key is an error
-naming it); the CLI takes every field as an option too (`--lr 2e-4`), and options win over the file, which
+A TOML experiment file holds flat `key = value` pairs, one per field (no tables, except as the value of
+`judge_extra_body`; an unknown key is an error naming it); the CLI takes every field as an option too (`--lr 2e-4`), and options win over the file, which
 wins over the defaults. The resolved settings are saved as runs/NAME/config.toml. The round loop that runs
 them is thinkrl/rounds.py.
 
@@ -78,6 +78,8 @@ class ExperimentConfig(GenerationSettings):
     judge_model: str | None = same_as(JudgeConfig, "judge_model")
     judge_prompt: str = same_as(JudgeConfig, "prompt")
     judge_max_tokens: int = same_as(JudgeConfig, "max_tokens")
+    judge_temperature: float = same_as(JudgeConfig, "temperature")
+    judge_extra_body: str | None = same_as(JudgeConfig, "extra_body")
     judge_concurrency: int = same_as(JudgeConfig, "concurrency")
     judge_timeout: float = same_as(JudgeConfig, "timeout_s")
     judge_retries: int = same_as(JudgeConfig, "retries")
@@ -193,8 +195,9 @@ def docs_markdown() -> str:
     d = ExperimentConfig()
     lines = ["# Experiment files", "",
              "Generated from `thinkrl/experiment.py` by `python -m thinkrl.experiment > data/experiments/README.md`.",
-             "", "An experiment file is TOML with flat `key = value` pairs (no tables); an unknown key is an "
-             "error. `thinkrl run FILE --name NAME` reads it; every key is also an option (`--lr 2e-4`, "
+             "", "An experiment file is TOML with flat `key = value` pairs (no tables, except as the value of "
+             "`judge_extra_body`: `judge_extra_body = {chat_template_kwargs = {enable_thinking = false}}`); an "
+             "unknown key is an error. `thinkrl run FILE --name NAME` reads it; every key is also an option (`--lr 2e-4`, "
              "`--eval-every 2`), and options override the file, which overrides the defaults below. The "
              "resolved settings are saved in `runs/NAME/config.toml`. A key declared by a stage is that stage's "
              "setting: the same default and meaning as the stage command's option (column `setting`). The "

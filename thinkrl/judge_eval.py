@@ -26,6 +26,7 @@ import polars as pl
 from thinkrl.artifacts import ArtifactWriter, StageResult, read_table
 from thinkrl.errors import IncompleteError, ThinkrlError
 from thinkrl.grading import extract_answer
+from thinkrl.judge.extra_body import extra_body_of
 from thinkrl.judge.judging import JudgeConfig, requests_for
 from thinkrl.judge.protocol import INCORRECT, MATCHED, UNKNOWN, Judge, JudgeRequest
 from thinkrl.settings import check_settings, same_as, setting
@@ -114,6 +115,8 @@ class JudgeEvalConfig:
     judge: str = same_as(JudgeConfig, "judge")
     judge_model: str | None = same_as(JudgeConfig, "judge_model")
     max_tokens: int = same_as(JudgeConfig, "max_tokens")
+    temperature: float = same_as(JudgeConfig, "temperature")
+    extra_body: str | None = same_as(JudgeConfig, "extra_body")
     concurrency: int = same_as(JudgeConfig, "concurrency")
     timeout_s: float = same_as(JudgeConfig, "timeout_s")
     retries: int = same_as(JudgeConfig, "retries")
@@ -132,11 +135,12 @@ class JudgeEvalConfig:
 
 
 def judge_eval_key(cfg: JudgeEvalConfig) -> dict:
-    """The stage's skip key: the judge's own key (its version for rule/oracle, prompt and reply length for
-    generative judges: `judging.judge_config`), the subsets and the limit."""
+    """The stage's skip key: the judge's own key (its version for rule/oracle, prompt, reply length,
+    temperature and extra_body for generative judges: `judging.judge_config`), the subsets and the limit."""
     from thinkrl.judge.judging import judge_config
 
-    judge = judge_config(JudgeConfig(cfg.judge, judge_model=cfg.judge_model, max_tokens=cfg.max_tokens), "")
+    judge = judge_config(JudgeConfig(cfg.judge, judge_model=cfg.judge_model, max_tokens=cfg.max_tokens,
+                                     temperature=cfg.temperature, extra_body=cfg.extra_body), "")
     return {**judge, "processbench": cfg.subsets(), "limit": cfg.limit}
 
 
@@ -158,7 +162,8 @@ def run_judge_eval_stage(out: Path, cfg: JudgeEvalConfig, rollouts: Path | None,
     cases = {s: named_problems(f"processbench_{s}", data_dir, limit=cfg.limit) for s in cfg.subsets()}  # fail early
     judge = make_judge(cfg.judge, model=cfg.judge_model, max_tokens=cfg.max_tokens, cache_dir=str(out / "_cache"),
                        concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, retries=cfg.retries,
-                       parse_retries=cfg.parse_retries, api_key_env=cfg.api_key_env)
+                       parse_retries=cfg.parse_retries, api_key_env=cfg.api_key_env, temperature=cfg.temperature,
+                       extra_body=extra_body_of(cfg.extra_body))
     rows = []
     with (status(f"judge-eval with {judge.name}") if status else contextlib.nullcontext()):
         if rollouts is not None:

@@ -22,8 +22,10 @@ The stage commands' options are generated from these fields (stages/common.py `w
 the flat TOML keys and options of `thinkrl run` (thinkrl/experiment.py); `project` builds a stage's settings
 from an experiment's. `coerce` and `read_toml` check TOML and option values against the fields' types and
 bounds; `check_settings(self)`, first in every settings class's `__post_init__`, checks the bounds of every field
-(and that no float is NaN or infinite), so an option is refused, naming its flag (`--max-tokens must be >= 1,
-got 0`), before a stage reads an input or touches its output. Checks across fields stay in the classes.
+(and that no float is NaN or infinite, and a field's own `check`), so an option is refused, naming its flag
+(`--max-tokens must be >= 1, got 0`), before a stage reads an input or touches its output. Checks across fields
+stay in the classes. TOML settings are flat `key = value` pairs; a `table` setting (a JSON object held as its
+text, e.g. the judge's extra_body) may also be given as a TOML table.
 """
 
 from __future__ import annotations
@@ -50,16 +52,19 @@ except ImportError:  # Python 3.10
 def setting(default: Any, help: str, *, flag: str | None = None, short: str | None = None,
             parse: Callable[[str], Any] | None = None, option: bool = True, ge: float | None = None,
             gt: float | None = None, le: float | None = None, lt: float | None = None,
-            aliases: tuple[str, ...] = ()) -> Any:
+            aliases: tuple[str, ...] = (), check: Callable[[Any], str | None] | None = None,
+            table: bool = False) -> Any:
     """A settings field. flag: the option name when it is not --field-name (e.g. "--timeout"); short: a
     one-letter alias ("-n"); parse: the option is text and this turns it into the value ("k/n" -> (k, n));
     option=False: not an option of the stage command (set by the code that runs the stage). ge/gt/le/lt: the
     value's bounds (>=, >, <=, <; None is always allowed for an optional field; a tuple's every element).
     aliases: other names of the same setting (TRL's, e.g. "num_generations" for n), accepted as options
-    (--num-generations) and TOML keys wherever the setting appears under its own name."""
+    (--num-generations) and TOML keys wherever the setting appears under its own name. check: value -> what is
+    wrong with it (`must be a JSON object, got a list`) or None, refused as a bound is. table: a text setting
+    holding a JSON object, which a TOML file may also give as a table (read as its JSON text)."""
     bounds = tuple((op, v) for op, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None)
     meta = {"help": help, "flag": flag, "short": short, "parse": parse, "option": option, "bounds": bounds,
-            "aliases": tuple(aliases)}
+            "aliases": tuple(aliases), "check": check, "table": table}
     return field(default=default, metadata=meta)
 
 
@@ -161,7 +166,10 @@ def bounds_of(cls: type, name: str) -> tuple[tuple[str, float], ...]:
 
 def bound_problem(cls: type, name: str, value: Any) -> str | None:
     """What is wrong with `value` as the setting `cls.name` ('must be >= 1, got 0'), or None when nothing is:
-    outside its declared bounds, or a float that is NaN or infinite."""
+    outside its declared bounds, a float that is NaN or infinite, or refused by its declared `check`."""
+    check = _field(cls, name).metadata.get("check")
+    if check is not None and value is not None and (problem := check(value)):
+        return problem
     bounds = bounds_of(cls, name)
     for v in value if isinstance(value, tuple) else (value,):
         if v is None or isinstance(v, (bool, str)) or not isinstance(v, (int, float)):
@@ -234,7 +242,8 @@ def coerce(cls: type, key: str, value: Any, where: str) -> Any:
     if base not in checks:
         raise ThinkrlError(f"{where}: `{key}` cannot be set here")
     if not checks[base](value):
-        raise ThinkrlError(f"{where}: `{key}` must be {base.__name__}, got {type(value).__name__} {value!r}")
+        want = "a table or a JSON object's text" if _field(cls, key).metadata.get("table") else base.__name__
+        raise ThinkrlError(f"{where}: `{key}` must be {want}, got {type(value).__name__} {value!r}")
     value = float(value) if base is float else value
     problem = bound_problem(cls, key, value)
     if problem is not None:
@@ -255,11 +264,18 @@ def load_toml(path: Path) -> dict[str, Any]:
 
 
 def read_toml(path: Path, cls: type) -> dict[str, Any]:
-    """Flat `key = value` settings of `cls` from a TOML file, type-checked; tables are not allowed."""
+    """Flat `key = value` settings of `cls` from a TOML file, type-checked; tables are not allowed, except as
+    the value of a `table` setting (read as its JSON text)."""
     data = canonical_keys(cls, load_toml(path), str(path))
     for k, v in data.items():
         if isinstance(v, dict):
-            raise ThinkrlError(f"{path}: table [{k}] is not allowed: settings are flat `key = value` pairs")
+            if k not in _fields_of(cls) or not _field(cls, k).metadata.get("table"):
+                raise ThinkrlError(f"{path}: table [{k}] is not allowed: settings are flat `key = value` pairs")
+            try:
+                data[k] = json.dumps(v, ensure_ascii=False, sort_keys=True)
+            except (TypeError, ValueError) as e:  # a TOML date or time has no JSON form
+                raise ThinkrlError(f"{path}: `{k}` must hold JSON values (strings, numbers, booleans, arrays, "
+                                   f"tables): {e}") from None
     return {k: coerce(cls, k, v, str(path)) for k, v in data.items()}
 
 

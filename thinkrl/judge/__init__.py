@@ -27,18 +27,24 @@ def _oracle(arg: str | None, **_) -> Judge:
 
 
 def _hf(arg: str | None, max_tokens: int = 1024, dtype: str = "auto", template: str = "intrinsic-v1",
-        device: str = "cpu", parse_retries: int = 2, **_) -> Judge:
+        device: str = "cpu", parse_retries: int = 2, temperature: float = 0.0, extra_body: dict | None = None,
+        **_) -> Judge:
+    from thinkrl.judge.extra_body import hf_problem
     from thinkrl.judge.generative import GenerativeJudge, HFChat
 
     if not arg:
         raise ThinkrlError("--judge hf:DIR needs a model directory, e.g. hf:runs/judge-model")
-    chat = HFChat(arg, max_tokens=max_tokens, dtype=dtype, device=device, parse_retries=parse_retries)
+    if problem := hf_problem(extra_body or {}):
+        raise ThinkrlError(f"judge hf:{arg}: {problem}")
+    chat = HFChat(arg, max_tokens=max_tokens, dtype=dtype, device=device, parse_retries=parse_retries,
+                  temperature=temperature, chat_template_kwargs=(extra_body or {}).get("chat_template_kwargs"))
     return GenerativeJudge(chat, f"hf:{arg}", template)
 
 
 def _openai(arg: str | None, model: str | None = None, max_tokens: int = 1024, template: str = "intrinsic-v1",
             cache_dir: str | None = None, concurrency: int = 8, timeout_s: float = 120.0, retries: int = 4,
-            api_key_env: str = "OPENAI_API_KEY", backoff_s: float = 1.0, parse_retries: int = 2, **_) -> Judge:
+            api_key_env: str = "OPENAI_API_KEY", backoff_s: float = 1.0, parse_retries: int = 2,
+            temperature: float = 0.0, extra_body: dict | None = None, **_) -> Judge:
     from thinkrl.judge.chat import ChatClient, ChatConfig
     from thinkrl.judge.generative import GenerativeJudge
 
@@ -48,7 +54,8 @@ def _openai(arg: str | None, model: str | None = None, max_tokens: int = 1024, t
         raise ThinkrlError("--judge openai:URL needs --judge-model (the model name the server serves)")
     cfg = ChatConfig(base_url=arg, model=model, max_tokens=max_tokens, cache_dir=cache_dir,
                      max_concurrency=concurrency, timeout_s=timeout_s, max_retries=retries, api_key_env=api_key_env,
-                     backoff_s=backoff_s, parse_retries=parse_retries)
+                     backoff_s=backoff_s, parse_retries=parse_retries, temperature=temperature,
+                     extra_body=extra_body or None)
     return GenerativeJudge(ChatClient(cfg), f"openai:{arg}#{model}", template)
 
 

@@ -24,12 +24,20 @@ that sends one. So one request takes at most about (attempts) * 2 * timeout_s + 
 loop is bounded in count and in time. After the last attempt the result is
 `ChatResult(text=None, error="<reason> after <n> attempts")`; reasons are the keys of `stats["failures"]`
 (`timeout`, `connection error`, `truncated body`, `http 500`, `http 429`, `bad json`, `no choices`,
-`empty content`, `unusable reply`, ...). `complete_many` never raises for a per-request problem and returns one result per
+`empty content`, `unusable reply`, `reply cut inside <think>: ...`). `complete_many` never raises for a per-request problem and returns one result per
 conversation, in input order. `ThinkrlError` is raised only for configuration problems (bad URL scheme,
 non-positive limits, malformed conversations, an API key with characters a header cannot carry).
 
-Cache (`cache_dir`): the key is the sha256 of the canonical JSON of the request body: model, messages,
-temperature, max_tokens and any sampling parameter sent (top_p, seed); never the base URL nor the API key.
+Request body: model, messages, temperature, max_tokens, top_p and seed when set, and the keys of `extra_body`
+merged in (the OpenAI client's `extra_body`: what a server takes beyond the OpenAI API, e.g. vLLM's
+`chat_template_kwargs`); an `extra_body` key the client sets itself is refused (ThinkrlError).
+
+Replies: the client reads the message's `content`. The thinking a server-side reasoning parser returns apart
+(`reasoning_content`, or `reasoning` in newer vLLM) is not part of the reply; a reply that holds only such
+thinking and was cut at max_tokens is a failure that is not retried (`THINK_CUT`: it would be cut again).
+
+Cache (`cache_dir`): the key is the sha256 of the canonical JSON of the request body (above); never the base URL
+nor the API key. A body without extra keys is the one older versions sent, so their entries are still found.
 Each successful reply is one small JSON file `<cache_dir>/<key[:2]>/<key>.json`, written to a temp name and
 renamed, so a run killed with kill -9 leaves only whole entries, and a rerun makes zero HTTP calls for the
 requests already answered. Failures are not cached. An unreadable entry counts as a miss.
@@ -76,6 +84,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from thinkrl.errors import ThinkrlError
+from thinkrl.judge.thinking import THINK_CUT
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +136,8 @@ class ChatConfig:
     parse_retries: int = field(default=2, metadata={
         "help": "with a `validate` function: ask again, with a format reminder, up to this many times when a "
                 "reply cannot be used"})
+    extra_body: dict[str, Any] | None = field(default=None, metadata={
+        "help": "keys merged into every request body (server-specific parameters, e.g. chat_template_kwargs)"})
 
     def __post_init__(self) -> None:
         url = urlsplit(self.base_url or "")
@@ -143,6 +154,21 @@ class ChatConfig:
             if not isinstance(v, (int, float)) or v < 0 or (name == "timeout_s" and v == 0):
                 kind = "positive" if name == "timeout_s" else "non-negative"
                 raise ThinkrlError(f"chat {name} must be a {kind} number, got {v!r}")
+        if self.extra_body is not None:
+            if not isinstance(self.extra_body, dict):
+                raise ThinkrlError(f"chat extra_body must be a dict of request keys, got {type(self.extra_body).__name__}")
+            clash = sorted(set(self.extra_body) & set(self.own_keys))
+            if clash:
+                raise ThinkrlError(f"chat extra_body sets {', '.join(map(repr, clash))}: the client sets model, "
+                                   "messages, temperature, max_tokens (top_p and seed when given) itself and reads "
+                                   "whole replies (no stream)")
+
+    @property
+    def own_keys(self) -> tuple[str, ...]:
+        """The body keys an `extra_body` may not hold: those the client sets itself, and `stream` (it reads whole
+        replies)."""
+        optional = tuple(k for k in ("top_p", "seed") if getattr(self, k) is not None)
+        return ("model", "messages", "temperature", "max_tokens", "stream", *optional)
 
     @property
     def endpoint(self) -> str:
@@ -274,7 +300,7 @@ class ChatClient:
         if not (isinstance(conv, list) and conv and all(isinstance(m, dict) and "role" in m for m in conv)):
             raise ThinkrlError(f"conversation {i} must be a non-empty list of {{'role': ..., 'content': ...}}"
                                f" messages, got {type(conv).__name__}")
-        body: dict[str, Any] = {"model": self.cfg.model, "messages": conv,
+        body: dict[str, Any] = {**(self.cfg.extra_body or {}), "model": self.cfg.model, "messages": conv,
                                 "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
         if self.cfg.top_p is not None:
             body["top_p"] = self.cfg.top_p
@@ -446,10 +472,14 @@ def _parse_reply(raw: bytes) -> _Attempt:
     if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
         parts = [p.get("text") for p in content if isinstance(p, dict)]
         content = "".join(t for t in parts if isinstance(t, str))
+    finish = choices[0].get("finish_reason")
     if not isinstance(content, str) or not content.strip():
+        thinking = any(isinstance(msg.get(k), str) and msg[k].strip() for k in ("reasoning_content", "reasoning")) \
+            if isinstance(msg, dict) else False
+        if thinking and finish == "length":  # a reasoning parser took it all: cut inside the thinking
+            return _Attempt(reason=THINK_CUT, retry=False)
         return _Attempt(reason="empty content")
     usage = d.get("usage") if isinstance(d.get("usage"), dict) else {}
-    finish = choices[0].get("finish_reason")
     return _Attempt(text=content, finish_reason=finish if isinstance(finish, str) else None,
                     prompt_tokens=_int(usage.get("prompt_tokens")),
                     completion_tokens=_int(usage.get("completion_tokens")))

@@ -2,7 +2,9 @@
 
 Two backends share the prompt (`thinkrl.judge.prompts`) and the parser; they differ only in how a
 conversation becomes a reply:
-- `hf:DIR`     a local Hugging Face causal LM on the sample stage's engine (greedy, chat template);
+- `hf:DIR`     a local Hugging Face causal LM on the sample stage's engine (chat template; greedy at temperature
+               0, else sampled with a seed derived from the conversation, so the same request gets the same
+               reply on every run);
 - `openai:URL` any OpenAI-compatible /v1/chat/completions server, through `thinkrl.judge.chat.ChatClient`
                (bounded concurrency, timeouts, retries with backoff, on-disk reply cache).
 A reply counts only when the parser turns it into a full verdict (a label for every step): the backend asks
@@ -13,6 +15,8 @@ fails (transport, HTTP, timeout, or no usable reply) gives a failed Verdict (`ok
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -23,22 +27,31 @@ from thinkrl.judge.prompts import TEMPLATES, parse_reply, parse_steps_reply
 from thinkrl.judge.protocol import UNKNOWN, JudgeRequest, Verdict
 
 
+def conversation_seed(conversation: list[dict]) -> int:
+    """A 63-bit sampling seed of a conversation: the same request is sampled the same way on every run."""
+    digest = hashlib.sha256(json.dumps(conversation, sort_keys=True, ensure_ascii=False).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 class HFChat:
-    """Conversations -> replies with a local model: chat template, greedy decoding, one batched call."""
+    """Conversations -> replies with a local model: chat template (with `chat_template_kwargs`, e.g.
+    {"enable_thinking": False}), greedy at temperature 0, else seeded sampling; one batched call."""
 
     def __init__(self, path: str | Path, max_tokens: int = 1024, dtype: str = "auto", engine: str = "hf",
-                 device: str = "cpu", parse_retries: int = 2):
+                 device: str = "cpu", parse_retries: int = 2, temperature: float = 0.0,
+                 chat_template_kwargs: dict | None = None):
         from thinkrl.engine import load_engine
 
         self.engine = load_engine(engine, path, dtype=dtype, device=device)
-        self.max_tokens, self.parse_retries = max_tokens, parse_retries
+        self.max_tokens, self.parse_retries, self.temperature = max_tokens, parse_retries, temperature
+        self.template_kwargs = dict(chat_template_kwargs or {})
 
     def _generate(self, conversations: list[list[dict]], progress: Callable[[int], None] | None
                   ) -> list[ChatResult]:
         tok = self.engine.tokenizer
-        prompts = [list(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False))
-                   for c in conversations]
-        params = SamplingParams(n=1, temperature=0.0, max_tokens=self.max_tokens)
+        prompts = [list(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False,
+                                                **self.template_kwargs)) for c in conversations]
+        params = SamplingParams(n=1, temperature=self.temperature, max_tokens=self.max_tokens)
         done = [0]
 
         def report(_new_tokens: int, finished: int) -> None:  # engine: deltas; backends report totals
@@ -46,14 +59,15 @@ class HFChat:
             if progress and finished:
                 progress(done[0])
 
-        outs = self.engine.generate(prompts, params, [[0]] * len(prompts), progress=report)
+        seeds = [[conversation_seed(c)] for c in conversations]  # (unused when greedy)
+        outs = self.engine.generate(prompts, params, seeds, progress=report)
         return [ChatResult(o[0].text, None, len(p), len(o[0].token_ids), 1, False, o[0].finish_reason)
                 for p, o in zip(prompts, outs, strict=True)]
 
     def complete_many(self, conversations: list[list[dict]], progress: Callable[[int], None] | None = None,
                       validate: Validate | None = None) -> list[ChatResult]:
-        """One batched greedy call; then the replies `validate` refuses are asked again, in one batch per
-        retry, with the format reminder (as ChatClient does per request)."""
+        """One batched call; then the replies `validate` refuses are asked again, in one batch per retry, with
+        the format reminder (as ChatClient does per request)."""
         results = self._generate(conversations, progress)
         todo = list(range(len(results))) if validate else []
         for retry in range(self.parse_retries + 1):

@@ -27,6 +27,7 @@ import polars as pl
 
 from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.errors import IncompleteError, ThinkrlError
+from thinkrl.judge.extra_body import EXAMPLE, extra_body_of, extra_body_problem, hf_problem
 from thinkrl.judge.prompts import TEMPLATES
 from thinkrl.judge.protocol import UNKNOWN, Judge, JudgeRequest, Verdict
 from thinkrl.lineage import policy_of
@@ -47,8 +48,8 @@ from thinkrl.thoughts import no_answer
 @dataclass(frozen=True)
 class JudgeConfig:
     """Every setting of the judge stage (`thinkrl judge`). Only judge, splitter and (for generative judges)
-    judge_model, prompt and max_tokens are in its skip key (`judge_config`); the rest say how to reach the
-    judge and how often to save."""
+    judge_model, prompt, max_tokens, temperature and extra_body are in its skip key (`judge_config`); the rest
+    say how to reach the judge and how often to save."""
 
     judge: str = setting("rule", "judge: rule | oracle | hf:DIR | openai:URL")
     splitter: str = setting("blank", "step splitter: blank (blank lines), line, or judge (a generative judge "
@@ -56,6 +57,13 @@ class JudgeConfig:
     judge_model: str | None = setting(None, "openai judge: the model name the server serves")
     prompt: str = setting("intrinsic-v1", f"generative judge prompt template: {', '.join(TEMPLATES)}")
     max_tokens: int = setting(1024, "generative judges: maximum reply tokens", ge=1)
+    temperature: float = setting(0.0, "generative judges: sampling temperature of the replies (0: greedy; a "
+                                      "thinking Qwen3 judge wants 0.6, docs/SCALE.md); a reply is cached, so a rerun "
+                                      "reuses its sample", ge=0)
+    extra_body: str | None = setting(None, f"generative judges: a JSON object merged into every request body, e.g. "
+                                           f"'{EXAMPLE}' (vLLM: Qwen3 without thinking), or top_p, top_k; a local "
+                                           "hf: judge takes only chat_template_kwargs. In an experiment file also a "
+                                           "TOML table", check=extra_body_problem, table=True)
     device: str = same_as(SampleConfig, "device")
     concurrency: int = setting(8, "openai judge: requests in flight at once", ge=1)
     timeout_s: float = setting(120.0, "openai judge: per-request timeout in seconds", flag="--timeout", gt=0)
@@ -88,13 +96,18 @@ class JudgeConfig:
             raise ThinkrlError(f"splitter `judge` needs a generative judge (hf:DIR or openai:URL), not {self.judge!r}")
         if kind.generative and self.prompt not in TEMPLATES:
             raise ThinkrlError(f"unknown judge prompt '{self.prompt}' (known: {', '.join(TEMPLATES)})")
+        if kind.local_model and (problem := hf_problem(extra_body_of(self.extra_body))):
+            raise ThinkrlError(f"judge {self.judge}: {problem}")
 
 
 def judge_config(cfg: JudgeConfig, tokenizer: str) -> dict:
     """The judge stage's resolved config (its skip key), the same for `thinkrl judge` and `thinkrl run`.
-    Prompt, reply length and model name only matter to generative judges (hf:, openai:): for rule and
-    oracle they are left out, so changing them reruns nothing; those carry their code's version instead, so
-    an upgraded rule judge relabels."""
+    Prompt, reply length, model name, temperature and extra_body only matter to generative judges (hf:,
+    openai:): for rule and oracle they are left out, so changing them reruns nothing; those carry their code's
+    version instead, so an upgraded rule judge relabels. Temperature and extra_body, added after the others,
+    enter the key only off their defaults (0, none): there the requests are byte for byte those of the
+    versions before them (always temperature 0, no extra keys), so the judgments those finished, the most
+    expensive artifacts of a run, stay up to date, as their reply cache entries do (thinkrl.judge.chat)."""
     from thinkrl.judge import judge_kind
 
     kind = judge_kind(cfg.judge)
@@ -104,6 +117,10 @@ def judge_config(cfg: JudgeConfig, tokenizer: str) -> dict:
     if kind.generative:
         config |= {"judge_model": cfg.judge_model, "prompt": cfg.prompt,
                    "prompt_version": TEMPLATES[cfg.prompt].version, "max_tokens": cfg.max_tokens}
+        if cfg.temperature != 0:
+            config["temperature"] = cfg.temperature
+        if extra := extra_body_of(cfg.extra_body):
+            config["extra_body"] = extra
     if kind.local_model:  # where it runs changes its numerics: the resolved device is part of the key
         from thinkrl.engine import resolve_device
 
@@ -259,7 +276,8 @@ def run_judge_stage(rollouts: Path, out: Path, cfg: JudgeConfig = JudgeConfig(),
                        device=resolve_device(cfg.device),
                        cache_dir=str(cfg.cache_dir or out / "_cache"), concurrency=cfg.concurrency,
                        timeout_s=cfg.timeout_s, retries=cfg.retries, api_key_env=cfg.api_key_env,
-                       parse_retries=cfg.parse_retries)
+                       parse_retries=cfg.parse_retries, temperature=cfg.temperature,
+                       extra_body=extra_body_of(cfg.extra_body))
         tok = load_tokenizer(tok_path, hint="; pass --tokenizer DIR")
         if start:
             start(df.height)

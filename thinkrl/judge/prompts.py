@@ -7,7 +7,9 @@ this as a departure. Each template has a name and a version, recorded in the jud
 
 The judge must answer with JSON; `parse_reply` survives code fences, prose around the JSON, labels as a
 list of objects, a list of strings or an index->label mapping, missing or extra steps and out-of-range
-indices. Whatever cannot be read becomes `unknown` with a reason, never an exception.
+indices. Whatever cannot be read becomes `unknown` with a reason, never an exception. A reasoning judge's
+`<think>…</think>` is dropped first (thinkrl.judge.thinking): the verdict is read from the answer after it, and
+a reply cut inside its thinking has none (problem `THINK_CUT`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 from thinkrl.judge.protocol import LABELS_FOR, UNKNOWN, JudgeRequest
+from thinkrl.judge.thinking import THINK_CUT, strip_thinking
 
 SYSTEM = (
     "You are a meticulous grader of step-by-step math solutions. You do not solve the problem yourself: you "
@@ -123,6 +126,9 @@ def parse_reply(text: str | None, req: JudgeRequest) -> tuple[tuple[str, ...], t
     n = len(req.steps)
     if text is None:
         return (UNKNOWN,) * n, ("no reply",) * n, "no reply"
+    text, cut = strip_thinking(text)
+    if cut:
+        return (UNKNOWN,) * n, (THINK_CUT,) * n, THINK_CUT
     container = _labels_container(text)
     if container is None:
         return (UNKNOWN,) * n, ("unparseable reply: no JSON object with 'labels'",) * n, "unparseable reply"
@@ -163,6 +169,9 @@ def parse_steps_reply(text: str | None, req: JudgeRequest) -> tuple[tuple[str, .
     labels, reasons = [UNKNOWN] * n, ["judge put this line in no step"] * n
     if text is None:
         return (UNKNOWN,) * n, ("no reply",) * n, "no reply", tuple(range(n))
+    text, cut = strip_thinking(text)
+    if cut:
+        return (UNKNOWN,) * n, (THINK_CUT,) * n, THINK_CUT, tuple(range(n))
     container = _labels_container(text, "steps")
     if not isinstance(container, list):
         why = "unparseable reply: no JSON object with a 'steps' list"
