@@ -373,7 +373,7 @@ def test_missing_policy_is_one_line_error(tmp_path, run_cli):
     # a relative path that is not there names the directory it was taken relative to (runs from elsewhere)
     (tmp_path / "exp.toml").write_text('policy = "runs/demo/start"\n')
     rc, _, err = run_cli(["run", tmp_path / "exp.toml", "--name", "x", "--runs-dir", tmp_path])
-    assert rc == 2 and "runs/demo/start: no such directory" in err and f"working directory ({Path.cwd()})" in err
+    assert rc == 2 and "runs/demo/start: expected a model directory" in err and f"working directory ({Path.cwd()})" in err
 
 
 def test_run_lock_excludes_a_second_run_and_is_removed_however_the_run_ends(tmp_path):

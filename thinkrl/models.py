@@ -345,7 +345,10 @@ def check_model_dir(model_dir: str | Path) -> Path:
     one-line ThinkrlError naming the directory and what is wrong. Reads only headers."""
     d = Path(model_dir)
     if not d.exists():
-        raise ThinkrlError(f"{d}: expected a model directory (config.json + weights), found nothing there")
+        raise ThinkrlError(f"{d}: expected a model directory (config.json + weights), found nothing there"
+                           + ("" if d.is_absolute() else f"; a relative path, on the command line or in an "
+                                                         f"experiment file, is relative to the working directory "
+                                                         f"({Path.cwd()})"))
     if not d.is_dir():
         raise ThinkrlError(f"{d}: is a file; expected a model directory (config.json + weights)")
     if not (d / "config.json").is_file():

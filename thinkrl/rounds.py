@@ -380,9 +380,6 @@ def _context(cfg: ExperimentConfig, run_dir: Path, display: Display) -> _Ctx:
     from thinkrl.models import check_weights_fit, load_tokenizer
 
     for model in [cfg.policy] + ([cfg.judge[3:]] if cfg.judge.startswith("hf:") else []):
-        if not Path(model).is_absolute() and not Path(model).exists():
-            raise ThinkrlError(f"{model}: no such directory; a relative path, on the command line or in an "
-                               f"experiment file, is relative to the working directory ({Path.cwd()})")
         check_weights_fit(model)  # names and shapes of its tensors, without loading them
         load_tokenizer(model)
     ctx = _Ctx(_generation_dtype_fixed(cfg), run_dir, display)
