@@ -48,6 +48,14 @@ def _linear(p: float) -> float:
 
 SCHEDULES: dict[str, Callable[[float], float]] = {"constant": _constant, "cosine": _cosine, "linear": _linear}
 DTYPES = ("auto", "float32", "bfloat16", "bfloat16-pure", "float64")
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+def _module_names(text: str) -> str | None:
+    names = [t.strip() for t in text.split(",")]
+    if not all(n and n.replace("_", "").isalnum() for n in names):
+        return f"must be module names separated by commas (e.g. q_proj,v_proj), got {text!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,13 @@ class TrainConfig:
                                        "logits never exist at once (0 = whole logits; same values)", ge=0)
     gradient_checkpointing: bool = setting(False, "recompute each layer's activations in the backward (less "
                                                   "memory for long completions, about 1/3 more compute)")
-    seed: int = setting(0, "seed of the batch order (per pass) and of the per-step torch RNG", ge=0)
+    lora_r: int = setting(0, "LoRA rank: train low-rank adapters on lora_targets instead of every weight (0 = off: "
+                             "full fine-tuning; needs peft, the `lora` extra); policy/ is saved merged", ge=0)
+    lora_alpha: float | None = setting(None, "LoRA alpha: the update is (alpha / r) B A (default: 2 r, a scale of 2 "
+                                            "at every rank)", gt=0)
+    lora_targets: str = setting(LORA_TARGETS, "modules LoRA adapts, comma-separated (default: the attention and MLP "
+                                              "projections of Llama/Qwen2)", check=_module_names)
+    seed: int = setting(0, "seed of the batch order (per pass), of the per-step torch RNG and of the LoRA init", ge=0)
     max_nonfinite_in_row: int = setting(3, "stop after this many skipped (non-finite) steps in a row", ge=1)
     flops_peak: float | None = setting(None, "peak FLOP/s per rank for MFU (default: 196e9 fp32 / 425e9 bf16, "
                                           "the measured 2-thread matmul peak of the dev CPU)", gt=0)
