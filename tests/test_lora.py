@@ -271,3 +271,12 @@ def test_train_cli_with_lora(policy, tmp_path, run_cli):
     rc, stdout, err = run_cli(["train", "--policy", policy, "--thoughts", tmp_path / "thoughts", "--out", out,
                                "--lora-r", "4", "--lora-targets", "wq", "--force", "--report-to", "none"])
     assert rc == 2 and "lora_targets: no module named 'wq'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_full_fine_tuning_never_imports_peft():
+    """The trainer and thinkrl.lora import peft only in apply_lora: a full fine-tune runs without it."""
+    code = ("import sys, torch\nfrom thinkrl.trainer import train\nfrom thinkrl.lora import adapters_disabled, has_lora\n"
+            "m = torch.nn.Linear(2, 2)\nwith adapters_disabled(m):\n    pass\nprint(has_lora(m), 'peft' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and proc.stdout.split() == ["False", "False"], proc.stderr[-2000:]

@@ -75,7 +75,8 @@ class TrainConfig:
                                             "(default: the one the continued run was given, else the steps "
                                             "done before this run plus this run's)", ge=1)
     continue_from: str | None = setting(None, "a previous train run's directory: continue its optimizer state, "
-                                           "lr schedule and global step (thinkrl run does this every round)")
+                                           "lr schedule and global step (thinkrl run does this every round; with "
+                                           "LoRA, fresh adapters: the schedule and global step only)")
     recompute_logprobs: bool = setting(True, "recompute log pi_old with this run's model over the micro-batches of "
                                           "the first pass (ratio exactly 1 at the first step); off: the table's "
                                           "behaviour_logprobs (the sampler's)")
