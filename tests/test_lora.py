@@ -280,3 +280,38 @@ def test_full_fine_tuning_never_imports_peft():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0 and proc.stdout.split() == ["False", "False"], proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "bfloat16-pure", "float64"])
+def test_lora_first_step_is_on_policy_in_every_dtype(policy, tmp_path, dtype):
+    """B = 0 at the start: the adapted policy is the base, the first step's ratio is exactly 1 in every dtype,
+    and the adapters have the base weights' dtype (bf16 for bfloat16-pure: half the memory there too)."""
+    df = make_data(load(policy), problems=4, group=2, seed=13, off_policy=0.5)
+    cfg = TrainConfig(prompts_per_step=2, lr=1e-2, dtype=dtype, micro_batch_tokens=40, **LORA)
+    train(policy, df, cfg, tmp_path / "o")
+    t = read_table(tmp_path / "o", "train_metrics")
+    assert t["ratio_mean"][0] == 1.0 and t["clip_frac"][0] == 0.0 and t["ratio_mean"][1] != 1.0
+    want = {"float64": torch.float64, "bfloat16-pure": torch.bfloat16}.get(dtype, torch.float32)
+    saved = load_file(tmp_path / "o" / "state" / "model.safetensors")
+    assert {v.dtype for k, v in saved.items() if ".lora_" in k} == {want}
+
+
+def test_merge_keeps_biases_and_untied_heads_qwen2():
+    """Qwen2 (q/k/v biases, untied LM head): the merged state dict loads strictly into a plain Qwen2 and gives
+    the adapted model's logits; the adapted model itself is unchanged by the merge."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = apply_lora(Qwen2ForCausalLM(cfg), TrainConfig(lora_r=3, lora_alpha=5)).eval()
+    randomise_adapters(model, seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sd = merged_state_dict(model)
+    plain = Qwen2ForCausalLM(cfg).eval()
+    plain.load_state_dict(sd, strict=True)                                             # every key, no other
+    assert "model.layers.0.self_attn.q_proj.bias" in sd and "lm_head.weight" in sd
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=0)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
