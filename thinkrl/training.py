@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from thinkrl.artifacts import MANIFEST, ArtifactWriter, StageResult, finished, r
 from thinkrl.errors import ThinkrlError
 from thinkrl.loss import AGGREGATIONS, ALIASES, LossConfig
 from thinkrl.settings import check_settings, setting
+from thinkrl.strategies import STRATEGIES
 
 if TYPE_CHECKING:
     from thinkrl.tracking import Tracker
@@ -94,6 +95,11 @@ class TrainConfig:
                                        "logits never exist at once (0 = whole logits; same values)", ge=0)
     gradient_checkpointing: bool = setting(False, "recompute each layer's activations in the backward (less "
                                                   "memory for long completions, about 1/3 more compute)")
+    strategy: str = setting("ddp", "how torchrun's ranks hold the model: ddp (the whole model on every rank) or fsdp "
+                                   "(FSDP2: weights, gradients and AdamW moments sharded over the ranks; "
+                                   "docs/SCALE.md)")
+    fsdp_cpu_offload: bool = setting(False, "fsdp: keep the weight shards, their gradients and the optimizer step "
+                                            "on the CPU (CPUOffloadPolicy)")
     seed: int = setting(0, "seed of the batch order (per pass) and of the per-step torch RNG", ge=0)
     max_nonfinite_in_row: int = setting(3, "stop after this many skipped (non-finite) steps in a row", ge=1)
     flops_peak: float | None = setting(None, "peak FLOP/s per rank for MFU (default: 196e9 fp32 / 425e9 bf16, "
@@ -116,19 +122,30 @@ class TrainConfig:
             (self.schedule in SCHEDULES,
              f"schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
             (self.dtype in DTYPES, f"dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}"),
+            (self.strategy in STRATEGIES, f"strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}"),
+            (self.strategy == "fsdp" or not self.fsdp_cpu_offload, "fsdp_cpu_offload needs strategy fsdp"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ThinkrlError(f"train config: {msg}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as the manifest and the skip keys record them. Settings added after runs were finished
+        are left out at their default, so those runs' keys, and the runs, stay valid."""
         d = asdict(self)
         d["betas"] = list(self.betas)
+        for k in KEYED_WHEN_SET:
+            if d[k] == _DEFAULTS[k]:
+                del d[k]
         return d
 
     def loss_config(self) -> LossConfig:
         return LossConfig(eps_low=self.eps_low, eps_high=self.eps_high, beta=self.beta,
                           aggregation=self.aggregation)
+
+
+KEYED_WHEN_SET = ("strategy", "fsdp_cpu_offload")
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
 # --------------------------------------------------------------------------------------------- stage
