@@ -405,6 +405,45 @@ def test_fsdp_two_processes_match_one(policy, tmp_path, beta):
     assert torch.equal(reloaded.state_dict()["model.norm.weight"], a["model.norm.weight"])
 
 
+def test_fsdp_through_the_cli_matches_one_process(policy, tmp_path):
+    """`torchrun --nproc-per-node 2 -m stages.cli train ... --strategy fsdp` (the stage itself, tracker and all)
+    trains the weights of the in-process `thinkrl train` with one rank."""
+    from stages.train import train as train_stage
+
+    thoughts = tmp_path / "thoughts"
+    write_artifact(thoughts, "segment", {}, {"advantages": fsdp_data(policy)})
+    opts = ["--prompts-per-step", "1", "--epochs", "2", "--lr", "1e-3", "--micro-batch-tokens", "24"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [*_torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "stages.cli", "train", "--policy",
+           str(policy), "--thoughts", str(thoughts), "--out", str(tmp_path / "fsdp"), "--strategy", "fsdp", *opts]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_manifest(tmp_path / "fsdp")["config"]["strategy"] == "fsdp"
+    train_stage(policy=policy, thoughts=thoughts, out=tmp_path / "one", prompts_per_step=1, epochs=2, lr=1e-3,
+                micro_batch_tokens=24, report_to="none")
+    assert "strategy" not in read_manifest(tmp_path / "one")["config"]   # the default: old keys stay valid
+    a, b = weights(tmp_path / "fsdp"), weights(tmp_path / "one")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
+
+
+def test_fsdp_state_of_two_ranks_resumes_in_one_process(policy, tmp_path):
+    """DCP reshards: a state written by 2 FSDP ranks (stopped after step 2) resumes without torchrun, and the
+    run ends where a 1-process run ends (to 1e-5)."""
+    df = fsdp_data(policy)
+    cfg = dict(prompts_per_step=1, epochs=2, lr=1e-3, micro_batch_tokens=24, save_every=0, strategy="fsdp")
+    torchrun_train(policy, df, {**cfg, "max_steps": 2}, tmp_path / "cut")
+    assert state(tmp_path / "cut")["step"] == 2
+    m = train(policy, df, TrainConfig(**cfg), tmp_path / "cut")
+    assert m["steps"] == 6 and m["world_size"] == 1
+    train(policy, df, TrainConfig(**cfg), tmp_path / "one")
+    a, b = weights(tmp_path / "cut"), weights(tmp_path / "one")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
+    train(policy, df, TrainConfig(**{**cfg, "strategy": "ddp"}), tmp_path / "ddp")
+    with pytest.raises(ThinkrlError, match="a ddp state"):   # continue_from across strategies: refused clearly
+        train(tmp_path / "one" / "policy", df, TrainConfig(**cfg, continue_from=str(tmp_path / "ddp")),
+              tmp_path / "next")
+
+
 def dcp_state(out: Path) -> dict:
     """The DCP state of out/state as one flat dict (weights and AdamW moments, gathered from the shards)."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save

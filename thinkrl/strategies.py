@@ -35,8 +35,9 @@ forward all-gathers its weights and its backward reduce-scatters its gradients.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,6 +145,9 @@ def _fsdp_wrap(model: torch.nn.Module, dist: Dist, cfg, trainable: bool = True) 
 
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cfg.fsdp_cpu_offload:
+        if dist.device.type == "cpu":
+            raise ThinkrlError("--fsdp-cpu-offload: the model is on the CPU already (the option moves a GPU "
+                               "run's shards to the CPU)")
         kw["offload_policy"] = CPUOffloadPolicy()
     for layer in decoder_layers(model):
         fully_shard(layer, **kw)
@@ -181,6 +185,21 @@ def tied_aliases(model: torch.nn.Module) -> list[str]:
     return out
 
 
+def _single() -> bool:
+    """No process group: DCP reads and writes as one process."""
+    import torch.distributed as td
+
+    return not (td.is_available() and td.is_initialized())
+
+
+@contextmanager
+def _one_process():
+    """Silences DCP's warning that it works as one process (which is meant here, without torchrun)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
+
+
 def _fsdp_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -191,7 +210,8 @@ def _fsdp_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dic
 def _fsdp_save(model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Path, dist: Dist) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(_fsdp_state(model, optimizer), checkpoint_id=str(d / DCP_DIR))
+    with _one_process():
+        dcp.save(_fsdp_state(model, optimizer), checkpoint_id=str(d / DCP_DIR), no_dist=_single())
     return {"strategy": "fsdp"}
 
 
@@ -207,7 +227,8 @@ def _fsdp_load(model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Path
 
     state = _fsdp_state(model, optimizer)
     try:
-        dcp.load(state, checkpoint_id=str(d / DCP_DIR))
+        with _one_process():
+            dcp.load(state, checkpoint_id=str(d / DCP_DIR), no_dist=_single())
     except Exception as e:  # DCP raises CheckpointException and others for a damaged directory
         raise _damaged(d / DCP_DIR, e) from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
@@ -222,7 +243,8 @@ def _fsdp_load_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimize
         raise ThinkrlError(f"continue_from {d}: a ddp state (no {DCP_DIR}/ there); continue it with --strategy ddp")
     osd = {"optimizer": get_optimizer_state_dict(model, optimizer, options=_fsdp_options())}
     try:
-        dcp.load(osd, checkpoint_id=str(d / DCP_DIR))
+        with _one_process():
+            dcp.load(osd, checkpoint_id=str(d / DCP_DIR), no_dist=_single())
     except Exception as e:
         raise ThinkrlError(f"continue_from {d}: its optimizer state does not fit this policy "
                            f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]})") from None
