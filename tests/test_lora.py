@@ -251,6 +251,8 @@ def test_lora_errors_are_one_line(policy, tmp_path, monkeypatch):
         TrainConfig(lora_r=4, lora_targets="q_proj,,v proj")
     with pytest.raises(ThinkrlError, match="--lora-alpha must be > 0"):
         TrainConfig(lora_r=4, lora_alpha=0)
+    with pytest.raises(ThinkrlError, match="lora_r with strategy fsdp is not supported yet"):
+        TrainConfig(lora_r=4, strategy="fsdp")
     monkeypatch.setitem(sys.modules, "peft", None)                                     # peft not installed
     with pytest.raises(ThinkrlError, match=r"^LoRA needs peft: pip install 'thinkrl\[lora\]'$"):
         train(policy, df, TrainConfig(lora_r=4), tmp_path / "x")
@@ -265,7 +267,8 @@ def test_train_cli_with_lora(policy, tmp_path, run_cli):
                                "--report-to", "none"])
     assert rc == 0, err
     config = read_manifest(out)["config"]
-    assert (config["lora_r"], config["lora_alpha"], config["lora_targets"]) == (4, None, "q_proj,o_proj")
+    assert (config["lora_r"], config["lora_targets"]) == (4, "q_proj,o_proj")
+    assert "lora_alpha" not in config                            # at its default: out of the key (KEYED_WHEN_SET)
     assert read_manifest(out)["metrics"]["trainable_params"] == 2 * 2 * 4 * (32 + 32)
     assert not any(".lora_" in k for k in weights(out))
     rc, stdout, err = run_cli(["train", "--policy", policy, "--thoughts", tmp_path / "thoughts", "--out", out,

@@ -330,20 +330,32 @@ def _torchrun() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
 
 
+def torchrun_train(policy: Path, df: pl.DataFrame, cfg: dict, out: Path, kill: str | None = None,
+                   nproc: int = 2) -> subprocess.CompletedProcess:
+    """tests/ddp_worker.py under torchrun with `nproc` CPU ranks (gloo); kill="R:K": rank R SIGKILLs itself
+    after its K-th step. Asserts success (and that every rank took part) unless a rank was to be killed."""
+    data, cfg_file = out.parent / f"{out.name}.data.parquet", out.parent / f"{out.name}.cfg.json"
+    df.write_parquet(data)
+    cfg_file.write_text(json.dumps(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("THINKRL_TEST_KILL", None)
+    if kill:
+        env["THINKRL_TEST_KILL"] = kill
+    cmd = [*_torchrun(), "--standalone", "--nproc-per-node", str(nproc), str(REPO / "tests" / "ddp_worker.py"),
+           str(policy), str(data), str(out), str(cfg_file)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if not kill:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert all(f"rank {r}/{nproc} ok" in proc.stdout for r in range(nproc))
+    return proc
+
+
 def test_ddp_two_processes_match_one(policy, tmp_path):
     df = make_data(load(policy), problems=3, group=3, seed=8, off_policy=0.3)
     # problem p02 keeps a single rollout: in its step rank 1 has nothing and joins the all-reduce idle
     df = df.filter(~((pl.col("problem_id") == "p02") & (pl.col("rollout_id") != "p02/s0")))
-    data = tmp_path / "data.parquet"
-    df.write_parquet(data)
     cfg = dict(prompts_per_step=1, epochs=1, lr=1e-3, micro_batch_tokens=24, save_every=0)
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [*_torchrun(), "--standalone", "--nproc-per-node", "2", str(REPO / "tests" / "ddp_worker.py"),
-           str(policy), str(data), str(tmp_path / "ddp"), str(tmp_path / "cfg.json")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "rank 0/2 ok" in proc.stdout and "rank 1/2 ok" in proc.stdout
+    torchrun_train(policy, df, cfg, tmp_path / "ddp")
     ddp_metrics = json.loads((tmp_path / "ddp.metrics.json").read_text())
     assert ddp_metrics["world_size"] == 2 and ddp_metrics["steps"] == 3
 
@@ -359,6 +371,116 @@ def test_ddp_two_processes_match_one(policy, tmp_path):
     figures = ["reward_mean", "reward_std", "response_len_mean", "response_len_max", "adv_mean", "adv_std", "adv_max"]
     assert la.select(figures).to_dicts() == lb.select(figures).to_dicts()     # the whole step's, not rank 0's share
     shutil.rmtree(tmp_path / "ddp")
+
+
+def fsdp_data(policy: Path) -> pl.DataFrame:
+    """3 problems: p02 keeps a single rollout, so in its step rank 1 has no micro-batch and must run idle ones
+    to keep step with rank 0's forwards (FSDP's all-gathers)."""
+    df = make_data(load(policy), problems=3, group=3, seed=8, off_policy=0.3)
+    return df.filter(~((pl.col("problem_id") == "p02") & (pl.col("rollout_id") != "p02/s0")))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+def test_fsdp_two_processes_match_one(policy, tmp_path, beta):
+    """FSDP2 on 2 gloo ranks trains the weights of 1-rank training (to 1e-5): 2 passes (the log pi_old pass
+    and unequal micro-batch counts per rank), a sharded reference model with beta > 0; policy/ is a plain
+    checkpoint (architectures of the transformers class), state/ a DCP checkpoint."""
+    df = fsdp_data(policy)
+    cfg = dict(prompts_per_step=1, epochs=2, lr=1e-3, micro_batch_tokens=24, save_every=2, beta=beta,
+               strategy="fsdp")
+    torchrun_train(policy, df, cfg, tmp_path / "fsdp")
+    m = json.loads((tmp_path / "fsdp.metrics.json").read_text())
+    assert m["world_size"] == 2 and m["steps"] == 6
+    single = train(policy, df, TrainConfig(**{**cfg, "strategy": "ddp"}), tmp_path / "single")
+    a, b = weights(tmp_path / "fsdp"), weights(tmp_path / "single")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
+    assert not torch.allclose(a["model.norm.weight"], load(policy).state_dict()["model.norm.weight"])
+    la, lb = read_table(tmp_path / "fsdp", "train_metrics"), read_table(tmp_path / "single", "train_metrics")
+    for col in ("loss", "grad_norm", "kl", "entropy"):
+        np.testing.assert_allclose(la[col].to_numpy(), lb[col].to_numpy(), rtol=1e-5, atol=1e-6)
+    assert la["tokens"].to_list() == lb["tokens"].to_list() and single["steps"] == 6
+    assert json.loads((tmp_path / "fsdp" / "policy" / "config.json").read_text())["architectures"] == [
+        "LlamaForCausalLM"]
+    assert (tmp_path / "fsdp" / "state" / "dcp" / ".metadata").is_file()
+    assert "optimizer" not in state(tmp_path / "fsdp")
+    reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "fsdp" / "policy")
+    assert torch.equal(reloaded.state_dict()["model.norm.weight"], a["model.norm.weight"])
+
+
+def test_fsdp_through_the_cli_matches_one_process(policy, tmp_path):
+    """`torchrun --nproc-per-node 2 -m stages.cli train ... --strategy fsdp` (the stage itself, tracker and all)
+    trains the weights of the in-process `thinkrl train` with one rank."""
+    from stages.train import train as train_stage
+
+    thoughts = tmp_path / "thoughts"
+    write_artifact(thoughts, "segment", {}, {"advantages": fsdp_data(policy)})
+    opts = ["--prompts-per-step", "1", "--epochs", "2", "--lr", "1e-3", "--micro-batch-tokens", "24"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [*_torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "stages.cli", "train", "--policy",
+           str(policy), "--thoughts", str(thoughts), "--out", str(tmp_path / "fsdp"), "--strategy", "fsdp", *opts]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_manifest(tmp_path / "fsdp")["config"]["strategy"] == "fsdp"
+    train_stage(policy=policy, thoughts=thoughts, out=tmp_path / "one", prompts_per_step=1, epochs=2, lr=1e-3,
+                micro_batch_tokens=24, report_to="none")
+    assert "strategy" not in read_manifest(tmp_path / "one")["config"]   # the default: old keys stay valid
+    a, b = weights(tmp_path / "fsdp"), weights(tmp_path / "one")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
+
+
+def test_fsdp_state_of_two_ranks_resumes_in_one_process(policy, tmp_path):
+    """DCP reshards: a state written by 2 FSDP ranks (stopped after step 2) resumes without torchrun, and the
+    run ends where a 1-process run ends (to 1e-5)."""
+    df = fsdp_data(policy)
+    cfg = dict(prompts_per_step=1, epochs=2, lr=1e-3, micro_batch_tokens=24, save_every=0, strategy="fsdp")
+    torchrun_train(policy, df, {**cfg, "max_steps": 2}, tmp_path / "cut")
+    assert state(tmp_path / "cut")["step"] == 2
+    m = train(policy, df, TrainConfig(**cfg), tmp_path / "cut")
+    assert m["steps"] == 6 and m["world_size"] == 1
+    train(policy, df, TrainConfig(**cfg), tmp_path / "one")
+    a, b = weights(tmp_path / "cut"), weights(tmp_path / "one")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
+    train(policy, df, TrainConfig(**{**cfg, "strategy": "ddp"}), tmp_path / "ddp")
+    with pytest.raises(ThinkrlError, match="a ddp state"):   # continue_from across strategies: refused clearly
+        train(tmp_path / "one" / "policy", df, TrainConfig(**cfg, continue_from=str(tmp_path / "ddp")),
+              tmp_path / "next")
+
+
+def dcp_state(out: Path) -> dict:
+    """The DCP state of out/state as one flat dict (weights and AdamW moments, gathered from the shards)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(out / "state" / "dcp", out / "dcp.pt")
+    flat: dict = {}
+
+    def walk(prefix: str, v) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), x)
+        else:
+            flat[prefix] = v
+
+    walk("", torch.load(out / "dcp.pt", weights_only=False))
+    return flat
+
+
+def test_fsdp_kill_minus_9_of_one_rank_then_rerun_resumes_exactly(policy, tmp_path):
+    """Rank 1 is SIGKILLed after step 3 (a DCP state was saved after step 2); the rerun of the same command
+    resumes from step 2 and ends with the weights and AdamW state of a run that was never stopped."""
+    df = fsdp_data(policy)
+    cfg = dict(prompts_per_step=1, epochs=2, lr=1e-3, micro_batch_tokens=24, save_every=2, strategy="fsdp")
+    torchrun_train(policy, df, cfg, tmp_path / "straight")
+    proc = torchrun_train(policy, df, cfg, tmp_path / "cut", kill="1:3")
+    assert proc.returncode != 0 and state(tmp_path / "cut")["step"] == 2
+    torchrun_train(policy, df, cfg, tmp_path / "cut")
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = (dcp_state(tmp_path / d) for d in ("straight", "cut"))
+    assert sa.keys() == sb.keys() and any(k.startswith("optimizer.state.") for k in sa)
+    assert all(torch.equal(sa[k], sb[k]) if isinstance(sa[k], torch.Tensor) else sa[k] == sb[k] for k in sa)
+    ta, tb = read_table(tmp_path / "straight", "train_metrics"), read_table(tmp_path / "cut", "train_metrics")
+    assert ta.drop("seconds", "mfu", "tokens_per_s").equals(tb.drop("seconds", "mfu", "tokens_per_s"))
 
 
 # ------------------------------------------------------------------------------------------ (7) lr schedule

@@ -47,6 +47,7 @@ adapters disabled (`reference_logprobs`): no second copy; another `ref_policy` i
 adapters on it (B = 0: the start is exactly the policy that sampled the round) from its own seed; the global
 step and the lr schedule carry on, AdamW's moments do not (they belong to adapters that are merged away, ReLoRA
 style). A full fine-tune refuses to continue a LoRA state (it has no moments for the full weights).
+LoRA runs under DDP (`strategy = ddp`); with FSDP it is refused for now.
 
 Where this departs from or guesses at the paper:
 - lr default 1e-4 (the paper uses 1e-6 on 1.5B/7B models): the tiny CPU policy of DESIGN §5, where 1e-4
@@ -78,13 +79,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import random
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,7 @@ from thinkrl.artifacts import (
     to_frame,
     validate_frame,
 )
+from thinkrl.distributed import Dist, default_device, init_distributed  # noqa: F401  (the trainer's API too)
 from thinkrl.errors import ThinkrlError
 from thinkrl.logprobs import (  # noqa: F401  (token_logprobs, plan_micro_batches: the trainer's API too)
     DEFAULT_CHUNK,
@@ -118,11 +119,12 @@ from thinkrl.logprobs import (  # noqa: F401  (token_logprobs, plan_micro_batche
 from thinkrl.lora import adapters_disabled, apply_lora, has_lora, merged_state_dict
 from thinkrl.loss import BatchCounts, LossConfig, policy_loss
 from thinkrl.models import load_policy, make_portable, n_params
+from thinkrl.strategies import STRATEGIES, Strategy, any_state
 from thinkrl.training import SCHEDULES, TrainConfig
 
 log = logging.getLogger(__name__)
 
-STATE_FILE, STATE_WEIGHTS = "trainer.pt", "model.safetensors"
+STATE_FILE = "trainer.pt"
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -298,15 +300,20 @@ def recompute_behaviour(run: _Run, first_step_in_forward: bool = True) -> None:
     mine: dict[str, np.ndarray] = {}
     if first_step_in_forward:
         run.pending = frozenset(r.rollout_id for r in step_rollouts(run.groups, 0, cfg.prompts_per_step, cfg.seed))
+    mbs = []
     for step in range(1 if first_step_in_forward else 0, steps_per_pass):
         rollouts = step_rollouts(run.groups, step, cfg.prompts_per_step, cfg.seed)[dist.rank::dist.world]
         run.pass_tokens += sum(r.length for r in rollouts)
-        for mb in plan_micro_batches(rollouts, cfg.micro_batch_tokens):
-            with autocast(dist.device, run.autocast_dtype):
-                logp, _ = completion_logprobs(run.model, [r.prompt_ids for r in mb], [r.completion_ids for r in mb],
-                                              [r.temperature for r in mb], chunk=cfg.logprob_chunk)  # (n, T)
-            for j, r in enumerate(mb):
-                mine[r.rollout_id] = logp[j, :len(r.completion_ids)].cpu().numpy()
+        mbs += plan_micro_batches(rollouts, cfg.micro_batch_tokens)
+    idle = dist.all_max(len(mbs)) - len(mbs) if run.strategy.lockstep else 0  # FSDP: keep step with the others
+    for mb in mbs:
+        with autocast(dist.device, run.autocast_dtype):
+            logp, _ = completion_logprobs(run.model, [r.prompt_ids for r in mb], [r.completion_ids for r in mb],
+                                          [r.temperature for r in mb], chunk=cfg.logprob_chunk)  # (n, T)
+        for j, r in enumerate(mb):
+            mine[r.rollout_id] = logp[j, :len(r.completion_ids)].cpu().numpy()
+    for _ in range(idle):
+        _idle_forward(run.model)
     set_behaviour(run, dist.all_gather_dict(mine))
 
 
@@ -358,29 +365,41 @@ def reference_logprobs(ref_model, prompts: Sequence[Sequence[int]], completions:
 SUMS = ("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens", "ratio_sum", "entropy_sum")
 
 
-def _idle_backward(model) -> None:
-    """A rank with no rollouts this step still joins DDP's gradient all-reduce (with zero gradients)."""
+def _idle_forward(model):
+    """A two-token forward: what a rank with no rollouts runs to take part in the others' collectives."""
     ids = torch.zeros((1, 2), dtype=torch.long, device=device_of(model))
-    (model(input_ids=ids).logits.sum() * 0.0).backward()
+    return model(input_ids=ids).logits
+
+
+def _idle_backward(model, ref_model=None) -> None:
+    """A micro-batch with zero loss: a rank with fewer rollouts than the others still joins their gradient
+    all-reduce (DDP) or every forward's all-gather and backward's reduce-scatter (FSDP), with zero gradients."""
+    out = _idle_forward(model)
+    if ref_model is not None:  # in micro_batch_loss's order: policy forward, reference forward, backward
+        with torch.no_grad():
+            _idle_forward(ref_model)
+    (out.sum() * 0.0).backward()
 
 
 def accumulate_gradients(model, micro_batches: Sequence[Sequence[Rollout]], counts: BatchCounts,
                          loss_cfg: LossConfig, ref_model=None, loss_scale: float = 1.0,
                          autocast_dtype: torch.dtype | None = None, chunk: int = DEFAULT_CHUNK,
-                         record_old: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+                         record_old: dict[str, np.ndarray] | None = None, strategy: Strategy = STRATEGIES["ddp"],
+                         lockstep: int = 0) -> dict[str, float]:
     """Forward/backward each micro-batch of this rank's share of one optimizer step; gradients add up in
-    .grad (DDP syncs on the last one only). loss_scale = world size undoes DDP's gradient average.
-    Returns this rank's sums: loss, kl_sum, clipped_tokens, tokens, processed_tokens, ratio_sum, entropy_sum.
-    record_old (a dict): log π_old is each forward's own, detached, and is put there per rollout."""
+    .grad (DDP syncs on the last one only; FSDP reduce-scatters each). loss_scale = world size undoes the
+    ranks' gradient average. lockstep: run idle micro-batches after this rank's own until there are this many
+    (FSDP: every forward is a collective). Returns this rank's sums: loss, kl_sum, clipped_tokens, tokens,
+    processed_tokens, ratio_sum, entropy_sum. record_old (a dict): log π_old is each forward's own, detached, and
+    is put there per rollout."""
     sums = dict.fromkeys(SUMS, 0.0)
-    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    if not micro_batches:
-        if ddp:
-            _idle_backward(model)
-        return sums
+    idle = max(lockstep - len(micro_batches), 0)
+    if not micro_batches and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        idle = 1  # DDP's one all-reduce
+    for _ in range(idle):
+        _idle_backward(model, ref_model if strategy.lockstep else None)
     for k, mb in enumerate(micro_batches):
-        last = k == len(micro_batches) - 1
-        with model.no_sync() if ddp and not last else nullcontext():
+        with strategy.no_sync(model, last=k == len(micro_batches) - 1):
             loss, stats = micro_batch_loss(model, mb, counts, loss_cfg, ref_model, autocast_dtype, chunk,
                                            old_from_forward=record_old is not None)
             (loss * loss_scale).backward()
@@ -396,63 +415,6 @@ def accumulate_gradients(model, micro_batches: Sequence[Sequence[Rollout]], coun
         sums["tokens"] += float(stats["tokens"])
         sums["processed_tokens"] += float(sum(r.length for r in mb))
     return sums
-
-
-# --------------------------------------------------------------------------------------------- processes
-@dataclass
-class Dist:
-    """This process's place among the torchrun ranks (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False
-
-    def all_sum(self, values: Sequence[float]) -> list[float]:
-        if self.world == 1:
-            return [float(v) for v in values]
-        t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return t.tolist()
-
-    def all_gather_dict(self, d: dict) -> dict:
-        """The union of every rank's dict (each rank's keys are its own)."""
-        if self.world == 1:
-            return d
-        parts: list[dict] = [{} for _ in range(self.world)]
-        torch.distributed.all_gather_object(parts, d)
-        return {k: v for p in parts for k, v in p.items()}
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            torch.distributed.destroy_process_group()
-
-
-def default_device() -> torch.device:
-    """This process's device: cuda:LOCAL_RANK where CUDA exists, else the CPU."""
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-
-
-def init_distributed() -> Dist:
-    """Join torchrun's process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA); else single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    device = default_device()
-    if cuda:
-        torch.cuda.set_device(device)
-    if world <= 1:
-        return Dist(device=device)
-    import torch.distributed as td
-
-    owns = not td.is_initialized()
-    if owns:
-        td.init_process_group(backend="nccl" if cuda else "gloo")
-    return Dist(rank=td.get_rank(), world=td.get_world_size(), device=device, owns_group=owns)
 
 
 def step_counts(micro_batches: Sequence[Sequence[Rollout]], norm_len: int, dist: Dist) -> BatchCounts:
@@ -490,19 +452,29 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 def find_state(out_dir: Path) -> Path | None:
     """The state directory to resume from (the `.state.old` of a save interrupted between renames)."""
     for d in (out_dir / "state", out_dir / ".state.old"):
-        if (d / STATE_FILE).is_file() and (d / STATE_WEIGHTS).is_file():
+        if (d / STATE_FILE).is_file() and any_state(d):
             return d
     return None
 
 
-def export_policy(model, tokenizer, policy_dir: Path, dest: Path) -> None:
-    """HF checkpoint (safetensors) + tokenizer + the input policy's thinkrl.json, written tmp + rename."""
+def export_policy(model, tokenizer, policy_dir: Path, dest: Path, dist: Dist | None = None,
+                  strategy: Strategy = STRATEGIES["ddp"]) -> None:
+    """HF checkpoint (safetensors) + tokenizer + the input policy's thinkrl.json, written tmp + rename by rank 0.
+    Every rank calls it (FSDP gathers the full weights from all of them)."""
+    dist = dist or Dist()
+    state = strategy.full_state_dict(model, dist)
+    if dist.rank != 0:
+        return
     tmp = Path(tempfile.mkdtemp(prefix=".policy.tmp-", dir=dest.parent))
-    config = unwrap(model).config
+    inner = unwrap(model)
+    config = inner.config
     use_cache, config.use_cache = config.use_cache, True  # gradient checkpointing turned it off for training
     try:
         with _quiet_hf():
-            model.save_pretrained(tmp, state_dict=merged_state_dict(model) if has_lora(model) else None)
+            inner.save_pretrained(tmp, state_dict=merged_state_dict(inner) if has_lora(inner) else state)
+        if hf_class(inner) is not type(inner):  # FSDP2's subclass (FSDPLlamaForCausalLM) is no transformers class
+            config.architectures = [hf_class(inner).__name__]
+            config.to_json_file(tmp / "config.json")
     finally:
         config.use_cache = use_cache
     if tokenizer is not None:
@@ -513,23 +485,36 @@ def export_policy(model, tokenizer, policy_dir: Path, dest: Path) -> None:
     replace_dir(tmp, dest)
 
 
-def save_state(run: _Run, step: int) -> None:
-    """Weights, optimizer, RNG, local and global step and metric rows to out_dir/state (tmp + rename)."""
-    from safetensors.torch import save_model
+def hf_class(model: torch.nn.Module) -> type:
+    """The transformers class of a model, under FSDP2's dynamic subclass if it has one."""
+    from torch.distributed.fsdp import FSDPModule
 
-    tmp = Path(tempfile.mkdtemp(prefix=".state.tmp-", dir=run.out_dir))
-    save_model(run.model, str(tmp / STATE_WEIGHTS))
-    behaviour = {k: torch.from_numpy(v) for k, v in recomputed_logprobs(run).items()}
-    torch.save({"step": step, "global_step": run.step_offset + step, "key": run.key,
-                "schedule_steps_set": run.cfg.schedule_steps, "lora_r": run.cfg.lora_r, "optimizer": run.optimizer.state_dict(), "rng": _rng_state(),
-                "rows": run.rows, "nonfinite_in_row": run.nonfinite_in_row, "behaviour": behaviour},
-               tmp / STATE_FILE)
-    replace_dir(tmp, run.out_dir / "state")
+    cls = type(model)
+    return next(c for c in cls.__mro__ if not issubclass(c, FSDPModule)) if issubclass(cls, FSDPModule) else cls
+
+
+def save_state(run: _Run, step: int) -> None:
+    """Weights, optimizer, RNG, local and global step and metric rows to out_dir/state (tmp + rename). Every rank
+    calls it: the strategy writes the weights and optimizer (rank 0's, or each rank's shards), rank 0 the rest."""
+    dist = run.dist
+    tmp = Path(dist.broadcast(tempfile.mkdtemp(prefix=".state.tmp-", dir=run.out_dir) if dist.rank == 0 else None))
+    extra = run.strategy.save(run.wrapped, run.optimizer, tmp, dist)
+    dist.barrier()
+    if dist.rank == 0:
+        behaviour = {k: torch.from_numpy(v) for k, v in recomputed_logprobs(run).items()}
+        torch.save({"step": step, "global_step": run.step_offset + step, "key": run.key,
+                    "schedule_steps_set": run.cfg.schedule_steps, "lora_r": run.cfg.lora_r, **extra,
+                    "rng": _rng_state(), "rows": run.rows, "nonfinite_in_row": run.nonfinite_in_row,
+                    "behaviour": behaviour},
+                   tmp / STATE_FILE)
+        replace_dir(tmp, run.out_dir / "state")
+    dist.barrier()
 
 
 def checkpoint(run: _Run, step: int) -> None:
-    """Policy first, then state: the state's step is the commit point (its weights travel with it)."""
-    export_policy(run.model, run.tokenizer, run.policy_dir, run.out_dir / "policy")
+    """Policy first, then state: the state's step is the commit point (its weights travel with it). Every rank
+    calls it."""
+    export_policy(run.wrapped, run.tokenizer, run.policy_dir, run.out_dir / "policy", run.dist, run.strategy)
     save_state(run, step)
 
 
@@ -547,8 +532,6 @@ def _read_state(d: Path, what: str) -> dict:
 
 def load_state(run: _Run) -> int:
     """Restore a matching state; returns the step to continue from (0 when starting fresh)."""
-    from safetensors.torch import load_model
-
     d = find_state(run.out_dir)
     if d is None:
         return 0
@@ -556,12 +539,7 @@ def load_state(run: _Run) -> int:
     if s.get("key") != run.key:
         log.warning("%s: state of another config, data or policy; starting fresh", d)
         return 0
-    try:
-        load_model(run.model, str(d / STATE_WEIGHTS), device=str(run.dist.device))
-    except Exception as e:  # safetensors raises its own error kinds
-        raise ThinkrlError(f"{d / STATE_WEIGHTS}: the interrupted run's weights are damaged ({type(e).__name__}); "
-                           "remove the state (or rerun with --force)") from None
-    run.optimizer.load_state_dict(s["optimizer"])
+    run.strategy.load(run.wrapped, run.optimizer, d, s, run.dist)
     _set_rng_state(s["rng"])
     if s.get("behaviour"):  # the log π_old computed before the run's first update
         set_behaviour(run, {k: v.numpy() for k, v in s["behaviour"].items()})
@@ -577,8 +555,8 @@ class _Run:
     policy_dir: Path
     out_dir: Path
     dist: Dist
-    model: torch.nn.Module          # the unwrapped model (weights, saving)
-    wrapped: torch.nn.Module        # DDP wrapper or the model itself (forward/backward)
+    model: torch.nn.Module          # the model inside a DDP wrapper (FSDP: the sharded model itself)
+    wrapped: torch.nn.Module        # DDP wrapper or the model itself (forward/backward, saving)
     tokenizer: Any
     ref_model: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
@@ -599,6 +577,10 @@ class _Run:
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return autocast_dtype(self.cfg)
+
+    @property
+    def strategy(self) -> Strategy:
+        return STRATEGIES[self.cfg.strategy]
 
     def lr(self, step: int) -> float:
         """The lr of this run's 0-based step `step`: the schedule at the global step."""
@@ -649,7 +631,8 @@ def _run_key(cfg: TrainConfig, data_hash: str, policy_dir: Path, prev_state: Pat
                         "metrics": TRAIN_METRICS.version})  # a state's rows are of this metrics schema
 
 
-def _continue(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> tuple[int, int | None, Path | None]:
+def _continue(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              cfg: TrainConfig) -> tuple[int, int | None, Path | None]:
     """Load the optimizer state of `cfg.continue_from` into `optimizer`; returns (its global step, the
     schedule_steps it was given, its dir)."""
     if not cfg.continue_from:
@@ -659,11 +642,8 @@ def _continue(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> tuple[int, 
     if s.get("lora_r") and not cfg.lora_r:
         raise ThinkrlError(f"continue_from {d}: a LoRA run (lora_r {s['lora_r']}) has AdamW moments of its adapters "
                            "only; a full fine-tune cannot continue them (keep lora_r > 0, or drop continue_from)")
-    try:
-        if not cfg.lora_r:  # LoRA: fresh adapters on the merged policy, no moments to carry (module doc)
-            optimizer.load_state_dict(s["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise ThinkrlError(f"continue_from {d}: its optimizer state does not fit this policy ({e})") from None
+    if not cfg.lora_r:  # LoRA: fresh adapters on the merged policy, no moments to carry (module doc)
+        STRATEGIES[cfg.strategy].load_optimizer(model, optimizer, d, s)
     return int(s.get("global_step", s["step"])), s.get("schedule_steps_set"), d
 
 
@@ -676,22 +656,21 @@ def setup(policy_dir: Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_d
     if cfg.lora_r:
         model = apply_lora(model, cfg)
     model.train()
+    params = n_params(model)  # before sharding
+    strategy = STRATEGIES[cfg.strategy]
     ref = None
     ref_dir = Path(cfg.ref_policy or policy_dir)
     if cfg.beta > 0 and cfg.lora_r and ref_dir.resolve() == policy_dir.resolve():
         ref = model  # the base policy with the adapters disabled (reference_logprobs)
     elif cfg.beta > 0:
         ref, _ = _load_model(ref_dir, cfg, dist.device)
-        ref.eval().requires_grad_(False)
-    wrapped = model
-    if dist.world > 1:
-        ids = [dist.device.index] if dist.device.type == "cuda" else None
-        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        ref = strategy.wrap(ref.eval().requires_grad_(False), dist, cfg, False)
+    wrapped = strategy.wrap(model, dist, cfg, True)
     # fused: one kernel over all tensors (7x the per-tensor loop at SmolLM2-135M's shapes on this CPU, `just bench
     # optimizer`; the same update to float rounding, about 1 ulp)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=tuple(cfg.betas),
                             weight_decay=cfg.weight_decay, fused=True)
-    offset, prev_horizon, prev = _continue(opt, cfg)
+    offset, prev_horizon, prev = _continue(wrapped, opt, cfg)
     for group in opt.param_groups:  # this run's settings, not the continued run's (nor its implementation)
         group.update(betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, initial_lr=cfg.lr, fused=True,
                      foreach=None)
@@ -699,7 +678,7 @@ def setup(policy_dir: Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_d
     horizon = cfg.schedule_steps or prev_horizon or offset + total  # a continued run keeps a horizon it was given
     round_ = int(validated(advantages_df)["round"].max())
     return _Run(cfg, policy_dir, out_dir, dist, model, wrapped, tok, ref, opt, groups, dropped, total, offset,
-                horizon, round_, _run_key(cfg, data_sha256(groups), policy_dir, prev), n_params(model))
+                horizon, round_, _run_key(cfg, data_sha256(groups), policy_dir, prev), params)
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -715,15 +694,18 @@ def optimizer_step(run: _Run, step: int) -> dict[str, Any]:
     rollouts = step_all[dist.rank::dist.world]
     mbs = plan_micro_batches(rollouts, cfg.micro_batch_tokens)
     counts = step_counts(mbs, cfg.norm_len, dist)
+    lockstep = dist.all_max(len(mbs)) if run.strategy.lockstep else 0
     first = {} if run.pending else None  # log π_old of this step's rollouts from its own forward
     local = accumulate_gradients(run.wrapped, mbs, counts, cfg.loss_config(), run.ref_model,
                                  loss_scale=dist.world, autocast_dtype=run.autocast_dtype,
-                                 chunk=cfg.logprob_chunk, record_old=first)
+                                 chunk=cfg.logprob_chunk, record_old=first, strategy=run.strategy,
+                                 lockstep=lockstep)
     if first is not None:
         set_behaviour(run, dist.all_gather_dict(first))
     loss, kl_sum, clipped, tokens, processed, ratio_sum, entropy_sum = dist.all_sum([local[k] for k in SUMS])
     params = [p for p in run.model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor over the shards
     grad_norm, lr = float(norm), run.lr(step)
     skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
     if not skipped:
@@ -809,7 +791,7 @@ def _loop(run: _Run, start: int, stop: int, progress, on_row) -> None:
             on_row(row)
         _count_nonfinite(run, row)
         done = step + 1
-        if main and run.cfg.save_every and done % run.cfg.save_every == 0 and done < stop:
+        if run.cfg.save_every and done % run.cfg.save_every == 0 and done < stop:
             checkpoint(run, done)
         if main and progress is not None:
             progress(row, done, stop)
@@ -854,8 +836,8 @@ def train(policy_dir: str | Path, advantages_df: pl.DataFrame, cfg: TrainConfig,
                 on_row(row)
         _loop(run, start, max(start, stop), progress, on_row)
         metrics = {**summary(run), **(notes or {})}
+        checkpoint(run, max(start, stop))
         if dist.rank == 0:
-            checkpoint(run, max(start, stop))
             _write_metrics(run, metrics, writer)
         dist.barrier()
         return metrics

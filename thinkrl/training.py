@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from thinkrl.artifacts import MANIFEST, ArtifactWriter, StageResult, finished, r
 from thinkrl.errors import ThinkrlError
 from thinkrl.loss import AGGREGATIONS, ALIASES, LossConfig
 from thinkrl.settings import check_settings, setting
+from thinkrl.strategies import STRATEGIES
 
 if TYPE_CHECKING:
     from thinkrl.tracking import Tracker
@@ -109,6 +110,11 @@ class TrainConfig:
                                             "at every rank)", gt=0)
     lora_targets: str = setting(LORA_TARGETS, "modules LoRA adapts, comma-separated (default: the attention and MLP "
                                               "projections of Llama/Qwen2)", check=_module_names)
+    strategy: str = setting("ddp", "how torchrun's ranks hold the model: ddp (the whole model on every rank) or fsdp "
+                                   "(FSDP2: weights, gradients and AdamW moments sharded over the ranks; "
+                                   "docs/SCALE.md)")
+    fsdp_cpu_offload: bool = setting(False, "fsdp: keep the weight shards, their gradients and the optimizer step "
+                                            "on the CPU (CPUOffloadPolicy)")
     seed: int = setting(0, "seed of the batch order (per pass), of the per-step torch RNG and of the LoRA init", ge=0)
     max_nonfinite_in_row: int = setting(3, "stop after this many skipped (non-finite) steps in a row", ge=1)
     flops_peak: float | None = setting(None, "peak FLOP/s per rank for MFU (default: 196e9 fp32 / 425e9 bf16, "
@@ -131,19 +137,32 @@ class TrainConfig:
             (self.schedule in SCHEDULES,
              f"schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}"),
             (self.dtype in DTYPES, f"dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}"),
+            (self.strategy in STRATEGIES, f"strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}"),
+            (self.strategy == "fsdp" or not self.fsdp_cpu_offload, "fsdp_cpu_offload needs strategy fsdp"),
+            (self.strategy != "fsdp" or not self.lora_r, "lora_r with strategy fsdp is not supported yet (use "
+                                                         "strategy ddp: LoRA's AdamW state is small)"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ThinkrlError(f"train config: {msg}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as the manifest and the skip keys record them. Settings added after runs were finished
+        are left out at their default, so those runs' keys, and the runs, stay valid."""
         d = asdict(self)
         d["betas"] = list(self.betas)
+        for k in KEYED_WHEN_SET:
+            if d[k] == _DEFAULTS[k]:
+                del d[k]
         return d
 
     def loss_config(self) -> LossConfig:
         return LossConfig(eps_low=self.eps_low, eps_high=self.eps_high, beta=self.beta,
                           aggregation=self.aggregation)
+
+
+KEYED_WHEN_SET = ("strategy", "fsdp_cpu_offload", "lora_r", "lora_alpha", "lora_targets")
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
 # --------------------------------------------------------------------------------------------- stage
