@@ -7,7 +7,8 @@ Writes OUT/policy (Hugging Face checkpoint), OUT/state (exact resume) and the tr
 Same inputs and config as a finished run: skipped (--force retrains from scratch). An interrupted run, or
 a rerun with a larger --max-steps, resumes from OUT/state. `--continue-from PREV` carries a previous run's
 optimizer and global step on (the next round of one continuous policy), and its `--schedule-steps` if it was
-given one (give one to both runs when the schedule decays: cosine, linear). Every option is a TrainConfig field
+given one (give one to both runs when the schedule decays: cosine, linear). `--lora-r R` trains LoRA adapters
+(peft) and writes OUT/policy merged; continued, it starts new adapters on PREV's merged policy (thinkrl.trainer). Every option is a TrainConfig field
 (thinkrl.training), where its help text is defined, but `--report-to` (thinkrl.tracking: TensorBoard in OUT/tb,
 or wandb/trackio; rank 0 logs every step, a resumed or skipped run its whole history again).
 """

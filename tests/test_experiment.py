@@ -240,6 +240,31 @@ def test_one_policy_trains_across_rounds(tiny_run):
     assert replace(cfg, schedule="cosine").train_config(1).schedule_steps == 4
 
 
+def test_lora_rounds_train_fresh_adapters_on_each_merged_policy(easy, tmp_path, monkeypatch):
+    """`lora_r` in a run: each round trains adapters on the previous round's merged policy (a plain checkpoint the
+    engine samples from), the global step carries on, AdamW's moments do not; with β > 0 round 0's reference is
+    the policy's own base (no second model loaded) and round 1's the start policy, loaded."""
+    pytest.importorskip("peft")
+    import thinkrl.trainer as trainer
+
+    loaded, real_load = [], trainer._load_model
+    monkeypatch.setattr(trainer, "_load_model", lambda path, *a: loaded.append(Path(path)) or real_load(path, *a))
+    cfg = ExperimentConfig(**tiny_settings(easy, lora_r=2, lora_targets="q_proj,v_proj", beta=0.1, eval_every=0,
+                                           lr=1e-2))
+    run_experiment(cfg, tmp_path / "r")
+    t = [read_table(tmp_path / "r" / f"round-{r:03d}/train", "train_metrics") for r in range(2)]
+    n0, n1 = t[0].height, t[1].height
+    assert n0 > 0 and n1 > 0 and t[1]["step"].to_list() == list(range(n0 + 1, n0 + n1 + 1))
+    s1 = torch.load(tmp_path / "r/round-001/train/state/trainer.pt", weights_only=True)
+    assert {float(v["step"]) for v in s1["optimizer"]["state"].values()} == {float(n1)}
+    start = Path(cfg.policy)
+    assert loaded == [start, tmp_path / "r/round-000/train/policy", start]   # policy, policy + its reference
+    for r in range(2):
+        w = load_file(tmp_path / "r" / f"round-{r:03d}/train/policy/model.safetensors")
+        assert w.keys() == load_file(start / "model.safetensors").keys()
+    assert read_manifest(tmp_path / "r/round-001/train")["config"]["lora_r"] == 2
+
+
 def test_rerun_skips_and_alpha_reruns_segment_onward(tiny_run):
     cfg, run_dir, _ = tiny_run
     before = manifests(run_dir)

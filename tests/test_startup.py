@@ -1,5 +1,5 @@
 """The CLI starts without the model libraries: `--help` of every command, `thinkrl data list|prepare` and
-`thinkrl inspect` import none of torch, transformers, vllm, matplotlib, math_verify, sympy (each checked in a
+`thinkrl inspect` import none of torch, transformers, vllm, matplotlib, math_verify, sympy, peft (each checked in a
 fresh interpreter, whose `sys.modules` is the evidence). The start-up time itself is `just bench startup`."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, cli_env
 
-HEAVY = ("torch", "transformers", "vllm", "matplotlib", "math_verify", "sympy")
+HEAVY = ("torch", "transformers", "vllm", "matplotlib", "math_verify", "sympy", "peft")
 
 # Walks the click command tree of the typer app, runs `--help` of every group and command through typer's
 # CliRunner, then the given commands that need no model; prints exit codes and the heavy modules loaded.

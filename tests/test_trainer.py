@@ -50,14 +50,17 @@ def _one_thread(one_thread):
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory) -> Path:
-    """A saved tiny Llama policy directory (hidden 32, 2 layers) with tokenizer and thinkrl.json."""
+    return tiny_policy(tmp_path_factory.mktemp("policy"))
+
+
+def tiny_policy(d: Path) -> Path:
+    """A saved tiny Llama policy directory (hidden 32, 2 layers) with tokenizer and thinkrl.json, in d."""
     tok = char_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0,
                       tie_word_embeddings=True)
     torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("policy")
     LlamaForCausalLM(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     (d / "thinkrl.json").write_text('{"template": "raw"}\n')

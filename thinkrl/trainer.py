@@ -19,8 +19,8 @@ micro-batches, all ranks), pre-clip gradient norm, clipping, AdamW, warm-up + sc
 loss or gradient skips the step (no update, gradients zeroed, row `skipped`); `max_nonfinite_in_row`
 skips in a row stop the run with a `ThinkrlError`.
 
-Writes in out_dir: `policy/` (Hugging Face checkpoint, safetensors, fp32 master weights, tokenizer, the
-input's thinkrl.json), `state/` (weights, optimizer, RNG states, local and global step, metric rows: exact
+Writes in out_dir: `policy/` (Hugging Face checkpoint, safetensors, fp32 master weights, LoRA merged in, tokenizer,
+the input's thinkrl.json), `state/` (weights, optimizer, RNG states, local and global step, metric rows: exact
 resume), and the `train_metrics` artifact (one row per optimizer step, and the `behaviour` table: log π_old as
 recomputed; manifest written last).
 
@@ -33,7 +33,21 @@ None of them feeds back into training: weights are the same with or without them
 MFU = 6 × n_params × (prompt + completion tokens through forward/backward, padding excluded, all ranks)
       / step seconds / (flops_peak × world size).
 The reference-model forward (β > 0) and attention FLOPs are not counted; n_params counts tied
-embeddings once. Default peaks are the measured 2-thread matmul peaks of the development CPU.
+embeddings once. Default peaks are the measured 2-thread matmul peaks of the development CPU. With LoRA,
+n_params is still the whole model's (base + adapters): the forward and the activation-gradient half of the
+backward cost what they cost in full fine-tuning, but the frozen weights' gradients (about 2N of the 6N) are
+not computed, so MFU overstates the work done by up to a third; `trainable_params` (summary) counts the adapters.
+
+LoRA (`lora_r` > 0, thinkrl/lora.py, peft): adapters on `lora_targets`, injected into the loaded policy before
+DDP wrapping; AdamW steps only them. policy/ is saved merged (W + (alpha / r)·B·A, a plain checkpoint that needs
+no peft), state/ holds the whole adapted model and the adapters' AdamW state (exact resume as for full training).
+With β > 0 and the reference being the input policy (the default), the reference is the policy itself with its
+adapters disabled (`reference_logprobs`): no second copy; another `ref_policy` is loaded as in full training.
+`continue_from` with LoRA: the next round's input policy is this round's merged policy, and it starts fresh
+adapters on it (B = 0: the start is exactly the policy that sampled the round) from its own seed; the global
+step and the lr schedule carry on, AdamW's moments do not (they belong to adapters that are merged away, ReLoRA
+style). A full fine-tune refuses to continue a LoRA state (it has no moments for the full weights).
+LoRA runs under DDP (`strategy = ddp`); with FSDP it is refused for now.
 
 Where this departs from or guesses at the paper:
 - lr default 1e-4 (the paper uses 1e-6 on 1.5B/7B models): the tiny CPU policy of DESIGN §5, where 1e-4
@@ -55,7 +69,8 @@ Where this departs from or guesses at the paper:
 - one policy trains continuously across rounds: `continue_from` (a previous train run's directory) carries
   AdamW's moments and step counter and the global step, and the lr schedule is a function of the global step
   over `schedule_steps`, so warm-up happens once per experiment, not once per round.
-- the model trains in train() mode; Llama/Qwen2 configs have no dropout, so an on-policy ratio is exactly 1.
+- the model trains in train() mode; Llama/Qwen2 configs have no dropout (nor LoRA: lora_dropout is 0), so an
+  on-policy ratio is exactly 1.
   The torch seed of each step derives from (seed, step, rank), so dropout, if any, resumes exactly.
 """
 
@@ -101,6 +116,7 @@ from thinkrl.logprobs import (  # noqa: F401  (token_logprobs, plan_micro_batche
     token_logprobs,
     unwrap,
 )
+from thinkrl.lora import adapters_disabled, apply_lora, has_lora, merged_state_dict
 from thinkrl.loss import BatchCounts, LossConfig, policy_loss
 from thinkrl.models import load_policy, make_portable, n_params
 from thinkrl.strategies import STRATEGIES, Strategy, any_state
@@ -330,12 +346,20 @@ def micro_batch_loss(model, mb: Sequence[Rollout], counts: BatchCounts, loss_cfg
     adv = _pad([r.advantages for r in mb], logp.shape[1], logp)                 # (n, T)
     ref = None
     if loss_cfg.beta > 0:
-        with torch.no_grad(), autocast(device, autocast_dtype):
-            ref, _ = completion_logprobs(ref_model, prompts, comps, temps, chunk=chunk)
-        ref = ref.to(logp.dtype)
+        ref = reference_logprobs(ref_model, prompts, comps, temps, autocast_dtype, chunk).to(logp.dtype)
     loss, stats = policy_loss(logp, old, adv, mask, counts, loss_cfg, ref_logp=ref)
     stats = {**stats, "entropy_sum": (scores.entropy * mask).sum()}
     return loss, {**stats, "logp": old} if old_from_forward else stats
+
+
+@torch.no_grad()
+def reference_logprobs(ref_model, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                       temperatures: Sequence[float], autocast_dtype: torch.dtype | None = None,
+                       chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """log π_ref of the completions, (n, T). A LoRA policy is its own reference: its adapters are disabled for
+    this forward (thinkrl.lora), so the reference is the base policy without a second copy of it."""
+    with autocast(device_of(ref_model), autocast_dtype), adapters_disabled(ref_model):
+        return completion_logprobs(ref_model, prompts, completions, temperatures, chunk=chunk)[0]
 
 
 SUMS = ("loss", "kl_sum", "clipped_tokens", "tokens", "processed_tokens", "ratio_sum", "entropy_sum")
@@ -447,7 +471,7 @@ def export_policy(model, tokenizer, policy_dir: Path, dest: Path, dist: Dist | N
     use_cache, config.use_cache = config.use_cache, True  # gradient checkpointing turned it off for training
     try:
         with _quiet_hf():
-            inner.save_pretrained(tmp, state_dict=state)
+            inner.save_pretrained(tmp, state_dict=merged_state_dict(inner) if has_lora(inner) else state)
         if hf_class(inner) is not type(inner):  # FSDP2's subclass (FSDPLlamaForCausalLM) is no transformers class
             config.architectures = [hf_class(inner).__name__]
             config.to_json_file(tmp / "config.json")
@@ -479,8 +503,9 @@ def save_state(run: _Run, step: int) -> None:
     if dist.rank == 0:
         behaviour = {k: torch.from_numpy(v) for k, v in recomputed_logprobs(run).items()}
         torch.save({"step": step, "global_step": run.step_offset + step, "key": run.key,
-                    "schedule_steps_set": run.cfg.schedule_steps, **extra, "rng": _rng_state(),
-                    "rows": run.rows, "nonfinite_in_row": run.nonfinite_in_row, "behaviour": behaviour},
+                    "schedule_steps_set": run.cfg.schedule_steps, "lora_r": run.cfg.lora_r, **extra,
+                    "rng": _rng_state(), "rows": run.rows, "nonfinite_in_row": run.nonfinite_in_row,
+                    "behaviour": behaviour},
                    tmp / STATE_FILE)
         replace_dir(tmp, run.out_dir / "state")
     dist.barrier()
@@ -614,26 +639,36 @@ def _continue(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         return 0, None, None
     d = continued_state(cfg)
     s = _read_state(d, "the --continue-from state")
-    STRATEGIES[cfg.strategy].load_optimizer(model, optimizer, d, s)
+    if s.get("lora_r") and not cfg.lora_r:
+        raise ThinkrlError(f"continue_from {d}: a LoRA run (lora_r {s['lora_r']}) has AdamW moments of its adapters "
+                           "only; a full fine-tune cannot continue them (keep lora_r > 0, or drop continue_from)")
+    if not cfg.lora_r:  # LoRA: fresh adapters on the merged policy, no moments to carry (module doc)
+        STRATEGIES[cfg.strategy].load_optimizer(model, optimizer, d, s)
     return int(s.get("global_step", s["step"])), s.get("schedule_steps_set"), d
 
 
 def setup(policy_dir: Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_dir: Path, dist: Dist) -> _Run:
-    """Data, model (DDP-wrapped under torchrun), reference model (β > 0 only), AdamW and the lr schedule.
-    The schedule spans all K passes (not max_steps), so a run cut into pieces follows the same lr curve."""
+    """Data, model (LoRA adapters when lora_r > 0, DDP-wrapped under torchrun), reference model (β > 0 only; a
+    LoRA policy's own base when the reference is the input policy), AdamW over the trainable parameters and the lr
+    schedule. The schedule spans all K passes (not max_steps), so a run cut into pieces follows the same lr curve."""
     groups, dropped = prepare_groups(advantages_df, need_logprobs=not cfg.recompute_logprobs)
     model, tok = _load_model(policy_dir, cfg, dist.device)
+    if cfg.lora_r:
+        model = apply_lora(model, cfg)
     model.train()
     params = n_params(model)  # before sharding
     strategy = STRATEGIES[cfg.strategy]
     ref = None
-    if cfg.beta > 0:
-        ref, _ = _load_model(Path(cfg.ref_policy or policy_dir), cfg, dist.device)
+    ref_dir = Path(cfg.ref_policy or policy_dir)
+    if cfg.beta > 0 and cfg.lora_r and ref_dir.resolve() == policy_dir.resolve():
+        ref = model  # the base policy with the adapters disabled (reference_logprobs)
+    elif cfg.beta > 0:
+        ref, _ = _load_model(ref_dir, cfg, dist.device)
         ref = strategy.wrap(ref.eval().requires_grad_(False), dist, cfg, False)
     wrapped = strategy.wrap(model, dist, cfg, True)
     # fused: one kernel over all tensors (7x the per-tensor loop at SmolLM2-135M's shapes on this CPU, `just bench
     # optimizer`; the same update to float rounding, about 1 ulp)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=tuple(cfg.betas),
                             weight_decay=cfg.weight_decay, fused=True)
     offset, prev_horizon, prev = _continue(wrapped, opt, cfg)
     for group in opt.param_groups:  # this run's settings, not the continued run's (nor its implementation)
@@ -739,7 +774,9 @@ def summary(run: _Run) -> dict[str, Any]:
             "tokens": int(sum(r["tokens"] for r in rows)), "seconds": secs,
             "seconds_per_step": secs / max(len(rows), 1),
             "mfu": float(np.mean([r["mfu"] for r in rows])) if rows else 0.0,
-            "n_params": run.n_params, "norm_len": run.cfg.norm_len, "world_size": run.dist.world,
+            "n_params": run.n_params,
+            "trainable_params": sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+            "norm_len": run.cfg.norm_len, "world_size": run.dist.world,
             "behaviour_logprobs": "recomputed" if run.recomputed else "table",
             "behaviour_pass_tokens": run.pass_tokens,   # this rank's (0 on a resume: the state held them)
             "policy": str(run.out_dir / "policy")}

@@ -49,6 +49,14 @@ def _linear(p: float) -> float:
 
 SCHEDULES: dict[str, Callable[[float], float]] = {"constant": _constant, "cosine": _cosine, "linear": _linear}
 DTYPES = ("auto", "float32", "bfloat16", "bfloat16-pure", "float64")
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+def _module_names(text: str) -> str | None:
+    names = [t.strip() for t in text.split(",")]
+    if not all(n and n.replace("_", "").isalnum() for n in names):
+        return f"must be module names separated by commas (e.g. q_proj,v_proj), got {text!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,8 @@ class TrainConfig:
                                             "(default: the one the continued run was given, else the steps "
                                             "done before this run plus this run's)", ge=1)
     continue_from: str | None = setting(None, "a previous train run's directory: continue its optimizer state, "
-                                           "lr schedule and global step (thinkrl run does this every round)")
+                                           "lr schedule and global step (thinkrl run does this every round; with "
+                                           "LoRA, fresh adapters: the schedule and global step only)")
     recompute_logprobs: bool = setting(True, "recompute log pi_old with this run's model over the micro-batches of "
                                           "the first pass (ratio exactly 1 at the first step); off: the table's "
                                           "behaviour_logprobs (the sampler's)")
@@ -95,12 +104,18 @@ class TrainConfig:
                                        "logits never exist at once (0 = whole logits; same values)", ge=0)
     gradient_checkpointing: bool = setting(False, "recompute each layer's activations in the backward (less "
                                                   "memory for long completions, about 1/3 more compute)")
+    lora_r: int = setting(0, "LoRA rank: train low-rank adapters on lora_targets instead of every weight (0 = off: "
+                             "full fine-tuning; needs peft, the `lora` extra); policy/ is saved merged", ge=0)
+    lora_alpha: float | None = setting(None, "LoRA alpha: the update is (alpha / r) B A (default: 2 r, a scale of 2 "
+                                            "at every rank)", gt=0)
+    lora_targets: str = setting(LORA_TARGETS, "modules LoRA adapts, comma-separated (default: the attention and MLP "
+                                              "projections of Llama/Qwen2)", check=_module_names)
     strategy: str = setting("ddp", "how torchrun's ranks hold the model: ddp (the whole model on every rank) or fsdp "
                                    "(FSDP2: weights, gradients and AdamW moments sharded over the ranks; "
                                    "docs/SCALE.md)")
     fsdp_cpu_offload: bool = setting(False, "fsdp: keep the weight shards, their gradients and the optimizer step "
                                             "on the CPU (CPUOffloadPolicy)")
-    seed: int = setting(0, "seed of the batch order (per pass) and of the per-step torch RNG", ge=0)
+    seed: int = setting(0, "seed of the batch order (per pass), of the per-step torch RNG and of the LoRA init", ge=0)
     max_nonfinite_in_row: int = setting(3, "stop after this many skipped (non-finite) steps in a row", ge=1)
     flops_peak: float | None = setting(None, "peak FLOP/s per rank for MFU (default: 196e9 fp32 / 425e9 bf16, "
                                           "the measured 2-thread matmul peak of the dev CPU)", gt=0)
@@ -124,6 +139,8 @@ class TrainConfig:
             (self.dtype in DTYPES, f"dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}"),
             (self.strategy in STRATEGIES, f"strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}"),
             (self.strategy == "fsdp" or not self.fsdp_cpu_offload, "fsdp_cpu_offload needs strategy fsdp"),
+            (self.strategy != "fsdp" or not self.lora_r, "lora_r with strategy fsdp is not supported yet (use "
+                                                         "strategy ddp: LoRA's AdamW state is small)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -144,7 +161,7 @@ class TrainConfig:
                           aggregation=self.aggregation)
 
 
-KEYED_WHEN_SET = ("strategy", "fsdp_cpu_offload")
+KEYED_WHEN_SET = ("strategy", "fsdp_cpu_offload", "lora_r", "lora_alpha", "lora_targets")
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
