@@ -35,6 +35,7 @@ settings. Sections:
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -47,6 +48,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # before transformers: figures only on stdout
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -511,6 +513,58 @@ R1_1P5B = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 
            "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": False}
 
 
+# DeepSeek-R1-Distill-Qwen-7B's (Qwen2.5-7B's shapes), written down the same way.
+R1_7B = {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+         "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False}
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _shapes(cfg: dict) -> dict:
+    """(in, out) of each projection of one decoder layer, and the embedding/head parameters."""
+    h, f = cfg["hidden_size"], cfg["intermediate_size"]
+    kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
+    proj = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, f),
+            "up_proj": (h, f), "down_proj": (f, h)}
+    return {"proj": proj, "root": cfg["vocab_size"] * h * (1 if cfg["tie_word_embeddings"] else 2),
+            "layer": sum(i * o for i, o in proj.values())}
+
+
+def per_gpu_state(cfg: dict, strategy: str, world: int, lora_r: int = 0) -> dict:
+    """Bytes per GPU of the trainer's model state (weights, gradients, AdamW moments) under `strategy` on `world`
+    GPUs, bf16 autocast over fp32 master weights (dtype auto on a GPU); activations come on top (they are per
+    micro-batch and the same under every strategy). LoRA: the base is frozen fp32 weights without gradients or
+    moments; each adapter parameter has all four (16 bytes). FSDP adds what is gathered at once: the root
+    (embeddings + head: FSDP2 keeps the root unsharded from forward to backward) with its unsharded fp32 gradient,
+    and two decoder layers (the one computing and the one prefetched) in bf16 (MixedPrecisionPolicy)."""
+    sh = _shapes(cfg)
+    L = cfg["num_hidden_layers"]
+    params = L * sh["layer"] + sh["root"]
+    adapters = L * sum(lora_r * (i + o) for i, o in sh["proj"].values()) if lora_r else 0
+    if lora_r:
+        state = params * 4 + adapters * 16
+    else:
+        state = params * 16
+    if strategy == "fsdp":
+        gathered = sh["root"] * (2 + 4) + 2 * sh["layer"] * 2
+        return {"params": params, "adapters": adapters, "state": state / world, "gathered": gathered,
+                "total": state / world + gathered}
+    return {"params": params, "adapters": adapters, "state": state, "gathered": 0, "total": state}
+
+
+def scale_out_table() -> list[str]:
+    """The per-GPU model-state table of docs/SCALE.md: 1.5B and 7B under DDP, FSDP and LoRA."""
+    gb = 2**30
+    rows = ["| model | strategy | GPUs | LoRA r | weights + grads + AdamW per GPU (GB) | + gathered (FSDP) | total |",
+            "|---|---|---|---|---|---|---|"]
+    for name, cfg in (("1.5B", R1_1P5B), ("7B", R1_7B)):
+        for strategy, world, r in (("ddp", 1, 0), ("ddp", 8, 0), ("fsdp", 2, 0), ("fsdp", 4, 0), ("fsdp", 8, 0),
+                                   ("ddp", 1, 16), ("ddp", 1, 64)):
+            m = per_gpu_state(cfg, strategy, world, r)
+            rows.append(f"| {name} ({m['params'] / 1e9:.2f}B) | {strategy} | {world} | {r or '-'} | "
+                        f"{m['state'] / gb:.1f} | {m['gathered'] / gb:.1f} | {m['total'] / gb:.1f} |")
+    return rows
+
+
 def scale_arithmetic(cfg: dict = R1_1P5B, tokens: int = 8192, chunk: int = 1024) -> dict:
     """Memory arithmetic of one rollout of `tokens` completion tokens (bytes), from a model config."""
     h, f, L, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
@@ -541,8 +595,78 @@ def bench_scale(tmp: Path) -> str:
              f"| activations with gradient checkpointing | {a['activations_ckpt_bf16'] / gb:.2f} |",
              f"| weights + grads + AdamW, fp32 master (bf16 autocast) | {a['weights_adam_fp32'] / gb:.1f} |",
              f"| weights + grads + AdamW, bfloat16-pure | {a['weights_adam_bf16_pure'] / gb:.1f} |", "",
-             "The whole-logits path also copies the selected logits and their log-softmax: 2-3 copies at once. "
+             "The whole-logits path also copies the selected logits and their log-softmax: 2-3 copies at once.", "",
+             "### Model state per GPU: DDP, FSDP and LoRA (1.5B and 7B, from their configs)", "",
+             "Weights, gradients and AdamW moments of the trainer (bf16 autocast over fp32 master weights: 16 bytes "
+             "per trained parameter). DDP keeps all of it on every GPU; FSDP divides it by the GPUs and adds what "
+             "is gathered at once (the root, embeddings and head, with its unsharded gradient; two decoder layers "
+             "in bf16); LoRA (r = 16 or 64 on q, k, v, o, gate, up, down) keeps the base frozen in fp32 (4 bytes) and "
+             "trains only the adapters (LoRA runs under DDP; with FSDP it is refused for now). Activations (the table above, per rollout in a micro-batch) come on top "
+             "under every strategy.", "", *scale_out_table(), "",
              "Command: `just bench scale` (docs/SCALE.md uses these figures)."]
+    return "\n".join(lines)
+
+
+SCALEOUT = (("1 process", 1, "ddp", 0), ("DDP-2", 2, "ddp", 0), ("FSDP-2", 2, "fsdp", 0),
+            ("1 process, LoRA r 8", 1, "ddp", 8), ("DDP-2, LoRA r 8", 2, "ddp", 8))
+
+
+def _scaleout_run(model: Path, tmp: Path, label: str, nproc: int, strategy: str, lora_r: int,
+                  shape: tuple[int, int, int, int], steps: int) -> dict:
+    """One training run of `steps` steps through benchmarks/train_worker.py: median s/step (after the first),
+    peak RSS per rank."""
+    import shutil
+
+    prompts, group, prompt_tokens, completion_tokens = shape
+    cfg = {"prompts_per_step": max(1, prompts // steps), "lr": 1e-5, "save_every": 0, "strategy": strategy,
+           "micro_batch_tokens": 4 * (prompt_tokens + completion_tokens), **({"lora_r": lora_r} if lora_r else {})}
+    name = f"{model.name}-{label.replace(' ', '').replace(',', '-')}"
+    out, cfg_file = tmp / name, tmp / f"{name}.json"
+    cfg_file.write_text(json.dumps(cfg))
+    shutil.rmtree(out, ignore_errors=True)
+    worker = [str(REPO / "benchmarks" / "train_worker.py"), str(model), str(out), str(cfg_file),
+              *map(str, shape)]
+    launch = ([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", str(nproc)]
+              if nproc > 1 else [sys.executable])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "THINKRL_THREADS": str(torch.get_num_threads()),
+           "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // nproc))}
+    _quiet(60)
+    _process([*launch, *worker], tmp, env, tmp / name)
+    ranks = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(nproc)]
+    secs = ranks[0]["seconds"][1:] or ranks[0]["seconds"]
+    return {"label": label, "s_step": float(np.median(secs)), "rss": [r["peak_rss_gb"] for r in ranks],
+            "steps": ranks[0]["steps"]}
+
+
+def bench_scaleout(tmp: Path) -> str:
+    from thinkrl.training import TrainConfig
+
+    has_lora = "lora_r" in TrainConfig.__dataclass_fields__
+    models = [("tiny policy", policy_dir(tmp)[0], (12, 4, 24, 96), 3)]
+    smol = _smollm2()
+    if smol is not None:
+        models.append(("SmolLM2-135M", smol, (6, 4, 48, 128), 3))
+    lines = ["## Scale-out on this CPU: 1 process, DDP-2 and FSDP-2 (gloo), LoRA on and off", "",
+             f"{machine()}. Each run trains a few optimizer steps on synthetic rollouts (random token ids of fixed "
+             "lengths, random advantages: the same data for every row; `benchmarks/train_worker.py`), each a whole "
+             "process tree of its own; two ranks share the two cores (one thread each), one process uses both. "
+             "s/step is the median after the first step; peak RSS is per rank. On a GPU node each rank has its own "
+             "device, so compare the memory ratios here, not the speeds.", ""]
+    for title, model, shape, steps in models:
+        rows = [_scaleout_run(model, tmp, label, n, st, r, shape, steps) for label, n, st, r in SCALEOUT
+                if has_lora or not r]
+        base = rows[0]
+        prompts, group, pt, ct = shape
+        lines += [f"### {title}: {prompts} problems x {group} rollouts of {pt} + {ct} tokens, {steps} steps", "",
+                  "| run | s/step | vs 1 process | peak RSS per rank (GB) | vs 1 process |", "|---|---|---|---|---|"]
+        for r in rows:
+            rss = max(r["rss"])
+            lines.append(f"| {r['label']} | {r['s_step']:.2f} | {r['s_step'] / base['s_step']:.2f}x | "
+                         f"{' / '.join(f'{x:.2f}' for x in r['rss'])} | {rss / max(base['rss']):.0%} |")
+        lines.append("")
+    lines += ["Peak RSS includes torch, transformers and the process's own start-up (about 0.6 GB per process "
+              "before any model), which two ranks pay twice. The model state per rank, the part FSDP divides, is "
+              "the `scale` section's arithmetic.", "", "Command: `just bench scaleout`."]
     return "\n".join(lines)
 
 
@@ -1181,7 +1305,8 @@ SECTIONS = {"warmstart": bench_warmstart, "sampling": bench_sampling, "train": b
             "smollm2": bench_smollm2, "schemes": bench_schemes, "memory": bench_memory, "scale": bench_scale,
             "smollm2run": bench_smollm2run, "vllm": bench_vllm, "grading": bench_grading,
             "trl": bench_trl, "trlsmollm2": bench_trlsmollm2, "startup": bench_startup,
-            "optimizer": bench_optimizer, "kvcache": bench_kvcache}
+            "optimizer": bench_optimizer, "kvcache": bench_kvcache,
+            "scaleout": bench_scaleout}
 OPT_IN = {"schemes", "smollm2run", "trl", "trlsmollm2"}  # long: run only when named
 
 
