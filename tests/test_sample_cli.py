@@ -1,4 +1,4 @@
-"""The sample and eval stages through the real CLI: determinism, shards merged into one artifact, kill -9 and resume, eval scores."""
+"""The sample and eval stages through the real CLI: determinism, shards merged, kill -9 and resume, eval scores."""
 
 from __future__ import annotations
 
