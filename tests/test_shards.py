@@ -65,11 +65,13 @@ def run_stage(root: Path, stage: str, out: Path, shard: tuple[int, int] = (0, 1)
     if stage == "judge":
         from thinkrl.judge.judging import JudgeConfig, run_judge_stage
 
-        return run_judge_stage(one / "sample", out, JudgeConfig(judge="rule", part_size=3, shard=shard, **changes))
+        return run_judge_stage(one / "sample", out, JudgeConfig(**{"judge": "rule", "part_size": 3, "shard": shard,
+                                                                   **changes}))
     if stage == "segment":
         from thinkrl.segment import SegmentConfig, run_segment_stage
 
-        return run_segment_stage(one / "sample", one / "judge", out, SegmentConfig(part_size=2, shard=shard, **changes))
+        return run_segment_stage(one / "sample", one / "judge", out,
+                                 SegmentConfig(**{"part_size": 2, "shard": shard, **changes}))
     from thinkrl.evaluate import EvalConfig, run_eval_stage
     from thinkrl.problems import problem_sets
 
@@ -78,7 +80,7 @@ def run_stage(root: Path, stage: str, out: Path, shard: tuple[int, int] = (0, 1)
 
 
 def assert_same_as_one_process(root: Path, stage: str, out: Path, one: Path | None = None,
-                               resumed: bool = False) -> None:
+                               resumed: bool = False, shards: int = 2) -> None:
     """The merged artifact holds the 1-process run's tables byte for byte (the fixture's, or `one`), and its
     config, key and metrics (resumed: but the figures of what the last runs did, e.g. new tokens)."""
     one = one or root / "one" / stage
@@ -87,7 +89,7 @@ def assert_same_as_one_process(root: Path, stage: str, out: Path, one: Path | No
     m, m1 = read_manifest(out), read_manifest(one)
     assert (m["config"], m["key"]) == (m1["config"], m1["key"])
     strip = lambda d: {k: v for k, v in d.items() if k not in TIMING | (RUN if resumed else set())}  # noqa: E731
-    assert strip(m["metrics"]) == strip(m1["metrics"]) and m["metrics"]["shards"] == 2
+    assert strip(m["metrics"]) == strip(m1["metrics"]) and m["metrics"].get("shards", 1) == shards
     assert not (out / PARTS).exists()
 
 
@@ -234,6 +236,15 @@ def test_merge_happens_once_when_shards_finish_together(base, tmp_path, monkeypa
         t.join()
     assert len(calls) == 1 and sorted(r.skipped for r in results) == [False, True]
     assert_same_as_one_process(base, "segment", out)
+
+
+@pytest.mark.parametrize("stage", ["judge", "segment"])
+def test_judge_and_segment_tables_and_metrics_do_not_depend_on_the_part_size(base, tmp_path, stage):
+    """Their parts cut the rows, not the work (sample and eval: a part is one engine batch, in the key): one
+    part of everything gives the fixture's tables and metrics (so a merge that lost some parts' figures shows)."""
+    out = tmp_path / "out"
+    run_stage(base, stage, out, part_size=1000)
+    assert_same_as_one_process(base, stage, out, shards=1)
 
 
 def test_one_process_resumes_the_parts_of_shards(base, tmp_path):
