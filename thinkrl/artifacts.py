@@ -17,6 +17,12 @@ Writing (`ArtifactWriter`):
             w.write_part("rollouts", part, rows)
     w.finish(metrics={...})                     # parts -> rollouts/part-00000.parquet, then _manifest.json
 
+Part files live in OUT/_parts/<table>/<part>.parquet (concatenated in name order by `finish`), beside the key
+they belong to (`_parts/key`: the parts key, the key plus the `layout` of parts when that is not in the key, e.g.
+the judge's part size). A part may carry figures its rows do not tell (`write_part(..., stats=)`, read back by
+`part_stats`). Parts of another key are stale and removed, except those of a sharded job with a finished shard
+(`_parts/_shards/`, thinkrl.shards), which are refused instead: its other shards may still be running.
+
 Reading (`read_table`) never trusts a file because thinkrl wrote it. It checks the manifest, the file's
 sha256 against it (a table changed after its manifest is refused), the schema name and version, every column
 and its type, that no two rows share the key, that float values are finite, string columns with a fixed
