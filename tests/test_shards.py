@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import cli_env
+from conftest import cli_command, cli_env
 
 from thinkrl.artifacts import MANIFEST, PARTS, read_manifest, table_file, write_artifact
 from thinkrl.errors import ThinkrlError
@@ -133,7 +133,8 @@ def test_cli_shards_wait_merge_and_merge_refuses_a_missing_shard(base, tmp_path,
     assert rc == 0 and "already merged" in err
 
 
-@pytest.mark.parametrize("stage, after", [("judge", 1), ("segment", 3), pytest.param("sample", 1, marks=pytest.mark.slow),
+@pytest.mark.parametrize("stage, after", [("segment", 3), pytest.param("judge", 1, marks=pytest.mark.slow),
+                                          pytest.param("sample", 1, marks=pytest.mark.slow),
                                           pytest.param("eval", 1, marks=pytest.mark.slow)])
 def test_shard_killed_with_kill_9_and_rerun_resumes_and_merges_the_same(base, tmp_path, run_cli, stage, after):
     """Shard 0 is SIGKILLed right after its `after`-th part file (segment: 3 = one whole part and half of the next,
@@ -203,12 +204,25 @@ def test_merge_refuses_no_parts_mixed_n_another_config_and_a_missing_part(base, 
     with pytest.raises(ThinkrlError, match=r"do not cover the input once \(missing \['000003'\]"):
         merge(out)
     f.write_text(good)
+    rc, _, err = run_cli(["merge", out])  # all good again: merged by hand, as the last shard would have
+    assert rc == 0 and "merged 2 shards of `segment`" in err, err
+    assert_same_as_one_process(base, "segment", out)
     # a directory whose shards all died before their markers
     out = tmp_path / "killed"
     (out / PARTS).mkdir(parents=True)
     (out / PARTS / "key").write_text("k\n")
     rc, _, err = run_cli(["merge", out])
     assert rc == 2 and "no shard has finished" in err
+
+
+def test_cli_shards_started_together_merge_once(base, tmp_path):
+    out = tmp_path / "out"
+    procs = [subprocess.Popen(cli_command(args_of(base, "segment", out, f"{k}/2")), env=cli_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert sum("waiting for shards" in e for e in errs) <= 1  # the other one merged (or both found it merged)
+    assert_same_as_one_process(base, "segment", out)
 
 
 def test_merge_happens_once_when_shards_finish_together(base, tmp_path, monkeypatch):
