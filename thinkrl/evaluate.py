@@ -28,9 +28,9 @@ import polars as pl
 
 from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.engine.base import Engine
-from thinkrl.sampling import GenerationSettings, SampleConfig, part_names, sample_in_parts
+from thinkrl.sampling import GenerationSettings, SampleConfig, sample_in_parts
 from thinkrl.settings import check_settings, project, same_as, setting
-from thinkrl.shards import Plan, ShardSettings, complete
+from thinkrl.shards import Plan, ShardSettings, complete, cuts, part_names
 
 
 @dataclass(frozen=True)
@@ -125,10 +125,7 @@ def run_eval_stage(benchmarks: Mapping[str, pl.DataFrame], policy: Path, out: Pa
         return finished(writer)
     plan = eval_plan(benchmarks, cfg)
     if start:  # this shard's sequences
-        mine = set(plan.mine)
-        start(sum(min(cfg.part_size, df.height - i * cfg.part_size)
-                  for b, df in benchmarks.items() for i, p in enumerate(part_names(df.height, cfg.part_size, f"{b}-"))
-                  if p in mine) * cfg.k)
+        start(plan.share([size for df in benchmarks.values() for _, size in cuts(df.height, cfg.part_size)]) * cfg.k)
     eng = load() if load else load_engine(cfg.engine, policy, **engine_options(cfg))
     return evaluate_shard(benchmarks, eng, cfg, writer, policy=str(policy), progress=progress)
 

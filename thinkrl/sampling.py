@@ -30,7 +30,7 @@ from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.engine.base import Engine, SamplingParams
 from thinkrl.grading import grade_many
 from thinkrl.settings import check_settings, same_as, setting
-from thinkrl.shards import Plan, ShardSettings, complete, cuts, sum_runs
+from thinkrl.shards import Plan, ShardSettings, complete, cuts, part_names, sum_runs
 from thinkrl.templates import encode_prompt, render
 
 
@@ -182,15 +182,9 @@ def run_sample_stage(problems: Path, policy: Path, out: Path, cfg: SampleConfig,
     probs = probs if cfg.limit is None else probs.head(cfg.limit)
     plan = Plan(tuple(part_names(probs.height, cfg.part_size)), cfg.shard)
     if start:  # this shard's sequences
-        start(sum(size for p, (_, size) in zip(plan.parts, cuts(probs.height, cfg.part_size), strict=True)
-                  if p in set(plan.mine)) * cfg.n)
+        start(plan.share([size for _, size in cuts(probs.height, cfg.part_size)]) * cfg.n)
     eng = load() if load else load_engine(cfg.engine, policy, **engine_options(cfg))
     return sample_shard(probs, eng, cfg, writer, policy=str(policy), template=cfg.template, progress=progress)
-
-
-def part_names(total: int, part_size: int, prefix: str = "") -> list[str]:
-    """The part files `{prefix}{index:06d}` of `total` problems cut `part_size` at a time."""
-    return [f"{prefix}{i:06d}" for i in range(len(cuts(total, part_size)))]
 
 
 def sample_rollouts(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, writer: ArtifactWriter,

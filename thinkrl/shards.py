@@ -95,10 +95,20 @@ class Plan:
     def name(self) -> str:
         return f"{self.shard[0]}/{self.shard[1]}"
 
+    def share(self, sizes: Sequence[int]) -> int:
+        """The items in this shard's parts, given the items of every part (aligned with `parts`)."""
+        k, n = self.shard
+        return sum(size for i, size in enumerate(sizes) if i % n == k)
+
 
 def cuts(total: int, size: int) -> list[tuple[int, int]]:
     """(start, length) of the parts of `size` items over `total` items."""
     return [(s, min(size, total - s)) for s in range(0, total, size)]
+
+
+def part_names(total: int, size: int, prefix: str = "") -> list[str]:
+    """The part files `{prefix}{index:06d}` of `total` items cut `size` at a time."""
+    return [f"{prefix}{i:06d}" for i in range(len(cuts(total, size)))]
 
 
 def marker_name(k: int, n: int) -> str:

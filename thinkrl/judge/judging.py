@@ -40,7 +40,7 @@ from thinkrl.judge.protocol import UNKNOWN, Judge, JudgeRequest, Verdict
 from thinkrl.lineage import policy_of
 from thinkrl.sampling import SampleConfig
 from thinkrl.settings import check_settings, same_as, setting
-from thinkrl.shards import Plan, ShardSettings, complete, cuts, sum_runs
+from thinkrl.shards import Plan, ShardSettings, complete, cuts, part_names, sum_runs
 from thinkrl.steps import (
     JUDGE_SPLITTER,
     check_splitter,
@@ -196,7 +196,7 @@ def judge_shard(rollouts: pl.DataFrame, judge: Judge, tokenizer, writer: Artifac
     stats = Counter()
     reasons: Counter = Counter()
     failed_now: Counter = Counter()  # cause -> rollouts whose request failed for good in this run
-    plan = Plan(tuple(f"{i:06d}" for i in range(len(cuts(rollouts.height, part_size)))), shard)
+    plan = Plan(tuple(part_names(rollouts.height, part_size)), shard)
     mine = set(plan.mine)
     for part, (start, size) in zip(plan.parts, cuts(rollouts.height, part_size), strict=True):
         if part not in mine:
@@ -321,8 +321,7 @@ def run_judge_stage(rollouts: Path, out: Path, cfg: JudgeConfig = JudgeConfig(),
                        extra_body=extra_body_of(cfg.extra_body))
         tok = load_tokenizer(tok_path, hint="; pass --tokenizer DIR")
         if start:  # this shard's rollouts
-            k, n = cfg.shard
-            start(sum(size for i, (_, size) in enumerate(cuts(df.height, cfg.part_size)) if i % n == k))
+            start(Plan((), cfg.shard).share([size for _, size in cuts(df.height, cfg.part_size)]))
         return judge_shard(df, j, tok, writer, splitter=cfg.splitter, part_size=cfg.part_size, progress=progress,
                            allow_failed=cfg.allow_failed, shard=cfg.shard, max_unknown=cfg.max_unknown)
     check_fallbacks(result.metrics, cfg.max_unknown, out)  # (a finished artifact is checked against this run's)
