@@ -28,6 +28,7 @@ from stages import eval as eval_stage  # noqa: E402
 from stages import inspect as inspect_stage  # noqa: E402
 from stages import judge as judge_stage  # noqa: E402
 from stages import judge_eval as judge_eval_stage  # noqa: E402
+from stages import merge as merge_stage  # noqa: E402
 from stages import model as model_stage  # noqa: E402
 from stages import report as report_stage  # noqa: E402
 from stages import run as run_stage  # noqa: E402
@@ -53,6 +54,7 @@ def register(app: typer.Typer) -> None:
     app.command("segment")(guard(segment_stage.segment))
     app.command("train")(guard(train_stage.train))
     app.command("eval")(guard(eval_stage.eval_cmd))
+    app.command("merge")(guard(merge_stage.merge))
     app.command("inspect")(guard(inspect_stage.inspect))
     app.command("report")(guard(report_stage.report))
     app.add_typer(data_stage.app, name="data", help="List and prepare benchmark and task problem sets.")

@@ -1,6 +1,7 @@
 """`thinkrl eval`: k samples per problem on benchmarks; avg@k, pass@k, maj@k, mean tokens.
 
     thinkrl eval --policy runs/tiny --bench aime24,math500,arith -k 16 --temperature 0.6 --top-p 0.95 --out runs/e
+    thinkrl eval ... --shard 0/8        # parts i % 8 == 0 of all benchmarks into the same --out; the last merges
 
 The template and every sampling setting are recorded in the manifest. Parts resume after a kill. Every option
 is an EvalConfig field (thinkrl.evaluate), where its default and help text are defined.
@@ -38,6 +39,8 @@ def eval_cmd(
         r = run_eval_stage(benchmarks, policy, out, cfg, force, start=bar.start, progress=bar.update)
     if r.skipped:
         skipped(out)
+    if r.pending:
+        return console.print(r.pending)
     summary = read_table(out, "eval_summary")
     tmpl = read_manifest(out)["config"]["template"]
     k = cfg.k

@@ -3,6 +3,7 @@
     thinkrl judge --rollouts runs/r --judge rule --out runs/j
     thinkrl judge --rollouts runs/r --judge hf:runs/judge-model --out runs/j
     thinkrl judge --rollouts runs/r --judge openai:http://127.0.0.1:8000 --judge-model Qwen3-32B --out runs/j
+    thinkrl judge ... --shard 1/4       # this process judges parts i % 4 == 1 into the same --out; the last merges
 
 One judge call per rollout. A request that fails for good (server down, timeouts, HTTP errors, a reply
 that is no full verdict after --parse-retries) leaves the artifact unfinished, exit 3: rerun the same
@@ -40,6 +41,8 @@ def judge(
                             progress=lambda k: bar.advance(task, k))
     if r.skipped:
         return skipped(out)
+    if r.pending:
+        return console.print(r.pending)
     metrics = r.metrics
     mix = ", ".join(f"{k[6:]} {v:.2f}" for k, v in metrics.items() if k.startswith("label_"))
     console.print(f"{out}: {metrics['steps']} steps of {metrics['rollouts']} rollouts ({mix}); "

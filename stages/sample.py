@@ -1,10 +1,12 @@
 """`thinkrl sample`: G completions per problem from a policy, graded, as a rollouts artifact.
 
     thinkrl sample --policy runs/tiny --problems runs/p -n 8 --temperature 1.0 --max-tokens 256 --out runs/r
-    thinkrl sample ... --shard 0/4      # this process takes problems i % 4 == 0
+    thinkrl sample ... --shard 0/4      # this process samples parts i % 4 == 0 into the same --out
 
-A killed run resumes from its finished part files; same seed -> byte-identical rollouts.parquet. Every option
-is a SampleConfig field (thinkrl.sampling), where its default and help text are defined.
+A killed run resumes from its finished part files; same seed -> byte-identical rollouts.parquet. With --shard
+k/n, n processes (or nodes on a shared filesystem) run the same command into one --out; the last to finish
+merges their parts into the artifact a single process writes (thinkrl.shards; `thinkrl merge OUT` by hand).
+Every option is a SampleConfig field (thinkrl.sampling), where its default and help text are defined.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def sample(
         r = run_sample_stage(problems, policy, out, cfg, force, start=bar.start, progress=bar.update)
     if r.skipped:
         return skipped(out)
+    if r.pending:
+        return console.print(r.pending)
     metrics = r.metrics
     console.print(f"{out}: {metrics['rollouts']} rollouts, accuracy {metrics['accuracy']:.3f}, "
                   f"mean tokens {metrics['mean_tokens']:.1f}, truncated {metrics['truncation_rate']:.3f}, "

@@ -2,6 +2,7 @@
 
     thinkrl segment --rollouts runs/r --judgments runs/j --scheme thought --alpha 1.0 --out runs/t
     thinkrl segment --rollouts runs/r --scheme outcome --out runs/t          # plain GRPO, no judge
+    thinkrl segment ... --shard 0/2     # groups' parts i % 2 == 0 into the same --out; the last shard merges
 
 No model is loaded here: `thinkrl train` recomputes the behaviour log-probs itself, with its own model,
 dtype and micro-batches (the sampler's own are kept in the table for `thinkrl train --no-recompute-logprobs`;
@@ -32,6 +33,8 @@ def segment(
         r = run_segment_stage(rollouts, judgments, out, cfg, force)
     if r.skipped:
         return skipped(out)
+    if r.pending:
+        return console.print(r.pending)
     m = r.metrics
     console.print(f"{out}: {m['kept_rollouts']}/{m['rollouts']} rollouts kept ({m['dropped_rollouts']} all-zero dropped), "
                   f"{m['error_thoughts']} error thoughts ({m['flipped_error_thoughts']} flipped), "

@@ -1,4 +1,4 @@
-"""The sample and eval stages through the real CLI: determinism, kill -9 and resume, eval scores."""
+"""The sample and eval stages through the real CLI: determinism, shards merged, kill -9 and resume, eval scores."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import polars as pl
 import pytest
 import torch
 from conftest import cli_command, cli_env
@@ -36,7 +35,7 @@ def sample_args(root: Path, policy: Path, out: Path, *extra: str) -> list[str]:
             "--max-tokens", "40", "--part-size", "1", "--seed", "7", "--out", str(out), *extra]
 
 
-def test_same_seed_byte_identical_and_shards_partition(setup, run_cli):
+def test_same_seed_byte_identical_and_shards_merge_into_it(setup, run_cli):
     root, policy = setup
     for name in ("a", "b"):
         rc, _, err = run_cli(sample_args(root, policy, root / name))
@@ -48,14 +47,14 @@ def test_same_seed_byte_identical_and_shards_partition(setup, run_cli):
     assert {"accuracy", "mean_tokens", "truncation_rate"} <= set(m["metrics"])
     if not torch.cuda.is_available():  # auto resolved before the key: what the engine really ran on
         assert (m["config"]["device"], m["config"]["dtype"]) == ("cpu", "float32")
-    # shards split the problems and give the very same rows as the unsharded run
-    parts = []
+    # two shards into one --out: the last merges into the unsharded run's very file, under the same key
     for k in range(2):
-        rc, _, err = run_cli(sample_args(root, policy, root / f"shard{k}", "--shard", f"{k}/2"))
+        rc, _, err = run_cli(sample_args(root, policy, root / "sharded", "--shard", f"{k}/2"))
         assert rc == 0, err
-        parts.append(read_table(root / f"shard{k}", "rollouts"))
-    both = pl.concat(parts).sort("rollout_id")
-    assert both.drop("completion_ids").equals(df.sort("rollout_id").drop("completion_ids"))
+    assert "waiting" not in err and (root / "sharded" / table_file("rollouts")).read_bytes() == (
+        root / "a" / table_file("rollouts")).read_bytes()
+    ms = json.loads((root / "sharded/_manifest.json").read_text())
+    assert (ms["key"], ms["config"], ms["metrics"]["shards"]) == (m["key"], m["config"], 2)
     # rerun: up to date, skipped; the same device and dtype named explicitly have the same key
     rc, _, err = run_cli(sample_args(root, policy, root / "a"))
     assert rc == 0 and "up to date" in err

@@ -17,6 +17,12 @@ Writing (`ArtifactWriter`):
             w.write_part("rollouts", part, rows)
     w.finish(metrics={...})                     # parts -> rollouts/part-00000.parquet, then _manifest.json
 
+Part files live in OUT/_parts/<table>/<part>.parquet (concatenated in name order by `finish`), beside the key
+they belong to (`_parts/key`: the parts key, the key plus the `layout` of parts when that is not in the key, e.g.
+the judge's part size). A part may carry figures its rows do not tell (`write_part(..., stats=)`, read back by
+`part_stats`). Parts of another key are stale and removed, except those of a sharded job with a finished shard
+(`_parts/_shards/`, thinkrl.shards), which are refused instead: its other shards may still be running.
+
 Reading (`read_table`) never trusts a file because thinkrl wrote it. It checks the manifest, the file's
 sha256 against it (a table changed after its manifest is refused), the schema name and version, every column
 and its type, that no two rows share the key, that float values are finite, string columns with a fixed
@@ -50,6 +56,7 @@ from thinkrl.judge.protocol import LABELS as JUDGE_LABELS
 MANIFEST = "_manifest.json"
 LEGACY_MANIFEST = "manifest.json"  # layout 1: `<table>.parquet` files beside `manifest.json`
 PARTS = "_parts"
+SHARD_MARKERS = "_shards"  # _parts/_shards/: the markers of finished shards (thinkrl.shards)
 TABLE_FILE = "part-00000.parquet"
 
 
@@ -345,6 +352,7 @@ class StageResult:
     out: Path
     skipped: bool
     metrics: dict
+    pending: str | None = None  # a shard that finished its parts while others have not: whom it waits for
 
 
 def finished(writer: ArtifactWriter) -> StageResult:
@@ -623,17 +631,37 @@ class ArtifactWriter:
     """
 
     def __init__(self, out_dir: str | Path, stage: str, config: Mapping[str, Any],
-                 inputs: Mapping[str, str | Path] | None = None):
+                 inputs: Mapping[str, str | Path] | None = None, layout: Mapping[str, Any] | None = None):
         self.out = Path(out_dir)
         if self.out.exists() and not self.out.is_dir():
             raise ThinkrlError(f"{self.out}: is a file; the output of a stage is a directory (--out)")
         self.stage = stage
         self.config = json.loads(json.dumps(dict(config), default=str))  # resolved, JSON-safe
         self.inputs = {k: _input_record(self.out, v) for k, v in (inputs or {}).items()}
-        self.key = sha256_json({"stage": stage, "config": self.config,
+        self._keys(layout)
+
+    def _keys(self, layout: Mapping[str, Any] | None) -> None:
+        self.key = sha256_json({"stage": self.stage, "config": self.config,
                                 "inputs": {k: v["sha256"] for k, v in self.inputs.items()}})
+        # the parts' key: the key, and how the input is cut into parts when that is no part of the key (a part
+        # file of another part size is another part)
+        self.layout = json.loads(json.dumps(dict(layout or {}), default=str))
+        self.parts_key = sha256_json({"key": self.key, "layout": self.layout}) if self.layout else self.key
         self._tables: dict[str, pl.DataFrame] = {}
         self._parts_checked = False
+
+    def record(self) -> dict:
+        """What `recorded` needs to make this writer again (a shard's marker holds it, for `thinkrl merge`)."""
+        return {"stage": self.stage, "config": self.config, "inputs": self.inputs, "layout": self.layout}
+
+    @classmethod
+    def recorded(cls, out_dir: str | Path, record: Mapping[str, Any]) -> ArtifactWriter:
+        """The writer of `record()`, its inputs as recorded then (not hashed again)."""
+        self = cls.__new__(cls)
+        self.out, self.stage = Path(out_dir), record["stage"]
+        self.config, self.inputs = dict(record["config"]), dict(record["inputs"])
+        self._keys(record.get("layout"))
+        return self
 
     # -- skip / resume
     def up_to_date(self) -> bool:
@@ -656,15 +684,40 @@ class ArtifactWriter:
             return False
         return True
 
+    def _open_parts(self) -> None:
+        """Make OUT/_parts ours: keep it when it holds parts of our parts key, discard parts of another key,
+        unless they are a sharded job's (a shard has finished there): those are refused, not removed. The
+        directory is made with its key file and renamed into place, so a shard starting beside another never
+        sees one without a key."""
+        root = self.out / PARTS
+        for _ in range(5):
+            state = root / "key"
+            if root.is_dir():
+                have = state.read_text().strip() if state.is_file() else None
+                if have == self.parts_key:
+                    return
+                done = sorted(f.name for f in (root / SHARD_MARKERS).glob("shard-*.json"))
+                if have is not None and done:
+                    raise ThinkrlError(f"{root}: holds the parts of a sharded run of another config or inputs "
+                                       f"({len(done)} shard(s) finished: {', '.join(done[:3])}); every shard of one "
+                                       f"job needs the same settings and inputs: finish that job (same settings), "
+                                       f"or remove {root} to start over, or use another --out")
+                shutil.rmtree(root, ignore_errors=True)  # parts of another config or inputs: stale
+            self.out.mkdir(parents=True, exist_ok=True)
+            tmp = self.out / f".{PARTS}.new-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            write_text_atomic(self.parts_key + "\n", tmp / "key")
+            try:
+                os.rename(tmp, root)  # fails when another process made it first: look again
+                return
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        raise ThinkrlError(f"{root}: could not be made (other processes keep replacing it)")
+
     def _parts_dir(self, table: str) -> Path:
         if not self._parts_checked:
-            root = self.out / PARTS
-            state = root / "key"
-            if root.exists() and (not state.is_file() or state.read_text().strip() != self.key):
-                shutil.rmtree(root)  # parts of another config or inputs: stale
-            root.mkdir(parents=True, exist_ok=True)
-            if not state.is_file():
-                write_text_atomic(self.key + "\n", state)
+            self._open_parts()
             self._parts_checked = True
         d = self.out / PARTS / table
         version, mark = str(SCHEMAS[table].version), d / "_schema_version"
@@ -678,10 +731,26 @@ class ArtifactWriter:
     def part_done(self, table: str, part: str) -> bool:
         return (self._parts_dir(table) / f"{part}.parquet").is_file()
 
-    def write_part(self, table: str, part: str, rows: pl.DataFrame | Sequence[Mapping[str, Any]]) -> None:
-        """Write one part of a table (tmp + rename). Parts are concatenated in name order by `finish`."""
+    def write_part(self, table: str, part: str, rows: pl.DataFrame | Sequence[Mapping[str, Any]],
+                   stats: Mapping[str, Any] | None = None) -> None:
+        """Write one part of a table (tmp + rename). Parts are concatenated in name order by `finish`. `stats`:
+        figures of the part that its rows do not tell (read back by `part_stats`), written before the rows."""
         df = validate_frame(to_frame(rows, SCHEMAS[table]), SCHEMAS[table], f"{self.out}:{table}/{part}", allow_empty=True)
-        _write_parquet_atomic(df, self._parts_dir(table) / f"{part}.parquet")
+        d = self._parts_dir(table)
+        if stats is not None:
+            write_text_atomic(json.dumps(dict(stats), sort_keys=True) + "\n", d / f"{part}.stats.json")
+        _write_parquet_atomic(df, d / f"{part}.parquet")
+
+    def part_stats(self, table: str) -> list[dict]:
+        """The `stats` of every finished part of a table, in part order."""
+        d = self._parts_dir(table)
+        out = []
+        for f in sorted(d.glob("*.parquet")):
+            s = f.with_name(f.name[:-len(".parquet")] + ".stats.json")
+            if not s.is_file():
+                raise ThinkrlError(f"{s}: missing (the part {f.name} has no figures); remove the part and rerun")
+            out.append(json.loads(s.read_text(encoding="utf-8")))
+        return out
 
     def read_part(self, table: str, part: str) -> pl.DataFrame:
         """One finished part of a table."""
@@ -706,7 +775,8 @@ class ArtifactWriter:
         names += [t for t in self._tables if t not in names]
         parts_root = self.out / PARTS
         if parts_root.is_dir():
-            names += [d.name for d in sorted(parts_root.iterdir()) if d.is_dir() and d.name not in names]
+            names += [d.name for d in sorted(parts_root.iterdir())
+                      if d.is_dir() and d.name in SCHEMAS and d.name not in names]  # not _shards/
         if not names:
             raise ValueError("finish() called with no tables")
         staged: dict[str, tuple[Path, pl.DataFrame]] = {}

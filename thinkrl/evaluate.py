@@ -10,6 +10,10 @@ Scores (the paper's protocol: avg@16 pass@1 at temperature 0.6, top-p 0.95):
   seen first) is correct. Samples with no answer do not vote.
 Each eval_samples row carries the prompt the policy saw (after the template) and the gold answer beside the
 completion, so a sample can be read, or graded again, from the artifact alone.
+
+Sharding (`--shard k/n`, thinkrl.shards): the parts of every benchmark, listed benchmark after benchmark, are
+numbered over the whole list; shard k samples parts i % n == k into the same --out, and the last to finish
+scores the merged samples (eval_summary from the whole table, as one process does).
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from pathlib import Path
 
 import polars as pl
 
-from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_manifest
+from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.engine.base import Engine
 from thinkrl.sampling import GenerationSettings, SampleConfig, sample_in_parts
 from thinkrl.settings import check_settings, project, same_as, setting
+from thinkrl.shards import Plan, ShardSettings, complete, cuts, part_names
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class EvalConfig(GenerationSettings):
     limit: int | None = setting(None, "problems per benchmark: the first N (a generated task: N generated; "
                                       "default: all, arith 200)", ge=1)
     seed: int = same_as(SampleConfig, "seed")
+    shard: tuple[int, int] = same_as(ShardSettings, "shard")
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -117,17 +123,32 @@ def run_eval_stage(benchmarks: Mapping[str, pl.DataFrame], policy: Path, out: Pa
     writer = ArtifactWriter(out, "eval", eval_stage_config(cfg, benchmarks, policy), inputs={"policy": policy})
     if writer.up_to_date() and not force:
         return finished(writer)
-    if start:
-        start(sum(df.height for df in benchmarks.values()) * cfg.k)
+    plan = eval_plan(benchmarks, cfg)
+    if start:  # this shard's sequences
+        start(plan.share([size for df in benchmarks.values() for _, size in cuts(df.height, cfg.part_size)]) * cfg.k)
     eng = load() if load else load_engine(cfg.engine, policy, **engine_options(cfg))
-    evaluate(benchmarks, eng, cfg, writer, policy=str(policy), progress=progress)
-    return StageResult(out, False, read_manifest(out).get("metrics", {}))
+    return evaluate_shard(benchmarks, eng, cfg, writer, policy=str(policy), progress=progress)
+
+
+def eval_plan(benchmarks: Mapping[str, pl.DataFrame], cfg: EvalConfig) -> Plan:
+    """The parts `{benchmark}-{index:06d}` of every benchmark, benchmark after benchmark, and cfg's shard."""
+    return Plan(tuple(p for b, df in benchmarks.items() for p in part_names(df.height, cfg.part_size, f"{b}-")),
+                cfg.shard)
 
 
 def evaluate(benchmarks: Mapping[str, pl.DataFrame], engine: Engine, cfg: EvalConfig, writer: ArtifactWriter,
              policy: str, progress: Callable[[int, int], None] | None = None) -> pl.DataFrame:
-    """Sample cfg.k completions per problem of every benchmark (parts resume), write samples + summary."""
+    """Sample cfg.k completions per problem of every benchmark (parts resume), write samples + summary (one
+    process); the summary."""
+    evaluate_shard(benchmarks, engine, cfg, writer, policy, progress)
+    return read_table(writer.out, "eval_summary")
+
+
+def evaluate_shard(benchmarks: Mapping[str, pl.DataFrame], engine: Engine, cfg: EvalConfig, writer: ArtifactWriter,
+                   policy: str, progress: Callable[[int, int], None] | None = None) -> StageResult:
+    """Sample this shard's parts (all of them for 0/1) not yet written; the last shard scores and finishes."""
     scfg = cfg.sample_config()
+    plan = eval_plan(benchmarks, cfg)
     for bench, problems in benchmarks.items():
         def eval_rows(rows: list[dict], bench: str = bench) -> list[dict]:
             return [{"benchmark": bench, "problem_id": r["problem_id"], "sample_idx": r["sample_idx"],
@@ -136,11 +157,18 @@ def evaluate(benchmarks: Mapping[str, pl.DataFrame], engine: Engine, cfg: EvalCo
                      "finish_reason": r["finish_reason"]} for r in rows]
 
         sample_in_parts(problems, engine, scfg, cfg.template, policy, writer, "eval_samples", f"{bench}-", eval_rows,
-                        progress)
-    samples = writer.read_parts("eval_samples")
-    summary = summarise(samples, cfg.k)
+                        progress, only=set(plan.mine))
+    return complete(writer, plan, ["eval_samples"], {}, lambda w, runs: finish_eval(w, runs, k=cfg.k))
+
+
+def finish_eval(writer: ArtifactWriter, runs: list[dict], k: int | None = None) -> dict:
+    """The eval artifact from its sample parts: eval_summary and the metrics from the whole table (k: the
+    config's when not given)."""
+    summary = summarise(writer.read_parts("eval_samples"), k if k is not None else int(writer.config["k"]))
     writer.set_table("eval_summary", summary)
     metrics = {f"{r['benchmark']}/{m}": r[m] for r in summary.to_dicts()
                for m in ("avg_at_k", "pass_at_k", "maj_at_k", "mean_tokens")}
+    if len(runs) > 1:
+        metrics["shards"] = len(runs)
     writer.finish(metrics, tables=["eval_samples", "eval_summary"])
-    return summary
+    return metrics

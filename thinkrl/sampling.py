@@ -7,6 +7,11 @@ Problems are cut into parts of `part_size` problems, in artifact order; each par
 call to the engine and written as one part file, so a killed run resumes at the first missing part and
 produces the same rows as an uninterrupted run (same batch composition, same per-sample seeds).
 
+Sharding (`--shard k/n`, thinkrl.shards): shard k samples the parts i % n == k of the whole problem list (cut
+as one process cuts it) into the same --out; the last shard to finish merges them into the rollouts artifact,
+byte-identical to a 1-process run's. The shard is not in the key; the manifest's seconds and new_tokens are
+summed over the shards, tokens_per_s is their quotient (per process).
+
 Seeds: sample j of problem p in round r uses `derive_seed(seed, r, p, j)`, a hash of the four, so a
 rollout does not depend on sharding, part size or which other problems share its batch.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -23,9 +28,9 @@ import polars as pl
 
 from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.engine.base import Engine, SamplingParams
-from thinkrl.errors import ThinkrlError
 from thinkrl.grading import grade_many
 from thinkrl.settings import check_settings, same_as, setting
+from thinkrl.shards import Plan, ShardSettings, complete, cuts, part_names, sum_runs
 from thinkrl.templates import encode_prompt, render
 
 
@@ -33,17 +38,6 @@ def derive_seed(seed: int, round_: int, problem_id: str, sample_idx: int) -> int
     """A 63-bit seed from (base seed, round, problem, sample), stable across machines and runs."""
     digest = hashlib.sha256(f"{seed}/{round_}/{problem_id}/{sample_idx}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'k/n' -> (k, n) with 0 <= k < n."""
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ThinkrlError(f"--shard {text!r}: expected k/n, e.g. 0/4") from None
-    if not 0 <= k < n:
-        raise ThinkrlError(f"--shard {text!r}: need 0 <= k < n")
-    return k, n
 
 
 @dataclass(frozen=True)
@@ -75,7 +69,7 @@ class SampleConfig:
     enforce_eager: bool = setting(False, "vllm: no CUDA graphs (slower; quicker start, less memory)")
     seed: int = setting(0, "base seed; each sample's seed derives from (seed, round, problem, sample)", ge=0)
     round: int = setting(0, "training round recorded in the rows (that of the behaviour policy)")
-    shard: tuple[int, int] = setting((0, 1), "k/n: this process takes problems i % n == k", parse=parse_shard)
+    shard: tuple[int, int] = same_as(ShardSettings, "shard")
     limit: int | None = setting(None, "use only the first N problems", ge=1)
     part_size: int = setting(16, "problems per part file: resume granularity; it sets the batch make-up, so "
                                  "changing it resamples", ge=1)
@@ -98,11 +92,6 @@ class SampleConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def shard_problems(problems: pl.DataFrame, shard: tuple[int, int]) -> pl.DataFrame:
-    k, n = shard
-    return problems.with_row_index("_i").filter(pl.col("_i") % n == k).drop("_i")
 
 
 def sample_part(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, template: str, policy: str,
@@ -149,7 +138,8 @@ class GenerationSettings:
     part_size: int = same_as(SampleConfig, "part_size")
 
 
-NOT_IN_KEY = ("gpu_memory_utilization",)  # how much memory vLLM may take changes no token: no rerun for it
+# how much memory vLLM may take changes no token, nor does which shard samples which part: no rerun for them
+NOT_IN_KEY = ("gpu_memory_utilization", "shard")
 
 
 def sample_stage_config(cfg: SampleConfig, policy: str | Path) -> dict:
@@ -190,47 +180,62 @@ def run_sample_stage(problems: Path, policy: Path, out: Path, cfg: SampleConfig,
         return finished(writer)
     probs = read_table(problems, "problems")
     probs = probs if cfg.limit is None else probs.head(cfg.limit)
-    if start:
-        start(shard_problems(probs, cfg.shard).height * cfg.n)
+    plan = Plan(tuple(part_names(probs.height, cfg.part_size)), cfg.shard)
+    if start:  # this shard's sequences
+        start(plan.share([size for _, size in cuts(probs.height, cfg.part_size)]) * cfg.n)
     eng = load() if load else load_engine(cfg.engine, policy, **engine_options(cfg))
-    return StageResult(out, False, sample_rollouts(probs, eng, cfg, writer, policy=str(policy), template=cfg.template,
-                                                   progress=progress))
+    return sample_shard(probs, eng, cfg, writer, policy=str(policy), template=cfg.template, progress=progress)
 
 
 def sample_rollouts(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, writer: ArtifactWriter,
                     policy: str, template: str,
                     progress: Callable[[int, int], None] | None = None) -> dict:
-    """Sample every part not yet written, then finish the artifact.
+    """Sample every part not yet written, then finish the artifact (one process); its metrics."""
+    return sample_shard(problems, engine, cfg, writer, policy, template, progress).metrics
+
+
+def sample_shard(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, writer: ArtifactWriter,
+                 policy: str, template: str, progress: Callable[[int, int], None] | None = None) -> StageResult:
+    """Sample this shard's parts (all of them for 0/1) not yet written; the last shard finishes the artifact.
 
     progress(new_tokens, finished_sequences) is passed to the engine (and called for resumed parts)."""
-    mine = shard_problems(problems, cfg.shard)
-    if mine.height == 0:
-        raise ThinkrlError(f"shard {cfg.shard[0]}/{cfg.shard[1]} holds no problems ({problems.height} in all)")
+    plan = Plan(tuple(part_names(problems.height, cfg.part_size)), cfg.shard)
     t0 = time.perf_counter()
-    new_tokens = sample_in_parts(mine, engine, cfg, template, policy, writer, "rollouts", "", lambda rows: rows,
-                                 progress)
-    seconds = time.perf_counter() - t0
-    df = writer.read_parts("rollouts")
-    metrics = rollout_metrics(df)
-    metrics.update(seconds=round(seconds, 3), new_tokens=new_tokens,
-                   tokens_per_s=round(new_tokens / seconds, 2) if seconds > 0 else None)
+    new_tokens = sample_in_parts(problems, engine, cfg, template, policy, writer, "rollouts", "", lambda rows: rows,
+                                 progress, only=set(plan.mine))
+    run = {"seconds": round(time.perf_counter() - t0, 3), "new_tokens": new_tokens}
+    return complete(writer, plan, ["rollouts"], run, finish_sample)
+
+
+def finish_sample(writer: ArtifactWriter, runs: list[dict]) -> dict:
+    """The rollouts artifact from its parts: metrics of the whole table; seconds and new tokens summed over the
+    shards' runs (thinkrl.shards)."""
+    metrics = rollout_metrics(writer.read_parts("rollouts"))
+    t = sum_runs(runs, "seconds", "new_tokens")
+    metrics.update(seconds=round(t["seconds"], 3), new_tokens=int(t["new_tokens"]),
+                   tokens_per_s=round(t["new_tokens"] / t["seconds"], 2) if t["seconds"] > 0 else None)
+    if len(runs) > 1:
+        metrics["shards"] = len(runs)
     writer.finish(metrics)
     return metrics
 
 
 def sample_in_parts(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, template: str, policy: str,
                     writer: ArtifactWriter, table: str, prefix: str, to_rows: Callable[[list[dict]], list[dict]],
-                    progress: Callable[[int, int], None] | None = None) -> int:
+                    progress: Callable[[int, int], None] | None = None, only: Container[str] | None = None) -> int:
     """Sample `problems` cfg.part_size at a time into part files `{prefix}{index:06d}` of `table` (rows made
-    by to_rows from the rollout rows), skipping parts a killed run already wrote. Returns the new tokens."""
+    by to_rows from the rollout rows), skipping parts a killed run already wrote and, with `only`, the parts
+    not in it (another shard's). Returns the new tokens."""
     new_tokens = 0
-    for start in range(0, problems.height, cfg.part_size):
-        part = f"{prefix}{start // cfg.part_size:06d}"
+    for part, (start, size) in zip(part_names(problems.height, cfg.part_size, prefix),
+                                   cuts(problems.height, cfg.part_size), strict=True):
+        if only is not None and part not in only:
+            continue
         if writer.part_done(table, part):
             if progress:
-                progress(0, min(cfg.part_size, problems.height - start) * cfg.n)
+                progress(0, size * cfg.n)
             continue
-        rows = sample_part(problems.slice(start, cfg.part_size), engine, cfg, template, policy, progress)
+        rows = sample_part(problems.slice(start, size), engine, cfg, template, policy, progress)
         writer.write_part(table, part, to_rows(rows))
         new_tokens += sum(len(r["completion_ids"]) for r in rows)
     return new_tokens

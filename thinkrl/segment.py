@@ -29,6 +29,13 @@ dropped (the paper keeps only non-zero process rewards).
 Metrics: share of completion tokens in incorrect thoughts (of correct rollouts), count of error thoughts
 whose advantage flipped sign against the outcome advantage (negative inside a correct rollout), dropped
 rollouts, unknown-label fallbacks, no-answer rollouts.
+
+Parts: the groups, in order of first appearance, are cut `part_size` at a time; each part's thoughts and
+advantages rows are one part file of each table, its counters a part's stats, so a killed run resumes and the
+tables (parts concatenated in order) are the same whatever the part size. Sharding (`--shard k/n`,
+thinkrl.shards): shard k segments parts i % n == k into the same --out (every shard reads the whole rollouts
+and judgments: a group's advantages depend on its group alone); the last merges, the metrics summed over the
+parts' stats.
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ from thinkrl.artifacts import (
 )
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import INCORRECT, UNKNOWN
-from thinkrl.settings import check_settings, setting
+from thinkrl.settings import check_settings, same_as, setting
+from thinkrl.shards import Plan, ShardSettings, complete, cuts, part_names
 from thinkrl.thoughts import SCHEMES, AnswerStart, RolloutInput, no_answer, scheme_named, step_labels
 
 
@@ -118,6 +126,9 @@ class SegmentConfig:
     scheme: str = setting("thought", f"reward scheme: {', '.join(SCHEMES)} (outcome = GRPO, thought = TP-GRPO)")
     alpha: float = setting(1.0, "penalty scale of incorrect thoughts: alpha*acc (alpha for thought-static)",
                            ge=0)
+    part_size: int = setting(1024, "groups (problem, round) per part file: resume and shard granularity (the "
+                                   "tables do not depend on it)", ge=1)
+    shard: tuple[int, int] = same_as(ShardSettings, "shard")
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -139,18 +150,30 @@ def run_segment_stage(rollouts: Path, judgments: Path | None, out: Path, cfg: Se
     `start()` is called when work begins (not when the artifact is up to date)."""
     config, inputs = segment_key(rollouts, judgments, cfg)
     scheme, alpha = cfg.scheme, cfg.alpha
-    writer = ArtifactWriter(out, "segment", config, inputs=inputs)
+    writer = ArtifactWriter(out, "segment", config, inputs=inputs, layout={"part_size": cfg.part_size})
     if writer.up_to_date() and not force:
         return finished(writer)
     if start:
         start()
     ro = read_table(rollouts, "rollouts")
     jd = read_table(judgments, "judgments", allow_empty=True) if "judgments" in inputs else None
-    return StageResult(out, False, segment(ro, jd, scheme, alpha, writer, rollouts_sampling(rollouts)))
+    return segment_shard(ro, jd, scheme, alpha, writer, rollouts_sampling(rollouts), cfg.part_size, cfg.shard)
+
+
+COUNTERS = ("kept_rollouts", "dropped_rollouts", "unknown_fallbacks", "no_answer_rollouts", "flipped_error_thoughts",
+            "error_thoughts", "incorrect_thought_tokens", "tokens")  # a part's stats, summed by finish_segment
 
 
 def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str, alpha: float,
-            writer: ArtifactWriter, sampling: Sampling) -> dict:
+            writer: ArtifactWriter, sampling: Sampling, part_size: int = SegmentConfig.part_size) -> dict:
+    """Thoughts and advantages of every group (parts resume), the artifact finished (one process); its metrics."""
+    return segment_shard(rollouts, judgments, scheme, alpha, writer, sampling, part_size).metrics
+
+
+def segment_shard(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str, alpha: float,
+                  writer: ArtifactWriter, sampling: Sampling, part_size: int = SegmentConfig.part_size,
+                  shard: tuple[int, int] = (0, 1)) -> StageResult:
+    """Segment this shard's parts of groups (all of them for 0/1) not yet written; the last shard finishes."""
     labels_used = scheme_named(scheme).uses_judgments
     if judgments is None:
         if labels_used:
@@ -163,11 +186,29 @@ def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str,
                            f"rollouts (e.g. {stray['rollout_id'][0]!r}): were they judged from another rollouts artifact?")
     inputs = rollout_inputs(rollouts, judgments)
     rows = {r["rollout_id"]: r for r in rollouts.iter_rows(named=True)}
+    groups = [g["rollout_id"].to_list() for _, g in rollouts.group_by(["problem_id", "round"], maintain_order=True)]
+    plan = Plan(tuple(part_names(len(groups), part_size)), shard)
+    mine = set(plan.mine)
+    for part, (start, size) in zip(plan.parts, cuts(len(groups), part_size), strict=True):
+        if part not in mine or (writer.part_done("advantages", part) and writer.part_done("thoughts", part)):
+            continue
+        thoughts, advs, m = segment_groups(groups[start:start + size], inputs, rows, scheme, alpha, sampling)
+        writer.write_part("advantages", part, advs)
+        writer.write_part("thoughts", part, thoughts, stats=m)  # last: a part is done when its thoughts are there
+    run = {"rollouts": rollouts.height, "unknown_steps": int((judgments["label"] == UNKNOWN).sum()),
+           "scheme": scheme, "alpha": alpha, "temperature": sampling.temperature, "max_tokens": sampling.max_tokens,
+           "sampler_logprobs_kept": sampling.logprobs_at_temperature}
+    return complete(writer, plan, ["thoughts", "advantages"], run, finish_segment)
+
+
+def segment_groups(groups: list[list[str]], inputs: dict[str, RolloutInput], rows: dict[str, dict], scheme: str,
+                   alpha: float, sampling: Sampling) -> tuple[list[dict], list[dict], dict]:
+    """Thoughts rows, advantages rows and the COUNTERS of some groups (each a list of rollout ids)."""
+    labels_used = scheme_named(scheme).uses_judgments
     thoughts, advs = [], []
-    m = {"dropped_rollouts": 0, "unknown_fallbacks": 0, "no_answer_rollouts": 0, "flipped_error_thoughts": 0, "error_thoughts": 0,
-         "incorrect_thought_tokens": 0, "tokens": 0, "unknown_steps": int((judgments["label"] == UNKNOWN).sum())}
-    for (_pid, _round), g in rollouts.group_by(["problem_id", "round"], maintain_order=True):
-        group = [inputs[rid] for rid in g["rollout_id"]]
+    m = dict.fromkeys(COUNTERS, 0)
+    for rids in groups:
+        group = [inputs[rid] for rid in rids]
         for ra, ri in zip(scheme_named(scheme).advantages(group, alpha), group, strict=True):
             missing = no_answer(rows[ra.rollout_id])
             m["no_answer_rollouts"] += missing
@@ -196,16 +237,25 @@ def segment(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme: str,
                          "round": r["round"], "temperature": sampling.temperature,
                          "max_tokens": sampling.max_tokens, "finish_reason": r["finish_reason"],
                          "incorrect_tokens": incorrect})
-    writer.set_table("thoughts", thoughts)
-    writer.set_table("advantages", advs)
+            m["kept_rollouts"] += 1
+    return thoughts, advs, {k: int(v) for k, v in m.items()}
+
+
+def finish_segment(writer: ArtifactWriter, runs: list[dict]) -> dict:
+    """The thoughts artifact from its parts; the counters summed over the parts' stats, the rest from the runs
+    (every shard's are the same)."""
+    m = {k: sum(s.get(k, 0) for s in writer.part_stats("thoughts")) for k in COUNTERS}
+    r = runs[0]
     metrics = {
-        "rollouts": rollouts.height, "kept_rollouts": len(advs), "dropped_rollouts": m["dropped_rollouts"],
-        "unknown_fallbacks": m["unknown_fallbacks"], "unknown_steps": m["unknown_steps"],
+        "rollouts": r["rollouts"], "kept_rollouts": m["kept_rollouts"], "dropped_rollouts": m["dropped_rollouts"],
+        "unknown_fallbacks": m["unknown_fallbacks"], "unknown_steps": r["unknown_steps"],
         "no_answer_rollouts": m["no_answer_rollouts"],
         "error_thoughts": m["error_thoughts"], "flipped_error_thoughts": m["flipped_error_thoughts"],
         "incorrect_thought_token_share": m["incorrect_thought_tokens"] / max(m["tokens"], 1),
-        "scheme": scheme, "alpha": alpha, "temperature": sampling.temperature, "max_tokens": sampling.max_tokens,
-        "sampler_logprobs_kept": sampling.logprobs_at_temperature,
+        "scheme": r["scheme"], "alpha": r["alpha"], "temperature": r["temperature"], "max_tokens": r["max_tokens"],
+        "sampler_logprobs_kept": r["sampler_logprobs_kept"],
     }
+    if len(runs) > 1:
+        metrics["shards"] = len(runs)
     writer.finish(metrics, tables=["thoughts", "advantages"], allow_empty=True)
     return metrics

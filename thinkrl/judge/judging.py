@@ -13,6 +13,13 @@ after the client's parse retries) is not a judgment: its part is not written and
 reuses every finished part and cached reply. `allow_failed` finishes anyway: the failed rollouts' steps are
 `unknown` with the cause in the `error` column, and the manifest counts them (`failed_rollouts`); such an
 artifact is up to date only for runs that allow failures.
+
+Sharding (`--shard k/n`, thinkrl.shards): shard k judges the parts i % n == k of the whole rollouts table (parts of
+`part_size` rollouts, as one process cuts them) into the same --out; a shard with failed requests exits 3 and
+writes no marker, so the merge waits for its rerun. The last shard merges: every metric from the merged
+judgments and the rollouts, the run figures (seconds, judge tokens, failures and reasons of this run) summed over
+the shards' last runs, and the --max-unknown check on the whole. part_size is in the parts' key, not the
+artifact's: parts of another part size are other parts.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from pathlib import Path
 
 import polars as pl
 
-from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
+from thinkrl.artifacts import ArtifactWriter, StageResult, finished, input_path, read_table
 from thinkrl.errors import IncompleteError, ThinkrlError
 from thinkrl.judge.extra_body import EXAMPLE, extra_body_of, extra_body_problem, hf_problem
 from thinkrl.judge.prompts import TEMPLATES
@@ -33,6 +40,7 @@ from thinkrl.judge.protocol import UNKNOWN, Judge, JudgeRequest, Verdict
 from thinkrl.lineage import policy_of
 from thinkrl.sampling import SampleConfig
 from thinkrl.settings import check_settings, same_as, setting
+from thinkrl.shards import Plan, ShardSettings, complete, cuts, part_names, sum_runs
 from thinkrl.steps import (
     JUDGE_SPLITTER,
     check_splitter,
@@ -78,6 +86,7 @@ class JudgeConfig:
     cache_dir: str | None = setting(None, "openai judge: reply cache directory (default: OUT/_cache); a rerun "
                                           "never asks twice")
     part_size: int = setting(64, "rollouts per judge part file (resume granularity)", ge=1)
+    shard: tuple[int, int] = same_as(ShardSettings, "shard")
     max_unknown: float = setting(0.5, "fail (exit 2) when more than this share of the judged rollouts has no "
                                       "usable verdict (every step unknown: they would train as plain GRPO); the "
                                       "artifact is still written, so a rerun with a higher value reuses it",
@@ -170,6 +179,15 @@ def failure_cause(reason: str) -> str:
 def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
                    writer: ArtifactWriter, splitter: str = "blank", part_size: int = 64,
                    progress: Callable[[int], None] | None = None, allow_failed: bool = False) -> dict:
+    """Judge every rollout (parts resume) and finish the judgments (one process); their metrics."""
+    return judge_shard(rollouts, judge, tokenizer, writer, splitter, part_size, progress, allow_failed).metrics
+
+
+def judge_shard(rollouts: pl.DataFrame, judge: Judge, tokenizer, writer: ArtifactWriter, splitter: str = "blank",
+                part_size: int = 64, progress: Callable[[int], None] | None = None, allow_failed: bool = False,
+                shard: tuple[int, int] = (0, 1), max_unknown: float = 1.0) -> StageResult:
+    """Judge this shard's parts (all of them for 0/1) not yet finished; the last shard finishes the artifact
+    and checks max_unknown (`check_fallbacks`)."""
     check_splitter(splitter)
     if splitter == JUDGE_SPLITTER and not getattr(judge, "proposes_steps", False):
         raise ThinkrlError(f"splitter '{JUDGE_SPLITTER}' needs a judge that proposes steps (hf:DIR or openai:URL); "
@@ -178,9 +196,12 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
     stats = Counter()
     reasons: Counter = Counter()
     failed_now: Counter = Counter()  # cause -> rollouts whose request failed for good in this run
-    for start in range(0, rollouts.height, part_size):
-        part = f"{start // part_size:06d}"
-        chunk = rollouts.slice(start, part_size)
+    plan = Plan(tuple(part_names(rollouts.height, part_size)), shard)
+    mine = set(plan.mine)
+    for part, (start, size) in zip(plan.parts, cuts(rollouts.height, part_size), strict=True):
+        if part not in mine:
+            continue
+        chunk = rollouts.slice(start, size)
         if writer.part_done("judgments", part) and (allow_failed or not writer.read_part("judgments", part)
                                                     ["error"].is_not_null().any()):
             if progress:   # (a part an interrupted --allow-failed run wrote with failures is asked again)
@@ -206,11 +227,27 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
             writer.write_part("judgments", part, rows)
     if failed_now and not allow_failed:
         n = sum(failed_now.values())
+        of = rollouts.height if plan.shard[1] == 1 else f"shard {plan.name}'s"
         raise IncompleteError(
-            f"{writer.out}: {n} of {rollouts.height} rollouts got no verdict ({cause_list(failed_now)}); the "
+            f"{writer.out}: {n} of {of} rollouts got no verdict ({cause_list(failed_now)}); the "
             "judgments are not finished by this run (an artifact an earlier --allow-failed run finished is left as "
             "it was). Rerun the same command to ask again for just those (finished parts and good replies are "
             "kept), or pass --allow-failed to finish with their steps `unknown`")
+    run = {"seconds": round(time.perf_counter() - t0, 3), "judge_tokens": stats["judge_tokens"],
+           "failed": stats["failed"], "reasons": dict(reasons), "max_unknown": max_unknown}
+    return complete(writer, plan, ["judgments"], run, lambda w, runs: finish_judge(w, runs, rollouts))
+
+
+def finish_judge(writer: ArtifactWriter, runs: list[dict], rollouts: pl.DataFrame | None = None) -> dict:
+    """The judgments artifact from its parts: metrics from the whole judgments table and the rollouts (read from
+    the writer's input when not given); the run figures summed over the shards' runs. Then the --max-unknown
+    check (the strictest of the runs')."""
+    if rollouts is None:
+        rollouts = read_table(input_path(writer.out, {"inputs": writer.inputs}, "rollouts"), "rollouts")
+    t = sum_runs(runs, "seconds", "judge_tokens", "failed")
+    reasons: Counter = Counter()
+    for r in runs:
+        reasons.update(r.get("reasons", {}))
     df = writer.read_parts("judgments")
     failed_ids = df.filter(pl.col("error").is_not_null()).unique("rollout_id")
     failed_causes = Counter(failure_cause(e) for e in failed_ids["error"].to_list())
@@ -227,12 +264,15 @@ def judge_rollouts(rollouts: pl.DataFrame, judge: Judge, tokenizer,
         "judged_rollouts": judged.height, "fallback_rollouts": fallbacks,
         "fallback_share": fallbacks / judged.height if judged.height else 0.0,
         "unknown_rate": float((df["label"] == UNKNOWN).sum()) / n_steps,
-        "judge_tokens_per_rollout": stats["judge_tokens"] / max(rollouts.height, 1),
+        "judge_tokens_per_rollout": t["judge_tokens"] / max(rollouts.height, 1),
         "failed_rollouts": failed_ids.height, "failed_causes": dict(failed_causes.most_common()),
-        "failed_rollouts_this_run": stats["failed"], "reasons_this_run": dict(reasons.most_common(10)),
-        "seconds": round(time.perf_counter() - t0, 3),
+        "failed_rollouts_this_run": int(t["failed"]), "reasons_this_run": dict(reasons.most_common(10)),
+        "seconds": round(t["seconds"], 3),
     }
+    if len(runs) > 1:
+        metrics["shards"] = len(runs)
     writer.finish(metrics, allow_empty=True)
+    check_fallbacks(metrics, min(r.get("max_unknown", 1.0) for r in runs), writer.out)
     return metrics
 
 
@@ -265,7 +305,8 @@ def run_judge_stage(rollouts: Path, out: Path, cfg: JudgeConfig = JudgeConfig(),
     # the rollouts' manifest finds the policy now (a copied run finds its own)
     tok_name = str(tokenizer or df["policy"][0])
     tok_path = tokenizer or policy_of(rollouts, df["policy"][0])
-    writer = ArtifactWriter(out, "judge", judge_config(cfg, tok_name), inputs={"rollouts": rollouts})
+    writer = ArtifactWriter(out, "judge", judge_config(cfg, tok_name), inputs={"rollouts": rollouts},
+                            layout={"part_size": cfg.part_size})
     # finished with failed requests (--allow-failed): up to date only while failures are allowed; else ask again
     if writer.up_to_date() and not force and (cfg.allow_failed or not finished(writer).metrics.get("failed_rollouts")):
         result = finished(writer)
@@ -279,12 +320,11 @@ def run_judge_stage(rollouts: Path, out: Path, cfg: JudgeConfig = JudgeConfig(),
                        parse_retries=cfg.parse_retries, temperature=cfg.temperature,
                        extra_body=extra_body_of(cfg.extra_body))
         tok = load_tokenizer(tok_path, hint="; pass --tokenizer DIR")
-        if start:
-            start(df.height)
-        m = judge_rollouts(df, j, tok, writer, splitter=cfg.splitter, part_size=cfg.part_size, progress=progress,
-                           allow_failed=cfg.allow_failed)
-        result = StageResult(out, False, m)
-    check_fallbacks(result.metrics, cfg.max_unknown, out)
+        if start:  # this shard's rollouts
+            start(Plan((), cfg.shard).share([size for _, size in cuts(df.height, cfg.part_size)]))
+        return judge_shard(df, j, tok, writer, splitter=cfg.splitter, part_size=cfg.part_size, progress=progress,
+                           allow_failed=cfg.allow_failed, shard=cfg.shard, max_unknown=cfg.max_unknown)
+    check_fallbacks(result.metrics, cfg.max_unknown, out)  # (a finished artifact is checked against this run's)
     return result
 
 
