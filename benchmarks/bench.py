@@ -670,6 +670,66 @@ def bench_scaleout(tmp: Path) -> str:
     return "\n".join(lines)
 
 
+def _sample_shards(policy: Path, problems: Path, out: Path, n: int, env: dict, log: Path) -> dict:
+    """`thinkrl sample` as n shard processes started together into one --out (n = 1: one process): wall seconds
+    from the first start to the last end, and the merged artifact's new tokens."""
+    import shutil
+    import subprocess
+
+    shutil.rmtree(out, ignore_errors=True)
+    threads = max(1, torch.get_num_threads() // n)
+    cmd = [sys.executable, "-m", "stages.cli", "sample", "--policy", str(policy), "--problems", str(problems),
+           "-n", "8", "--max-tokens", "128", "--part-size", "8", "--out", str(out)]
+    env = {**env, "OMP_NUM_THREADS": str(threads)}
+    _quiet(60)
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([*cmd, "--shard", f"{k}/{n}"], env=env, stdout=open(f"{log}-{n}-{k}.out", "w"),
+                              stderr=subprocess.STDOUT) for k in range(n)]
+    codes = [p.wait() for p in procs]
+    wall = time.perf_counter() - t0
+    if any(codes):
+        sys.exit(f"sample shards exited {codes}; see {log}-{n}-*.out")
+    from thinkrl.artifacts import read_manifest
+
+    m = read_manifest(out)["metrics"]
+    return {"wall": wall, "tokens": m["new_tokens"], "rollouts": m["rollouts"], "shards": m.get("shards", 1)}
+
+
+def bench_shards(tmp: Path, reps: int = 2) -> str:
+    """Sample throughput of 1 process vs 2 shard processes on this machine (the same work, one artifact)."""
+    import subprocess
+
+    policy, what = policy_dir(tmp)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "THINKRL_NO_PROGRESS": "1"}
+    problems = tmp / "shard-problems"
+    subprocess.run([sys.executable, "-m", "stages.cli", "data", "prepare", "arith", "--n", "64", "--seed", "5",
+                    "--out", str(problems)], env=env, check=True, capture_output=True)
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    for _ in range(reps):  # alternated
+        for n in (1, 2):
+            runs[n].append(_sample_shards(policy, problems, tmp / f"shard-out-{n}", n, env, tmp / "shard"))
+    med = {n: {k: float(np.median([r[k] for r in rs])) for k in ("wall", "tokens")} for n, rs in runs.items()}
+    rate = {n: med[n]["tokens"] / med[n]["wall"] for n in med}
+    same = (tmp / "shard-out-1" / "rollouts" / "part-00000.parquet").read_bytes() == (
+        tmp / "shard-out-2" / "rollouts" / "part-00000.parquet").read_bytes()
+    lines = ["## Sharded sampling: 1 process vs 2 shard processes", "",
+             f"{what}, 64 ArithChain problems x 8 samples, up to 128 tokens, parts of 8 problems, {machine()}. "
+             f"`thinkrl sample` as one process ({torch.get_num_threads()} threads) and as `--shard 0/2` + `--shard 1/2` "
+             f"started together into one --out ({max(1, torch.get_num_threads() // 2)} thread each; the last merges), "
+             f"whole processes from the first start to the last exit, start-up and merge included, {reps} "
+             "alternated repetitions, medians.", "",
+             "| processes | wall (s) | new tokens | tokens/s | vs 1 process |", "|---|---|---|---|---|"]
+    for n in (1, 2):
+        lines.append(f"| {n} | {med[n]['wall']:.1f} | {int(med[n]['tokens']):,} | {rate[n]:.0f} | "
+                     f"{rate[n] / rate[1]:.2f}x |")
+    lines += ["", f"The merged rollouts file is {'byte-identical to' if same else 'NOT the same as'} the 1-process "
+              "one. On this 2-core machine both runs use both cores; the shards split the work by parts, so their "
+              "gain is what two independent processes win over one process's two threads (less Python overhead per "
+              "core), and each pays its own start-up. On a node with a GPU per shard the shards add devices.", "",
+              "Command: `just bench shards`."]
+    return "\n".join(lines)
+
+
 def _engine_rates(path: Path, prompts: list, params, seeds, vllm_options: dict) -> dict:
     from thinkrl.engine import load_engine
 
@@ -1306,7 +1366,7 @@ SECTIONS = {"warmstart": bench_warmstart, "sampling": bench_sampling, "train": b
             "smollm2run": bench_smollm2run, "vllm": bench_vllm, "grading": bench_grading,
             "trl": bench_trl, "trlsmollm2": bench_trlsmollm2, "startup": bench_startup,
             "optimizer": bench_optimizer, "kvcache": bench_kvcache,
-            "scaleout": bench_scaleout}
+            "scaleout": bench_scaleout, "shards": bench_shards}
 OPT_IN = {"schemes", "smollm2run", "trl", "trlsmollm2"}  # long: run only when named
 
 

@@ -3,6 +3,7 @@
     thinkrl run data/experiments/arith-grpo-vs-tp.toml --name tp --policy runs/demo/start
     thinkrl run EXPERIMENT.toml --name tp --alpha 0.5      # any setting as an option; options win
     thinkrl run --name grpo --policy runs/demo/start --scheme outcome --rounds 6
+    torchrun --nproc-per-node 2 -m stages.cli run EXPERIMENT.toml --name tp   # every stage over 2 processes
 
 Outputs go to RUNS_DIR/NAME (round-000/..., eval-initial/, config.toml, summary.json; the layout is
 thinkrl/runs.py, the round loop thinkrl/rounds.py). Kill it at any moment and rerun the same command: finished artifacts are reused
@@ -14,6 +15,7 @@ default and help; `python -m thinkrl.experiment` lists them.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -114,6 +116,9 @@ def run(
         raise ThinkrlError("give an experiment file or --name NAME (outputs go to RUNS_DIR/NAME)")
     cfg = ExperimentConfig.load(experiment, overrides=settings)
     run_name = name or experiment.stem
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 displays and reports
+        run_experiment(cfg, runs_dir / run_name)
+        return
     with Board() as board:
         summary = run_experiment(cfg, runs_dir / run_name, display=board.row(run_name))
     acc = summary.final_accuracy

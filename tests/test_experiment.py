@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -544,3 +545,53 @@ def test_a_run_ending_never_removes_another_runs_lock(tmp_path):
         pass                                      # so a third run is refused
     b.__exit__(None, None, None)
     assert not (tmp_path / ".lock").exists()
+
+
+# --------------------------------------------------------------------------------------------- torchrun
+def test_a_run_under_torchrun_on_two_ranks_is_the_one_process_run(easy, tmp_path):
+    """`torchrun --nproc-per-node 2 -m stages.cli run` (gloo): every stage over 2 ranks, sample, judge, segment and
+    eval as 2 shards merged into one artifact, train as DDP. Its tables are the 1-process run's byte for byte
+    (train_metrics up to its timing columns and float rounding), its weights equal to 1e-5, and rank 0 alone wrote
+    the run's files (one lock, one summary)."""
+    s = tiny_settings(easy, rounds=1, prompts_per_round=4, threads=1, report_to="none", eval_initial=True)
+    (tmp_path / "exp.toml").write_text(replace(ExperimentConfig(), **s).to_toml())
+    args = ["run", str(tmp_path / "exp.toml"), "--name", "exp", "--runs-dir", "runs"]  # torchrun reads --n itself
+    for d in ("one", "two"):
+        (tmp_path / d).mkdir()
+    rc, err = cli_to_end(args, cwd=tmp_path / "one")
+    assert rc == 0, err[-3000:]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "stages.cli", *args],
+                          cwd=tmp_path / "two", env={**run_env(), "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("training samples") == 1                 # rank 0 reports, rank 1 does not
+    one, two = tmp_path / "one/runs/exp", tmp_path / "two/runs/exp"
+    tables = sorted(str(f.relative_to(one)) for f in one.rglob("*.parquet"))
+    assert tables == sorted(str(f.relative_to(two)) for f in two.rglob("*.parquet"))
+    assert any("eval-initial" in t for t in tables) and any("round-000/eval" in t for t in tables)
+    for t in tables:
+        a, b = pl.read_parquet(one / t), pl.read_parquet(two / t)
+        if t.startswith("round-000/train/"):  # trained on 2 ranks: the same up to float rounding
+            assert_close_tables(a.drop("seconds", "mfu", "tokens_per_s", strict=False),
+                                b.drop("seconds", "mfu", "tokens_per_s", strict=False), t)
+        else:
+            assert (one / t).read_bytes() == (two / t).read_bytes(), t
+    wa = load_file(one / "round-000/train/policy/model.safetensors")
+    wb = load_file(two / "round-000/train/policy/model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5, rtol=0) for k in wa)
+    assert read_manifest(two / "round-000/rollouts")["metrics"]["shards"] == 2
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert len(sb["rounds"]) == 1 and [e["avg_at_k"] for e in sb["evals"]] == [e["avg_at_k"] for e in sa["evals"]]
+    assert not (two / ".lock").exists()
+
+
+def assert_close_tables(a: pl.DataFrame, b: pl.DataFrame, where: str) -> None:
+    """Equal columns, floats (and lists of floats) to rtol 1e-5, everything else exactly."""
+    assert a.columns == b.columns and a.height == b.height, where
+    for col in a.columns:
+        if a[col].dtype.is_float() or a[col].dtype == pl.List(pl.Float32):
+            x, y = a[col].explode().to_numpy(), b[col].explode().to_numpy()
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=f"{where}: {col}")
+        else:
+            assert a[col].to_list() == b[col].to_list(), f"{where}: {col}"

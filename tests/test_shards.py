@@ -117,6 +117,20 @@ def test_two_shards_merge_into_the_one_process_tables(base, tmp_path, stage):
     assert run_stage(base, stage, out, (1, 2)).skipped  # merged: every shard of the job is up to date
 
 
+@pytest.mark.parametrize("stage", ["judge", "segment"])
+def test_a_shard_with_no_part_of_its_own_joins_and_merges(base, tmp_path, stage):
+    """More shards than parts: shard 7/8 owns nothing (4-6 parts here). Finishing first, it still joins the job (its
+    marker, no parts), and the shard that finishes last merges the 1-process tables."""
+    out = tmp_path / "out"
+    r = run_stage(base, stage, out, (7, 8))
+    assert r.pending and "shard 7/8 done; waiting for shards 0, 1, 2, 3, 4, 5, 6" in r.pending
+    assert json.loads((out / PARTS / "_shards" / "shard-7-of-8.json").read_text())["parts"] == []
+    for k in range(7):
+        r = run_stage(base, stage, out, (k, 8))
+        assert (r.pending is None) == (k == 6), (k, r.pending)
+    assert_same_as_one_process(base, stage, out, shards=8)
+
+
 @pytest.mark.parametrize("stage", ["judge", "segment", pytest.param("sample", marks=pytest.mark.slow),
                                    pytest.param("eval", marks=pytest.mark.slow)])
 def test_cli_shards_wait_merge_and_merge_refuses_a_missing_shard(base, tmp_path, run_cli, stage):

@@ -715,6 +715,12 @@ class ArtifactWriter:
                 shutil.rmtree(tmp, ignore_errors=True)
         raise ThinkrlError(f"{root}: could not be made (other processes keep replacing it)")
 
+    def open_parts(self, tables: Sequence[str]) -> None:
+        """Make OUT/_parts ours and a parts directory for each table, written or not (a shard that owns no part of
+        a small input still joins its job)."""
+        for table in tables:
+            self._parts_dir(table)
+
     def _parts_dir(self, table: str) -> Path:
         if not self._parts_checked:
             self._open_parts()

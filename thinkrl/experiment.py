@@ -112,6 +112,7 @@ class ExperimentConfig(GenerationSettings):
     lora_r: int = same_as(TrainConfig, "lora_r")
     lora_alpha: float | None = same_as(TrainConfig, "lora_alpha")
     lora_targets: str = same_as(TrainConfig, "lora_targets")
+    strategy: str = same_as(TrainConfig, "strategy")
     # eval
     eval_every: int = setting(1, "held-out eval after every N-th round and after the last (0 = no eval)", ge=0)
     eval_initial: bool = setting(True, "also evaluate the start policy (eval-initial/), when eval_every > 0")

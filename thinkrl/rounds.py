@@ -33,6 +33,14 @@ TensorBoard). Every invocation sends it the run's whole history in step order: e
 global step where the evaluated round ended (0 for eval-initial; a round that trained nothing adds no second
 point at the same step).
 
+Several processes (`torchrun --nproc-per-node N -m stages.cli run FILE`, one or more nodes; docs/SCALE.md): every
+rank runs the round loop. Sample, judge, segment and eval run as shard rank/N of one artifact each
+(thinkrl.shards: the last shard to finish merges, the tables are those of one process), and the ranks meet at a
+barrier after each, so every rank goes on from the merged artifact; train runs on all N ranks at once (DDP or
+FSDP, `strategy`). Rank 0 alone holds the run's lock, writes the problems, config.toml, status and summary,
+tracks and displays; a round with nothing to train is carried forward by rank 0 alone. All ranks need the run
+directory on one filesystem. The run's artifacts do not depend on N, up to float rounding in training.
+
 Where this departs from or guesses at the paper: the paper's rounds hold ~50 optimizer steps of prompts;
 the demo presets use smaller rounds so the curves have points. Everything else is the stages' own.
 """
@@ -45,8 +53,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +64,7 @@ from thinkrl import runs
 from thinkrl.artifacts import (
     MANIFEST,
     ArtifactWriter,
+    StageResult,
     read_manifest,
     read_table,
     write_artifact,
@@ -69,6 +78,40 @@ from thinkrl.summary import RunSummary, collect_run
 from thinkrl.tracking import Tracker
 
 HELD_OUT_ARITH = 2000
+
+
+@dataclass
+class Ranks:
+    """Where this process is among the ranks of a `thinkrl run` under torchrun (rank 0 of 1 without it)."""
+
+    rank: int = 0
+    world: int = 1
+    dist: Any = None   # thinkrl.distributed.Dist when world > 1 (torch imported only then)
+
+    @classmethod
+    def join(cls) -> Ranks:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from thinkrl.distributed import init_distributed
+
+        dist = init_distributed()
+        return cls(dist.rank, dist.world, dist)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return self.rank, self.world
+
+    def barrier(self) -> None:
+        if self.dist is not None:
+            self.dist.barrier()
+
+    def close(self) -> None:
+        if self.dist is not None:
+            self.dist.close()
 
 
 class Display:
@@ -101,6 +144,7 @@ class _Ctx:
     _engine: tuple[str | None, Any] | None = None   # (the policy its weights are from, None: stale; engine)
     _tokenizers: dict[str, Any] = field(default_factory=dict)
     tracker: Tracker | None = None
+    ranks: Ranks = field(default_factory=Ranks)
     global_step: int = 0                             # optimizer steps of the rounds run so far
     eval_step: int | None = None                     # the global step of the last eval sent to the tracker
 
@@ -127,7 +171,18 @@ class _Ctx:
             self._tokenizers[str(policy)] = load_tokenizer(policy)
         return self._tokenizers[str(policy)]
 
+    def sharded(self, result_of: Callable[[tuple[int, int]], StageResult]) -> StageResult:
+        """Run a sharded stage as this rank's shard (`result_of(shard)`), then wait for the other ranks: the last
+        shard to finish has merged, and every rank gets the merged artifact's metrics."""
+        r = result_of(self.ranks.shard)
+        if self.ranks.world == 1:
+            return r
+        self.ranks.barrier()
+        return StageResult(r.out, r.skipped, read_manifest(r.out).get("metrics", {}))
+
     def status(self, round_: int | None, stage: str) -> None:
+        if not self.ranks.main:
+            return
         body = {"round": round_, "stage": stage, "pid": os.getpid(), "time": time.time()}
         write_text_atomic(json.dumps(body) + "\n", self.run_dir / runs.STATUS)
 
@@ -206,8 +261,9 @@ def stage_problems(ctx: _Ctx, round_: int, out: Path) -> Path:
               "seed": cfg.seed, "problems_sha256": problems_sha256(df)}
     writer = ArtifactWriter(out, "prepare", config, inputs=inputs)
     skipped = writer.up_to_date()
-    if not skipped:
+    if not skipped and ctx.ranks.main:
         write_artifact(out, "prepare", config, {"problems": df}, inputs=inputs, metrics={"rows": df.height})
+    ctx.ranks.barrier()
     ctx.display.done(round_, "problems", f"{df.height} problems", skipped)
     return out
 
@@ -216,9 +272,10 @@ def stage_problems(ctx: _Ctx, round_: int, out: Path) -> Path:
 def stage_sample(ctx: _Ctx, round_: int, policy: Path, problems: Path, out: Path) -> Path:
     from thinkrl.sampling import run_sample_stage
 
-    r = run_sample_stage(problems, policy, out, ctx.cfg.sample_config(round_), tokenizer=ctx.tokenizer(policy),
-                         load=lambda: ctx.engine(policy), start=lambda total: ctx.start(round_, "sample", total),
-                         progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens))
+    r = ctx.sharded(lambda shard: run_sample_stage(
+        problems, policy, out, replace(ctx.cfg.sample_config(round_), shard=shard), tokenizer=ctx.tokenizer(policy),
+        load=lambda: ctx.engine(policy), start=lambda total: ctx.start(round_, "sample", total),
+        progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens)))
     m = r.metrics
     text = f"{m.get('rollouts')} rollouts, accuracy {m.get('accuracy', 0):.3f}"
     if not r.skipped:
@@ -231,9 +288,9 @@ def stage_sample(ctx: _Ctx, round_: int, policy: Path, problems: Path, out: Path
 def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path) -> Path:
     from thinkrl.judge.judging import run_judge_stage
 
-    r = run_judge_stage(rollouts, out, ctx.cfg.judge_config(), policy,
-                        start=lambda total: ctx.start(round_, "judge", total),
-                        progress=lambda k: ctx.display.advance(k))
+    r = ctx.sharded(lambda shard: run_judge_stage(
+        rollouts, out, replace(ctx.cfg.judge_config(), shard=shard), policy,
+        start=lambda total: ctx.start(round_, "judge", total), progress=lambda k: ctx.display.advance(k)))
     m = r.metrics
     text = f"{m.get('steps')} steps of {m.get('rollouts')} rollouts"
     if not r.skipped:
@@ -251,7 +308,9 @@ def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path)
 def stage_segment(ctx: _Ctx, round_: int, rollouts: Path, judgments: Path, out: Path) -> Path:
     from thinkrl.segment import run_segment_stage
 
-    r = run_segment_stage(rollouts, judgments, out, ctx.cfg.segment_config(), start=lambda: ctx.start(round_, "segment"))
+    r = ctx.sharded(lambda shard: run_segment_stage(rollouts, judgments, out,
+                                                    replace(ctx.cfg.segment_config(), shard=shard),
+                                                    start=lambda: ctx.start(round_, "segment")))
     m = r.metrics
     ctx.display.done(round_, "segment", f"{m.get('kept_rollouts')}/{m.get('rollouts')} rollouts kept, "
                                         f"incorrect-thought tokens {m.get('incorrect_thought_token_share', 0):.3f}",
@@ -261,12 +320,22 @@ def stage_segment(ctx: _Ctx, round_: int, rollouts: Path, judgments: Path, out: 
 
 # -- train
 def stage_train(ctx: _Ctx, round_: int, policy: Path, thoughts: Path, out: Path) -> Path:
+    from thinkrl.trainer import NothingToTrain
     from thinkrl.training import run_train_stage
 
     cfg = ctx.cfg.train_config(round_, previous_train_state(ctx.run_dir, round_))
-    r = run_train_stage(policy, thoughts, out, cfg, carry_forward=True,
-                        start=lambda total: ctx.start(round_, "train", total),
-                        progress=lambda row, done, total: ctx.display.advance(1, row["tokens"]), tracker=ctx.tracker)
+    try:  # every rank trains (DDP/FSDP); only rank 0 carries a round with nothing to learn forward
+        r = run_train_stage(policy, thoughts, out, cfg, carry_forward=ctx.ranks.main,
+                            start=lambda total: ctx.start(round_, "train", total),
+                            progress=lambda row, done, total: ctx.display.advance(1, row["tokens"]),
+                            tracker=ctx.tracker)
+    except NothingToTrain:
+        if ctx.ranks.main:
+            raise
+        r = None
+    if ctx.ranks.world > 1:
+        ctx.ranks.barrier()
+        r = StageResult(out, r.skipped if r else False, read_manifest(out).get("metrics", {}))
     m = r.metrics
     ctx.global_step = int(m.get("global_step", ctx.global_step))
     if m.get("carried_forward"):
@@ -285,10 +354,10 @@ def stage_eval(ctx: _Ctx, round_: int | None, policy: Path, out: Path) -> Path:
     from thinkrl.evaluate import run_eval_stage
 
     cfg = ctx.cfg
-    r = run_eval_stage(ctx.eval_sets, policy, out, cfg.eval_config(),
-                       tokenizer=ctx.tokenizer(policy), load=lambda: ctx.engine(policy),
-                       start=lambda total: ctx.start(round_, "eval", total),
-                       progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens))
+    r = ctx.sharded(lambda shard: run_eval_stage(
+        ctx.eval_sets, policy, out, replace(cfg.eval_config(), shard=shard), tokenizer=ctx.tokenizer(policy),
+        load=lambda: ctx.engine(policy), start=lambda total: ctx.start(round_, "eval", total),
+        progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens)))
     s = read_table(out, "eval_summary")
     samples = sum(r["rollouts"] for r in _round_sample_metrics(ctx.run_dir, round_))
     scores = ", ".join(f"{r['benchmark']} avg@{cfg.eval_k} {r['avg_at_k']:.3f}" for r in s.to_dicts())
@@ -372,9 +441,10 @@ def _generation_dtype_fixed(cfg: ExperimentConfig) -> ExperimentConfig:
     return replace(cfg, dtype=resolve_dtype(cfg.engine, cfg.dtype, engine_device(cfg.engine, cfg.device), cfg.policy))
 
 
-def _context(cfg: ExperimentConfig, run_dir: Path, display: Display) -> _Ctx:
+def _context(cfg: ExperimentConfig, run_dir: Path, display: Display, ranks: Ranks | None = None) -> _Ctx:
     """The run's context, every input checked (policy and judge directories, problem sets); it writes nothing,
-    so a bad input fails before the run directory is touched."""
+    so a bad input fails before the run directory is touched. Ranks other than 0 neither display nor track."""
+    ranks = ranks or Ranks()
     if not cfg.policy:
         raise ThinkrlError("experiment: set `policy` (the start policy directory) in the file or with --policy")
     from thinkrl.models import check_weights_fit, load_tokenizer
@@ -382,8 +452,9 @@ def _context(cfg: ExperimentConfig, run_dir: Path, display: Display) -> _Ctx:
     for model in [cfg.policy] + ([cfg.judge[3:]] if cfg.judge.startswith("hf:") else []):
         check_weights_fit(model)  # names and shapes of its tensors, without loading them
         load_tokenizer(model)
-    ctx = _Ctx(_generation_dtype_fixed(cfg), run_dir, display)
-    ctx.tracker = Tracker(cfg.report_to, run_dir, run_dir.name, asdict(cfg))  # its package checked here
+    ctx = _Ctx(_generation_dtype_fixed(cfg), run_dir, display if ranks.main else Display(), ranks=ranks)
+    ctx.tracker = Tracker(cfg.report_to if ranks.main else "none", run_dir, run_dir.name,
+                          asdict(cfg))  # its package checked here
     if cfg.eval_every > 0:
         ctx.eval_sets = problem_sets(cfg.eval_bench, _data_dir(cfg), cfg.eval_problems)
     if cfg.problems != "arith":
@@ -402,7 +473,8 @@ def run_round(ctx: _Ctx, r: int) -> None:
     if ctx.cfg.eval_due(r) and ctx.eval_sets:
         stage_eval(ctx, r, policy_after(ctx.run_dir, ctx.cfg, r), rd / runs.EVAL)
     else:
-        shutil.rmtree(rd / runs.EVAL, ignore_errors=True)  # left by earlier settings: not part of this run
+        if ctx.ranks.main:
+            shutil.rmtree(rd / runs.EVAL, ignore_errors=True)  # left by earlier settings: not part of this run
 
 
 def _drop_stale_evals(run_dir: Path, cfg: ExperimentConfig) -> None:
@@ -423,19 +495,28 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path, display: Display 
     if (run_dir / "config.json").is_file() or (run_dir / MANIFEST).is_file():
         raise ThinkrlError(f"{run_dir}: holds a model or an artifact, not a run; give the run another name "
                            "(--name) or another --runs-dir")
-    ctx = _context(cfg, run_dir, display)  # every input checked before the run directory is touched
-    with _run_lock(run_dir), _torch_threads(cfg.threads), ctx.tracker:
-        write_text_atomic(cfg.to_toml(), run_dir / runs.CONFIG)
-        _drop_stale_evals(run_dir, cfg)
-        display.begin(run_dir.name, cfg)
-        if cfg.eval_initial and ctx.eval_sets:
-            stage_eval(ctx, None, Path(cfg.policy), run_dir / INITIAL_EVAL)
-        for r in range(cfg.rounds):
-            run_round(ctx, r)
-        ctx.status(None, "done")
-        summary = collect_run(run_dir)
-        write_text_atomic(json.dumps(summary.to_dict(), indent=2) + "\n", run_dir / runs.SUMMARY)
-    display.end(summary)
+    ranks = Ranks.join()
+    try:
+        ctx = _context(cfg, run_dir, display, ranks)  # every input checked before the run directory is touched
+        lock = _run_lock(run_dir) if ranks.main else contextlib.nullcontext()  # one run per directory: rank 0's
+        with lock, _torch_threads(cfg.threads), ctx.tracker:
+            if ranks.main:
+                write_text_atomic(cfg.to_toml(), run_dir / runs.CONFIG)
+                _drop_stale_evals(run_dir, cfg)
+            ranks.barrier()
+            ctx.display.begin(run_dir.name, cfg)
+            if cfg.eval_initial and ctx.eval_sets:
+                stage_eval(ctx, None, Path(cfg.policy), run_dir / INITIAL_EVAL)
+            for r in range(cfg.rounds):
+                run_round(ctx, r)
+            ctx.status(None, "done")
+            summary = collect_run(run_dir)
+            if ranks.main:
+                write_text_atomic(json.dumps(summary.to_dict(), indent=2) + "\n", run_dir / runs.SUMMARY)
+            ranks.barrier()
+    finally:
+        ranks.close()
+    ctx.display.end(summary)
     return summary
 
 

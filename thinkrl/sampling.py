@@ -144,7 +144,10 @@ NOT_IN_KEY = ("gpu_memory_utilization", "shard")
 
 def sample_stage_config(cfg: SampleConfig, policy: str | Path) -> dict:
     """The sample stage's resolved config (its skip key), the same for `thinkrl sample` and `thinkrl run`."""
-    return {**{k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_KEY}, "policy": str(policy)}
+    # the artifact is the whole input whichever shards wrote it: its config says shard 0/1, as the keys of sample
+    # artifacts written before shards merged into one artifact said (so those stay valid)
+    return {**{k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_KEY}, "shard": [0, 1],
+            "policy": str(policy)}
 
 
 def resolved_generation(cfg, policy: Path, tokenizer=None):

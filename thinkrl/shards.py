@@ -143,6 +143,7 @@ def complete(writer: ArtifactWriter, plan: Plan, tables: Sequence[str], run: dic
               "parts": list(plan.mine), "all_parts": list(plan.parts), "tables": list(tables),
               "writer": writer.record(), "run": run,
               "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    writer.open_parts(tables)  # a shard with no part of its own (more shards than parts) has not made them yet
     d = writer.out / PARTS / SHARDS
     d.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json.dumps(marker, indent=1) + "\n", d / marker_name(k, n))
