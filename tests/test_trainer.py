@@ -777,3 +777,19 @@ def test_resume_after_the_first_step_keeps_its_forward_pi_old(policy, tmp_path):
     assert rows_without_timing(tmp_path / "straight") == rows_without_timing(tmp_path / "split")
     assert torch.equal(weights(tmp_path / "straight")["model.norm.weight"],
                        weights(tmp_path / "split")["model.norm.weight"])
+
+
+def test_fsdp_state_before_any_step_carries_no_optimizer_step(policy, tmp_path):
+    """A state saved before any optimizer step (max_steps 0) holds no AdamW state: torch would make one by
+    stepping at lr 0, and the next run's bias correction would count that step. Continuing from it, AdamW's first
+    real step is step 1, as after a state with no optimizer in the ddp format."""
+    df = fsdp_data(policy)
+    cfg = dict(prompts_per_step=1, lr=1e-3, micro_batch_tokens=24, save_every=0, strategy="fsdp")
+    train(policy, df, TrainConfig(**cfg, max_steps=0), tmp_path / "none")
+    assert state(tmp_path / "none")["optimizer_saved"] is False
+    train(policy, df.with_columns(pl.lit(1).alias("round")),
+          TrainConfig(**cfg, max_steps=1, continue_from=str(tmp_path / "none")), tmp_path / "next")
+    assert state(tmp_path / "next")["optimizer_saved"] is True
+    steps = {float(v) for k, v in dcp_state(tmp_path / "next").items() if k.startswith("optimizer.state.")
+             and k.endswith(".step")}
+    assert steps == {1.0}

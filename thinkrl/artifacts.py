@@ -36,12 +36,15 @@ never reports "up to date" from a manifest whose tables were changed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -578,13 +581,28 @@ def to_frame(rows: pl.DataFrame | Sequence[Mapping[str, Any]], schema: Schema) -
 
 
 def _write_parquet_atomic(df: pl.DataFrame, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    tmp = dest.with_name(f".{dest.name}.tmp-{unique_suffix()}")
     df.write_parquet(tmp, compression="zstd", statistics=True)
     os.replace(tmp, dest)
 
 
+def unique_suffix() -> str:
+    """A name part no other process picks, on this host or another (pids repeat across containers and nodes)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def remove_dir(path: Path) -> None:
+    """Remove a directory at once for every other process: renamed aside (one rename wins), then deleted."""
+    gone = path.with_name(f".{path.name}.gone-{unique_suffix()}")
+    try:
+        os.rename(path, gone)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def write_text_atomic(text: str, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    tmp = dest.with_name(f".{dest.name}.tmp-{unique_suffix()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, dest)
 
@@ -620,6 +638,31 @@ def replace_dir(tmp: Path, dest: Path, modes_from_umask: bool = True) -> None:
         os.replace(dest, old)
     os.replace(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_key(d: Path, name: str = "key") -> str | None:
+    """The stripped text of d/name, None when it is not there (or vanishes while read: another process)."""
+    try:
+        return (d / name).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+@contextlib.contextmanager
+def _flocked(path: Path):
+    """An exclusive flock on `path` (created if missing) for the block; no-op where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class ArtifactWriter:
@@ -688,24 +731,27 @@ class ArtifactWriter:
         """Make OUT/_parts ours: keep it when it holds parts of our parts key, discard parts of another key,
         unless they are a sharded job's (a shard has finished there): those are refused, not removed. The
         directory is made with its key file and renamed into place, so a shard starting beside another never
-        sees one without a key."""
+        sees one without a key; stale parts are removed under an flock on OUT/.parts.lock, their key read again
+        there, so a shard never removes the fresh directory another has just made."""
         root = self.out / PARTS
         for _ in range(5):
-            state = root / "key"
             if root.is_dir():
-                have = state.read_text().strip() if state.is_file() else None
+                have = _read_key(root)
                 if have == self.parts_key:
                     return
-                done = sorted(f.name for f in (root / SHARD_MARKERS).glob("shard-*.json"))
-                if have is not None and done:
-                    raise ThinkrlError(f"{root}: holds the parts of a sharded run of another config or inputs "
-                                       f"({len(done)} shard(s) finished: {', '.join(done[:3])}); every shard of one "
-                                       f"job needs the same settings and inputs: finish that job (same settings), "
-                                       f"or remove {root} to start over, or use another --out")
-                shutil.rmtree(root, ignore_errors=True)  # parts of another config or inputs: stale
+                with _flocked(self.out / ".parts.lock"):
+                    have = _read_key(root)
+                    if have == self.parts_key:
+                        return
+                    done = sorted(f.name for f in (root / SHARD_MARKERS).glob("shard-*.json"))
+                    if have is not None and done:
+                        raise ThinkrlError(f"{root}: holds the parts of a sharded run of another config or inputs "
+                                           f"({len(done)} shard(s) finished: {', '.join(done[:3])}); every shard of "
+                                           f"one job needs the same settings and inputs: finish that job (same "
+                                           f"settings), or remove {root} to start over, or use another --out")
+                    remove_dir(root)  # parts of another config or inputs: stale
             self.out.mkdir(parents=True, exist_ok=True)
-            tmp = self.out / f".{PARTS}.new-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = self.out / f".{PARTS}.new-{unique_suffix()}"
             tmp.mkdir()
             write_text_atomic(self.parts_key + "\n", tmp / "key")
             try:
@@ -722,17 +768,28 @@ class ArtifactWriter:
             self._parts_dir(table)
 
     def _parts_dir(self, table: str) -> Path:
+        """OUT/_parts/<table>, holding parts of the table's current schema version. It is made with its version
+        mark and renamed into place (a shard starting beside another never sees it unmarked); one of an older
+        version is removed in one rename."""
         if not self._parts_checked:
             self._open_parts()
             self._parts_checked = True
         d = self.out / PARTS / table
         version, mark = str(SCHEMAS[table].version), d / "_schema_version"
-        if d.exists() and (not mark.is_file() or mark.read_text().strip() != version):
-            shutil.rmtree(d)  # parts of an older schema version: stale
-        d.mkdir(parents=True, exist_ok=True)
-        if not mark.is_file():
-            write_text_atomic(version + "\n", mark)
-        return d
+        for _ in range(5):
+            if d.is_dir():
+                if _read_key(d, mark.name) == version:
+                    return d
+                remove_dir(d)  # parts of an older schema version (or of a writer before marks): stale
+            tmp = d.with_name(f".{table}.new-{unique_suffix()}")
+            tmp.mkdir(parents=True)
+            write_text_atomic(version + "\n", tmp / mark.name)
+            try:
+                os.rename(tmp, d)
+                return d
+            except OSError:  # another process made it first: look again
+                shutil.rmtree(tmp, ignore_errors=True)
+        raise ThinkrlError(f"{d}: could not be made (other processes keep replacing it)")
 
     def part_done(self, table: str, part: str) -> bool:
         return (self._parts_dir(table) / f"{part}.parquet").is_file()
@@ -795,7 +852,7 @@ class ArtifactWriter:
             except ThinkrlError as e:
                 raise ThinkrlError(f"stage {self.stage} produced a table its readers would refuse: {e}") from None
             (self.out / name).mkdir(exist_ok=True)
-            tmp = self.out / name / f".{TABLE_FILE}.new-{os.getpid()}"
+            tmp = self.out / name / f".{TABLE_FILE}.new-{unique_suffix()}"
             df.write_parquet(tmp, compression="zstd", statistics=True)
             staged[name] = (tmp, df)
         outputs = {}
@@ -816,7 +873,7 @@ class ArtifactWriter:
             (self.out / f"{name}.parquet").unlink(missing_ok=True)  # the layout-1 file of this table
             os.replace(tmp, self.out / table_file(name))
         write_text_atomic(json.dumps(manifest, indent=2, sort_keys=False) + "\n", self.out / MANIFEST)
-        shutil.rmtree(parts_root, ignore_errors=True)
+        remove_dir(parts_root)  # at once: a shard that comes to merge after this finds no parts, but the manifest
         return manifest
 
 

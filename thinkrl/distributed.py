@@ -6,16 +6,25 @@
 
 torchrun sets WORLD_SIZE/RANK/LOCAL_RANK (one node: `--standalone`; several: `--nnodes`, `--rdzv-endpoint`,
 docs/SCALE.md). Without it every call is the identity, so a single process needs no process group.
+
+On CUDA the group has both backends, `cpu:gloo,cuda:nccl`: NCCL for the GPU tensors, gloo for CPU ones (FSDP's
+CPU offload keeps its shards, their gradients and norms on the CPU). Collectives wait up to TIMEOUT, not torch's
+default (10 minutes for NCCL): under `thinkrl run` the ranks meet after whole stages, and a rank whose shard of a
+stage is small (or empty: more ranks than parts) waits at that barrier for the slowest one.
+THINKRL_DIST_TIMEOUT_MIN overrides it.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+TIMEOUT = datetime.timedelta(minutes=float(os.environ.get("THINKRL_DIST_TIMEOUT_MIN", 12 * 60)))
 
 
 @dataclass
@@ -73,7 +82,7 @@ def default_device() -> torch.device:
 
 
 def init_distributed() -> Dist:
-    """Join torchrun's process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA); else single process."""
+    """Join torchrun's process group when WORLD_SIZE > 1 (gloo on CPU, nccl + gloo on CUDA); else single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     device = default_device()
@@ -85,5 +94,5 @@ def init_distributed() -> Dist:
 
     owns = not td.is_initialized()
     if owns:
-        td.init_process_group(backend="nccl" if cuda else "gloo")
+        td.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=TIMEOUT)
     return Dist(rank=td.get_rank(), world=td.get_world_size(), device=device, owns_group=owns)

@@ -30,7 +30,7 @@ from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.engine.base import Engine
 from thinkrl.sampling import GenerationSettings, SampleConfig, sample_in_parts
 from thinkrl.settings import check_settings, project, same_as, setting
-from thinkrl.shards import Plan, ShardSettings, complete, cuts, part_names
+from thinkrl.shards import Plan, ShardSettings, begin, complete, cuts, part_names
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,7 @@ def evaluate_shard(benchmarks: Mapping[str, pl.DataFrame], engine: Engine, cfg: 
     """Sample this shard's parts (all of them for 0/1) not yet written; the last shard scores and finishes."""
     scfg = cfg.sample_config()
     plan = eval_plan(benchmarks, cfg)
+    begin(writer, plan)
     for bench, problems in benchmarks.items():
         def eval_rows(rows: list[dict], bench: str = bench) -> list[dict]:
             return [{"benchmark": bench, "problem_id": r["problem_id"], "sample_idx": r["sample_idx"],

@@ -30,7 +30,7 @@ from thinkrl.artifacts import ArtifactWriter, StageResult, finished, read_table
 from thinkrl.engine.base import Engine, SamplingParams
 from thinkrl.grading import grade_many
 from thinkrl.settings import check_settings, same_as, setting
-from thinkrl.shards import Plan, ShardSettings, complete, cuts, part_names, sum_runs
+from thinkrl.shards import Plan, ShardSettings, begin, complete, cuts, part_names, sum_runs
 from thinkrl.templates import encode_prompt, render
 
 
@@ -203,6 +203,7 @@ def sample_shard(problems: pl.DataFrame, engine: Engine, cfg: SampleConfig, writ
 
     progress(new_tokens, finished_sequences) is passed to the engine (and called for resumed parts)."""
     plan = Plan(tuple(part_names(problems.height, cfg.part_size)), cfg.shard)
+    begin(writer, plan)
     t0 = time.perf_counter()
     new_tokens = sample_in_parts(problems, engine, cfg, template, policy, writer, "rollouts", "", lambda rows: rows,
                                  progress, only=set(plan.mine))

@@ -59,7 +59,7 @@ from thinkrl.artifacts import (
 from thinkrl.errors import ThinkrlError
 from thinkrl.judge.protocol import INCORRECT, UNKNOWN
 from thinkrl.settings import check_settings, same_as, setting
-from thinkrl.shards import Plan, ShardSettings, complete, cuts, part_names
+from thinkrl.shards import Plan, ShardSettings, begin, complete, cuts, part_names
 from thinkrl.thoughts import SCHEMES, AnswerStart, RolloutInput, no_answer, scheme_named, step_labels
 
 
@@ -188,6 +188,7 @@ def segment_shard(rollouts: pl.DataFrame, judgments: pl.DataFrame | None, scheme
     rows = {r["rollout_id"]: r for r in rollouts.iter_rows(named=True)}
     groups = [g["rollout_id"].to_list() for _, g in rollouts.group_by(["problem_id", "round"], maintain_order=True)]
     plan = Plan(tuple(part_names(len(groups), part_size)), shard)
+    begin(writer, plan)
     mine = set(plan.mine)
     for part, (start, size) in zip(plan.parts, cuts(len(groups), part_size), strict=True):
         if part not in mine or (writer.part_done("advantages", part) and writer.part_done("thoughts", part)):

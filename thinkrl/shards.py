@@ -132,6 +132,14 @@ def finisher(stage: str) -> Callable[[ArtifactWriter, list[dict]], dict]:
     return getattr(importlib.import_module(module), name)
 
 
+def begin(writer: ArtifactWriter, plan: Plan) -> None:
+    """A shard starts (or starts again): the marker of its earlier finish is withdrawn first, so no other shard
+    merges parts this one is about to redo (a rerun asking again for failed requests, say)."""
+    k, n = plan.shard
+    if n > 1:
+        (writer.out / PARTS / SHARDS / marker_name(k, n)).unlink(missing_ok=True)
+
+
 def complete(writer: ArtifactWriter, plan: Plan, tables: Sequence[str], run: dict,
              finish: Callable[[ArtifactWriter, list[dict]], dict]) -> StageResult:
     """A stage has written every part of `plan.mine` (tables `tables`): one process finishes at once; a shard

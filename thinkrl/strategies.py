@@ -59,11 +59,20 @@ class Strategy:
     doc: str
     wrap: Callable[[torch.nn.Module, Dist, Any, bool], torch.nn.Module]  # (model, dist, cfg, trainable)
     lockstep: bool                 # every forward is a collective: all ranks run the same micro-batch count
+    sharded: bool                  # each rank holds a shard of the weights (it loads the whole model on the CPU)
     full_state_dict: Callable[[torch.nn.Module, Dist], dict[str, torch.Tensor] | None]  # None: the model's own
     save: Callable[[torch.nn.Module, torch.optim.Optimizer, Path, Dist], dict[str, Any]]
     load: Callable[[torch.nn.Module, torch.optim.Optimizer, Path, dict, Dist], None]
     load_optimizer: Callable[[torch.nn.Module, torch.optim.Optimizer, Path, dict], None]
     has_state: Callable[[Path], bool]
+
+    def load_device(self, dist: Dist):
+        """Where the trainer loads the whole model before `wrap`: this rank's device, except under FSDP on several
+        ranks, where it loads on the CPU and fully_shard moves only this rank's shards to the device (a model that
+        does not fit one GPU never has to; host memory holds one whole copy per rank while it loads)."""
+        import torch
+
+        return torch.device("cpu") if self.sharded and dist.world > 1 else dist.device
 
     def no_sync(self, model: torch.nn.Module, last: bool):
         """The context of one micro-batch's backward: DDP syncs gradients on the last one only."""
@@ -200,63 +209,73 @@ def _one_process():
         yield
 
 
-def _fsdp_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+def _fsdp_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, with_optimizer: bool) -> dict[str, Any]:
+    """The sharded state DCP writes and reads. Without the optimizer when it holds no state yet (every step so far
+    skipped): torch's get_optimizer_state_dict would first take an AdamW step at lr 0 to create one, which moves
+    the step counter (and so the bias correction of every later update)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    m, o = get_state_dict(model, optimizer, options=_fsdp_options())
-    return {"model": m, "optimizer": o}
+    state = {"model": get_model_state_dict(model, options=_fsdp_options())}
+    if with_optimizer:
+        state["optimizer"] = get_optimizer_state_dict(model, optimizer, options=_fsdp_options())
+    return state
 
 
 def _fsdp_save(model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Path, dist: Dist) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
 
+    with_optimizer = bool(optimizer.state)  # the same on every rank: they step together
     with _one_process():
-        dcp.save(_fsdp_state(model, optimizer), checkpoint_id=str(d / DCP_DIR), no_dist=_single())
-    return {"strategy": "fsdp"}
+        dcp.save(_fsdp_state(model, optimizer, with_optimizer), checkpoint_id=str(d / DCP_DIR), no_dist=_single())
+    return {"strategy": "fsdp", "optimizer_saved": with_optimizer}
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """thinkrl.logprobs.unwrap, imported when called (this module loads without torch)."""
     from thinkrl.logprobs import unwrap as inner
 
     return inner(model)
 
 
-def _fsdp_load(model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Path, s: dict, dist: Dist) -> None:
+def _dcp_load(state: dict, d: Path, error: Callable[[Exception], ThinkrlError]) -> None:
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    state = _fsdp_state(model, optimizer)
     try:
         with _one_process():
             dcp.load(state, checkpoint_id=str(d / DCP_DIR), no_dist=_single())
-    except Exception as e:  # DCP raises CheckpointException and others for a damaged directory
-        raise _damaged(d / DCP_DIR, e) from None
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                   options=_fsdp_options())
+    except Exception as e:  # DCP raises CheckpointException and others for a damaged or mismatched directory
+        raise error(e) from None
+
+
+def _fsdp_load(model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Path, s: dict, dist: Dist) -> None:
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = _fsdp_state(model, optimizer, s.get("optimizer_saved", True))
+    _dcp_load(state, d, lambda e: _damaged(d / DCP_DIR, e))
+    set_model_state_dict(model, state["model"], options=_fsdp_options())
+    if "optimizer" in state:
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=_fsdp_options())
 
 
 def _fsdp_load_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Path, s: dict) -> None:
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     if not (d / DCP_DIR / ".metadata").is_file():
         raise ThinkrlError(f"continue_from {d}: a ddp state (no {DCP_DIR}/ there); continue it with --strategy ddp")
+    if not s.get("optimizer_saved", True):
+        return  # the continued run never stepped: nothing to carry
     osd = {"optimizer": get_optimizer_state_dict(model, optimizer, options=_fsdp_options())}
-    try:
-        with _one_process():
-            dcp.load(osd, checkpoint_id=str(d / DCP_DIR), no_dist=_single())
-    except Exception as e:
-        raise ThinkrlError(f"continue_from {d}: its optimizer state does not fit this policy "
-                           f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]})") from None
+    _dcp_load(osd, d, lambda e: ThinkrlError(f"continue_from {d}: its optimizer state does not fit this policy "
+                                             f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]})"))
     set_optimizer_state_dict(model, optimizer, osd["optimizer"], options=_fsdp_options())
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     Strategy("ddp", "DistributedDataParallel: the whole model on every rank, gradients all-reduced",
-             _ddp_wrap, False, _ddp_full_state, _ddp_save, _ddp_load, _ddp_load_optimizer,
+             _ddp_wrap, False, False, _ddp_full_state, _ddp_save, _ddp_load, _ddp_load_optimizer,
              lambda d: (d / STATE_WEIGHTS).is_file()),
     Strategy("fsdp", "FSDP2 fully_shard per decoder layer: weights, gradients and AdamW moments sharded over ranks",
-             _fsdp_wrap, True, _fsdp_full_state, _fsdp_save, _fsdp_load, _fsdp_load_optimizer,
+             _fsdp_wrap, True, True, _fsdp_full_state, _fsdp_save, _fsdp_load, _fsdp_load_optimizer,
              lambda d: (d / DCP_DIR / ".metadata").is_file()),
 )}
 

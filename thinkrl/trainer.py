@@ -652,20 +652,21 @@ def setup(policy_dir: Path, advantages_df: pl.DataFrame, cfg: TrainConfig, out_d
     LoRA policy's own base when the reference is the input policy), AdamW over the trainable parameters and the lr
     schedule. The schedule spans all K passes (not max_steps), so a run cut into pieces follows the same lr curve."""
     groups, dropped = prepare_groups(advantages_df, need_logprobs=not cfg.recompute_logprobs)
-    model, tok = _load_model(policy_dir, cfg, dist.device)
+    strategy = STRATEGIES[cfg.strategy]
+    load_on = strategy.load_device(dist)  # FSDP: the CPU; fully_shard moves each rank's shards to its device
+    model, tok = _load_model(policy_dir, cfg, load_on)
     if cfg.lora_r:
         model = apply_lora(model, cfg)
     model.train()
     params = n_params(model)  # before sharding
-    strategy = STRATEGIES[cfg.strategy]
+    wrapped = strategy.wrap(model, dist, cfg, True)  # before the reference loads: one whole model at a time
     ref = None
     ref_dir = Path(cfg.ref_policy or policy_dir)
     if cfg.beta > 0 and cfg.lora_r and ref_dir.resolve() == policy_dir.resolve():
         ref = model  # the base policy with the adapters disabled (reference_logprobs)
     elif cfg.beta > 0:
-        ref, _ = _load_model(ref_dir, cfg, dist.device)
+        ref, _ = _load_model(ref_dir, cfg, load_on)
         ref = strategy.wrap(ref.eval().requires_grad_(False), dist, cfg, False)
-    wrapped = strategy.wrap(model, dist, cfg, True)
     # fused: one kernel over all tensors (7x the per-tensor loop at SmolLM2-135M's shapes on this CPU, `just bench
     # optimizer`; the same update to float rounding, about 1 ulp)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=tuple(cfg.betas),

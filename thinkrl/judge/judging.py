@@ -40,7 +40,7 @@ from thinkrl.judge.protocol import UNKNOWN, Judge, JudgeRequest, Verdict
 from thinkrl.lineage import policy_of
 from thinkrl.sampling import SampleConfig
 from thinkrl.settings import check_settings, same_as, setting
-from thinkrl.shards import Plan, ShardSettings, complete, cuts, part_names, sum_runs
+from thinkrl.shards import Plan, ShardSettings, begin, complete, cuts, part_names, sum_runs
 from thinkrl.steps import (
     JUDGE_SPLITTER,
     check_splitter,
@@ -197,6 +197,7 @@ def judge_shard(rollouts: pl.DataFrame, judge: Judge, tokenizer, writer: Artifac
     reasons: Counter = Counter()
     failed_now: Counter = Counter()  # cause -> rollouts whose request failed for good in this run
     plan = Plan(tuple(part_names(rollouts.height, part_size)), shard)
+    begin(writer, plan)
     mine = set(plan.mine)
     for part, (start, size) in zip(plan.parts, cuts(rollouts.height, part_size), strict=True):
         if part not in mine:
