@@ -111,6 +111,10 @@ def test_sign_flip_p_by_exact_enumeration():
     # ({}, {1}, {2}) or >= 8 ({1,3,4}, {2,3,4}, {1,2,3,4}) -> 6/16
     assert sign_flip_p([1, 0, 3, 4], [0, 2, 0, 0]) == pytest.approx(0.375)
     assert sign_flip_p([1, 1, 1], [1, 1, 1]) == 1.0          # no difference at all
+    # ties in floating point: accuracies on a fixed problem set are multiples of 0.01 here, d = (-.15, .13, .15,
+    # -.16), sum -0.03; flipping S gives -0.03 - 2 sum(S), short of |0.03| only for sum(S) in (-0.03, 0):
+    # {-.15, .13} and {.15, -.16}. {-.15, .15} (sum 0) and {.13, -.16} (sum -0.03) tie with the observed: count
+    assert sign_flip_p([0.52, 0.46, 0.69, 0.37], [0.67, 0.33, 0.54, 0.53]) == pytest.approx(14 / 16)
     assert sign_flip_p([1] * 5, [0] * 5) == pytest.approx(1 / 16)  # 5 seeds can never give p < 0.05
     # 17 seeds: random patterns, p = (1 + hits) / (1 + 10000); only ++..+ and --..- reach (2 of 2^17)
     p = sign_flip_p([1] * 17, [0] * 17, seed=3)

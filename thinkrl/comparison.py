@@ -39,7 +39,8 @@ data order and initial evaluation; `compare` pairs runs by `RunSummary.seed`).
   range of the values and is too narrow with few seeds.
 - `sign_flip_p`: the two-sided paired permutation test of mean(a − b) = 0: under the null each seed's
   difference is as likely negated, so p = share of the 2^n sign patterns whose |mean| reaches the observed
-  one (identity included). Exact enumeration up to 2^16 patterns, else n_perm random patterns with
+  one (identity included; patterns that tie with it in exact arithmetic, as differences of accuracies on one
+  problem set often do, count, through a 1e-12 relative tolerance). Exact enumeration up to 2^16 patterns, else n_perm random patterns with
   p = (1 + hits) / (1 + n_perm). Its smallest possible p is 2 / 2^n: with 5 seeds or fewer, p < 0.05 cannot
   happen whatever the data.
 - runs that never reach the target (`compare`): censored at their budget (their last eval point's samples),
@@ -214,8 +215,8 @@ def sign_flip_p(a: Sequence[float], b: Sequence[float], n_perm: int = 10_000, se
         signs, plus_one = 1 - 2 * bits, 0
     else:
         signs, plus_one = np.random.default_rng(seed).choice([-1, 1], size=(n_perm, d.size)), 1
-    observed = abs(d.mean())
-    hits = int(np.sum(np.abs((signs * d).mean(axis=1)) >= observed - 1e-12 * max(np.abs(d).max(), 1.0)))
+    observed = abs(d.mean())  # patterns that tie with it in exact arithmetic count: a relative tolerance
+    hits = int(np.sum(np.abs((signs * d).mean(axis=1)) >= observed - 1e-12 * np.abs(d).max()))
     return (hits + plus_one) / (len(signs) + plus_one)
 
 
