@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from thinkrl.artifacts import write_artifact
+from thinkrl.artifacts import ArtifactWriter, write_artifact
 from thinkrl.comparison import (
     advantage_shares,
     auc,
@@ -21,6 +21,7 @@ from thinkrl.comparison import (
     samples_to_target,
     sign_flip_p,
 )
+from thinkrl.segment import Sampling, segment
 from thinkrl.summary import EvalPoint, RoundSummary, RunSummary
 
 CURVE = [(0, 0.40), (100, 0.45), (200, 0.55)]
@@ -219,3 +220,34 @@ def test_round_shares_reads_a_thoughts_artifact(tmp_path):
     write_artifact(tmp_path / "thoughts", "segment", {"scheme": "thought"}, {"thoughts": thoughts, "advantages": advs})
     m = round_shares(tmp_path / "thoughts")
     assert (m["tokens"], m["changed"], m["changed_error"], m["changed_unmatched"], m["changed_other"]) == (18, 5, 2, 2, 1)
+
+
+def _segmented(tmp_path, scheme: str) -> dict:
+    """round_shares of the thoughts artifact the segment stage writes for one group: a correct rollout with an
+    error thought (tokens 3..5), a wrong one with an unmatched thought (0..2), a wrong one with no answer."""
+    def rollout(rid, n, correct, pred, finish="stop"):
+        return {"rollout_id": rid, "problem_id": "p", "round": 0, "prompt_ids": [1], "completion": "",
+                "completion_ids": [9] * n, "logprobs": [-0.5] * n, "correct": correct, "pred_answer": pred,
+                "finish_reason": finish}
+
+    def steps(rid, spans):
+        return [{"rollout_id": rid, "step_idx": i, "char_start": 0, "char_end": 0, "token_start": a, "token_end": b,
+                 "text": "", "label": lab, "judge": "test", "rationale": ""} for i, (a, b, lab) in enumerate(spans)]
+
+    rollouts = [rollout("p/s0", 8, True, "5"), rollout("p/s1", 6, False, "7"), rollout("p/s2", 12, False, None, "length")]
+    judgments = (steps("p/s0", [(0, 3, "correct"), (3, 6, "incorrect")])
+                 + steps("p/s1", [(0, 3, "unmatched"), (3, 5, "matched")])
+                 + steps("p/s2", [(0, 4, "unmatched"), (4, 12, "unmatched")]))
+    w = ArtifactWriter(tmp_path / scheme, "segment", {"scheme": scheme})
+    segment(pl.DataFrame(rollouts), pl.DataFrame(judgments), scheme, 1.0, w, Sampling(temperature=1.0, max_tokens=12))
+    return round_shares(tmp_path / scheme)
+
+
+def test_round_shares_of_the_segment_stages_artifact(tmp_path):
+    tp = _segmented(tmp_path, "thought")  # 26 tokens: s0's 3 error tokens r̂ − acc, s1's 3 unmatched tokens 0
+    assert (tp["tokens"], tp["changed"], tp["changed_error"], tp["changed_unmatched"], tp["changed_other"]) == \
+        (26, 6, 3, 3, 0)
+    assert tp["share_changed"] == pytest.approx(6 / 26)
+    assert _segmented(tmp_path, "outcome")["changed"] == 0    # GRPO against itself
+    step = _segmented(tmp_path, "step")                        # return-to-go reaches the steps before an error
+    assert step["changed_error"] == 3 and step["changed_other"] > 0
