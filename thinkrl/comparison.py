@@ -243,8 +243,7 @@ def compare(runs_a: Sequence[RunSummary], runs_b: Sequence[RunSummary], target: 
     seeds = sorted(set(a) & set(b))
     if len(seeds) < 2:
         raise ValueError(f"compare needs >= 2 seeds run by both schemes (shared: {seeds})")
-    curves = [curve(r) for r in (*a.values(), *b.values())]
-    budget = min(c[-1][0] for c in curves if c)
+    budget = min(c[-1][0] for c in (curve(r[s]) for r in (a, b) for s in seeds) if c)  # common to the paired runs
     if target is None:
         target = float(np.mean([curve(b[s])[-1][1] for s in seeds]))
     ma = [run_metrics(a[s], target, budget) for s in seeds]
