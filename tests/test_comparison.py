@@ -136,7 +136,7 @@ def _run(name: str, scheme: str, seed: int, points, kept: list[int] | None = Non
 def test_compare_pairs_by_seed_and_censors_runs_that_never_reach():
     tp = [_run("tp-s1", "thought", 1, [(0, 0.3), (100, 0.5), (200, 0.5)], kept=[50, 50]),
           _run("tp-s0", "thought", 0, [(0, 0.4), (100, 0.5), (200, 0.6)], kept=[40, 60]),
-          _run("tp-s2", "thought", 2, [(0, 0.4), (100, 0.5), (200, 0.6)])]   # no grpo seed 2: left out
+          _run("tp-s2", "thought", 2, [(0, 0.4), (100, 0.5)])]   # no grpo seed 2: left out, its budget too
     grpo = [_run("grpo-s0", "outcome", 0, [(0, 0.4), (100, 0.45), (200, 0.5)], kept=[80, 80]),
             _run("grpo-s1", "outcome", 1, [(0, 0.3), (100, 0.35), (200, 0.4)], kept=[80, 80])]
     c = compare(tp, grpo, n_boot=2000)
