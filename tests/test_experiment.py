@@ -595,3 +595,16 @@ def assert_close_tables(a: pl.DataFrame, b: pl.DataFrame, where: str) -> None:
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=f"{where}: {col}")
         else:
             assert a[col].to_list() == b[col].to_list(), f"{where}: {col}"
+
+
+def test_a_run_goes_on_over_the_markers_of_an_earlier_sharded_invocation(easy, tmp_path):
+    """A run stopped while its stages ran as shards (say 3 ranks, then settings changed) leaves markers; the next
+    `thinkrl run` holds the run's lock, so it forgets them instead of refusing the parts as another job's."""
+    cfg = replace(ExperimentConfig(), **tiny_settings(easy, rounds=1, report_to="none", eval_every=0))
+    parts = tmp_path / "exp" / "round-000" / "rollouts" / "_parts"
+    (parts / "_shards").mkdir(parents=True)
+    (parts / "key").write_text("the key of other settings\n")
+    (parts / "_shards" / "shard-1-of-3.json").write_text(json.dumps(
+        {"stage": "sample", "key": "k", "parts_key": "k", "k": 1, "n": 3, "parts": [], "all_parts": []}))
+    summary = run_experiment(cfg, tmp_path / "exp")
+    assert len(summary.rounds) == 1 and (tmp_path / "exp" / "round-000" / "rollouts" / MANIFEST).is_file()

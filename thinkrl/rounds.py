@@ -171,9 +171,16 @@ class _Ctx:
             self._tokenizers[str(policy)] = load_tokenizer(policy)
         return self._tokenizers[str(policy)]
 
-    def sharded(self, result_of: Callable[[tuple[int, int]], StageResult]) -> StageResult:
-        """Run a sharded stage as this rank's shard (`result_of(shard)`), then wait for the other ranks: the last
-        shard to finish has merged, and every rank gets the merged artifact's metrics."""
+    def sharded(self, out: Path, result_of: Callable[[tuple[int, int]], StageResult]) -> StageResult:
+        """Run a sharded stage into `out` as this rank's shard (`result_of(shard)`), then wait for the other ranks:
+        the last shard to finish has merged, and every rank gets the merged artifact's metrics. Markers left in
+        `out` by an earlier invocation (another number of ranks, other settings) are forgotten first: the run's
+        lock says no one else works there."""
+        from thinkrl.shards import forget_markers
+
+        if self.ranks.main:
+            forget_markers(out)
+        self.ranks.barrier()
         r = result_of(self.ranks.shard)
         if self.ranks.world == 1:
             return r
@@ -272,7 +279,7 @@ def stage_problems(ctx: _Ctx, round_: int, out: Path) -> Path:
 def stage_sample(ctx: _Ctx, round_: int, policy: Path, problems: Path, out: Path) -> Path:
     from thinkrl.sampling import run_sample_stage
 
-    r = ctx.sharded(lambda shard: run_sample_stage(
+    r = ctx.sharded(out, lambda shard: run_sample_stage(
         problems, policy, out, replace(ctx.cfg.sample_config(round_), shard=shard), tokenizer=ctx.tokenizer(policy),
         load=lambda: ctx.engine(policy), start=lambda total: ctx.start(round_, "sample", total),
         progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens)))
@@ -288,7 +295,7 @@ def stage_sample(ctx: _Ctx, round_: int, policy: Path, problems: Path, out: Path
 def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path) -> Path:
     from thinkrl.judge.judging import run_judge_stage
 
-    r = ctx.sharded(lambda shard: run_judge_stage(
+    r = ctx.sharded(out, lambda shard: run_judge_stage(
         rollouts, out, replace(ctx.cfg.judge_config(), shard=shard), policy,
         start=lambda total: ctx.start(round_, "judge", total), progress=lambda k: ctx.display.advance(k)))
     m = r.metrics
@@ -308,7 +315,7 @@ def stage_judge(ctx: _Ctx, round_: int, policy: Path, rollouts: Path, out: Path)
 def stage_segment(ctx: _Ctx, round_: int, rollouts: Path, judgments: Path, out: Path) -> Path:
     from thinkrl.segment import run_segment_stage
 
-    r = ctx.sharded(lambda shard: run_segment_stage(rollouts, judgments, out,
+    r = ctx.sharded(out, lambda shard: run_segment_stage(rollouts, judgments, out,
                                                     replace(ctx.cfg.segment_config(), shard=shard),
                                                     start=lambda: ctx.start(round_, "segment")))
     m = r.metrics
@@ -354,7 +361,7 @@ def stage_eval(ctx: _Ctx, round_: int | None, policy: Path, out: Path) -> Path:
     from thinkrl.evaluate import run_eval_stage
 
     cfg = ctx.cfg
-    r = ctx.sharded(lambda shard: run_eval_stage(
+    r = ctx.sharded(out, lambda shard: run_eval_stage(
         ctx.eval_sets, policy, out, replace(cfg.eval_config(), shard=shard), tokenizer=ctx.tokenizer(policy),
         load=lambda: ctx.engine(policy), start=lambda total: ctx.start(round_, "eval", total),
         progress=lambda tokens, seqs: ctx.display.advance(seqs, tokens)))

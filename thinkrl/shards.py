@@ -140,6 +140,16 @@ def begin(writer: ArtifactWriter, plan: Plan) -> None:
         (writer.out / PARTS / SHARDS / marker_name(k, n)).unlink(missing_ok=True)
 
 
+def forget_markers(out: Path) -> None:
+    """Remove every shard's marker in OUT, keeping the parts. Only for a caller that knows no shard of OUT is
+    running: `thinkrl run`, holding its run's lock, before each sharded stage, so that a rerun with another
+    number of ranks, or after a changed setting, goes on (parts of the same key are reused whoever wrote them;
+    parts of another key are then stale, as for one process) instead of finding markers of another job."""
+    d = Path(out) / PARTS / SHARDS
+    for f in d.glob("shard-*.json") if d.is_dir() else []:
+        f.unlink(missing_ok=True)
+
+
 def complete(writer: ArtifactWriter, plan: Plan, tables: Sequence[str], run: dict,
              finish: Callable[[ArtifactWriter, list[dict]], dict]) -> StageResult:
     """A stage has written every part of `plan.mine` (tables `tables`): one process finishes at once; a shard
