@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -351,6 +351,56 @@ def test_report_to_tensorboard_writes_the_train_metrics_and_evals(easy, tmp_path
     assert read_manifest(tmp_path / "tb/round-001/train")["metrics"]["tracking"] == {
         "report_to": "tensorboard", "log_dir": str(tmp_path / "tb/tb")}
     assert "report_to = \"tensorboard\"" in (tmp_path / "tb/config.toml").read_text()
+
+
+def test_eval_seed_unset_is_the_seed_and_keeps_the_eval_config():
+    """eval_seed None evaluates with `seed`, the EvalConfig (so the eval key) of the runs made before it existed."""
+    cfg = ExperimentConfig(policy="p", seed=3)
+    assert cfg.eval_seed is None and cfg.eval_config() == replace(cfg, eval_seed=3).eval_config()
+    assert cfg.eval_config().seed == 3 and "eval_seed" not in asdict(cfg.eval_config())
+    fixed = replace(cfg, eval_seed=7)
+    assert fixed.eval_config() == replace(cfg.eval_config(), seed=7) and fixed.sample_config(0).seed == 3
+    assert fixed.train_config(0) == cfg.train_config(0)         # only the evals take it
+
+
+def test_eval_seed_shares_the_eval_noise_across_seeds(easy, tmp_path):
+    """Runs of seeds 0 and 1 with one eval_seed evaluate the start policy with byte-identical samples (seed 1's
+    eval-initial is seed 0's, unset eval_seed being `seed`); without it seed 1 samples its evals otherwise."""
+    base = tiny_settings(easy, rounds=1, eval_every=1, eval_temperature=1.0)
+    runs = {"s0": dict(seed=0), "s1-e0": dict(seed=1, eval_seed=0), "s1": dict(seed=1)}
+    for name, kw in runs.items():
+        run_experiment(ExperimentConfig(**base, **kw), tmp_path / name)
+    samples = {name: (tmp_path / name / "eval-initial/eval_samples/part-00000.parquet").read_bytes() for name in runs}
+    assert samples["s1-e0"] == samples["s0"] and samples["s1"] != samples["s0"]
+    keys = {name: read_manifest(tmp_path / name / "eval-initial")["config"] for name in runs}
+    assert keys["s1-e0"] == keys["s0"] != keys["s1"]
+    rollouts = {name: read_table(tmp_path / name / "round-000/rollouts", "rollouts") for name in runs}
+    assert rollouts["s1-e0"].equals(rollouts["s1"]) and not rollouts["s1"].equals(rollouts["s0"])  # training: `seed`
+
+
+def test_pairing_schemes_of_one_seed_share_problems_seeds_and_round_0(easy, tmp_path):
+    """Two runs differing only in scheme draw the same problems every round with the same sampling seed per
+    (round, problem, sample); round 0 samples the same start policy, so its rollouts (and a noisy judge's
+    labels of them) are byte-identical. Later rounds sample differently trained policies: same problems and
+    seeds, other completions."""
+    for r in range(3):  # arith problems come from (seed, round), whatever the scheme
+        a, b = (round_problems(ExperimentConfig(policy="p", seed=5, scheme=s), None, r) for s in ("outcome", "thought"))
+        assert a.equals(b)
+    runs = {s: tmp_path / s for s in ("outcome", "thought")}
+    for s, d in runs.items():
+        run_experiment(ExperimentConfig(**tiny_settings(easy, scheme=s, judge="noisy:0.3", eval_every=0)), d)
+
+    def part_bytes(d: Path, sub: str, table: str) -> list[bytes]:
+        return [f.read_bytes() for f in sorted((d / sub / table).glob("*.parquet"))]
+
+    o, t = runs["outcome"], runs["thought"]
+    for sub, table in [("problems", "problems"), ("rollouts", "rollouts"), ("judgments", "judgments")]:
+        assert part_bytes(o / "round-000", sub, table) == part_bytes(t / "round-000", sub, table), sub
+    assert part_bytes(o / "round-001", "problems", "problems") == part_bytes(t / "round-001", "problems", "problems")
+    ids = ["rollout_id", "problem_id", "sample_idx", "round", "seed"]
+    r1 = [read_table(d / "round-001/rollouts", "rollouts").sort("rollout_id") for d in (o, t)]
+    assert r1[0].select(ids).equals(r1[1].select(ids))       # the same seed per (round, problem, sample)
+    assert r1[0]["policy"].to_list() != r1[1]["policy"].to_list()  # each run's own round-0 policy
 
 
 def test_round_with_nothing_to_learn_carries_the_policy(easy, tmp_path):

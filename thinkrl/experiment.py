@@ -5,7 +5,7 @@
     python -m thinkrl.experiment                  # the reference of every key (data/experiments/README.md)
 
 `ExperimentConfig` composes the stages' settings instead of copying them: apart from the few that only an
-experiment has (policy, rounds, seed, problems, prompts_per_round, the eval schedule and sets, data_dir,
+experiment has (policy, rounds, seed, problems, prompts_per_round, the eval schedule, sets and seed, data_dir,
 threads), each of its fields is `same_as` a field of SampleConfig, JudgeConfig, SegmentConfig, TrainConfig,
 EvalConfig or TrackingConfig (thinkrl.settings), so it has that setting's one default and help text, and `project` hands it to
 the stage. A key's name is the stage field's, prefixed where two stages share a name (`judge_max_tokens` is
@@ -18,8 +18,8 @@ A TOML experiment file holds flat `key = value` pairs, one per field (no tables,
 wins over the defaults. The resolved settings are saved as runs/NAME/config.toml. The round loop that runs
 them is thinkrl/rounds.py.
 
-Settings an experiment derives rather than takes: the seed of every stage (sampling and eval use `seed`, the
-trainer a hash of (seed, round)), the round of the behaviour policy, the trainer's continuation and schedule
+Settings an experiment derives rather than takes: the seed of every stage (sampling uses `seed`, eval `eval_seed`
+or else `seed`, the trainer a hash of (seed, round)), the round of the behaviour policy, the trainer's continuation and schedule
 length (one policy trains across the rounds), the KL reference (the start policy), and `judge_max_unknown`
 under the outcome scheme (its labels are unused, so no judge share stops it).
 """
@@ -122,6 +122,9 @@ class ExperimentConfig(GenerationSettings):
     eval_k: int = same_as(EvalConfig, "k")
     eval_temperature: float = same_as(EvalConfig, "temperature")
     eval_top_p: float = same_as(EvalConfig, "top_p")
+    eval_seed: int | None = setting(None, "seed of the held-out evals (unset: `seed`); give every scheme and seed of "
+                                          "a comparison the same one and their evals share their sampling noise, "
+                                          "so paired differences are clean", ge=0)
     data_dir: str | None = setting(None, DATA_DIR_HELP)
     threads: int = setting(1, "torch CPU threads (1 is fastest for the tiny policy on a shared 2-core machine)",
                            ge=1)
@@ -179,7 +182,7 @@ class ExperimentConfig(GenerationSettings):
                        seed=round_seed(self.seed, round_, "train"))
 
     def eval_config(self) -> EvalConfig:
-        return project(self, EvalConfig, seed=self.seed)
+        return project(self, EvalConfig, seed=self.seed if self.eval_seed is None else self.eval_seed)
 
     def tracking_config(self) -> TrackingConfig:
         return project(self, TrackingConfig)

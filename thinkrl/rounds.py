@@ -10,7 +10,14 @@ Round r samples with the policy trained in round r-1 (round 0 with `policy`). Tr
 the held-out arith eval set; with a benchmark name, a problems file or a problems artifact directory, the
 rounds cycle through its rows, `prompts_per_round` at a time. Seeds: sample j of problem p in round r uses
 `derive_seed(seed, r, p, j)` (thinkrl.sampling); the trainer's seed and the arith problem seed of round r
-are hashes of (seed, r); eval uses `seed` (the same uniforms at every eval, so curves share their noise).
+are hashes of (seed, r); eval uses `eval_seed`, or `seed` when it is unset (the same uniforms at every eval, so
+curves share their noise; one `eval_seed` for every run of a comparison shares it across schemes and seeds too).
+
+Pairing. No seed depends on the scheme (or on alpha, the judge, the trainer's settings): two runs of one seed and
+start policy that differ only there draw the same problems in every round and sample problem p's j-th completion
+of round r with the same seed. Round 0 samples the one start policy, so its problems, rollouts and the labels of a
+judge that is a function of the rollout (rule, oracle, noisy:P) are byte-identical (tested); from round 1 the policies differ by training, so the rollouts do too: same problems and seeds, other
+completions. Their evals share `seed` already; `eval_seed` shares the eval noise across seeds as well.
 
 Skip and resume. Each round runs the stages' own step functions, the ones the stage commands call
 (`run_sample_stage`, `run_judge_stage`, `run_segment_stage`, `run_train_stage`, `run_eval_stage`), with the

@@ -1,8 +1,9 @@
 """Judges: label each reasoning step of a rollout (DESIGN §2 "Judge verdicts").
 
-`make_judge("rule" | "oracle" | "hf:DIR" | "openai:URL", **options)` builds one from a `NAME[:ARG]` spec;
-the backends are a dict of factories. See protocol.py (the contract), prompts.py (generative prompts and
-reply parser), rule.py, oracle.py, generative.py, chat.py (OpenAI-compatible client), judging.py (stage).
+`make_judge("rule" | "oracle" | "noisy:P" | "hf:DIR" | "openai:URL", **options)` builds one from a `NAME[:ARG]`
+spec; the backends are a dict of factories. See protocol.py (the contract), prompts.py (generative prompts and
+reply parser), rule.py, oracle.py, noisy.py (the oracle with a share of its labels flipped), generative.py,
+chat.py (OpenAI-compatible client), judging.py (stage).
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ def _oracle(arg: str | None, **_) -> Judge:
     from thinkrl.judge.oracle import OracleJudge
 
     return OracleJudge()
+
+
+def _noisy(arg: str | None, **_) -> Judge:
+    from thinkrl.judge.noisy import NoisyJudge, parse_noisy
+
+    p, seed = parse_noisy(arg)
+    return NoisyJudge(p, seed, name=f"noisy:{arg}")
 
 
 def _hf(arg: str | None, max_tokens: int = 1024, dtype: str = "auto", template: str = "intrinsic-v1",
@@ -71,6 +79,18 @@ def _oracle_version() -> int:
     return OracleJudge.version
 
 
+def _noisy_version() -> int:
+    from thinkrl.judge.noisy import NoisyJudge
+
+    return NoisyJudge.version
+
+
+def _noisy_check(arg: str | None) -> None:
+    from thinkrl.judge.noisy import parse_noisy
+
+    parse_noisy(arg)
+
+
 @dataclass(frozen=True)
 class JudgeKind:
     """A judge backend of the registry: its factory and the facts other code asks of it."""
@@ -79,23 +99,29 @@ class JudgeKind:
                                               # key, and it can propose the steps (splitter `judge`)
     needs_model_name: bool = False            # openai: the server's model name is required
     local_model: bool = False                 # hf: runs in this process, on `device` (in its key)
-    version: Callable[[], int] | None = None  # rule/oracle: their code is the judge, its version in the key
+    version: Callable[[], int] | None = None  # rule/oracle/noisy: their code is the judge, its version in the key
+    check: Callable[[str | None], None] | None = None  # noisy: raises a one-line ThinkrlError for a bad ARG
 
 
 JUDGES: dict[str, JudgeKind] = {
     "rule": JudgeKind(_rule, generative=False, version=_rule_version),
     "oracle": JudgeKind(_oracle, generative=False, version=_oracle_version),
+    "noisy": JudgeKind(_noisy, generative=False, version=_noisy_version, check=_noisy_check),
     "hf": JudgeKind(_hf, generative=True, local_model=True),
     "openai": JudgeKind(_openai, generative=True, needs_model_name=True),
 }
 
 
 def judge_kind(spec: str) -> JudgeKind:
-    """The registry entry of a `NAME[:ARG]` judge spec; a one-line ThinkrlError for an unknown name."""
-    name = spec.partition(":")[0]
+    """The registry entry of a `NAME[:ARG]` judge spec; a one-line ThinkrlError for an unknown name or (where the
+    backend checks it) a bad ARG."""
+    name, _, arg = spec.partition(":")
     if name not in JUDGES:
-        raise ThinkrlError(f"unknown judge '{spec}' (expected one of: rule, oracle, hf:DIR, openai:URL)")
-    return JUDGES[name]
+        raise ThinkrlError(f"unknown judge '{spec}' (expected one of: rule, oracle, noisy:P, hf:DIR, openai:URL)")
+    kind = JUDGES[name]
+    if kind.check is not None:
+        kind.check(arg or None)
+    return kind
 
 
 def make_judge(spec: str, **options) -> Judge:

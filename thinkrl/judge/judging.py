@@ -59,7 +59,8 @@ class JudgeConfig:
     judge_model, prompt, max_tokens, temperature and extra_body are in its skip key (`judge_config`); the rest
     say how to reach the judge and how often to save."""
 
-    judge: str = setting("rule", "judge: rule | oracle | hf:DIR | openai:URL")
+    judge: str = setting("rule", "judge: rule | oracle | noisy:P[:SEED] (the oracle with a share P of its step "
+                                 "labels flipped) | hf:DIR | openai:URL")
     splitter: str = setting("blank", "step splitter: blank (blank lines), line, or judge (a generative judge "
                                      "groups the lines into steps)")
     judge_model: str | None = setting(None, "openai judge: the model name the server serves")

@@ -25,6 +25,7 @@ from thinkrl.steps import Step
 from thinkrl.tasks.arith import OracleLabels, StepRecord, oracle_label, problem_from_question
 
 _ERROR_LABELS = (INCORRECT, MATCHED)
+ANSWER_PART = "oracle: the oracle counts this text as the answer part (not a step)"  # the rationale of such steps
 
 
 def _reason(s: StepRecord) -> str:
@@ -58,7 +59,7 @@ def map_labels(oracle: OracleLabels, steps: tuple[Step, ...], correct: bool) -> 
         hits = [h for h in hits if h[0] > 0]
         if not hits:
             labels.append(CORRECT if correct else UNMATCHED)
-            why.append("oracle: the oracle counts this text as the answer part (not a step)")
+            why.append(ANSWER_PART)
             continue
         _, _, best = max(hits, key=lambda h: (h[0], h[1]))
         labels.append(best.label)
