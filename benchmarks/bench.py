@@ -670,6 +670,96 @@ def bench_scaleout(tmp: Path) -> str:
     return "\n".join(lines)
 
 
+def _p1_regime_b(tmp: Path) -> tuple[str, str]:
+    """Regime B's problems artifacts (protocol P1), made once in BENCH_DIR/powered/data: training and held-out
+    sets of 5-8-operation ArithChain problems from different generator seeds, held-out questions dropped from
+    the training set."""
+    import subprocess
+
+    from thinkrl.artifacts import read_table, write_artifact
+    from thinkrl.powered import EVAL_PROBLEMS_B, REGIMES, TRAIN_PROBLEMS_B
+
+    d, r = BENCH_DIR / "powered" / "data", REGIMES["B"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for name, (n, seed) in (("b-train-all", TRAIN_PROBLEMS_B), ("b-eval", EVAL_PROBLEMS_B)):
+        if not (d / name / "_manifest.json").is_file():
+            subprocess.run([sys.executable, "-m", "stages.cli", "data", "prepare", "arith", "--n", str(n), "--seed",
+                            str(seed), "--min-ops", str(r.min_ops), "--max-ops", str(r.max_ops), "--out",
+                            str(d / name)], env=env, check=True, capture_output=True)
+    if not (d / "b-train" / "_manifest.json").is_file():
+        held = set(read_table(d / "b-eval", "problems")["question"])
+        train = read_table(d / "b-train-all", "problems")
+        write_artifact(d / "b-train", "prepare", {"from": "b-train-all", "minus": "b-eval"},
+                       {"problems": train.filter(~train["question"].is_in(list(held)))},
+                       inputs={"problems": d / "b-train-all", "held_out": d / "b-eval"})
+    return str(d / "b-train"), str(d / "b-eval")
+
+
+def bench_schemes_powered(tmp: Path) -> str:
+    """Opt-in: protocol P1 of docs/EXPERIMENTS.md, resumable, two runs at a time, in the protocol's priority order;
+    stops starting new priority groups after THINKRL_POWERED_HOURS (default 2) and reports what ran."""
+    from thinkrl.powered import ARM, p1_runs
+    from thinkrl.summary import collect_run
+    from thinkrl.workers import run_experiments
+
+    start, _ = policy_dir(tmp)
+    runs = p1_runs(start, {"B": _p1_regime_b(tmp)})
+    out, budget_h = BENCH_DIR / "powered", float(os.environ.get("THINKRL_POWERED_HOURS", "2"))
+    t0, done_groups = time.perf_counter(), []
+    for priority in sorted({ARM[r.arm].priority for r in runs}):
+        if (time.perf_counter() - t0) / 3600 >= budget_h:
+            break
+        group = [r for r in runs if ARM[r.arm].priority == priority]
+        run_experiments({r.name: (r.cfg, out / r.name) for r in group}, jobs=min(2, os.cpu_count() or 1))
+        done_groups.append(priority)
+    hours = (time.perf_counter() - t0) / 3600
+    finished = [r for r in runs if ARM[r.arm].priority in done_groups]
+    return powered_report([(r, collect_run(out / r.name)) for r in finished], len(runs), hours, done_groups)
+
+
+def _fmt_paired(p, pct: bool = False) -> str:
+    if p is None:
+        return "–"
+    f = (lambda x: f"{100 * x:+.1f}") if pct else (lambda x: f"{x:.2f}")
+    return f"{f(p.estimate)} ({f(p.low)}, {f(p.high)})"
+
+
+def powered_report(finished: list, total_runs: int, hours: float, groups: list[int]) -> str:
+    """The P1 section of docs/BENCHMARKS.md: per regime, each arm against grpo, and the hypotheses' verdicts."""
+    from thinkrl.powered import analyse_regime
+
+    lines = ["## Protocol P1: does TP-GRPO need fewer samples than GRPO? (docs/EXPERIMENTS.md)", "",
+             f"{len(finished)} of {total_runs} runs (priority groups {', '.join(map(str, groups)) or 'none'}), "
+             f"{hours:.2f} h, {machine()}, two runs at a time. Intervals: 95% paired percentile bootstrap over "
+             "seeds (10,000 resamples, seed 0); p: exact sign-flip test.", ""]
+    for regime in ("A", "B"):
+        by_arm: dict[str, list] = {}
+        for r, s in finished:
+            if r.regime == regime:
+                by_arm.setdefault(r.arm, []).append(s)
+        if "grpo" not in by_arm or "tp" not in by_arm:
+            continue
+        a = analyse_regime(by_arm, regime)
+        lines += [f"### Regime {regime}", "",
+                  f"Start accuracy {100 * a['start_accuracy']:.1f}%, target {100 * a['target']:.1f}%"
+                  f"{' (the fallback: fewer than 4 grpo runs reached +15 points)' if a['fallback_target'] else ''}.",
+                  "", "| arm vs grpo | seeds | grpo samples / arm samples to target | censored (arm / grpo) | "
+                  "AUC difference (points) | p | final acc difference (points) | efficiency (arm / grpo) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, c in a["arms"].items():
+            st = c["samples_to_target"]
+            eff = c["efficiency"]
+            eff_text = "–" if eff is None else f"{np.mean(eff['a']):.1f} / {np.mean(eff['b']):.1f}"
+            lines.append(f"| {name} | {len(c['seeds'])} | {_fmt_paired(st['fewer_samples'])}"
+                         f"{' (' + st['bound'] + ' bound)' if st['bound'] else ''} | {st['censored_a']} / "
+                         f"{st['censored_b']} | {_fmt_paired(c['auc']['difference'], True) if c['auc'] else '–'} | "
+                         f"{c['auc']['p']:.3f} | {_fmt_paired(c['final_acc']['difference'], True)} | {eff_text} |")
+        lines += ["", "Hypotheses (as the protocol defines them): " + ", ".join(
+            f"{k} {v or 'not answerable'}" for k, v in a["hypotheses"].items()) + ".", ""]
+    lines += ["Command: `just bench schemes-powered` (opt-in; THINKRL_POWERED_HOURS sets the budget)."]
+    return "\n".join(lines)
+
+
 def _sample_shards(policy: Path, problems: Path, out: Path, n: int, env: dict, log: Path) -> dict:
     """`thinkrl sample` as n shard processes started together into one --out (n = 1: one process): wall seconds
     from the first start to the last end, and the merged artifact's new tokens."""
@@ -1369,8 +1459,8 @@ SECTIONS = {"warmstart": bench_warmstart, "sampling": bench_sampling, "train": b
             "smollm2run": bench_smollm2run, "vllm": bench_vllm, "grading": bench_grading,
             "trl": bench_trl, "trlsmollm2": bench_trlsmollm2, "startup": bench_startup,
             "optimizer": bench_optimizer, "kvcache": bench_kvcache,
-            "scaleout": bench_scaleout, "shards": bench_shards}
-OPT_IN = {"schemes", "smollm2run", "trl", "trlsmollm2"}  # long: run only when named
+            "scaleout": bench_scaleout, "shards": bench_shards, "schemes-powered": bench_schemes_powered}
+OPT_IN = {"schemes", "smollm2run", "trl", "trlsmollm2", "schemes-powered"}  # long: run only when named
 
 
 def main(argv: list[str]) -> None:
