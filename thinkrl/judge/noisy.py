@@ -63,22 +63,15 @@ def coin(seed: int, rollout_id: str, step_idx: int) -> float:
     return int.from_bytes(digest[:8], "little") / 2**64
 
 
-class NoisyJudge:
-    """Judge protocol: the oracle's labels, each flippable one flipped with probability p (module docstring)."""
+class NoisyJudge(OracleJudge):
+    """Judge protocol: the oracle's labels, each flippable one flipped with probability p (module docstring);
+    the oracle's judge_many, over this judge_one."""
 
     version = 1000 * OracleJudge.version + 1  # this module's flips (the last digits) on the oracle's labels
 
     def __init__(self, p: float, seed: int = 0, name: str | None = None):
         self.p, self.seed = p, seed
         self.name = name or f"noisy:{p}:{seed}"
-
-    def judge_many(self, requests: list[JudgeRequest], progress=None) -> list[Verdict]:
-        out = []
-        for req in requests:
-            out.append(self.judge_one(req))
-            if progress is not None:
-                progress(1)
-        return out
 
     def judge_one(self, req: JudgeRequest) -> Verdict:
         v = OracleJudge.judge_one(req)
