@@ -251,3 +251,22 @@ def test_round_shares_of_the_segment_stages_artifact(tmp_path):
     assert _segmented(tmp_path, "outcome")["changed"] == 0    # GRPO against itself
     step = _segmented(tmp_path, "step")                        # return-to-go reaches the steps before an error
     assert step["changed_error"] == 3 and step["changed_other"] > 0
+
+
+def test_rollout_behaviour_by_hand():
+    """Three ArithChain rollouts and one other: a clean solution (2 equation steps), a caught error (wrong, then its
+    reflection, then right: 3 steps holding an equation, 1 wrong, a reflection), an uncaught error (2 steps, 1
+    wrong). Reflection rate 1/3, step error rate 2/7, mean tokens (5 + 9 + 6) / 3; the other question is left out."""
+    from thinkrl.comparison import rollout_behaviour
+
+    q = "Start at 76. Add 13. Add 7. What is the result?"
+    rows = [(q, "76 + 13 = 89\n\n89 + 7 = 96\n\nThe answer is \\boxed{96}.", 5),
+            (q, "76 + 13 = 88\n\nWait, 76 + 13 = 89, not 88.\n\n89 + 7 = 96\n\nThe answer is \\boxed{96}.", 9),
+            (q, "76 + 13 = 88\n\n88 + 7 = 95\n\nThe answer is \\boxed{95}.", 6),
+            ("What is 2 + 2?", "4", 1)]
+    df = pl.DataFrame({"question": [r[0] for r in rows], "completion": [r[1] for r in rows],
+                       "completion_ids": [list(range(r[2])) for r in rows]})
+    b = rollout_behaviour(df)
+    assert (b["rollouts"], b["not_arith"], b["equation_steps"]) == (3, 1, 7)
+    assert b["reflection_rate"] == pytest.approx(1 / 3) and b["step_error_rate"] == pytest.approx(2 / 7)
+    assert b["mean_tokens"] == pytest.approx(20 / 3)

@@ -56,6 +56,15 @@ of a correct rollout (Proposition 1: pushed down by α·acc), an `unmatched` tho
 denominator is the completion tokens of the advantages table: the rollouts trained on. Rollouts dropped for
 all-zero advantages are not in that table (their thoughts are); they carry no gradient under the scheme.
 
+Behaviour (`rollout_behaviour`, `round_behaviour`): from one round's rollouts, read by the ArithChain oracle
+(thinkrl.tasks.arith.oracle_label, whatever judge the run trained with, so every arm is measured alike): the
+reflection rate (the share of rollouts with at least one step the oracle reads as a reflection, the warm-start
+corpus's `Wait, ..., not X.`), the step error rate (the share of steps holding an equation, reflections too,
+whose arithmetic is wrong,
+result != lhs op rhs: the oracle's reading of a wrong step; a right step on a value an earlier error made wrong
+is not counted again), and the mean completion length in tokens. Rollouts whose question is no ArithChain problem
+are left out and counted.
+
 Against the paper: reporting, not part of the method (docs/PAPER.md); the paper reports single runs.
 """
 
@@ -303,3 +312,34 @@ def round_shares(thoughts_dir) -> dict:
 
     return advantage_shares(read_table(thoughts_dir, "advantages", allow_empty=True),
                             read_table(thoughts_dir, "thoughts", allow_empty=True))
+
+
+def rollout_behaviour(rollouts) -> dict:
+    """Reflection rate, step error rate and mean completion tokens of a rollouts table (module doc), by the oracle."""
+    from thinkrl.tasks.arith import oracle_label, problem_from_question
+
+    rollouts_n = reflecting = steps = wrong = skipped = 0
+    tokens = []
+    for row in rollouts.select("question", "completion", "completion_ids").iter_rows(named=True):
+        problem = problem_from_question(row["question"])
+        if problem is None:
+            skipped += 1
+            continue
+        labels = oracle_label(problem, row["completion"])
+        equations = [st for st in labels.steps if st.arith_ok is not None]
+        rollouts_n += 1
+        reflecting += any(st.kind == "reflection" for st in labels.steps)
+        steps += len(equations)
+        wrong += sum(st.arith_ok is False for st in equations)
+        tokens.append(len(row["completion_ids"]))
+    return {"rollouts": rollouts_n, "not_arith": skipped,
+            "reflection_rate": reflecting / rollouts_n if rollouts_n else None,
+            "step_error_rate": wrong / steps if steps else None, "equation_steps": steps,
+            "mean_tokens": float(np.mean(tokens)) if tokens else None}
+
+
+def round_behaviour(rollouts_dir) -> dict:
+    """`rollout_behaviour` of one round's rollouts artifact (e.g. runs/tp-s0/round-003/rollouts)."""
+    from thinkrl.artifacts import read_table
+
+    return rollout_behaviour(read_table(rollouts_dir, "rollouts"))
