@@ -56,13 +56,16 @@ def _rich_table(rows: list[dict[str, str]], title: str, text_cols: tuple[str, ..
 def print_comparison(summaries, title: str) -> None:
     """The comparison table of runs (the first is the baseline), the by-scheme table when an experiment ran
     with several seeds (configs differing only in `seed`), and what is missing from runs still in progress."""
-    from thinkrl.report import aggregate_by_group, comparison_table, format_rows
+    from thinkrl.report import aggregate_by_group, comparison_table, format_rows, seed_caveat
     from thinkrl.summary import seed_groups
 
     out.print(_rich_table(format_rows(comparison_table(summaries)), title, ("run", "scheme", "status")))
     if any(len(runs) > 1 for _, runs in seed_groups(summaries)):
         out.print(_rich_table(format_rows(aggregate_by_group(summaries)),
                               f"{title}: mean ± 95% t-interval over seeds", ("scheme", "seeds")))
+    caveat = seed_caveat(summaries)
+    if caveat:
+        console.print(f"[yellow]{caveat}[/yellow]", highlight=False)
     for s in summaries:
         for m in s.missing:
             console.print(f"[dim]{s.name}: {m}[/dim]", highlight=False)

@@ -230,6 +230,18 @@ def test_report_stage_function(runs, tmp_path, capsys):
     assert "report:" in capsys.readouterr().out
 
 
+def test_one_seed_per_scheme_says_what_it_cannot_show(runs, seeds, tmp_path):
+    """grpo and tp, one seed each: the report and the printed table say one seed shows no winner and point to the
+    powered protocol; three seeds of one scheme beside one seed of another still do; one scheme alone does not."""
+    from thinkrl.report import POWERED, seed_caveat
+
+    text = write_report([runs["grpo"], runs["tp"]], tmp_path / "one").read_text()
+    assert "One seed per scheme" in text and "not which scheme is better" in text and POWERED in text
+    s = {k: collect_run(v) for k, v in seeds.items()}
+    assert seed_caveat([s["s0"], s["s1"], s["s2"]]) is None                       # one scheme, three seeds
+    assert seed_caveat([s["s0"], s["s1"], s["s2"], collect_run(runs["grpo"])]) is not None
+
+
 def test_not_a_run(tmp_path):
     from thinkrl.errors import ThinkrlError
 

@@ -191,6 +191,21 @@ def eval_rows(s: RunSummary) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------- report
+POWERED = "docs/EXPERIMENTS.md (protocol P1), its result in docs/BENCHMARKS.md (`just bench schemes-powered`)"
+
+
+def seed_caveat(summaries: Sequence[RunSummary]) -> str | None:
+    """What runs of one seed per scheme can and cannot show (None when every scheme has several seeds)."""
+    groups = seed_groups(summaries)
+    if len(groups) < 2 or all(len(runs) > 1 for _, runs in groups):
+        return None
+    return ("One seed per scheme: this shows that each scheme trains and how its runs behave (accuracy, length and "
+            "incorrect-thought curves), not which scheme is better. A single run's held-out accuracy moves by "
+            "about ±3 points with sampling and eval noise alone (DESIGN §5), as much as the gaps between schemes "
+            "measured here so far; telling a 1.3x saving from none takes paired runs over several seeds with a "
+            f"shared eval seed: {POWERED}.")
+
+
 def report_markdown(summaries: Sequence[RunSummary], title: str = "thinkrl report") -> str:
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     base = summaries[0]
@@ -206,6 +221,9 @@ def report_markdown(summaries: Sequence[RunSummary], title: str = "thinkrl repor
               "the baseline's final accuracy (at eval points; – = not reached). `x fewer samples`: the baseline's "
               "own samples-to-reach divided by the run's. Accuracy: avg@k, mean over the benchmarks evaluated. "
               "Length and incorrect-thought share: the last round's training rollouts.", ""]
+    caveat = seed_caveat(summaries)
+    if caveat:
+        lines += [f"**{caveat}**", ""]
     if any(len(runs) > 1 for _, runs in seed_groups(summaries)):
         lines += ["## By scheme (mean ± 95% interval over seeds)", "", markdown_table(aggregate_by_group(summaries)),
                   "Runs whose configs differ only in `seed` are one row. Cells: mean over the seeds ± the half-width "
