@@ -713,8 +713,25 @@ def bench_schemes_powered(tmp: Path) -> str:
         run_experiments({r.name: (r.cfg, out / r.name) for r in group}, jobs=min(2, os.cpu_count() or 1))
         done_groups.append(priority)
     hours = (time.perf_counter() - t0) / 3600
-    finished = [r for r in runs if ARM[r.arm].priority in done_groups]
-    return powered_report([(r, collect_run(out / r.name)) for r in finished], len(runs), hours, done_groups)
+    finished = [r for r in runs if (out / r.name / "summary.json").is_file()]  # this bench's or an earlier one's
+    done_groups = [g for g in sorted({ARM[r.arm].priority for r in runs})
+                   if all((out / r.name / "summary.json").is_file() for r in runs if ARM[r.arm].priority == g)]
+    summaries = [(r, collect_run(out / r.name)) for r in finished]
+    return powered_report(summaries, len(runs), hours, done_groups, _powered_plots(summaries))
+
+
+def _powered_plots(summaries: list) -> dict[str, str]:
+    """Per regime, the report's figures of its finished runs (mean curves with 95% t-interval bands over seeds)
+    in docs/powered/<regime>/; regime -> the report's path relative to docs/."""
+    from thinkrl.report import write_report
+
+    links = {}
+    for regime in ("A", "B"):
+        runs = [s for r, s in summaries if r.regime == regime]
+        if runs:
+            path = write_report(runs, DOC.parent / "powered" / regime, title=f"Protocol P1, regime {regime}")
+            links[regime] = str(path.relative_to(DOC.parent))
+    return links
 
 
 def _fmt_paired(p, pct: bool = False) -> str:
@@ -724,14 +741,16 @@ def _fmt_paired(p, pct: bool = False) -> str:
     return f"{f(p.estimate)} ({f(p.low)}, {f(p.high)})"
 
 
-def powered_report(finished: list, total_runs: int, hours: float, groups: list[int]) -> str:
+def powered_report(finished: list, total_runs: int, hours: float, groups: list[int],
+                   plots: dict[str, str] | None = None) -> str:
     """The P1 section of docs/BENCHMARKS.md: per regime, each arm against grpo, and the hypotheses' verdicts."""
     from thinkrl.powered import analyse_regime
 
     lines = ["## Protocol P1: does TP-GRPO need fewer samples than GRPO? (docs/EXPERIMENTS.md)", "",
-             f"{len(finished)} of {total_runs} runs (priority groups {', '.join(map(str, groups)) or 'none'}), "
-             f"{hours:.2f} h, {machine()}, two runs at a time. Intervals: 95% paired percentile bootstrap over "
-             "seeds (10,000 resamples, seed 0); p: exact sign-flip test.", ""]
+             f"{len(finished)} of {total_runs} runs finished (complete priority groups: "
+             f"{', '.join(map(str, groups)) or 'none'}); this invocation {hours:.2f} h, {machine()}, two runs at a "
+             "time. Intervals: 95% paired percentile bootstrap over seeds (10,000 resamples, seed 0); p: exact "
+             "sign-flip test.", ""]
     for regime in ("A", "B"):
         by_arm: dict[str, list] = {}
         for r, s in finished:
@@ -756,6 +775,9 @@ def powered_report(finished: list, total_runs: int, hours: float, groups: list[i
                          f"{c['auc']['p']:.3f} | {_fmt_paired(c['final_acc']['difference'], True)} | {eff_text} |")
         lines += ["", "Hypotheses (as the protocol defines them): " + ", ".join(
             f"{k} {v or 'not answerable'}" for k, v in a["hypotheses"].items()) + ".", ""]
+        if plots and regime in plots:
+            lines += [f"Curves (mean ± 95% t-interval over seeds) and per-run tables: [{plots[regime]}]"
+                      f"({plots[regime]}).", ""]
     lines += ["Command: `just bench schemes-powered` (opt-in; THINKRL_POWERED_HOURS sets the budget)."]
     return "\n".join(lines)
 
