@@ -773,8 +773,13 @@ def powered_report(finished: list, total_runs: int, hours: float, groups: list[i
                          f"{' (' + st['bound'] + ' bound)' if st['bound'] else ''} | {st['censored_a']} / "
                          f"{st['censored_b']} | {_fmt_paired(c['auc']['difference'], True) if c['auc'] else '–'} | "
                          f"{c['auc']['p']:.3f} | {_fmt_paired(c['final_acc']['difference'], True)} | {eff_text} |")
+        from thinkrl.powered import SEEDS
+
+        short = sorted(name for name, c in a["arms"].items() if len(c["seeds"]) < len(SEEDS))
         lines += ["", "Hypotheses (as the protocol defines them): " + ", ".join(
-            f"{k} {v or 'not answerable'}" for k, v in a["hypotheses"].items()) + ".", ""]
+            f"{k} {v or 'not answerable'}" for k, v in a["hypotheses"].items()) + "."
+            + (f" **Provisional**: {', '.join(short)} ran fewer than the protocol's {len(SEEDS)} seeds; the "
+               "verdict stands only once every seed has run." if short else ""), ""]
         if plots and regime in plots:
             lines += [f"Curves (mean ± 95% t-interval over seeds) and per-run tables: [{plots[regime]}]"
                       f"({plots[regime]}).", ""]
