@@ -744,7 +744,7 @@ def _fmt_paired(p, pct: bool = False) -> str:
 def powered_report(finished: list, total_runs: int, hours: float, groups: list[int],
                    plots: dict[str, str] | None = None) -> str:
     """The P1 section of docs/BENCHMARKS.md: per regime, each arm against grpo, and the hypotheses' verdicts."""
-    from thinkrl.powered import analyse_regime
+    from thinkrl.powered import SEEDS, analyse_regime
 
     lines = ["## Protocol P1: does TP-GRPO need fewer samples than GRPO? (docs/EXPERIMENTS.md)", "",
              f"{len(finished)} of {total_runs} runs finished (complete priority groups: "
@@ -773,8 +773,6 @@ def powered_report(finished: list, total_runs: int, hours: float, groups: list[i
                          f"{' (' + st['bound'] + ' bound)' if st['bound'] else ''} | {st['censored_a']} / "
                          f"{st['censored_b']} | {_fmt_paired(c['auc']['difference'], True) if c['auc'] else '–'} | "
                          f"{c['auc']['p']:.3f} | {_fmt_paired(c['final_acc']['difference'], True)} | {eff_text} |")
-        from thinkrl.powered import SEEDS
-
         short = sorted(name for name, c in a["arms"].items() if len(c["seeds"]) < len(SEEDS))
         lines += ["", "Hypotheses (as the protocol defines them): " + ", ".join(
             f"{k} {v or 'not answerable'}" for k, v in a["hypotheses"].items()) + "."
