@@ -698,8 +698,7 @@ def _p1_regime_b(tmp: Path) -> tuple[str, str]:
 def bench_schemes_powered(tmp: Path) -> str:
     """Opt-in: protocol P1 of docs/EXPERIMENTS.md, resumable, two runs at a time, in the protocol's priority order;
     stops starting new priority groups after THINKRL_POWERED_HOURS (default 2) and reports what ran."""
-    from thinkrl.powered import ARM, p1_runs
-    from thinkrl.summary import collect_run
+    from thinkrl.powered import ARM, mechanism_table, p1_runs, record_summary
     from thinkrl.workers import run_experiments
 
     start, _ = policy_dir(tmp)
@@ -713,11 +712,49 @@ def bench_schemes_powered(tmp: Path) -> str:
         run_experiments({r.name: (r.cfg, out / r.name) for r in group}, jobs=min(2, os.cpu_count() or 1))
         done_groups.append(priority)
     hours = (time.perf_counter() - t0) / 3600
-    finished = [r for r in runs if (out / r.name / "summary.json").is_file()]  # this bench's or an earlier one's
+    records, other_start = _powered_records(runs, out, start)
     done_groups = [g for g in sorted({ARM[r.arm].priority for r in runs})
-                   if all((out / r.name / "summary.json").is_file() for r in runs if ARM[r.arm].priority == g)]
-    summaries = [(r, collect_run(out / r.name)) for r in finished]
-    return powered_report(summaries, len(runs), hours, done_groups, _powered_plots(summaries))
+                   if all(r.name in records for r in runs if ARM[r.arm].priority == g)]
+    summaries = [(r, record_summary(records[r.name])) for r in runs if r.name in records]
+    return powered_report(summaries, len(runs), hours, done_groups, _powered_plots(summaries),
+                          other_start, {g: mechanism_table([records[r.name] for r in runs if r.name in records and r.regime == g])
+                           for g in ("A", "B")})
+
+
+POWERED_RECORDS = DOC.parent / "powered" / "runs"   # one JSON record per finished P1 run, kept in the repository
+
+
+def _start_fingerprint(start: Path) -> str:
+    """sha256 over the start policy's weights: runs are paired only over one start policy (the warm start is
+    rebuilt on each machine, and its float bits, so its accuracy, can differ between CPUs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(start.rglob("*.safetensors")):
+        h.update(f.relative_to(start).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _powered_records(runs: list, out: Path, start: Path) -> tuple[dict[str, dict], int]:
+    """Every finished run's record: written from its run directory when that is here (this bench's run or an
+    earlier one's on this machine), else the record an earlier session kept in POWERED_RECORDS, when it ran from
+    this start policy. Returns the records and how many kept ones were set aside for another start policy."""
+    from thinkrl.powered import run_record
+
+    POWERED_RECORDS.mkdir(parents=True, exist_ok=True)
+    fingerprint, records, other = _start_fingerprint(start), {}, 0
+    for r in runs:
+        path = POWERED_RECORDS / f"{r.name}.json"
+        if (out / r.name / "summary.json").is_file():
+            records[r.name] = {**run_record(r, out / r.name), "start_policy": fingerprint}
+            path.write_text(json.dumps(records[r.name], indent=None, sort_keys=True) + "\n")
+        elif path.is_file():
+            rec = json.loads(path.read_text())
+            if rec.get("start_policy") == fingerprint:
+                records[r.name] = rec
+            else:
+                other += 1
+    return records, other
 
 
 def _powered_plots(summaries: list) -> dict[str, str]:
@@ -742,7 +779,8 @@ def _fmt_paired(p, pct: bool = False) -> str:
 
 
 def powered_report(finished: list, total_runs: int, hours: float, groups: list[int],
-                   plots: dict[str, str] | None = None) -> str:
+                   plots: dict[str, str] | None = None, other_start: int = 0,
+                   mechanism: dict[str, dict[str, dict]] | None = None) -> str:
     """The P1 section of docs/BENCHMARKS.md: per regime, each arm against grpo, and the hypotheses' verdicts."""
     from thinkrl.powered import SEEDS, analyse_regime
 
@@ -750,7 +788,9 @@ def powered_report(finished: list, total_runs: int, hours: float, groups: list[i
              f"{len(finished)} of {total_runs} runs finished (complete priority groups: "
              f"{', '.join(map(str, groups)) or 'none'}); this invocation {hours:.2f} h, {machine()}, two runs at a "
              "time. Intervals: 95% paired percentile bootstrap over seeds (10,000 resamples, seed 0); p: exact "
-             "sign-flip test.", ""]
+             "sign-flip test."
+             + (f" {other_start} kept records ran from another start policy and are left out (runs pair only over "
+                "one start policy)." if other_start else ""), ""]
     for regime in ("A", "B"):
         by_arm: dict[str, list] = {}
         for r, s in finished:
@@ -781,7 +821,25 @@ def powered_report(finished: list, total_runs: int, hours: float, groups: list[i
         if plots and regime in plots:
             lines += [f"Curves (mean ± 95% t-interval over seeds) and per-run tables: [{plots[regime]}]"
                       f"({plots[regime]}).", ""]
-    lines += ["Command: `just bench schemes-powered` (opt-in; THINKRL_POWERED_HOURS sets the budget)."]
+        if mechanism and mechanism.get(regime):
+            pct = lambda x, f=100: "–" if x is None else f"{f * x:.1f}"  # noqa: E731
+            lines += [f"#### Mechanism, regime {regime}", "",
+                      "Share of completion tokens whose advantage differs from GRPO's (mean over rounds, then runs), "
+                      "split into error thoughts of correct rollouts and unmatched thoughts of wrong rollouts; and, by "
+                      "the oracle whatever the arm's judge, the rollouts' reflection rate, error rate per equation step "
+                      "and mean completion tokens in round 0 → the last round (`powered.mechanism_table`).", "",
+                      "| arm | runs | tokens changed % | in error thoughts % | in unmatched thoughts % | "
+                      "reflection % | step error % | mean tokens |", "|---|---|---|---|---|---|---|---|"]
+            for arm, m in mechanism[regime].items():
+                lines.append(
+                    f"| {arm} | {m['runs']} | {pct(m['share_changed'])} | {pct(m['share_changed_error'])} | "
+                    f"{pct(m['share_changed_unmatched'])} | {pct(m['reflection_rate_first'])} → "
+                    f"{pct(m['reflection_rate_last'])} | {pct(m['step_error_rate_first'])} → "
+                    f"{pct(m['step_error_rate_last'])} | {pct(m['mean_tokens_first'], 1)} → {pct(m['mean_tokens_last'], 1)} |")
+            lines.append("")
+    lines += ["Per-run records (what this section is computed from; kept when the run directories are gone): "
+              "docs/powered/runs/.", "",
+              "Command: `just bench schemes-powered` (opt-in; THINKRL_POWERED_HOURS sets the budget)."]
     return "\n".join(lines)
 
 

@@ -77,3 +77,45 @@ def test_h4_orders_the_judges_by_hand():
     assert analyse_regime(arms, "A")["hypotheses"]["H4"] == "not shown"
     arms["tp-noisy30"] = runs(0.72)
     assert analyse_regime(arms, "A")["hypotheses"]["H4"] == "contradicted"
+
+
+def test_a_record_round_trips_its_summary():
+    """A run's summary kept as a record (plain JSON) comes back equal: rounds, eval points and their benchmarks."""
+    import json
+
+    from thinkrl.powered import record_summary
+    from thinkrl.summary import RoundSummary
+
+    s = summary(3, [(0, 0.40), (800, 0.55)])
+    s.rounds = [RoundSummary(round=0, rollouts=800, samples_consumed=800, accuracy=0.5, train_steps=20,
+                             missing=["x"])]
+    s.evals[1].benchmarks = {"arith": {"avg_at_k": 0.55, "problems": 500}}
+    s.steps = {"loss": [0.5, None, 0.25]}
+    back = record_summary({"summary": json.loads(json.dumps({**s.to_dict(), "steps": s.steps}))})
+    assert back == s and back.steps == s.steps and back.samples_consumed == 800 and back.evals[1].benchmarks["arith"]["problems"] == 500
+
+
+def test_mechanism_table_by_hand():
+    """Per arm: the mean over runs of each run's mean over rounds (a round without thoughts counts as 0 changed),
+    and round 0 and the last round's behaviour averaged over runs."""
+    from thinkrl.powered import mechanism_table
+
+    def rec(arm, shares, behaviour):
+        return {"arm": arm, "mechanism": [{"round": i, "shares": sh, "behaviour": b}
+                                          for i, (sh, b) in enumerate(zip(shares, behaviour, strict=True))]}
+
+    b = lambda r, e, t: {"reflection_rate": r, "step_error_rate": e, "mean_tokens": t}  # noqa: E731
+    sh = lambda c, e, u: {"share_changed": c, "share_changed_error": e, "share_changed_unmatched": u}  # noqa: E731
+    t = mechanism_table([
+        rec("tp", [sh(0.2, 0.05, 0.15), sh(0.4, 0.1, 0.3)], [b(0.2, 0.3, 40), b(0.1, 0.2, 50)]),
+        rec("tp", [sh(0.1, 0.0, 0.1), None], [b(0.4, 0.5, 60), b(0.3, 0.1, 30)]),
+        rec("grpo", [None, None], [b(0.2, 0.3, 40), b(0.2, 0.3, 40)]),
+    ])
+    assert t["tp"]["runs"] == 2
+    assert t["tp"]["share_changed"] == pytest.approx((0.3 + 0.05) / 2)           # run means 0.3 and 0.05
+    assert t["tp"]["share_changed_error"] == pytest.approx((0.075 + 0.0) / 2)
+    assert t["tp"]["share_changed_unmatched"] == pytest.approx((0.225 + 0.05) / 2)
+    assert t["tp"]["reflection_rate_first"] == pytest.approx(0.3)
+    assert t["tp"]["step_error_rate_last"] == pytest.approx(0.15)
+    assert t["tp"]["mean_tokens_last"] == pytest.approx(40)
+    assert t["grpo"]["share_changed"] == 0.0

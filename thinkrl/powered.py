@@ -158,3 +158,54 @@ def analyse_regime(runs: Mapping[str, Sequence], regime: str) -> dict:
             h["H4"] = "not shown"
     out["hypotheses"] = h
     return out
+
+
+def run_record(run: P1Run, run_dir: str | Path) -> dict:
+    """What the analysis needs of one finished run, as plain data small enough to keep in the repository once its
+    run directory is gone: the arm, regime and seed, the run's summary, and per round the mechanism figures
+    (`comparison.round_shares` of its thoughts, `comparison.round_behaviour` of its rollouts, by the oracle)."""
+    from thinkrl import runs as layout
+    from thinkrl.comparison import round_behaviour, round_shares
+    from thinkrl.summary import collect_run
+
+    d = Path(run_dir)
+    mechanism = []
+    for r, rd in layout.round_dirs(d):
+        m = {"round": r, "behaviour": round_behaviour(rd / layout.ROLLOUTS)}
+        m["shares"] = round_shares(rd / layout.THOUGHTS) if (rd / layout.THOUGHTS / "_manifest.json").is_file() \
+            else None
+        mechanism.append(m)
+    s = collect_run(d)
+    summary = {**s.to_dict(), "path": run.name, "steps": s.steps}   # steps: the report's per-step training curves
+    return {"name": run.name, "arm": run.arm, "regime": run.regime, "seed": run.seed, "summary": summary,
+            "mechanism": mechanism}
+
+
+def record_summary(record: Mapping):
+    """The RunSummary of a `run_record`."""
+    from thinkrl.summary import RunSummary
+
+    return RunSummary.from_dict(record["summary"])
+
+
+def mechanism_table(records: Sequence[Mapping]) -> dict[str, dict]:
+    """Per arm, means over its runs of each run's mean over rounds: the share of completion tokens whose advantage
+    differs from GRPO's (all, in error thoughts of correct rollouts, in unmatched thoughts of wrong rollouts),
+    and the oracle's reflection rate, step error rate and mean tokens in the first and the last round."""
+    import numpy as np
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return float(np.mean(xs)) if xs else None
+
+    out: dict[str, dict] = {}
+    for arm in dict.fromkeys(r["arm"] for r in records):
+        runs = [r for r in records if r["arm"] == arm]
+        row = {"runs": len(runs)}
+        for k in ("share_changed", "share_changed_error", "share_changed_unmatched"):
+            row[k] = mean([mean([(m["shares"] or {}).get(k, 0.0) for m in r["mechanism"]]) for r in runs])
+        for k in ("reflection_rate", "step_error_rate", "mean_tokens"):
+            row[k + "_first"] = mean([r["mechanism"][0]["behaviour"][k] for r in runs if r["mechanism"]])
+            row[k + "_last"] = mean([r["mechanism"][-1]["behaviour"][k] for r in runs if r["mechanism"]])
+        out[arm] = row
+    return out

@@ -168,6 +168,12 @@ class RunSummary:
         """Plain data for summary.json: rounds and eval points (the per-step figures stay in train_metrics)."""
         return {k: v for k, v in asdict(self).items() if k != "steps"}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSummary:
+        """The summary `to_dict` wrote (summary.json, or a record kept after its run directory is gone)."""
+        return cls(**{**d, "rounds": [RoundSummary(**r) for r in d["rounds"]],
+                      "evals": [EvalPoint(**e) for e in d["evals"]]})
+
 
 # --------------------------------------------------------------------------------------------- collecting
 def _read_toml(path: Path) -> dict:
