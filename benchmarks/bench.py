@@ -701,7 +701,7 @@ def bench_schemes_powered(tmp: Path) -> str:
     from thinkrl.powered import ARM, mechanism_table, p1_runs, record_summary
     from thinkrl.workers import run_experiments
 
-    start, _ = policy_dir(tmp)
+    start = _p1_start(tmp)
     runs = p1_runs(start, {"B": _p1_regime_b(tmp)})
     out, budget_h = BENCH_DIR / "powered", float(os.environ.get("THINKRL_POWERED_HOURS", "2"))
     t0, done_groups = time.perf_counter(), []
@@ -722,6 +722,18 @@ def bench_schemes_powered(tmp: Path) -> str:
 
 
 POWERED_RECORDS = DOC.parent / "powered" / "runs"   # one JSON record per finished P1 run, kept in the repository
+P1_START = REPO / "benchmarks" / "p1-start"          # P1's start policy, kept in the repository (see _p1_start)
+
+
+def _p1_start(tmp: Path) -> Path:
+    """P1's start policy: the one kept in P1_START, so that runs made on another machine or checkout pair with the
+    kept records (a rebuilt warm start differs in its float bits); built from the demo's recipe and kept there
+    when absent."""
+    import shutil
+
+    if not (P1_START / "model.safetensors").is_file():
+        shutil.copytree(policy_dir(tmp)[0], P1_START, dirs_exist_ok=True)
+    return P1_START
 
 
 def _start_fingerprint(start: Path) -> str:
