@@ -164,7 +164,8 @@ class ThreadChooser:
     `probe_steps` steps on each candidate, keeps the one with the lowest median seconds per token for
     the next `every` steps, then probes again. On a CPU shared with other processes, OpenMP barriers make
     2 threads up to 3-10x slower per step than 1 (measured here); on an idle one 2 threads are ~1.7x faster.
-    The thread count does not change the numbers here (same weights with 1 and 2 threads, tested)."""
+    The thread count does change the float bits (30 steps at 1 and at 2 threads give different weights), so auto
+    (0) is not bit-reproducible on a loaded machine; a fixed count is (`threads_used` in the metrics says which ran)."""
 
     def __init__(self, threads: int, probe_steps: int = 6, every: int = 150):
         cpus = os.cpu_count() or 1
