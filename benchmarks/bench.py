@@ -698,7 +698,7 @@ def _p1_regime_b(tmp: Path) -> tuple[str, str]:
 def bench_schemes_powered(tmp: Path) -> str:
     """Opt-in: protocol P1 of docs/EXPERIMENTS.md, resumable, two runs at a time, in the protocol's priority order;
     stops starting new priority groups after THINKRL_POWERED_HOURS (default 2) and reports what ran."""
-    from thinkrl.powered import ARM, mechanism_table, p1_runs, record_summary
+    from thinkrl.powered import ARM, mechanism_table, p1_runs, powered_records, record_summary
     from thinkrl.workers import run_experiments
 
     start = _p1_start(tmp)
@@ -712,7 +712,7 @@ def bench_schemes_powered(tmp: Path) -> str:
         run_experiments({r.name: (r.cfg, out / r.name) for r in group}, jobs=min(2, os.cpu_count() or 1))
         done_groups.append(priority)
     hours = (time.perf_counter() - t0) / 3600
-    records, other_start = _powered_records(runs, out, start)
+    records, other_start = powered_records(runs, out, POWERED_RECORDS, start)
     done_groups = [g for g in sorted({ARM[r.arm].priority for r in runs})
                    if all(r.name in records for r in runs if ARM[r.arm].priority == g)]
     summaries = [(r, record_summary(records[r.name])) for r in runs if r.name in records]
@@ -734,39 +734,6 @@ def _p1_start(tmp: Path) -> Path:
     if not (P1_START / "model.safetensors").is_file():
         shutil.copytree(policy_dir(tmp)[0], P1_START, dirs_exist_ok=True)
     return P1_START
-
-
-def _start_fingerprint(start: Path) -> str:
-    """sha256 over the start policy's weights: runs are paired only over one start policy (the warm start is
-    rebuilt on each machine, and its float bits, so its accuracy, can differ between CPUs)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(start.rglob("*.safetensors")):
-        h.update(f.relative_to(start).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _powered_records(runs: list, out: Path, start: Path) -> tuple[dict[str, dict], int]:
-    """Every finished run's record: written from its run directory when that is here (this bench's run or an
-    earlier one's on this machine), else the record an earlier session kept in POWERED_RECORDS, when it ran from
-    this start policy. Returns the records and how many kept ones were set aside for another start policy."""
-    from thinkrl.powered import run_record
-
-    POWERED_RECORDS.mkdir(parents=True, exist_ok=True)
-    fingerprint, records, other = _start_fingerprint(start), {}, 0
-    for r in runs:
-        path = POWERED_RECORDS / f"{r.name}.json"
-        if (out / r.name / "summary.json").is_file():
-            records[r.name] = {**run_record(r, out / r.name), "start_policy": fingerprint}
-            path.write_text(json.dumps(records[r.name], indent=None, sort_keys=True) + "\n")
-        elif path.is_file():
-            rec = json.loads(path.read_text())
-            if rec.get("start_policy") == fingerprint:
-                records[r.name] = rec
-            else:
-                other += 1
-    return records, other
 
 
 def _powered_plots(summaries: list) -> dict[str, str]:

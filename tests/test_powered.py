@@ -119,3 +119,27 @@ def test_mechanism_table_by_hand():
     assert t["tp"]["step_error_rate_last"] == pytest.approx(0.15)
     assert t["tp"]["mean_tokens_last"] == pytest.approx(40)
     assert t["grpo"]["share_changed"] == 0.0
+
+
+def test_kept_records_pair_only_over_their_start_policy(tmp_path):
+    """Records kept from an earlier checkout come back when their start policy's weights are this one's; a record
+    from other weights (a rebuilt warm start) is set aside and counted, and a run with no record is absent."""
+    import json
+
+    from thinkrl.powered import powered_records, start_fingerprint
+
+    start, other = tmp_path / "start", tmp_path / "other"
+    for d, b in ((start, b"weights"), (other, b"weights, rebuilt")):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b)
+        (d / "thinkrl.json").write_text("{}")
+    assert start_fingerprint(start) != start_fingerprint(other)
+    fp = start_fingerprint(start)
+    (start / "thinkrl.json").write_text('{"written": "later"}')          # only the weights count
+    runs = p1_runs(start, seeds=(0,))
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for r, tag in zip(runs[:3], (fp, start_fingerprint(other), None), strict=True):
+        (kept / f"{r.name}.json").write_text(json.dumps({"name": r.name, "start_policy": tag}))
+    records, set_aside = powered_records(runs, tmp_path / "no-runs", kept, start)
+    assert list(records) == [runs[0].name] and set_aside == 2

@@ -209,3 +209,41 @@ def mechanism_table(records: Sequence[Mapping]) -> dict[str, dict]:
             row[k + "_last"] = mean([r["mechanism"][-1]["behaviour"][k] for r in runs if r["mechanism"]])
         out[arm] = row
     return out
+
+
+def start_fingerprint(start: str | Path) -> str:
+    """sha256 over a start policy's weights (its *.safetensors): runs pair only over one start policy, and a
+    rebuilt warm start can differ in its float bits (its thread count follows the machine's load)."""
+    import hashlib
+
+    start, h = Path(start), hashlib.sha256()
+    for f in sorted(start.rglob("*.safetensors")):
+        h.update(f.relative_to(start).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def powered_records(runs: Sequence[P1Run], out: str | Path, kept: str | Path, start: str | Path
+                    ) -> tuple[dict[str, dict], int]:
+    """The record of every finished run: made from its run directory out/NAME when that has finished (and kept as
+    kept/NAME.json, replacing an older one), else the one kept there earlier. Each record is tagged with the
+    fingerprint of the start policy its own run used; only those from `start` are returned, with the count of
+    records set aside for another start policy."""
+    import json
+
+    out, kept = Path(out), Path(kept)
+    kept.mkdir(parents=True, exist_ok=True)
+    fingerprint, records, other = start_fingerprint(start), {}, 0
+    for r in runs:
+        path = kept / f"{r.name}.json"
+        if (out / r.name / "summary.json").is_file():
+            rec = run_record(r, out / r.name)
+            used = rec["summary"]["config"].get("policy")   # the run's own start policy
+            rec["start_policy"] = start_fingerprint(used) if used and Path(used).is_dir() else None
+            path.write_text(json.dumps(rec, sort_keys=True) + "\n")
+            records[r.name] = rec
+        elif path.is_file():
+            records[r.name] = json.loads(path.read_text())
+        if r.name in records and records[r.name].get("start_policy") != fingerprint:
+            del records[r.name]
+            other += 1
+    return records, other
