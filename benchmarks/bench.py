@@ -792,6 +792,9 @@ def powered_report(finished: list, total_runs: int, hours: float, groups: list[i
                          f"{' (' + st['bound'] + ' bound)' if st['bound'] else ''} | {st['censored_a']} / "
                          f"{st['censored_b']} | {_fmt_paired(c['auc']['difference'], True) if c['auc'] else '–'} | "
                          f"{c['auc']['p']:.3f} | {_fmt_paired(c['final_acc']['difference'], True)} | {eff_text} |")
+        if a["waiting"]:
+            lines += ["", "Not compared yet (fewer than 2 seeds finished): " + ", ".join(
+                f"{name} ({n} run{'s' * (n != 1)})" for name, n in a["waiting"].items()) + "."]
         short = sorted(name for name, c in a["arms"].items() if len(c["seeds"]) < len(SEEDS))
         lines += ["", "Hypotheses (as the protocol defines them): " + ", ".join(
             f"{k} {v or 'not answerable'}" for k, v in a["hypotheses"].items()) + "."

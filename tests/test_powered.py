@@ -143,3 +143,14 @@ def test_kept_records_pair_only_over_their_start_policy(tmp_path):
         (kept / f"{r.name}.json").write_text(json.dumps({"name": r.name, "start_policy": tag}))
     records, set_aside = powered_records(runs, tmp_path / "no-runs", kept, start)
     assert list(records) == [runs[0].name] and set_aside == 2
+
+
+def test_an_arm_with_one_seed_waits():
+    """An arm with one finished seed is not compared (a paired interval needs two) but listed as waiting; the
+    other arms' analysis goes on."""
+    grpo = [summary(s, [(0, 0.40), (800, 0.55)]) for s in SEEDS]
+    out = analyse_regime({"grpo": grpo, "tp": [summary(s, [(0, 0.40), (800, 0.60)]) for s in SEEDS],
+                          "tp-oracle": [summary(0, [(0, 0.40), (800, 0.70)])],
+                          "tp-static": [summary(1, [(0, 0.40), (800, 0.70)])]}, "A")
+    assert out["waiting"] == {"tp-oracle": 1, "tp-static": 1} and set(out["arms"]) == {"tp"}
+    assert "H1" in out["hypotheses"] and "H2" not in out["hypotheses"]

@@ -134,16 +134,24 @@ def analyse_regime(runs: Mapping[str, Sequence], regime: str) -> dict:
     grpo = runs["grpo"]
     start = curve(grpo[0])[0][1]
     target, fallback = target_for(start, grpo)
-    out = {"regime": regime, "start_accuracy": start, "target": target, "fallback_target": fallback, "arms": {}}
+    out = {"regime": regime, "start_accuracy": start, "target": target, "fallback_target": fallback, "arms": {},
+           "waiting": {}}
+
+    def paired(a, b) -> bool:   # a comparison needs at least 2 seeds run by both
+        return len({s.seed for s in a} & {s.seed for s in b}) >= 2
+
     for name, arm_runs in runs.items():
         if name != "grpo" and arm_runs:
-            out["arms"][name] = compare(arm_runs, grpo, target=target, n_boot=N_BOOT, seed=BOOT_SEED)
+            if paired(arm_runs, grpo):
+                out["arms"][name] = compare(arm_runs, grpo, target=target, n_boot=N_BOOT, seed=BOOT_SEED)
+            else:
+                out["waiting"][name] = len(arm_runs)   # runs finished, fewer than 2 paired seeds
     h = {}
     if "tp" in out["arms"]:
         r = out["arms"]["tp"]["samples_to_target"]["fewer_samples"]   # grpo's samples over tp's: > 1 favours tp
         h["H1"] = None if r is None else verdict(r.low, r.high, 1.0)
     for key, other in (("H2", "tp-static"), ("H3", "step")):
-        if runs.get("tp") and runs.get(other):
+        if runs.get("tp") and runs.get(other) and paired(runs["tp"], runs[other]):
             d = compare(runs["tp"], runs[other], target=target, n_boot=N_BOOT, seed=BOOT_SEED)["auc"]
             h[key] = None if d is None else verdict(d["difference"].low, d["difference"].high, -AUC_MARGIN)
     judged = ("tp-oracle", "tp", "tp-noisy10", "tp-noisy30")   # best judge to worst
