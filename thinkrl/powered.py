@@ -237,16 +237,18 @@ def powered_records(runs: Sequence[P1Run], out: str | Path, kept: str | Path, st
     fingerprint of the start policy its own run used; only those from `start` are returned, with the count of
     records set aside for another start policy."""
     import json
+    from functools import cache
 
     out, kept = Path(out), Path(kept)
     kept.mkdir(parents=True, exist_ok=True)
-    fingerprint, records, other = start_fingerprint(start), {}, 0
+    fingerprint_of = cache(start_fingerprint)   # every run of a start policy reads its weights once
+    fingerprint, records, other = fingerprint_of(str(start)), {}, 0
     for r in runs:
         path = kept / f"{r.name}.json"
         if (out / r.name / "summary.json").is_file():
             rec = run_record(r, out / r.name)
             used = rec["summary"]["config"].get("policy")   # the run's own start policy
-            rec["start_policy"] = start_fingerprint(used) if used and Path(used).is_dir() else None
+            rec["start_policy"] = fingerprint_of(str(used)) if used and Path(used).is_dir() else None
             path.write_text(json.dumps(rec, sort_keys=True) + "\n")
             records[r.name] = rec
         elif path.is_file():
